@@ -1,0 +1,46 @@
+# dst — build, test, fuzz and benchmark. `make help` lists the targets.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin/dst
+PKGS := ./...
+# Debian packages the tests and the harness need.
+DEB_PACKAGES := nbdkit qemu-utils nbd-server libnbd-bin fio xfsprogs btrfs-progs e2fsprogs fuse3 iproute2 util-linux
+FUZZTIME ?= 10s
+
+.PHONY: help build test test-short bench fuzz deps vet clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
+
+build: ## build bin/dst
+	$(GO) build -o $(BIN) ./cmd/dst
+
+vet: ## go vet and gofmt check
+	$(GO) vet $(PKGS)
+	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
+
+test: vet ## the test suite (what CI runs): unit, property, interop with real peers
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+test-short: ## unit tests only, no external tools
+	$(GO) test -short -count=1 $(PKGS)
+
+bench: build ## Go benchmarks, then fio against dst, nbdkit and qemu-nbd side by side
+	$(GO) test -run '^$$' -bench . -benchmem ./storage/...
+	./scripts/bench-fio.sh
+
+fuzz: ## a short run of every fuzz target (FUZZTIME=10s each)
+	@set -e; for pkg in $$($(GO) list ./storage/...); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel 2 $$pkg; \
+	  done; done
+
+deps: ## install the Debian packages the tests need (as root), if missing
+	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	else echo "all Debian packages present"; fi
+
+clean: ## remove build output
+	rm -rf bin out

@@ -1,0 +1,402 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// ClientOptions configure a Client. Zero values are documented per field.
+type ClientOptions struct {
+	// ExportName is the export to use; empty asks for the default export.
+	ExportName string
+	// TLS, if set, makes the client start TLS before choosing the export.
+	TLS *tls.Config
+	// MaxInFlight bounds the requests in flight on the connection; Submit
+	// waits while that many are outstanding. Zero means DefaultMaxInFlight.
+	MaxInFlight int
+	// HandshakeTimeout bounds the handshake. Zero means
+	// DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
+}
+
+// Op is one request to the server. The caller owns an Op and its Data
+// until Done is called for it.
+type Op struct {
+	Cmd    Command
+	Flags  CmdFlags
+	Offset int64
+	// Length is the request length; for CmdRead and CmdWrite it must equal
+	// len(Data).
+	Length uint32
+	// Data is the write payload, or the buffer a read reply is received
+	// into directly.
+	Data []byte
+	// Done is called exactly once when the reply arrived or the connection
+	// failed, from the client's receive goroutine. It must not block and
+	// must not call Submit on the same client.
+	Done func(op *Op, err error)
+
+	cookie uint64
+}
+
+// Client is a pipelined NBD client: many requests in flight on one
+// connection, replies matched by cookie in any order, read data received
+// straight into the caller's buffer. Its methods are safe for concurrent
+// use. NewClient starts one receive goroutine; Close ends it.
+type Client struct {
+	info  ExportInfo
+	conn  net.Conn
+	r     *bufio.Reader
+	slots []clientSlot
+	free  chan uint32
+
+	wmu    sync.Mutex // serialises sends; guards hdr, vec and bufs
+	hdr    [requestHeaderBytes]byte
+	vec    [2][]byte
+	bufs   net.Buffers
+	closed atomic.Bool
+	done   chan struct{} // closed when the receive goroutine ended
+	errMu  sync.Mutex
+	err    error
+
+	waiters sync.Pool
+}
+
+type clientSlot struct {
+	op  atomic.Pointer[Op]
+	gen uint32 // touched only by the slot's owner between taking and sending
+}
+
+// Dial connects to an NBD server and runs the handshake.
+func Dial(ctx context.Context, network, addr string, opts ClientOptions) (*Client, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, fmt.Errorf("nbd: dial %s: %w", addr, err)
+	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	c, err := NewClient(ctx, conn, opts)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return c, nil
+}
+
+// NewClient runs the handshake on conn and starts the receive goroutine.
+// On error the caller still owns conn.
+func NewClient(ctx context.Context, conn net.Conn, opts ClientOptions) (*Client, error) {
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = DefaultMaxInFlight
+	}
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	deadline := time.Now().Add(opts.HandshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	h := &clientHandshake{conn: conn, r: bufio.NewReaderSize(conn, readBufferBytes)}
+	info, err := func() (ExportInfo, error) {
+		if err := h.greet(); err != nil {
+			return ExportInfo{}, err
+		}
+		if opts.TLS != nil {
+			if err := h.startTLS(opts.TLS); err != nil {
+				return ExportInfo{}, err
+			}
+		}
+		return h.goExport(opts.ExportName)
+	}()
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("nbd: handshake with %v: %w", conn.RemoteAddr(), err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if info.MaxBlock > DefaultMaxPayload {
+		info.MaxBlock = DefaultMaxPayload
+	}
+	c := &Client{
+		info:  info,
+		conn:  h.conn,
+		r:     h.r,
+		slots: make([]clientSlot, opts.MaxInFlight),
+		free:  make(chan uint32, opts.MaxInFlight),
+		done:  make(chan struct{}),
+	}
+	for i := range c.slots {
+		c.free <- uint32(i)
+	}
+	c.waiters.New = func() any { return newWaiter() }
+	go c.receive()
+	return c, nil
+}
+
+// Info returns what the handshake learned: size, flags, block sizes.
+func (c *Client) Info() ExportInfo { return c.info }
+
+// Size returns the export size in bytes.
+func (c *Client) Size() int64 { return c.info.Size }
+
+// Done is closed when the connection is gone; Err then tells why.
+func (c *Client) Done() <-chan struct{} { return c.done }
+
+// Err returns why the connection ended, or nil while it is up.
+func (c *Client) Err() error {
+	c.errMu.Lock()
+	defer c.errMu.Unlock()
+	return c.err
+}
+
+// Close sends NBD_CMD_DISC, closes the connection and waits for the receive
+// goroutine. Requests still in flight complete with ErrClosed.
+func (c *Client) Close() error {
+	if !c.closed.Load() {
+		var hdr [requestHeaderBytes]byte
+		EncodeRequest(hdr[:], &Request{Cmd: CmdDisc})
+		c.wmu.Lock()
+		_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = c.conn.Write(hdr[:])
+		c.wmu.Unlock()
+	}
+	c.fail(ErrClosed)
+	<-c.done
+	return nil
+}
+
+// fail records the first error and closes the connection.
+func (c *Client) fail(err error) {
+	c.errMu.Lock()
+	if c.err == nil {
+		c.err = err
+	}
+	c.errMu.Unlock()
+	c.conn.Close()
+}
+
+// Submit sends op. It waits for a free in-flight slot (or ctx, or the
+// connection to end) and returns an error, without calling Done, only if
+// op was not sent. Once Submit returned nil, Done reports the outcome.
+func (c *Client) Submit(ctx context.Context, op *Op) error {
+	if err := c.checkOp(op); err != nil {
+		return err
+	}
+	var idx uint32
+	select {
+	case idx = <-c.free:
+	case <-c.done:
+		return c.closedErr()
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	s := &c.slots[idx]
+	s.gen++
+	op.cookie = uint64(s.gen)<<32 | uint64(idx)
+	s.op.Store(op)
+	if c.closed.Load() {
+		if s.op.CompareAndSwap(op, nil) {
+			c.free <- idx
+			return c.closedErr()
+		}
+		return nil // the closing sweep owns it and calls Done
+	}
+	req := Request{Flags: op.Flags, Cmd: op.Cmd, Cookie: op.cookie, Offset: uint64(op.Offset), Length: op.Length}
+	c.wmu.Lock()
+	EncodeRequest(c.hdr[:], &req)
+	c.vec[0], c.vec[1] = c.hdr[:], nil
+	c.bufs = c.vec[:1]
+	if op.Cmd == CmdWrite {
+		c.vec[1] = op.Data
+		c.bufs = c.vec[:2]
+	}
+	_, err := c.bufs.WriteTo(c.conn)
+	c.vec[1] = nil
+	c.wmu.Unlock()
+	if err != nil {
+		// The receive goroutine sees the closed connection and completes
+		// every op in flight, this one included.
+		c.fail(fmt.Errorf("nbd: send %v: %w", op.Cmd, err))
+	}
+	return nil
+}
+
+func (c *Client) closedErr() error {
+	if err := c.Err(); err != nil && !errors.Is(err, ErrClosed) {
+		return fmt.Errorf("%w: %w", ErrClosed, err)
+	}
+	return ErrClosed
+}
+
+func (c *Client) checkOp(op *Op) error {
+	f := c.info.Flags
+	switch op.Cmd {
+	case CmdRead, CmdWrite:
+		if int(op.Length) != len(op.Data) {
+			panic(fmt.Sprintf("nbd: %v of length %d with a buffer of %d bytes", op.Cmd, op.Length, len(op.Data)))
+		}
+		if op.Cmd == CmdWrite && f&FlagReadOnly != 0 {
+			return fmt.Errorf("%w: export is read-only", ErrUnsupported)
+		}
+		if op.Length > c.info.MaxBlock {
+			return fmt.Errorf("%w: %v of %d bytes (maximum %d)", ErrTooLarge, op.Cmd, op.Length, c.info.MaxBlock)
+		}
+	case CmdFlush:
+		if f&FlagSendFlush == 0 {
+			return fmt.Errorf("%w: FLUSH", ErrUnsupported)
+		}
+	case CmdTrim:
+		if f&FlagSendTrim == 0 {
+			return fmt.Errorf("%w: TRIM", ErrUnsupported)
+		}
+	case CmdWriteZeroes:
+		if f&FlagSendWriteZero == 0 {
+			return fmt.Errorf("%w: WRITE_ZEROES", ErrUnsupported)
+		}
+	case CmdCache:
+		if f&FlagSendCache == 0 {
+			return fmt.Errorf("%w: CACHE", ErrUnsupported)
+		}
+	default:
+		return fmt.Errorf("%w: command %v", ErrUnsupported, op.Cmd)
+	}
+	if op.Flags&CmdFlagFUA != 0 && f&FlagSendFUA == 0 {
+		return fmt.Errorf("%w: FUA", ErrUnsupported)
+	}
+	return nil
+}
+
+// receive reads replies until the connection ends, then fails everything
+// still in flight.
+func (c *Client) receive() {
+	err := c.receiveLoop()
+	c.fail(err)
+	c.closed.Store(true)
+	cerr := c.closedErr()
+	for i := range c.slots {
+		if op := c.slots[i].op.Swap(nil); op != nil {
+			op.Done(op, cerr)
+		}
+	}
+	close(c.done)
+}
+
+func (c *Client) receiveLoop() error {
+	var hdr [simpleReplyBytes]byte
+	var rep Reply
+	for {
+		if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
+			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("%w: %w", ErrClosed, err)
+			}
+			return fmt.Errorf("nbd: read reply: %w", err)
+		}
+		if err := DecodeReply(hdr[:], &rep); err != nil {
+			return err
+		}
+		if rep.Structured {
+			return fmt.Errorf("%w: structured reply that was not negotiated", ErrProtocol)
+		}
+		idx := uint32(rep.Cookie)
+		if idx >= uint32(len(c.slots)) {
+			return fmt.Errorf("%w: reply with unknown cookie %#x", ErrProtocol, rep.Cookie)
+		}
+		s := &c.slots[idx]
+		op := s.op.Load()
+		if op == nil || op.cookie != rep.Cookie {
+			return fmt.Errorf("%w: reply with unknown cookie %#x", ErrProtocol, rep.Cookie)
+		}
+		var opErr error
+		if rep.Errno != 0 {
+			opErr = fmt.Errorf("nbd: %v offset %d length %d: %w", op.Cmd, op.Offset, op.Length, rep.Errno)
+		} else if op.Cmd == CmdRead && op.Length > 0 {
+			if _, err := io.ReadFull(c.r, op.Data); err != nil {
+				return fmt.Errorf("nbd: read payload: %w", err)
+			}
+		}
+		if !s.op.CompareAndSwap(op, nil) {
+			panic("nbd: in-flight slot taken while its reply was being received")
+		}
+		c.free <- idx
+		op.Done(op, opErr)
+	}
+}
+
+// waiter turns an Op into a blocking call without allocating per call.
+type waiter struct {
+	op Op
+	ch chan error
+}
+
+func newWaiter() *waiter {
+	w := &waiter{ch: make(chan error, 1)}
+	w.op.Done = func(_ *Op, err error) { w.ch <- err }
+	return w
+}
+
+// do runs one request synchronously. If ctx ends before the reply, the
+// connection is closed — the only way to take the buffer back safely — and
+// ctx's error is returned.
+func (c *Client) do(ctx context.Context, cmd Command, flags CmdFlags, off int64, length uint32, data []byte) error {
+	w := c.waiters.Get().(*waiter)
+	w.op.Cmd, w.op.Flags, w.op.Offset, w.op.Length, w.op.Data = cmd, flags, off, length, data
+	if err := c.Submit(ctx, &w.op); err != nil {
+		w.op.Data = nil
+		c.waiters.Put(w)
+		return err
+	}
+	var err error
+	select {
+	case err = <-w.ch:
+	case <-ctx.Done():
+		c.fail(fmt.Errorf("nbd: %v abandoned: %w", cmd, ctx.Err()))
+		<-w.ch
+		err = ctx.Err()
+	}
+	w.op.Data = nil
+	c.waiters.Put(w)
+	return err
+}
+
+// ReadAt reads len(p) bytes at off.
+func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return c.do(ctx, CmdRead, 0, off, uint32(len(p)), p)
+}
+
+// WriteAt writes p at off; flags may carry CmdFlagFUA.
+func (c *Client) WriteAt(ctx context.Context, p []byte, off int64, flags CmdFlags) error {
+	return c.do(ctx, CmdWrite, flags, off, uint32(len(p)), p)
+}
+
+// Flush asks the server to make completed writes durable.
+func (c *Client) Flush(ctx context.Context) error {
+	return c.do(ctx, CmdFlush, 0, 0, 0, nil)
+}
+
+// Trim discards [off, off+length).
+func (c *Client) Trim(ctx context.Context, off int64, length uint32, flags CmdFlags) error {
+	return c.do(ctx, CmdTrim, flags, off, length, nil)
+}
+
+// WriteZeroes zeroes [off, off+length).
+func (c *Client) WriteZeroes(ctx context.Context, off int64, length uint32, flags CmdFlags) error {
+	return c.do(ctx, CmdWriteZeroes, flags, off, length, nil)
+}
+
+// Cache asks the server to prefetch [off, off+length).
+func (c *Client) Cache(ctx context.Context, off int64, length uint32) error {
+	return c.do(ctx, CmdCache, 0, off, length, nil)
+}

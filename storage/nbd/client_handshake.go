@@ -1,0 +1,192 @@
+package nbd
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+)
+
+// ExportInfo is what the handshake learned about an export.
+type ExportInfo struct {
+	Name  string
+	Size  int64
+	Flags TransmissionFlags
+	// MinBlock, PreferredBlock and MaxBlock are the server's block size
+	// constraints; servers that send none get 1, 4096 and 32 MiB.
+	MinBlock, PreferredBlock, MaxBlock uint32
+}
+
+// clientHandshake is the client side of the fixed-newstyle handshake.
+type clientHandshake struct {
+	conn     net.Conn
+	r        *bufio.Reader
+	noZeroes bool
+	hdr      [optionReplyBytes]byte
+}
+
+func (h *clientHandshake) greet() error {
+	b := h.hdr[:18]
+	if _, err := io.ReadFull(h.r, b); err != nil {
+		return fmt.Errorf("read greeting: %w", err)
+	}
+	if m := be.Uint64(b[0:]); m != magicNBD {
+		return fmt.Errorf("%w: greeting magic %#x", ErrProtocol, m)
+	}
+	if m := be.Uint64(b[8:]); m != magicOption {
+		return fmt.Errorf("%w: server speaks oldstyle or unknown handshake (magic %#x)", ErrProtocol, m)
+	}
+	flags := be.Uint16(b[16:])
+	if flags&handshakeFixedNewstyle == 0 {
+		return fmt.Errorf("%w: server does not speak fixed newstyle", ErrProtocol)
+	}
+	cf := clientFixedNewstyle
+	if flags&handshakeNoZeroes != 0 {
+		cf |= clientNoZeroes
+		h.noZeroes = true
+	}
+	be.PutUint32(b[:4], cf)
+	if _, err := h.conn.Write(b[:4]); err != nil {
+		return fmt.Errorf("send client flags: %w", err)
+	}
+	return nil
+}
+
+func (h *clientHandshake) send(opt Option, data []byte) error {
+	b := h.hdr[:optionHeaderBytes]
+	be.PutUint64(b[0:], magicOption)
+	be.PutUint32(b[8:], uint32(opt))
+	be.PutUint32(b[12:], uint32(len(data)))
+	bufs := net.Buffers{b, data}
+	if _, err := bufs.WriteTo(h.conn); err != nil {
+		return fmt.Errorf("send option %v: %w", opt, err)
+	}
+	return nil
+}
+
+// recv reads one option reply to opt.
+func (h *clientHandshake) recv(opt Option) (ReplyType, []byte, error) {
+	b := h.hdr[:optionReplyBytes]
+	if _, err := io.ReadFull(h.r, b); err != nil {
+		return 0, nil, fmt.Errorf("read reply to %v: %w", opt, err)
+	}
+	if m := be.Uint64(b[0:]); m != magicOptionReply {
+		return 0, nil, fmt.Errorf("%w: option reply magic %#x", ErrProtocol, m)
+	}
+	if o := Option(be.Uint32(b[8:])); o != opt {
+		return 0, nil, fmt.Errorf("%w: reply to option %v while %v was asked", ErrProtocol, o, opt)
+	}
+	typ := ReplyType(be.Uint32(b[12:]))
+	n := be.Uint32(b[16:])
+	if n > maxOptionBytes {
+		return 0, nil, fmt.Errorf("%w: option reply of %d bytes", ErrProtocol, n)
+	}
+	data := make([]byte, n)
+	if _, err := io.ReadFull(h.r, data); err != nil {
+		return 0, nil, fmt.Errorf("read reply to %v: %w", opt, err)
+	}
+	if typ.IsError() {
+		msg := string(data)
+		if len(msg) > maxStringBytes {
+			msg = msg[:maxStringBytes]
+		}
+		return typ, nil, &OptionError{Option: opt, Reply: typ, Message: msg}
+	}
+	return typ, data, nil
+}
+
+func (h *clientHandshake) startTLS(cfg *tls.Config) error {
+	if err := h.send(OptStartTLS, nil); err != nil {
+		return err
+	}
+	typ, _, err := h.recv(OptStartTLS)
+	if err != nil {
+		return err
+	}
+	if typ != RepAck {
+		return fmt.Errorf("%w: STARTTLS answered with %v", ErrProtocol, typ)
+	}
+	if h.r.Buffered() > 0 {
+		return fmt.Errorf("%w: server sent data before the TLS handshake", ErrProtocol)
+	}
+	tc := tls.Client(h.conn, cfg)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	h.conn = tc
+	h.r = bufio.NewReaderSize(tc, readBufferBytes)
+	return nil
+}
+
+// goExport asks for the export with NBD_OPT_GO (falling back to
+// NBD_OPT_EXPORT_NAME for servers that do not know GO).
+func (h *clientHandshake) goExport(name string) (ExportInfo, error) {
+	info := ExportInfo{Name: name, MinBlock: 1, PreferredBlock: 4096, MaxBlock: DefaultMaxPayload}
+	data := make([]byte, 0, 4+len(name)+2+2)
+	data = be.AppendUint32(data, uint32(len(name)))
+	data = append(data, name...)
+	data = be.AppendUint16(data, 1)
+	data = be.AppendUint16(data, uint16(InfoBlockSize))
+	if err := h.send(OptGo, data); err != nil {
+		return info, err
+	}
+	gotExport := false
+	for {
+		typ, p, err := h.recv(OptGo)
+		if oe, ok := err.(*OptionError); ok && oe.Reply == RepErrUnsup {
+			return h.exportName(name)
+		}
+		if err != nil {
+			return info, err
+		}
+		switch typ {
+		case RepAck:
+			if !gotExport {
+				return info, fmt.Errorf("%w: GO acknowledged without NBD_INFO_EXPORT", ErrProtocol)
+			}
+			return info, nil
+		case RepInfo:
+			if len(p) < 2 {
+				return info, fmt.Errorf("%w: empty NBD_REP_INFO", ErrProtocol)
+			}
+			switch InfoType(be.Uint16(p)) {
+			case InfoExport:
+				if len(p) != 12 {
+					return info, fmt.Errorf("%w: NBD_INFO_EXPORT of %d bytes", ErrProtocol, len(p))
+				}
+				info.Size = int64(be.Uint64(p[2:]))
+				info.Flags = TransmissionFlags(be.Uint16(p[10:]))
+				gotExport = true
+			case InfoBlockSize:
+				if len(p) != 14 {
+					return info, fmt.Errorf("%w: NBD_INFO_BLOCK_SIZE of %d bytes", ErrProtocol, len(p))
+				}
+				info.MinBlock, info.PreferredBlock, info.MaxBlock = be.Uint32(p[2:]), be.Uint32(p[6:]), be.Uint32(p[10:])
+				if info.MinBlock == 0 || info.MinBlock&(info.MinBlock-1) != 0 || info.MaxBlock < info.MinBlock {
+					return info, fmt.Errorf("%w: impossible block sizes %d/%d/%d", ErrProtocol, info.MinBlock, info.PreferredBlock, info.MaxBlock)
+				}
+			}
+		default:
+			return info, fmt.Errorf("%w: unexpected reply %v to GO", ErrProtocol, typ)
+		}
+	}
+}
+
+func (h *clientHandshake) exportName(name string) (ExportInfo, error) {
+	info := ExportInfo{Name: name, MinBlock: 1, PreferredBlock: 4096, MaxBlock: DefaultMaxPayload}
+	if err := h.send(OptExportName, []byte(name)); err != nil {
+		return info, err
+	}
+	n := exportNameReplyBytes
+	if !h.noZeroes {
+		n += exportNameZeroesBytes
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(h.r, b); err != nil {
+		return info, fmt.Errorf("read EXPORT_NAME reply (unknown export %q?): %w", name, err)
+	}
+	info.Size = int64(be.Uint64(b))
+	info.Flags = TransmissionFlags(be.Uint16(b[8:]))
+	return info, nil
+}

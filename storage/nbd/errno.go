@@ -1,0 +1,85 @@
+package nbd
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Errno is an error value of the transmission phase, as carried in replies.
+// The values are fixed by the protocol (they match Linux errno numbers).
+type Errno uint32
+
+// Errors a server may return for a request.
+const (
+	EPERM     Errno = 1
+	EIO       Errno = 5
+	ENOMEM    Errno = 12
+	EINVAL    Errno = 22
+	ENOSPC    Errno = 28
+	EOVERFLOW Errno = 75
+	ENOTSUP   Errno = 95
+	ESHUTDOWN Errno = 108
+)
+
+func (e Errno) Error() string {
+	switch e {
+	case EPERM:
+		return "nbd: operation not permitted (EPERM)"
+	case EIO:
+		return "nbd: input/output error (EIO)"
+	case ENOMEM:
+		return "nbd: out of memory (ENOMEM)"
+	case EINVAL:
+		return "nbd: invalid argument (EINVAL)"
+	case ENOSPC:
+		return "nbd: no space left on device (ENOSPC)"
+	case EOVERFLOW:
+		return "nbd: value too large (EOVERFLOW)"
+	case ENOTSUP:
+		return "nbd: operation not supported (ENOTSUP)"
+	case ESHUTDOWN:
+		return "nbd: server is shutting down (ESHUTDOWN)"
+	}
+	return fmt.Sprintf("nbd: error %d", uint32(e))
+}
+
+// Sentinel errors of this package, checked with errors.Is.
+var (
+	// ErrProtocol is wrapped by every error caused by a peer that broke the
+	// protocol (bad magic, impossible lengths, unexpected replies).
+	ErrProtocol = errors.New("nbd: protocol violation")
+	// ErrClosed is returned for requests on a client whose connection is gone.
+	ErrClosed = errors.New("nbd: connection closed")
+	// ErrUnsupported is returned by a client for a command the export does
+	// not advertise.
+	ErrUnsupported = errors.New("nbd: command not supported by the export")
+	// ErrTooLarge is returned for a request larger than the negotiated maximum.
+	ErrTooLarge = errors.New("nbd: request larger than the maximum payload")
+)
+
+// OptionError is an error reply to an option in the handshake.
+type OptionError struct {
+	Option  Option
+	Reply   ReplyType
+	Message string
+}
+
+func (e *OptionError) Error() string {
+	if e.Message != "" {
+		return fmt.Sprintf("nbd: option %v refused: %v: %s", e.Option, e.Reply, e.Message)
+	}
+	return fmt.Sprintf("nbd: option %v refused: %v", e.Option, e.Reply)
+}
+
+// ErrnoOf returns the Errno carried by err: an Errno found with errors.As,
+// or EIO for any other non-nil error, or 0 for nil.
+func ErrnoOf(err error) Errno {
+	if err == nil {
+		return 0
+	}
+	var e Errno
+	if errors.As(err, &e) {
+		return e
+	}
+	return EIO
+}

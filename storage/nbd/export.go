@@ -1,0 +1,85 @@
+package nbd
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+)
+
+// Backend is the device behind an export. The server calls its methods
+// concurrently from several goroutines; a Backend must be safe for that.
+//
+// Offsets and lengths are already checked against the export size and block
+// constraints when a method is called. A method returns an error wrapping an
+// Errno to choose the reply (for example ENOSPC or ENOTSUP); any other
+// error is mapped by ServerOptions.Errno, by default to EIO.
+type Backend interface {
+	// ReadAt fills all of p from offset off.
+	ReadAt(ctx context.Context, p []byte, off int64) error
+	// WriteAt writes all of p at offset off; with CmdFlagFUA the data is
+	// durable when WriteAt returns.
+	WriteAt(ctx context.Context, p []byte, off int64, flags CmdFlags) error
+	// Flush makes every completed write durable.
+	Flush(ctx context.Context) error
+	// Trim hints that [off, off+length) is no longer needed; reads of it
+	// may afterwards return anything that was written there or zeroes.
+	Trim(ctx context.Context, off, length int64, flags CmdFlags) error
+	// WriteZeroes makes [off, off+length) read back as zeroes. Without
+	// CmdFlagNoHole it may deallocate; with CmdFlagFastZero it must fail
+	// with ENOTSUP rather than be slower than a write.
+	WriteZeroes(ctx context.Context, off, length int64, flags CmdFlags) error
+	// Cache hints that [off, off+length) will be read soon.
+	Cache(ctx context.Context, off, length int64) error
+}
+
+// Export is one named device a Server offers.
+type Export struct {
+	// Name is the export name; a server with a single export also answers
+	// to the empty (default) name.
+	Name string
+	// Description is an optional human-readable text sent on request.
+	Description string
+	// Size of the export in bytes.
+	Size int64
+	// Flags are the capabilities of the backend: any of FlagSendFlush,
+	// FlagSendFUA, FlagSendTrim, FlagSendWriteZero, FlagSendFastZero,
+	// FlagSendCache, FlagCanMultiConn, FlagReadOnly, FlagRotational.
+	// FlagHasFlags is always added; FlagReadOnly is added for read-only
+	// peers.
+	Flags TransmissionFlags
+	// MinBlock, PreferredBlock and MaxBlock are the block size constraints
+	// advertised to clients. Zero means 1, 4096 and the server's maximum
+	// payload. Requests not aligned to MinBlock get EINVAL.
+	MinBlock, PreferredBlock, MaxBlock uint32
+	// Backend serves the requests.
+	Backend Backend
+}
+
+// Access is what a peer may do with an export.
+type Access int
+
+// Access levels returned by ServerOptions.Authorize.
+const (
+	AccessDenied Access = iota
+	AccessReadOnly
+	AccessReadWrite
+)
+
+func (a Access) String() string {
+	switch a {
+	case AccessDenied:
+		return "denied"
+	case AccessReadOnly:
+		return "read-only"
+	case AccessReadWrite:
+		return "read-write"
+	}
+	return "access(?)"
+}
+
+// Peer describes the client of a connection during the handshake.
+type Peer struct {
+	Addr net.Addr
+	// TLS is nil until the connection switched to TLS.
+	TLS *tls.ConnectionState
+}

@@ -1,0 +1,332 @@
+package nbd
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+)
+
+// errAbort ends a handshake the client chose to end (NBD_OPT_ABORT or a
+// close during negotiation); it is not worth a warning.
+var errAbort = errors.New("nbd: client aborted the handshake")
+
+// session is the server side of one connection during the handshake.
+type session struct {
+	srv        *Server
+	conn       net.Conn
+	r          *bufio.Reader
+	peer       Peer
+	fixed      bool // client speaks fixed newstyle
+	noZeroes   bool
+	structured bool
+	buf        [optionReplyBytes + 16]byte
+}
+
+// negotiation is the result of a successful handshake.
+type negotiation struct {
+	export     *Export
+	access     Access
+	structured bool
+	conn       net.Conn // the connection, possibly wrapped in TLS
+	r          *bufio.Reader
+}
+
+// handshake runs the server side of the fixed-newstyle handshake.
+func (s *session) handshake() (*negotiation, error) {
+	b := s.buf[:18]
+	be.PutUint64(b[0:], magicNBD)
+	be.PutUint64(b[8:], magicOption)
+	be.PutUint16(b[16:], handshakeFixedNewstyle|handshakeNoZeroes)
+	if _, err := s.conn.Write(b); err != nil {
+		return nil, fmt.Errorf("send greeting: %w", err)
+	}
+	if _, err := io.ReadFull(s.r, s.buf[:4]); err != nil {
+		return nil, fmt.Errorf("read client flags: %w", eofAbort(err))
+	}
+	flags := be.Uint32(s.buf[:4])
+	if flags&^clientKnownFlags != 0 {
+		return nil, fmt.Errorf("%w: unknown client flags %#x", ErrProtocol, flags)
+	}
+	s.fixed = flags&clientFixedNewstyle != 0
+	s.noZeroes = flags&clientNoZeroes != 0
+	for {
+		n, err := s.option()
+		if err != nil || n != nil {
+			return n, err
+		}
+	}
+}
+
+func eofAbort(err error) error {
+	if errors.Is(err, io.EOF) {
+		return errAbort
+	}
+	return err
+}
+
+// option reads and answers one option. It returns a negotiation when the
+// client moves to the transmission phase.
+func (s *session) option() (*negotiation, error) {
+	h := s.buf[:optionHeaderBytes]
+	if _, err := io.ReadFull(s.r, h); err != nil {
+		return nil, fmt.Errorf("read option: %w", eofAbort(err))
+	}
+	if m := be.Uint64(h[0:]); m != magicOption {
+		return nil, fmt.Errorf("%w: option magic %#x", ErrProtocol, m)
+	}
+	opt := Option(be.Uint32(h[8:]))
+	length := be.Uint32(h[12:])
+
+	tlsReqd := s.srv.opts.TLSRequired && s.peer.TLS == nil
+	if opt == OptExportName {
+		data, err := s.readOption(length, maxStringBytes)
+		if err != nil {
+			return nil, err
+		}
+		if tlsReqd {
+			return nil, fmt.Errorf("client asked for export %q without TLS, which is required", data)
+		}
+		return s.exportName(string(data))
+	}
+	if !s.fixed {
+		return nil, fmt.Errorf("%w: option %v from a client without fixed newstyle", ErrProtocol, opt)
+	}
+	if length > maxOptionBytes {
+		// Not parsed: skip it without allocating, and say so.
+		if _, err := io.CopyN(io.Discard, s.r, int64(length)); err != nil {
+			return nil, fmt.Errorf("skip option %v: %w", opt, eofAbort(err))
+		}
+		return nil, s.replyErr(opt, RepErrTooBig, "option payload too large")
+	}
+	data, err := s.readOption(length, maxOptionBytes)
+	if err != nil {
+		return nil, err
+	}
+	if tlsReqd && opt != OptStartTLS && opt != OptAbort {
+		return nil, s.replyErr(opt, RepErrTLSReqd, "TLS is required: send STARTTLS first")
+	}
+	switch opt {
+	case OptAbort:
+		_ = s.reply(opt, RepAck, nil)
+		return nil, errAbort
+	case OptList:
+		return nil, s.list(data)
+	case OptStartTLS:
+		return nil, s.startTLS(data)
+	case OptInfo, OptGo:
+		return s.infoGo(opt, data)
+	case OptStructuredReply:
+		if len(data) != 0 {
+			return nil, s.replyErr(opt, RepErrInvalid, "STRUCTURED_REPLY takes no data")
+		}
+		s.structured = true
+		return nil, s.reply(opt, RepAck, nil)
+	default:
+		return nil, s.replyErr(opt, RepErrUnsup, "")
+	}
+}
+
+// readOption reads an option payload of length bytes, at most max.
+func (s *session) readOption(length, max uint32) ([]byte, error) {
+	if length > max {
+		return nil, fmt.Errorf("%w: option payload of %d bytes (limit %d)", ErrProtocol, length, max)
+	}
+	data := make([]byte, length)
+	if _, err := io.ReadFull(s.r, data); err != nil {
+		return nil, fmt.Errorf("read option payload: %w", eofAbort(err))
+	}
+	return data, nil
+}
+
+func (s *session) reply(opt Option, typ ReplyType, data []byte) error {
+	b := s.buf[:optionReplyBytes]
+	be.PutUint64(b[0:], magicOptionReply)
+	be.PutUint32(b[8:], uint32(opt))
+	be.PutUint32(b[12:], uint32(typ))
+	be.PutUint32(b[16:], uint32(len(data)))
+	bufs := net.Buffers{b, data}
+	if _, err := bufs.WriteTo(s.conn); err != nil {
+		return fmt.Errorf("reply to option %v: %w", opt, err)
+	}
+	return nil
+}
+
+func (s *session) replyErr(opt Option, typ ReplyType, msg string) error {
+	if len(msg) > maxStringBytes {
+		msg = msg[:maxStringBytes]
+	}
+	s.srv.log.Debug("option refused", "peer", s.peer.Addr, "option", opt, "reply", typ, "reason", msg)
+	return s.reply(opt, typ, []byte(msg))
+}
+
+// lookup finds the export a client names; the empty name selects a lone
+// export.
+func (s *session) lookup(name string) *Export {
+	exps := s.srv.opts.Exports
+	if name == "" && len(exps) == 1 {
+		return exps[0]
+	}
+	for _, e := range exps {
+		if e.Name == name {
+			return e
+		}
+	}
+	return nil
+}
+
+func (s *session) authorize(e *Export) (Access, error) {
+	if s.srv.opts.Authorize == nil {
+		return AccessReadWrite, nil
+	}
+	return s.srv.opts.Authorize(e, s.peer)
+}
+
+func (s *session) list(data []byte) error {
+	if len(data) != 0 {
+		return s.replyErr(OptList, RepErrInvalid, "LIST takes no data")
+	}
+	for _, e := range s.srv.opts.Exports {
+		if a, _ := s.authorize(e); a == AccessDenied {
+			continue
+		}
+		p := make([]byte, 4+len(e.Name))
+		be.PutUint32(p, uint32(len(e.Name)))
+		copy(p[4:], e.Name)
+		if err := s.reply(OptList, RepServer, p); err != nil {
+			return err
+		}
+	}
+	return s.reply(OptList, RepAck, nil)
+}
+
+func (s *session) startTLS(data []byte) error {
+	switch {
+	case len(data) != 0:
+		return s.replyErr(OptStartTLS, RepErrInvalid, "STARTTLS takes no data")
+	case s.srv.opts.TLS == nil:
+		return s.replyErr(OptStartTLS, RepErrUnsup, "this server has no TLS configured")
+	case s.peer.TLS != nil:
+		return s.replyErr(OptStartTLS, RepErrInvalid, "TLS is already active")
+	}
+	if err := s.reply(OptStartTLS, RepAck, nil); err != nil {
+		return err
+	}
+	if s.r.Buffered() > 0 {
+		return fmt.Errorf("%w: client sent data before the TLS handshake", ErrProtocol)
+	}
+	tc := tls.Server(s.conn, s.srv.opts.TLS)
+	if err := tc.Handshake(); err != nil {
+		return fmt.Errorf("TLS handshake: %w", err)
+	}
+	st := tc.ConnectionState()
+	s.conn = tc
+	s.r = bufio.NewReaderSize(tc, readBufferBytes)
+	s.peer.TLS = &st
+	return nil
+}
+
+// exportName answers the legacy NBD_OPT_EXPORT_NAME: there is no way to
+// send an error, so an unknown or refused export closes the connection.
+func (s *session) exportName(name string) (*negotiation, error) {
+	e := s.lookup(name)
+	if e == nil {
+		return nil, fmt.Errorf("client asked for unknown export %q", name)
+	}
+	access, err := s.authorize(e)
+	if err != nil || access == AccessDenied {
+		return nil, fmt.Errorf("peer refused for export %q: %v", name, err)
+	}
+	n := exportNameReplyBytes
+	if !s.noZeroes {
+		n += exportNameZeroesBytes
+	}
+	b := make([]byte, n)
+	be.PutUint64(b[0:], uint64(e.Size))
+	be.PutUint16(b[8:], uint16(s.srv.flagsFor(e, access)))
+	if _, err := s.conn.Write(b); err != nil {
+		return nil, fmt.Errorf("reply to EXPORT_NAME: %w", err)
+	}
+	return &negotiation{export: e, access: access, conn: s.conn, r: s.r}, nil
+}
+
+// infoGo answers NBD_OPT_INFO and NBD_OPT_GO. Each call looks the export up
+// afresh: a GO for an unknown name never serves an export an earlier INFO
+// found.
+func (s *session) infoGo(opt Option, data []byte) (*negotiation, error) {
+	if len(data) < 6 {
+		return nil, s.replyErr(opt, RepErrInvalid, "truncated request")
+	}
+	nameLen := be.Uint32(data)
+	if uint64(nameLen) > uint64(len(data)-6) || nameLen > maxStringBytes {
+		return nil, s.replyErr(opt, RepErrInvalid, "name length out of bounds")
+	}
+	name := string(data[4 : 4+nameLen])
+	rest := data[4+nameLen:]
+	nreq := int(be.Uint16(rest))
+	if len(rest) != 2+2*nreq {
+		return nil, s.replyErr(opt, RepErrInvalid, "information request count does not match the length")
+	}
+	var wantName, wantDesc bool
+	for i := 0; i < nreq; i++ {
+		switch InfoType(be.Uint16(rest[2+2*i:])) {
+		case InfoName:
+			wantName = true
+		case InfoDescription:
+			wantDesc = true
+		}
+	}
+	e := s.lookup(name)
+	if e == nil {
+		return nil, s.replyErr(opt, RepErrUnknown, fmt.Sprintf("no export named %q", name))
+	}
+	access, err := s.authorize(e)
+	if access == AccessDenied {
+		msg := "access denied"
+		if err != nil {
+			msg = err.Error()
+		}
+		return nil, s.replyErr(opt, RepErrPolicy, msg)
+	}
+
+	info := make([]byte, 0, 64+len(e.Name)+len(e.Description))
+	info = be.AppendUint16(info, uint16(InfoExport))
+	info = be.AppendUint64(info, uint64(e.Size))
+	info = be.AppendUint16(info, uint16(s.srv.flagsFor(e, access)))
+	if err := s.reply(opt, RepInfo, info); err != nil {
+		return nil, err
+	}
+	// Block sizes are sent whether or not the client asked: the protocol
+	// allows it, and clients that did not ask must still honour them.
+	minB, prefB, maxB := s.srv.blockSizes(e)
+	info = be.AppendUint16(info[:0], uint16(InfoBlockSize))
+	info = be.AppendUint32(info, minB)
+	info = be.AppendUint32(info, prefB)
+	info = be.AppendUint32(info, maxB)
+	if err := s.reply(opt, RepInfo, info); err != nil {
+		return nil, err
+	}
+	if wantName {
+		info = be.AppendUint16(info[:0], uint16(InfoName))
+		info = append(info, e.Name...)
+		if err := s.reply(opt, RepInfo, info); err != nil {
+			return nil, err
+		}
+	}
+	if wantDesc && e.Description != "" {
+		info = be.AppendUint16(info[:0], uint16(InfoDescription))
+		info = append(info, e.Description...)
+		if err := s.reply(opt, RepInfo, info); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.reply(opt, RepAck, nil); err != nil {
+		return nil, err
+	}
+	if opt == OptInfo {
+		return nil, nil
+	}
+	return &negotiation{export: e, access: access, structured: s.structured, conn: s.conn, r: s.r}, nil
+}

@@ -1,0 +1,162 @@
+// Package nbdtest starts real third-party NBD servers (nbdkit, qemu-nbd,
+// nbd-server) for tests, each on a Unix socket in the test's temporary
+// directory, and stops them when the test ends.
+package nbdtest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Peer is a running NBD server.
+type Peer struct {
+	Name    string // nbdkit, qemu-nbd or nbd-server
+	Network string // "unix"
+	Addr    string // socket path
+	Export  string // export name to ask for
+	File    string // backing file, if any
+}
+
+// Need skips the test with a clear message when a tool is missing; CI
+// installs every tool (make deps), so there the test runs.
+func Need(t testing.TB, tools ...string) {
+	t.Helper()
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (install it with `make deps`)", tool)
+		}
+	}
+}
+
+// start runs cmd until the test ends and waits until addr accepts
+// connections.
+func start(t testing.TB, p *Peer, name string, args ...string) *Peer {
+	t.Helper()
+	Need(t, name)
+	ctx, cancel := context.WithCancel(context.Background())
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.WaitDelay = 5 * time.Second
+	if err := cmd.Start(); err != nil {
+		cancel()
+		t.Fatalf("start %s: %v", name, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cancel()
+		<-exited
+	})
+	waitListening(t, p, exited, out.String)
+	return p
+}
+
+// waitListening waits until p accepts connections, failing the test if
+// the process exits first (exited may be nil) or 20 seconds pass.
+func waitListening(t testing.TB, p *Peer, exited <-chan error, output func() string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for backoff := time.Millisecond; ; backoff = min(2*backoff, 100*time.Millisecond) {
+		c, err := net.Dial(p.Network, p.Addr)
+		if err == nil {
+			c.Close()
+			return
+		}
+		select {
+		case err := <-exited:
+			t.Fatalf("%s exited before listening: %v\n%s", p.Name, err, output())
+		case <-time.After(backoff):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not listen on %s within 20s\n%s", p.Name, p.Addr, output())
+		}
+	}
+}
+
+// File creates a sparse file of size bytes in the test's directory.
+func File(t testing.TB, size int64) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "disk.img")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Nbdkit serves a file of size bytes with nbdkit's file plugin.
+func Nbdkit(t testing.TB, size int64) *Peer {
+	file := File(t, size)
+	p := &Peer{Name: "nbdkit", Network: "unix", Addr: filepath.Join(t.TempDir(), "nbdkit.sock"), File: file}
+	return start(t, p, "nbdkit", "--foreground", "--exit-with-parent", "--unix", p.Addr, "file", "file="+file)
+}
+
+// QemuNBD serves a raw file of size bytes with qemu-nbd.
+func QemuNBD(t testing.TB, size int64) *Peer {
+	file := File(t, size)
+	p := &Peer{Name: "qemu-nbd", Network: "unix", Addr: filepath.Join(t.TempDir(), "qemu.sock"), Export: "disk", File: file}
+	return start(t, p, "qemu-nbd", "--format=raw", "--persistent", "--shared=16", "--export-name=disk",
+		"--discard=unmap", "--socket="+p.Addr, file)
+}
+
+// NBDServer serves a file of size bytes with the reference nbd-server.
+func NBDServer(t testing.TB, size int64) *Peer {
+	file := File(t, size)
+	dir := t.TempDir()
+	p := &Peer{Name: "nbd-server", Network: "unix", Addr: filepath.Join(dir, "nbd-server.sock"), Export: "disk", File: file}
+	conf := filepath.Join(dir, "nbd-server.conf")
+	body := fmt.Sprintf("[generic]\n\tunixsock = %s\n\tallowlist = true\n[disk]\n\texportname = %s\n\tflush = true\n\tfua = true\n\ttrim = true\n", p.Addr, file)
+	if err := os.WriteFile(conf, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// With -d nbd-server serves a single connection, so it runs as the
+	// daemon it wants to be, and its PID file says what to stop.
+	pidFile := filepath.Join(dir, "nbd-server.pid")
+	Need(t, "nbd-server")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "nbd-server", "-C", conf, "-p", pidFile).CombinedOutput()
+	if err != nil {
+		t.Fatalf("nbd-server: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { stopPIDFile(t, pidFile) })
+	waitListening(t, p, nil, func() string { return string(out) })
+	return p
+}
+
+// stopPIDFile ends the daemon whose PID the file holds and waits for it.
+func stopPIDFile(t testing.TB, pidFile string) {
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Errorf("nbd-server left no PID file: %v", err)
+		return
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 1 {
+		t.Errorf("bad PID file %s: %q", pidFile, b)
+		return
+	}
+	_ = syscall.Kill(pid, syscall.SIGTERM)
+	deadline := time.Now().Add(10 * time.Second)
+	for backoff := time.Millisecond; syscall.Kill(pid, 0) == nil; backoff = min(2*backoff, 100*time.Millisecond) {
+		if time.Now().After(deadline) {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+			return
+		}
+		time.Sleep(backoff)
+	}
+}

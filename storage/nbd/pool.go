@@ -1,0 +1,67 @@
+package nbd
+
+import (
+	"context"
+	"fmt"
+	"math/bits"
+	"sync"
+
+	"golang.org/x/sync/semaphore"
+)
+
+const (
+	minBufferShift = 12 // 4 KiB, the smallest pooled buffer
+	maxBufferShift = 25 // 32 MiB, the largest pooled buffer
+	bufferClasses  = maxBufferShift - minBufferShift + 1
+)
+
+// bufferPool hands out payload buffers in power-of-two classes from 4 KiB
+// to 32 MiB, under a byte budget: memory for payloads in flight never
+// exceeds the budget, and a caller that would exceed it waits (natural
+// back-pressure). Buffers are recycled, so the steady state allocates
+// nothing.
+type bufferPool struct {
+	classes [bufferClasses]sync.Pool
+	budget  *semaphore.Weighted
+	limit   int64
+}
+
+func newBufferPool(budgetBytes int64) *bufferPool {
+	if budgetBytes < 1<<maxBufferShift {
+		panic(fmt.Sprintf("nbd: buffer budget %d below the largest buffer", budgetBytes))
+	}
+	p := &bufferPool{budget: semaphore.NewWeighted(budgetBytes), limit: budgetBytes}
+	for i := range p.classes {
+		size := 1 << (minBufferShift + i)
+		p.classes[i].New = func() any { b := make([]byte, size); return &b }
+	}
+	return p
+}
+
+func classOf(n int) int {
+	if n <= 1<<minBufferShift {
+		return 0
+	}
+	return bits.Len(uint(n-1)) - minBufferShift
+}
+
+// get returns a buffer of length n (1 <= n <= 32 MiB), waiting for budget.
+func (p *bufferPool) get(ctx context.Context, n int) (*[]byte, error) {
+	c := classOf(n)
+	if c >= bufferClasses {
+		panic(fmt.Sprintf("nbd: buffer of %d bytes requested", n))
+	}
+	if err := p.budget.Acquire(ctx, 1<<(minBufferShift+c)); err != nil {
+		return nil, err
+	}
+	b := p.classes[c].Get().(*[]byte)
+	return b, nil
+}
+
+// put returns a buffer obtained from get.
+func (p *bufferPool) put(b *[]byte) {
+	c := classOf(cap(*b))
+	*b = (*b)[:cap(*b)]
+	p.classes[c].Put(b)
+	p.budget.Release(int64(cap(*b)))
+}

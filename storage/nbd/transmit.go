@@ -1,0 +1,273 @@
+package nbd
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+)
+
+// serverRequest is one request in flight on a server connection. The
+// objects come from a per-connection free list whose size is the in-flight
+// limit, so they are allocated once per connection.
+type serverRequest struct {
+	Request
+	errno Errno
+	bufp  *[]byte
+	data  []byte
+	hdr   [structuredReplyBytes + 8]byte
+	vec   [2][]byte
+	bufs  net.Buffers
+}
+
+// transmitter serves the transmission phase of one connection.
+type transmitter struct {
+	c          *serverConn
+	srv        *Server
+	export     *Export
+	access     Access
+	structured bool
+	conn       net.Conn
+	r          *bufio.Reader
+	free       chan *serverRequest
+	work       chan *serverRequest
+	minBlock   uint64
+	maxPayload uint32
+}
+
+func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
+	s := c.srv
+	minB, _, maxB := s.blockSizes(n.export)
+	t := &transmitter{
+		c: c, srv: s, export: n.export, access: n.access, structured: n.structured,
+		conn: n.conn, r: n.r,
+		free:       make(chan *serverRequest, s.opts.MaxInFlight),
+		work:       make(chan *serverRequest, s.opts.MaxInFlight),
+		minBlock:   uint64(minB),
+		maxPayload: maxB,
+	}
+	for range s.opts.MaxInFlight {
+		t.free <- &serverRequest{}
+	}
+	var wg sync.WaitGroup
+	for range s.opts.MaxInFlight {
+		wg.Go(func() {
+			for r := range t.work {
+				t.serve(ctx, r)
+			}
+		})
+	}
+	err := t.readLoop(ctx)
+	close(t.work)
+	wg.Wait()
+	if errors.Is(err, errDisconnect) {
+		return nil
+	}
+	if err != nil {
+		c.mu.Lock()
+		closed := c.closed
+		c.mu.Unlock()
+		if closed && errors.Is(err, net.ErrClosed) {
+			return nil // closed by Shutdown or the context
+		}
+	}
+	return err
+}
+
+// readLoop reads requests until the client disconnects or breaks the
+// protocol. Bad requests that keep the stream in sync get an error reply
+// and the connection stays up; anything that loses sync ends it.
+func (t *transmitter) readLoop(ctx context.Context) error {
+	var hdr [requestHeaderBytes]byte
+	for {
+		if _, err := io.ReadFull(t.r, hdr[:]); err != nil {
+			return readErr(err)
+		}
+		var req Request
+		if err := DecodeRequest(hdr[:], &req); err != nil {
+			return err
+		}
+		if req.Cmd == CmdDisc {
+			return errDisconnect
+		}
+		if req.Cmd == CmdWrite && req.Length > t.maxPayload {
+			return fmt.Errorf("%w: write payload of %d bytes exceeds the maximum %d", ErrProtocol, req.Length, t.maxPayload)
+		}
+		sr := <-t.free
+		sr.Request = req
+		sr.errno = t.check(&req)
+		if err := t.readPayload(ctx, sr); err != nil {
+			t.release(sr)
+			return err
+		}
+		if sr.errno == 0 && !t.c.begin() {
+			sr.errno = ESHUTDOWN
+		}
+		if sr.errno != 0 {
+			err := t.reply(sr)
+			t.release(sr)
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		t.work <- sr
+	}
+}
+
+// readPayload takes a buffer for reads and writes and receives a write's
+// payload into it; a write that will be refused has its payload skipped.
+func (t *transmitter) readPayload(ctx context.Context, sr *serverRequest) error {
+	n := int(sr.Length)
+	hasData := sr.Cmd == CmdWrite || sr.Cmd == CmdRead
+	if hasData && sr.errno == 0 && n > 0 {
+		bp, err := t.srv.pool.get(ctx, n)
+		if err != nil {
+			return err
+		}
+		sr.bufp = bp
+		sr.data = (*bp)[:n]
+	} else {
+		sr.data = nil
+	}
+	if sr.Cmd != CmdWrite || n == 0 {
+		return nil
+	}
+	if sr.data == nil {
+		if _, err := t.r.Discard(n); err != nil {
+			return fmt.Errorf("skip refused write payload: %w", readErr(err))
+		}
+		return nil
+	}
+	if _, err := io.ReadFull(t.r, sr.data); err != nil {
+		return fmt.Errorf("read write payload: %w", readErr(err))
+	}
+	return nil
+}
+
+// check validates a request against the export and the peer's access.
+func (t *transmitter) check(r *Request) Errno {
+	size := uint64(t.export.Size)
+	switch r.Cmd {
+	case CmdRead, CmdWrite, CmdTrim, CmdWriteZeroes, CmdCache:
+	case CmdFlush:
+		if t.export.Flags&FlagSendFlush == 0 {
+			return EINVAL
+		}
+		return 0
+	default:
+		return EINVAL
+	}
+	readOnly := t.srv.flagsFor(t.export, t.access)&FlagReadOnly != 0
+	if readOnly && (r.Cmd == CmdWrite || r.Cmd == CmdTrim || r.Cmd == CmdWriteZeroes) {
+		return EPERM
+	}
+	if r.Offset > size || uint64(r.Length) > size-r.Offset {
+		if r.Cmd == CmdWrite || r.Cmd == CmdWriteZeroes {
+			return ENOSPC
+		}
+		return EINVAL
+	}
+	if r.Offset%t.minBlock != 0 || uint64(r.Length)%t.minBlock != 0 {
+		return EINVAL
+	}
+	if r.Cmd == CmdRead && r.Length > t.maxPayload {
+		return EINVAL
+	}
+	flags := t.srv.flagsFor(t.export, t.access)
+	switch {
+	case r.Cmd == CmdTrim && flags&FlagSendTrim == 0,
+		r.Cmd == CmdWriteZeroes && flags&FlagSendWriteZero == 0,
+		r.Cmd == CmdCache && flags&FlagSendCache == 0:
+		return EINVAL
+	case r.Cmd == CmdWriteZeroes && r.Flags&CmdFlagFastZero != 0 && flags&FlagSendFastZero == 0:
+		return ENOTSUP
+	}
+	return 0
+}
+
+// serve runs one request on the backend and replies.
+func (t *transmitter) serve(ctx context.Context, sr *serverRequest) {
+	b := t.export.Backend
+	off, n := int64(sr.Offset), int64(sr.Length)
+	var err error
+	switch sr.Cmd {
+	case CmdRead:
+		if n > 0 {
+			err = b.ReadAt(ctx, sr.data, off)
+		}
+	case CmdWrite:
+		if n > 0 {
+			err = b.WriteAt(ctx, sr.data, off, sr.Flags)
+		}
+	case CmdFlush:
+		err = b.Flush(ctx)
+	case CmdTrim:
+		err = b.Trim(ctx, off, n, sr.Flags)
+	case CmdWriteZeroes:
+		err = b.WriteZeroes(ctx, off, n, sr.Flags)
+	case CmdCache:
+		err = b.Cache(ctx, off, n)
+	default:
+		panic(fmt.Sprintf("nbd: unchecked command %v reached the backend", sr.Cmd))
+	}
+	if err != nil {
+		sr.errno = t.srv.errno(err)
+		t.srv.log.Debug("request failed", "cmd", sr.Cmd, "offset", off, "length", n, "errno", uint32(sr.errno), "err", err)
+	}
+	rerr := t.reply(sr)
+	t.release(sr)
+	t.c.end()
+	if rerr != nil {
+		t.c.close() // the reader notices and ends the connection
+	}
+}
+
+// reply sends the reply of sr: header and payload in one write.
+func (t *transmitter) reply(sr *serverRequest) error {
+	var hdr []byte
+	var payload []byte
+	switch {
+	case t.structured && sr.Cmd == CmdRead && sr.errno == 0:
+		hdr = sr.hdr[:structuredReplyBytes+8]
+		encodeChunk(hdr, chunkFlagDone, chunkOffsetData, sr.Cookie, 8+sr.Length)
+		be.PutUint64(hdr[structuredReplyBytes:], sr.Offset)
+		payload = sr.data
+	case t.structured && sr.Cmd == CmdRead:
+		hdr = sr.hdr[:structuredReplyBytes+6]
+		encodeChunk(hdr, chunkFlagDone, chunkError, sr.Cookie, 6)
+		be.PutUint32(hdr[structuredReplyBytes:], uint32(sr.errno))
+		be.PutUint16(hdr[structuredReplyBytes+4:], 0)
+	default:
+		hdr = sr.hdr[:simpleReplyBytes]
+		encodeSimpleReply(hdr, sr.errno, sr.Cookie)
+		if sr.Cmd == CmdRead && sr.errno == 0 {
+			payload = sr.data
+		}
+	}
+	sr.vec[0], sr.vec[1] = hdr, payload
+	sr.bufs = sr.vec[:]
+	if len(payload) == 0 {
+		sr.bufs = sr.vec[:1]
+	}
+	t.c.wmu.Lock()
+	_, err := sr.bufs.WriteTo(t.conn)
+	t.c.wmu.Unlock()
+	sr.vec[0], sr.vec[1] = nil, nil
+	if err != nil {
+		return fmt.Errorf("send reply: %w", err)
+	}
+	return nil
+}
+
+// release returns the request's buffer and the request to their free lists.
+func (t *transmitter) release(sr *serverRequest) {
+	if sr.bufp != nil {
+		t.srv.pool.put(sr.bufp)
+		sr.bufp, sr.data = nil, nil
+	}
+	t.free <- sr
+}

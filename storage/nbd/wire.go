@@ -1,0 +1,111 @@
+package nbd
+
+import (
+	"encoding/binary"
+	"fmt"
+)
+
+var be = binary.BigEndian
+
+// Request is the header of a transmission request. For CmdWrite, Length
+// bytes of payload follow the header on the wire.
+type Request struct {
+	Flags  CmdFlags
+	Cmd    Command
+	Cookie uint64
+	Offset uint64
+	Length uint32
+}
+
+// EncodeRequest writes r into b, which must hold at least 28 bytes.
+func EncodeRequest(b []byte, r *Request) {
+	_ = b[requestHeaderBytes-1]
+	be.PutUint32(b[0:], magicRequest)
+	be.PutUint16(b[4:], uint16(r.Flags))
+	be.PutUint16(b[6:], uint16(r.Cmd))
+	be.PutUint64(b[8:], r.Cookie)
+	be.PutUint64(b[16:], r.Offset)
+	be.PutUint32(b[24:], r.Length)
+}
+
+// DecodeRequest parses a 28-byte request header. It fails, wrapping
+// ErrProtocol, only on a bad magic; the meaning of the fields is checked by
+// the server.
+func DecodeRequest(b []byte, r *Request) error {
+	_ = b[requestHeaderBytes-1]
+	if m := be.Uint32(b[0:]); m != magicRequest {
+		return fmt.Errorf("%w: request magic %#08x, want %#08x", ErrProtocol, m, magicRequest)
+	}
+	r.Flags = CmdFlags(be.Uint16(b[4:]))
+	r.Cmd = Command(be.Uint16(b[6:]))
+	r.Cookie = be.Uint64(b[8:])
+	r.Offset = be.Uint64(b[16:])
+	r.Length = be.Uint32(b[24:])
+	return nil
+}
+
+// encodeSimpleReply writes a 16-byte simple reply header.
+func encodeSimpleReply(b []byte, errno Errno, cookie uint64) {
+	_ = b[simpleReplyBytes-1]
+	be.PutUint32(b[0:], magicSimpleReply)
+	be.PutUint32(b[4:], uint32(errno))
+	be.PutUint64(b[8:], cookie)
+}
+
+// encodeChunk writes a 20-byte structured reply chunk header.
+func encodeChunk(b []byte, flags, typ uint16, cookie uint64, length uint32) {
+	_ = b[structuredReplyBytes-1]
+	be.PutUint32(b[0:], magicStructuredRply)
+	be.PutUint16(b[4:], flags)
+	be.PutUint16(b[6:], typ)
+	be.PutUint64(b[8:], cookie)
+	be.PutUint32(b[16:], length)
+}
+
+// Reply is a decoded reply header: a simple reply, or one chunk of a
+// structured reply.
+type Reply struct {
+	Structured bool
+	Errno      Errno  // simple replies only
+	Flags      uint16 // structured only
+	Type       uint16 // structured only
+	Cookie     uint64
+	Length     uint32 // structured only: payload length of the chunk
+}
+
+// decodeReplyMagic reports how many header bytes follow the 4-byte magic.
+func decodeReplyMagic(b []byte) (rest int, structured bool, err error) {
+	switch m := be.Uint32(b); m {
+	case magicSimpleReply:
+		return simpleReplyBytes - 4, false, nil
+	case magicStructuredRply:
+		return structuredReplyBytes - 4, true, nil
+	default:
+		return 0, false, fmt.Errorf("%w: reply magic %#08x", ErrProtocol, m)
+	}
+}
+
+// DecodeReply parses a reply header: 16 bytes for a simple reply, 20 for a
+// structured chunk (decodeReplyMagic tells which from the first 4 bytes).
+func DecodeReply(b []byte, r *Reply) error {
+	rest, structured, err := decodeReplyMagic(b)
+	if err != nil {
+		return err
+	}
+	if len(b) < 4+rest {
+		return fmt.Errorf("%w: short reply header (%d bytes)", ErrProtocol, len(b))
+	}
+	r.Structured = structured
+	if !structured {
+		r.Errno = Errno(be.Uint32(b[4:]))
+		r.Cookie = be.Uint64(b[8:])
+		r.Flags, r.Type, r.Length = 0, 0, 0
+		return nil
+	}
+	r.Errno = 0
+	r.Flags = be.Uint16(b[4:])
+	r.Type = be.Uint16(b[6:])
+	r.Cookie = be.Uint64(b[8:])
+	r.Length = be.Uint32(b[16:])
+	return nil
+}
