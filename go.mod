@@ -3,11 +3,12 @@ module dst
 go 1.26.8
 
 require (
-	github.com/dustin/go-humanize v1.1.0 // indirect
-	github.com/leanovate/gopter v0.2.11 // indirect
-	github.com/pojntfx/go-nbd v0.3.2 // indirect
-	github.com/stretchr/testify v1.12.1 // indirect
-	go.yaml.in/yaml/v3 v3.0.5 // indirect
-	golang.org/x/sync v0.25.0 // indirect
-	golang.org/x/sys v0.50.0 // indirect
+	github.com/dustin/go-humanize v1.1.0
+	github.com/leanovate/gopter v0.2.11
+	github.com/pojntfx/go-nbd v0.3.2
+	github.com/stretchr/testify v1.12.1
+	golang.org/x/sync v0.25.0
+	golang.org/x/sys v0.50.0
 )
+
+require go.yaml.in/yaml/v3 v3.0.5 // indirect

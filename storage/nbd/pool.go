@@ -60,8 +60,8 @@ func (p *bufferPool) get(ctx context.Context, n int) (*[]byte, error) {
 
 // put returns a buffer obtained from get.
 func (p *bufferPool) put(b *[]byte) {
-	c := classOf(cap(*b))
-	*b = (*b)[:cap(*b)]
-	p.classes[c].Put(b)
-	p.budget.Release(int64(cap(*b)))
+	n := cap(*b)
+	*b = (*b)[:n]
+	p.classes[classOf(n)].Put(b) // b belongs to the pool from here on
+	p.budget.Release(int64(n))
 }

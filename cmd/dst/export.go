@@ -1,0 +1,251 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/dustin/go-humanize"
+
+	"dst/storage/export"
+)
+
+var exportCommand = command{
+	name:    "export",
+	summary: "serve local files or block devices over NBD",
+	help: `Serve regular files or block devices to NBD clients (qemu, nbdkit's
+tools, the kernel, fio, another dst). Give one --file per export; a lone
+export also answers to the default (empty) export name.
+
+When it listens, it prints one line "listening on ADDR" on standard output;
+logs go to standard error. SIGINT or SIGTERM shut it down gracefully:
+requests in flight complete, then connections close (at most
+--shutdown-timeout); a second signal kills it at once.
+
+Sizes take SI suffixes (K, M, G, T: powers of 1000) and IEC suffixes
+(KiB, MiB, GiB, TiB: powers of 1024).
+
+Examples:
+  dst export --listen 127.0.0.1:0 --file disk.img --size 64MiB
+  dst export --listen :10809 --file a=/dev/sdb --file b=/srv/b.img \
+      --allow 10.0.0.0/8=rw --allow b=10.0.0.0/8=ro --allow 127.0.0.1=rw`,
+	setup: setupExport,
+}
+
+// exportFlags are the flags of dst export.
+type exportFlags struct {
+	listen          string
+	files           multiFlag
+	name            string
+	sizes           multiFlag
+	readOnly        bool
+	allows          multiFlag
+	tlsCert         string
+	tlsKey          string
+	tlsCA           string
+	tlsRequired     bool
+	logLevel        string
+	shutdownTimeout time.Duration
+	maxConns        int
+}
+
+func setupExport(stdout, stderr io.Writer) (*flag.FlagSet, func(context.Context) error) {
+	o := &exportFlags{}
+	fs := flag.NewFlagSet("export", flag.ContinueOnError)
+	fs.StringVar(&o.listen, "listen", "127.0.0.1:10809", "TCP `ADDR` to listen on, HOST:PORT; port 0 picks a free port")
+	fs.Var(&o.files, "file", "serve the regular file or block device PATH as export NAME: `[NAME=]PATH`\n(repeatable); NAME defaults to --name, else the base name of PATH")
+	fs.StringVar(&o.name, "name", "", "export `NAME` of a lone --file PATH")
+	fs.Var(&o.sizes, "size", "export SIZE bytes of export NAME, or of all: `[NAME=]SIZE` (repeatable); creates a\nmissing file, grows a smaller regular file, serves only the first SIZE bytes of a larger one")
+	fs.BoolVar(&o.readOnly, "read-only", false, "export every file read-only")
+	fs.Var(&o.allows, "allow", "let peers in CIDR use export NAME, or all, read-only or read-write:\n`[NAME=]CIDR=ro|rw[,CIDR=ro|rw...]` (repeatable); the longest matching prefix wins, peers\nmatching no rule are refused; without any rule everyone may read and write")
+	fs.StringVar(&o.tlsCert, "tls-cert", "", "server certificate `FILE` (PEM); enables TLS")
+	fs.StringVar(&o.tlsKey, "tls-key", "", "private key `FILE` (PEM) of --tls-cert")
+	fs.StringVar(&o.tlsCA, "tls-ca", "", "CA bundle `FILE` (PEM): require client certificates signed by it")
+	fs.BoolVar(&o.tlsRequired, "tls-required", false, "refuse clients that do not start TLS")
+	fs.StringVar(&o.logLevel, "log-level", "info", "log `LEVEL`: debug, info, warn or error")
+	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", export.DefaultShutdownTimeout, "how long a graceful shutdown waits for requests in flight (a `DURATION` like 10s)")
+	fs.IntVar(&o.maxConns, "max-conns", export.DefaultMaxConns, "serve at most `N` client connections at once")
+	return fs, func(ctx context.Context) error { return runExport(ctx, o, stdout, stderr) }
+}
+
+// runExport wires the flags into an export.Server and runs it until ctx
+// ends.
+func runExport(ctx context.Context, o *exportFlags, stdout, stderr io.Writer) error {
+	cfg, err := o.config()
+	if err != nil {
+		return err
+	}
+	log, err := newLogger(stderr, o.logLevel)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = log
+	for _, e := range cfg.Exports {
+		if e.Size%512 != 0 {
+			log.Warn("size is not a multiple of 512 bytes; some clients round it down", "export", e.Name, "size", e.Size)
+		}
+	}
+	if o.tlsCert != "" {
+		cfg.TLS, err = export.LoadTLS(export.TLSFiles{CertFile: o.tlsCert, KeyFile: o.tlsKey, CAFile: o.tlsCA})
+		if err != nil {
+			return err
+		}
+	}
+	srv, err := export.New(cfg)
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+	return srv.Run(ctx, func(addr net.Addr) { fmt.Fprintf(stdout, "listening on %s\n", addr) })
+}
+
+// config turns the flags into an export.Config; every error is a usage
+// error naming the flag.
+func (o *exportFlags) config() (export.Config, error) {
+	cfg := export.Config{Listen: o.listen, TLSRequired: o.tlsRequired, ShutdownTimeout: o.shutdownTimeout, MaxConns: o.maxConns}
+	switch {
+	case len(o.files) == 0:
+		return cfg, usagef("no --file given")
+	case o.listen == "":
+		return cfg, usagef("--listen is empty")
+	case (o.tlsCert == "") != (o.tlsKey == ""):
+		return cfg, usagef("--tls-cert and --tls-key go together")
+	case o.tlsCert == "" && o.tlsCA != "":
+		return cfg, usagef("--tls-ca needs --tls-cert and --tls-key")
+	case o.tlsCert == "" && o.tlsRequired:
+		return cfg, usagef("--tls-required needs --tls-cert and --tls-key")
+	case o.shutdownTimeout <= 0:
+		return cfg, usagef("--shutdown-timeout %v: must be positive", o.shutdownTimeout)
+	case o.maxConns <= 0:
+		return cfg, usagef("--max-conns %d: must be positive", o.maxConns)
+	}
+	if _, _, err := net.SplitHostPort(o.listen); err != nil {
+		return cfg, usagef("--listen %q: %v", o.listen, err)
+	}
+	if _, err := newLogger(io.Discard, o.logLevel); err != nil {
+		return cfg, err
+	}
+	if o.name != "" && len(o.files) > 1 {
+		return cfg, usagef("--name names a lone --file; with several, write --file NAME=PATH")
+	}
+	index := map[string]int{}
+	for _, v := range o.files {
+		name, path, named := strings.Cut(v, "=")
+		switch {
+		case !named:
+			path, name = v, o.name
+			if name == "" {
+				name = filepath.Base(path)
+			}
+		case o.name != "":
+			return cfg, usagef("--file %q names its export and --name %q too", v, o.name)
+		case name == "":
+			return cfg, usagef("--file %q: empty export name", v)
+		}
+		if path == "" {
+			return cfg, usagef("--file %q: empty path", v)
+		}
+		if _, dup := index[name]; dup {
+			return cfg, usagef("--file %q: a second export named %q (write --file NAME=PATH)", v, name)
+		}
+		index[name] = len(cfg.Exports)
+		cfg.Exports = append(cfg.Exports, export.ExportConfig{Name: name, Path: path, ReadOnly: o.readOnly})
+	}
+	if err := o.applySizes(&cfg, index); err != nil {
+		return cfg, err
+	}
+	if err := o.applyAllows(&cfg, index); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// applySizes sets the size of each export from --size.
+func (o *exportFlags) applySizes(cfg *export.Config, index map[string]int) error {
+	var all int64
+	named := map[string]int64{}
+	for _, v := range o.sizes {
+		name, text, forOne := strings.Cut(v, "=")
+		if !forOne {
+			name, text = "", v
+		}
+		n, err := humanize.ParseBytes(text)
+		switch {
+		case err != nil:
+			return usagef("--size %q: %v", v, err)
+		case n == 0 || n > math.MaxInt64:
+			return usagef("--size %q: must be between 1 byte and 8 EiB", v)
+		}
+		if !forOne {
+			if all != 0 {
+				return usagef("--size %q: a size for all exports was already given", v)
+			}
+			all = int64(n)
+			continue
+		}
+		if _, ok := index[name]; !ok {
+			return usagef("--size %q: no export named %q", v, name)
+		}
+		if _, dup := named[name]; dup {
+			return usagef("--size %q: export %q already has a size", v, name)
+		}
+		named[name] = int64(n)
+	}
+	for i := range cfg.Exports {
+		e := &cfg.Exports[i]
+		e.Size = all
+		if n, ok := named[e.Name]; ok {
+			e.Size = n
+		}
+	}
+	return nil
+}
+
+// applyAllows builds the access list of each export from --allow: rules
+// for all exports, overridden per prefix by rules for one export.
+func (o *exportFlags) applyAllows(cfg *export.Config, index map[string]int) error {
+	var all []export.Rule
+	named := map[string][]export.Rule{}
+	for _, v := range o.allows {
+		name, rules := "", v
+		// A name is there when the first rule has two '=': NAME=CIDR=rw.
+		firstRule, _, _ := strings.Cut(v, ",")
+		if strings.Count(firstRule, "=") == 2 {
+			name, rules, _ = strings.Cut(v, "=")
+			if _, ok := index[name]; !ok {
+				return usagef("--allow %q: no export named %q", v, name)
+			}
+		}
+		acl, err := export.ParseACL(rules)
+		if err != nil {
+			return usagef("--allow %q: %v", v, err)
+		}
+		if acl.Empty() {
+			return usagef("--allow %q: no rule", v)
+		}
+		if name == "" {
+			all = append(all, acl.Rules()...)
+		} else {
+			named[name] = append(named[name], acl.Rules()...)
+		}
+	}
+	global, err := export.NewACL(all...)
+	if err != nil {
+		return usagef("--allow: %v", err)
+	}
+	for i := range cfg.Exports {
+		e := &cfg.Exports[i]
+		own, err := export.NewACL(named[e.Name]...)
+		if err != nil {
+			return usagef("--allow for export %q: %v", e.Name, err)
+		}
+		e.Allow = global.Override(own)
+	}
+	return nil
+}

@@ -1,0 +1,133 @@
+// Steady-state allocation tests and benchmarks: a read and a write through
+// the pipelined client, the loopback connection and the concurrent server
+// (both sides in this process) must allocate nothing once warmed up.
+package nbd_test
+
+import (
+	"context"
+	"net"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	. "dst/storage/nbd"
+)
+
+func benchPair(tb testing.TB, size int) *Client {
+	_, addr := singleExport(tb, size)
+	return dial(tb, addr, ClientOptions{})
+}
+
+func TestSteadyStateAllocatesNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("allocation counts are meaningless under -race; make test runs this test without it")
+	}
+	c := benchPair(t, 1<<20)
+	ctx := context.Background()
+	buf := make([]byte, 4096)
+	big := make([]byte, 256<<10)
+	for _, tc := range []struct {
+		name string
+		op   func() error
+	}{
+		{"read 4k", func() error { return c.ReadAt(ctx, buf, 8192) }},
+		{"write 4k", func() error { return c.WriteAt(ctx, buf, 8192, 0) }},
+		{"write 4k fua", func() error { return c.WriteAt(ctx, buf, 4096, CmdFlagFUA) }},
+		{"read 256k", func() error { return c.ReadAt(ctx, big, 0) }},
+		{"write 256k", func() error { return c.WriteAt(ctx, big, 0, 0) }},
+		{"flush", func() error { return c.Flush(ctx) }},
+	} {
+		for range 100 { // warm the pools and the connection's buffers
+			require.NoError(t, tc.op(), tc.name)
+		}
+		var err error
+		allocs := testing.AllocsPerRun(500, func() {
+			if e := tc.op(); e != nil {
+				err = e
+			}
+		})
+		require.NoError(t, err)
+		require.Zero(t, allocs, "%s allocates %.2f times per request", tc.name, allocs)
+	}
+}
+
+func benchOp(b *testing.B, size int, parallel int, write bool) {
+	c := benchPair(b, 64<<20)
+	ctx := context.Background()
+	b.SetBytes(int64(size))
+	b.ReportAllocs()
+	b.SetParallelism(parallel)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		buf := make([]byte, size)
+		off := int64(0)
+		for pb.Next() {
+			var err error
+			if write {
+				err = c.WriteAt(ctx, buf, off, 0)
+			} else {
+				err = c.ReadAt(ctx, buf, off)
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			off = (off + int64(size)) % (64<<20 - int64(size))
+		}
+	})
+}
+
+func BenchmarkRead4KQD1(b *testing.B)   { benchOp(b, 4096, 1, false) }
+func BenchmarkRead4KQD32(b *testing.B)  { benchOp(b, 4096, 16, false) }
+func BenchmarkWrite4KQD32(b *testing.B) { benchOp(b, 4096, 16, true) }
+func BenchmarkRead1MQD8(b *testing.B)   { benchOp(b, 1<<20, 4, false) }
+func BenchmarkWrite1MQD8(b *testing.B)  { benchOp(b, 1<<20, 4, true) }
+
+// BenchmarkTCPPingPong4K is the floor for a QD1 request: one 4 KiB message
+// each way over loopback TCP, nothing else.
+func BenchmarkTCPPingPong4K(b *testing.B) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(b, err)
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		buf := make([]byte, 4096)
+		for {
+			if _, err := readFull(c, buf[:32]); err != nil {
+				return
+			}
+			if _, err := c.Write(buf); err != nil {
+				return
+			}
+		}
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(b, err)
+	defer c.Close()
+	req, buf := make([]byte, 32), make([]byte, 4096)
+	b.SetBytes(4096)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := c.Write(req); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := readFull(c, buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func readFull(c net.Conn, p []byte) (int, error) {
+	n := 0
+	for n < len(p) {
+		m, err := c.Read(p[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}

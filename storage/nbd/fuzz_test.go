@@ -1,0 +1,186 @@
+// Fuzz targets for every parser of bytes from the network: request and
+// reply headers, the server's option negotiation and transmission phase fed
+// with arbitrary client bytes, and the client fed with arbitrary server
+// bytes. None may panic, hang, or allocate from a length it did not check.
+package nbd
+
+import (
+	"context"
+	"io"
+	"net"
+	"testing"
+	"time"
+)
+
+// zeroBackend reads zeroes and accepts everything.
+type zeroBackend struct{}
+
+func (zeroBackend) ReadAt(_ context.Context, p []byte, _ int64) error         { clear(p); return nil }
+func (zeroBackend) WriteAt(context.Context, []byte, int64, CmdFlags) error    { return nil }
+func (zeroBackend) Flush(context.Context) error                               { return nil }
+func (zeroBackend) Trim(context.Context, int64, int64, CmdFlags) error        { return nil }
+func (zeroBackend) WriteZeroes(context.Context, int64, int64, CmdFlags) error { return nil }
+func (zeroBackend) Cache(context.Context, int64, int64) error                 { return nil }
+
+func FuzzDecodeRequest(f *testing.F) {
+	b := make([]byte, requestHeaderBytes)
+	EncodeRequest(b, &Request{Cmd: CmdWrite, Flags: CmdFlagFUA, Cookie: 7, Offset: 4096, Length: 512})
+	f.Add(b)
+	f.Add(make([]byte, requestHeaderBytes))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) < requestHeaderBytes {
+			return
+		}
+		var r Request
+		if DecodeRequest(b, &r) != nil {
+			return
+		}
+		out := make([]byte, requestHeaderBytes)
+		EncodeRequest(out, &r)
+		if string(out) != string(b[:requestHeaderBytes]) {
+			t.Fatalf("round trip: %x -> %+v -> %x", b[:requestHeaderBytes], r, out)
+		}
+	})
+}
+
+func FuzzDecodeReply(f *testing.F) {
+	b := make([]byte, structuredReplyBytes)
+	encodeChunk(b, chunkFlagDone, chunkOffsetData, 9, 8)
+	f.Add(b)
+	encodeSimpleReply(b, EIO, 3)
+	f.Add(b[:simpleReplyBytes])
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if len(b) < 4 {
+			return
+		}
+		var r Reply
+		_ = DecodeReply(b, &r)
+	})
+}
+
+// pipeServer runs ServeConn on one end of a pipe, writes input into the
+// other end as a client would, drains everything the server says, and waits
+// for the server to finish.
+func pipeServer(t *testing.T, opts ServerOptions, input []byte) {
+	srv, err := NewServer(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc, cc := net.Pipe()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = srv.ServeConn(context.Background(), sc)
+	}()
+	go func() { _, _ = io.Copy(io.Discard, cc) }()
+	_ = cc.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	_, _ = cc.Write(input)
+	cc.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("server did not finish after the client closed")
+	}
+}
+
+func fuzzExports() []*Export {
+	return []*Export{
+		{Name: "a", Size: 1 << 20, Flags: FlagSendFlush | FlagSendTrim | FlagSendWriteZero | FlagSendCache, Backend: zeroBackend{}},
+		{Name: "b", Size: 4096, MinBlock: 512, Backend: zeroBackend{}},
+	}
+}
+
+// clientPrologue is what a client sends to reach transmission on "a".
+func clientPrologue(structured bool) []byte {
+	b := be.AppendUint32(nil, clientFixedNewstyle|clientNoZeroes)
+	opt := func(o Option, data []byte) {
+		b = be.AppendUint64(b, magicOption)
+		b = be.AppendUint32(b, uint32(o))
+		b = be.AppendUint32(b, uint32(len(data)))
+		b = append(b, data...)
+	}
+	if structured {
+		opt(OptStructuredReply, nil)
+	}
+	opt(OptGo, []byte{0, 0, 0, 1, 'a', 0, 1, 0, 3})
+	return b
+}
+
+func FuzzServerHandshake(f *testing.F) {
+	f.Add(clientPrologue(false))
+	f.Add(clientPrologue(true))
+	f.Add([]byte{0, 0, 0, 1, 'I', 'H', 'A', 'V', 'E', 'O', 'P', 'T', 0, 0, 0, 3, 0, 0, 0, 0})
+	f.Add([]byte{0, 0, 0, 1, 'I', 'H', 'A', 'V', 'E', 'O', 'P', 'T', 0, 0, 0, 1, 0, 0, 0, 1, 'b'})
+	f.Fuzz(func(t *testing.T, input []byte) {
+		pipeServer(t, ServerOptions{Exports: fuzzExports(), MaxInFlight: 4, BufferBytes: 64 << 20,
+			HandshakeTimeout: 5 * time.Second}, input)
+	})
+}
+
+func FuzzServerTransmission(f *testing.F) {
+	req := func(cmd Command, flags CmdFlags, off uint64, length uint32, payload bool) []byte {
+		b := make([]byte, requestHeaderBytes)
+		EncodeRequest(b, &Request{Cmd: cmd, Flags: flags, Cookie: 1, Offset: off, Length: length})
+		if payload {
+			b = append(b, make([]byte, length)...)
+		}
+		return b
+	}
+	f.Add(false, req(CmdRead, 0, 0, 4096, false))
+	f.Add(true, append(req(CmdWrite, CmdFlagFUA, 512, 1024, true), req(CmdFlush, 0, 0, 0, false)...))
+	f.Add(false, req(CmdTrim, 0, 1<<20-512, 1024, false))
+	f.Add(true, req(CmdWriteZeroes, CmdFlagFastZero, 0, 4096, false))
+	f.Add(false, req(Command(99), 0, 0, 0, false))
+	f.Fuzz(func(t *testing.T, structured bool, input []byte) {
+		pipeServer(t, ServerOptions{Exports: fuzzExports(), MaxInFlight: 4, MaxPayload: 1 << 20, BufferBytes: 64 << 20},
+			append(clientPrologue(structured), input...))
+	})
+}
+
+// FuzzClient plays a server that sends arbitrary bytes after a valid
+// greeting; the client must fail cleanly, never panic or hang.
+func FuzzClient(f *testing.F) {
+	greeting := be.AppendUint64(nil, magicNBD)
+	greeting = be.AppendUint64(greeting, magicOption)
+	greeting = be.AppendUint16(greeting, handshakeFixedNewstyle|handshakeNoZeroes)
+	info := func(payload []byte) []byte {
+		b := be.AppendUint64(nil, magicOptionReply)
+		b = be.AppendUint32(b, uint32(OptGo))
+		b = be.AppendUint32(b, uint32(RepInfo))
+		b = be.AppendUint32(b, uint32(len(payload)))
+		return append(b, payload...)
+	}
+	exp := be.AppendUint16(nil, uint16(InfoExport))
+	exp = be.AppendUint64(exp, 1<<20)
+	exp = be.AppendUint16(exp, uint16(FlagHasFlags|FlagSendFlush))
+	ack := be.AppendUint64(nil, magicOptionReply)
+	ack = be.AppendUint32(ack, uint32(OptGo))
+	ack = be.AppendUint32(ack, uint32(RepAck))
+	ack = be.AppendUint32(ack, 0)
+	good := append(info(exp), ack...)
+	reply := make([]byte, simpleReplyBytes)
+	encodeSimpleReply(reply, 0, 0)
+	f.Add(good)
+	f.Add(append(append([]byte{}, good...), reply...))
+	f.Add(info([]byte{0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}))
+	f.Fuzz(func(t *testing.T, input []byte) {
+		sc, cc := net.Pipe()
+		defer sc.Close()
+		go func() {
+			_, _ = sc.Write(greeting)
+			go func() { _, _ = io.Copy(io.Discard, sc) }()
+			_, _ = sc.Write(input)
+			sc.Close()
+		}()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, err := NewClient(ctx, cc, ClientOptions{MaxInFlight: 2})
+		if err != nil {
+			cc.Close()
+			return
+		}
+		_ = c.ReadAt(ctx, make([]byte, 512), 0)
+		_ = c.Flush(ctx)
+		c.Close()
+	})
+}
