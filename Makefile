@@ -7,7 +7,7 @@ PKGS := ./...
 DEB_PACKAGES := nbdkit qemu-utils nbd-server libnbd-bin fio xfsprogs btrfs-progs e2fsprogs fuse3 iproute2 util-linux
 FUZZTIME ?= 10s
 
-.PHONY: help build test test-short bench fuzz deps vet clean
+.PHONY: help build test test-short bench fuzz prop demo deps vet clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -36,6 +36,12 @@ fuzz: ## a short run of every fuzz target (FUZZTIME=10s each)
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel 2 $$pkg; \
 	  done; done
+
+prop: ## property tests only; SEED= replays a seed, PROP_ITER= scales the iterations
+	PROP_SEED=$(SEED) PROP_ITER=$(PROP_ITER) $(GO) test -count=1 -run 'Prop' -v ./storage/...
+
+demo: ## the main job: dst export (and serve) checked with qemu-io and nbdcopy
+	./scripts/demo.sh
 
 deps: ## install the Debian packages the tests need (as root), if missing
 	@missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -29,6 +29,8 @@ import (
 // toolTimeout bounds one run of a third-party tool.
 const toolTimeout = 60 * time.Second
 
+const mib = 1 << 20
+
 // debianPackage names the package that ships each tool the tests run.
 var debianPackage = map[string]string{
 	"nbdinfo":  "libnbd-bin",

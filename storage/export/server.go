@@ -1,11 +1,9 @@
-// Package export serves local devices — regular files and block devices —
-// over NBD: it opens them (File), decides who may use them (ACL), secures
-// the link (LoadTLS) and runs the listener (Server). It is the only place
-// in dst where backend and operating system errors become NBD error codes
-// (Errno).
-//
-// The package is Linux-only: it uses fallocate, pwritev2, fdatasync and
-// block device ioctls.
+// Package export serves nodes (storage/node) over NBD: regular files and
+// block devices it opens itself (node.File), or any node.Node it is given
+// (a memory node, a remote node, later an assembled storage). It decides
+// who may use them (ACL), secures the link (LoadTLS) and runs the listener
+// (Server). It is the only place in dst where node, engine and operating
+// system errors become NBD error codes (Errno).
 package export
 
 import (
@@ -20,6 +18,7 @@ import (
 	"time"
 
 	"dst/storage/nbd"
+	"dst/storage/node"
 )
 
 // Defaults of Config.
@@ -43,11 +42,20 @@ type ExportConfig struct {
 	Name string
 	// Description is sent to clients that ask for it; may be empty.
 	Description string
-	// Path is the regular file or block device to serve.
+	// Path is the regular file or block device to serve, opened with
+	// node.OpenFile when the server is created and closed with it. Either
+	// Path or Node is set.
 	Path string
-	// Size and ReadOnly are passed to OpenFile (see FileOptions).
-	Size     int64
+	// Size is passed to node.OpenFile (see node.FileOptions); it must be
+	// zero with Node.
+	Size int64
+	// ReadOnly opens Path read-only and serves the export read-only to
+	// every peer, whatever its ACL rule says.
 	ReadOnly bool
+	// Node, if set instead of Path, is served as it is: its Size and Flags
+	// are read once when the server is created. The caller owns it: the
+	// server never closes it, and the caller closes it only after Close.
+	Node node.Node
 	// Allow decides which peers may use the export and how. The zero ACL
 	// lets everyone read and write; a peer matching no rule is refused
 	// with NBD_REP_ERR_POLICY. ReadOnly overrides a rule's rw.
@@ -88,7 +96,7 @@ type Server struct {
 	cfg   Config
 	log   *slog.Logger
 	nbd   *nbd.Server
-	files []*File
+	files []*node.File                 // opened by New from ExportConfig.Path; closed by Close
 	allow map[*nbd.Export]exportPolicy // read-only after New
 
 	connCtx    context.Context // ends every connection when cancelled
@@ -108,9 +116,9 @@ type exportPolicy struct {
 	readOnly bool
 }
 
-// New validates cfg and opens every export's file. On error nothing stays
-// open. Errors wrap ErrConfig or the errors of OpenFile, and name the
-// export.
+// New validates cfg and opens every export's file. On error nothing it
+// opened stays open. Errors wrap ErrConfig or the errors of node.OpenFile,
+// and name the export.
 func New(cfg Config) (*Server, error) {
 	if len(cfg.Exports) == 0 {
 		return nil, fmt.Errorf("%w: no export", ErrConfig)
@@ -137,27 +145,22 @@ func New(cfg Config) (*Server, error) {
 			return nil, fmt.Errorf("%w: two exports named %q", ErrConfig, ec.Name)
 		}
 		names[ec.Name] = true
-		if ec.Path == "" {
-			s.closeFiles()
-			return nil, fmt.Errorf("%w: export %q has no path", ErrConfig, ec.Name)
-		}
-		f, err := OpenFile(ec.Path, FileOptions{ReadOnly: ec.ReadOnly, Size: ec.Size})
+		n, err := s.open(ec)
 		if err != nil {
 			s.closeFiles()
-			return nil, fmt.Errorf("export %q: %w", ec.Name, err)
+			return nil, err
 		}
-		s.files = append(s.files, f)
 		e := &nbd.Export{
 			Name:        ec.Name,
 			Description: ec.Description,
-			Size:        f.Size(),
-			Flags:       f.Flags(),
-			Backend:     f,
+			Size:        n.Size(),
+			Flags:       n.Flags(),
+			Backend:     n,
 		}
 		exports = append(exports, e)
 		s.allow[e] = exportPolicy{acl: ec.Allow, readOnly: ec.ReadOnly}
-		log.Info("export ready", "export", ec.Name, "path", ec.Path, "size", f.Size(),
-			"block_device", f.IsBlockDevice(), "read_only", ec.ReadOnly, "allow", aclText(ec.Allow), "flags", e.Flags)
+		log.Info("export ready", "export", ec.Name, "node", n.String(), "size", n.Size(),
+			"read_only", ec.ReadOnly, "allow", aclText(ec.Allow), "flags", e.Flags)
 	}
 	srv, err := nbd.NewServer(nbd.ServerOptions{
 		Exports:     exports,
@@ -177,6 +180,25 @@ func New(cfg Config) (*Server, error) {
 	s.nbd = srv
 	s.connCtx, s.cancelConn = context.WithCancel(context.Background())
 	return s, nil
+}
+
+// open returns the node an export serves: ec.Node, or the file at ec.Path
+// (which it records for Close).
+func (s *Server) open(ec ExportConfig) (node.Node, error) {
+	switch {
+	case ec.Node != nil && (ec.Path != "" || ec.Size != 0):
+		return nil, fmt.Errorf("%w: export %q has a node and a path or size", ErrConfig, ec.Name)
+	case ec.Node != nil:
+		return ec.Node, nil
+	case ec.Path == "":
+		return nil, fmt.Errorf("%w: export %q has no path", ErrConfig, ec.Name)
+	}
+	f, err := node.OpenFile(ec.Path, node.FileOptions{ReadOnly: ec.ReadOnly, Size: ec.Size})
+	if err != nil {
+		return nil, fmt.Errorf("export %q: %w", ec.Name, err)
+	}
+	s.files = append(s.files, f)
+	return f, nil
 }
 
 func aclText(a ACL) string {
@@ -363,7 +385,8 @@ func (s *Server) Shutdown(ctx context.Context) error {
 }
 
 // Close ends every connection at once, waits for them, and closes the
-// files. It is safe to call more than once and after Shutdown.
+// files New opened (not the nodes given in ExportConfig.Node). It is safe
+// to call more than once and after Shutdown.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()

@@ -1,8 +1,9 @@
 // The export server serves files to the dst client (nbd.Dial) with every
 // command round-tripping, routes export names, enforces access rules by
 // peer address (dialling from several 127.0.0.0/8 source addresses), bounds
-// connections, and shuts down promptly with clients connected, checked
-// against in-process servers on random loopback ports.
+// connections, shuts down promptly with clients connected, and serves any
+// node.Node it is given (a memory node, a remote node: storages stack),
+// checked against in-process servers on random loopback ports.
 package export_test
 
 import (
@@ -18,6 +19,7 @@ import (
 
 	"dst/storage/export"
 	"dst/storage/nbd"
+	"dst/storage/node"
 )
 
 func TestClientRoundTrip(t *testing.T) {
@@ -65,6 +67,47 @@ func TestClientRoundTrip(t *testing.T) {
 	err = c.ReadAt(ctx, make([]byte, 4096), 64*mib-100)
 	require.ErrorIs(t, err, nbd.EINVAL, "reading past the end")
 	require.NoError(t, c.ReadAt(ctx, got[:1], 0), "errors leave the connection usable")
+}
+
+func TestServeNodes(t *testing.T) {
+	ctx := testCtx(t, 60*time.Second)
+	// Stack two servers: "file" on the lower one, served again by the
+	// upper one through a remote node; and a memory node beside it.
+	img := tempImage(t, 4*mib)
+	lower := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "file", Path: img}}})
+	addr, err := node.ParseURL("nbd://" + lower.Addr + "/file")
+	require.NoError(t, err)
+	remote, err := node.NewRemote(addr, node.RemoteOptions{})
+	require.NoError(t, err)
+	ran := make(chan error, 1)
+	go func() { ran <- remote.Run(context.Background()) }()
+	require.NoError(t, remote.Ready(ctx))
+	mem := node.NewMemory(mib)
+	upper := startServer(t, export.Config{Exports: []export.ExportConfig{
+		{Name: "remote", Node: remote},
+		{Name: "mem", Node: mem, ReadOnly: true},
+	}})
+
+	c := dial(t, upper.Addr, nbd.ClientOptions{ExportName: "remote"})
+	require.Equal(t, int64(4*mib), c.Info().Size)
+	require.NoError(t, c.WriteAt(ctx, pattern(0x3e, 5000), mib+7, nbd.CmdFlagFUA))
+	require.NoError(t, c.Flush(ctx))
+	disk, err := os.ReadFile(img)
+	require.NoError(t, err)
+	require.Equal(t, pattern(0x3e, 5000), disk[mib+7:mib+7+5000], "through both servers into the file")
+
+	m := dial(t, upper.Addr, nbd.ClientOptions{ExportName: "mem"})
+	require.Equal(t, int64(mib), m.Info().Size)
+	want := (node.MemoryFlags | nbd.FlagHasFlags | nbd.FlagReadOnly) &^ (nbd.FlagSendTrim | nbd.FlagSendWriteZero | nbd.FlagSendFastZero)
+	require.Equal(t, want, m.Info().Flags, "got %v", m.Info().Flags)
+	require.ErrorIs(t, m.WriteAt(ctx, []byte{1}, 0, 0), nbd.ErrUnsupported, "read-only for every peer")
+	require.NoError(t, m.ReadAt(ctx, make([]byte, 10), 0))
+
+	require.NoError(t, upper.Close())
+	require.NoError(t, mem.ReadAt(ctx, make([]byte, 1), 0), "the server does not close nodes it was given")
+	require.NoError(t, remote.ReadAt(ctx, make([]byte, 1), 0))
+	require.NoError(t, remote.Close())
+	require.NoError(t, <-ran)
 }
 
 func TestExportNames(t *testing.T) {
@@ -204,6 +247,7 @@ func TestNewErrors(t *testing.T) {
 		{"no export", export.Config{}, export.ErrConfig, "no export"},
 		{"duplicate", export.Config{Exports: []export.ExportConfig{{Name: "x", Path: img}, {Name: "x", Path: img}}}, export.ErrConfig, `two exports named "x"`},
 		{"no path", export.Config{Exports: []export.ExportConfig{{Name: "x"}}}, export.ErrConfig, `export "x" has no path`},
+		{"node and path", export.Config{Exports: []export.ExportConfig{{Name: "x", Path: img, Node: node.NewMemory(512)}}}, export.ErrConfig, `export "x" has a node and a path`},
 		{"TLS required without TLS", export.Config{TLSRequired: true, Exports: []export.ExportConfig{{Name: "x", Path: img}}}, export.ErrConfig, "TLS"},
 		{"missing file", export.Config{Exports: []export.ExportConfig{{Name: "x", Path: img}, {Name: "y", Path: missing}}}, os.ErrNotExist, missing},
 	} {

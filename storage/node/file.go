@@ -1,4 +1,4 @@
-package export
+package node
 
 import (
 	"context"
@@ -16,19 +16,6 @@ import (
 	"dst/storage/nbd"
 )
 
-// Sentinel errors of OpenFile, checked with errors.Is. Errors for a missing
-// file wrap fs.ErrNotExist.
-var (
-	// ErrNotDevice: the path is neither a regular file nor a block device.
-	ErrNotDevice = errors.New("export: not a regular file or block device")
-	// ErrSize: the requested size is impossible (negative, zero, larger
-	// than a block device or than a read-only file).
-	ErrSize = errors.New("export: bad export size")
-	// ErrInUse: a block device to be exported read-write is in use by the
-	// system (mounted, or held by device mapper, md, ...).
-	ErrInUse = errors.New("export: block device is in use")
-)
-
 // zeroChunkBytes is the largest write of the slow WRITE_ZEROES path.
 const zeroChunkBytes = 1 << 20
 
@@ -40,22 +27,22 @@ var zeroes [zeroChunkBytes]byte
 const createMode = 0o644
 
 // FileOptions configure OpenFile. The zero value opens an existing file or
-// device read-write and exports all of it.
+// device read-write and uses all of it.
 type FileOptions struct {
-	// ReadOnly opens the file O_RDONLY and marks the export read-only.
+	// ReadOnly opens the file O_RDONLY; the node then has FlagReadOnly and
+	// refuses writes with nbd.EPERM.
 	ReadOnly bool
-	// Size is the exported size in bytes. Zero exports the whole file or
-	// device. A missing file is created with this size (sparse); a
-	// regular file smaller than Size is grown with ftruncate (unless
-	// ReadOnly, which is an error); a file or device larger than Size is
-	// exported up to Size only. A block device smaller than Size is an
-	// error.
+	// Size is the node size in bytes. Zero uses the whole file or device.
+	// A missing file is created with this size (sparse); a regular file
+	// smaller than Size is grown with ftruncate (unless ReadOnly, which is
+	// an error); of a file or device larger than Size only the first Size
+	// bytes are used. A block device smaller than Size is an error.
 	Size int64
 }
 
-// File is an nbd.Backend over a regular file or a block device, using
-// positional I/O on one descriptor. Its methods are safe for concurrent
-// use; the size is fixed at open.
+// File is a Node over a regular file or a block device (a local node),
+// using positional I/O on one descriptor. Its methods are safe for
+// concurrent use; the size is fixed at open.
 //
 // How each command maps to the kernel:
 //
@@ -97,7 +84,7 @@ type File struct {
 	noDSync     atomic.Bool // pwritev2 RWF_DSYNC reported unsupported
 }
 
-var _ nbd.Backend = (*File)(nil)
+var _ Node = (*File)(nil)
 
 // OpenFile opens path as described by opts. Errors name the path and wrap
 // fs.ErrNotExist, ErrNotDevice, ErrSize, ErrInUse or the operating system
@@ -115,7 +102,7 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 	case errors.Is(err, fs.ErrNotExist):
 		return create(path, opts)
 	case err != nil:
-		return nil, fmt.Errorf("export: %w", err)
+		return nil, fmt.Errorf("node: %w", err)
 	case !st.Mode().IsRegular() && !isBlockDevice(st.Mode()):
 		return nil, fmt.Errorf("%w: %s is a %v", ErrNotDevice, path, st.Mode().Type())
 	case isBlockDevice(st.Mode()) && !opts.ReadOnly:
@@ -127,7 +114,7 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 		return nil, fmt.Errorf("%w: %s (mounted?): %v", ErrInUse, path, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("export: %w", err)
+		return nil, fmt.Errorf("node: %w", err)
 	}
 	file, err := newFile(f, path, opts)
 	if err != nil {
@@ -141,18 +128,18 @@ func OpenFile(path string, opts FileOptions) (*File, error) {
 func create(path string, opts FileOptions) (*File, error) {
 	switch {
 	case opts.Size == 0:
-		return nil, fmt.Errorf("export: %s does not exist (give a size to create it): %w", path, fs.ErrNotExist)
+		return nil, fmt.Errorf("node: %s does not exist (give a size to create it): %w", path, fs.ErrNotExist)
 	case opts.ReadOnly:
-		return nil, fmt.Errorf("export: %s does not exist and a read-only export cannot create it: %w", path, fs.ErrNotExist)
+		return nil, fmt.Errorf("node: %s does not exist and a read-only node cannot create it: %w", path, fs.ErrNotExist)
 	}
 	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, createMode)
 	if err != nil {
-		return nil, fmt.Errorf("export: create: %w", err)
+		return nil, fmt.Errorf("node: create: %w", err)
 	}
 	if err := f.Truncate(opts.Size); err != nil {
 		f.Close()
 		os.Remove(path)
-		return nil, fmt.Errorf("export: size new file %s to %d bytes: %w", path, opts.Size, err)
+		return nil, fmt.Errorf("node: size new file %s to %d bytes: %w", path, opts.Size, err)
 	}
 	file, err := newFile(f, path, opts)
 	if err != nil {
@@ -163,16 +150,16 @@ func create(path string, opts FileOptions) (*File, error) {
 	return file, nil
 }
 
-// newFile checks what f is, settles the export size and probes what the
+// newFile checks what f is, settles the node size and probes what the
 // file system supports.
 func newFile(f *os.File, path string, opts FileOptions) (*File, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
-		return nil, fmt.Errorf("export: %s: %w", path, err)
+		return nil, fmt.Errorf("node: %s: %w", path, err)
 	}
 	st, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("export: %w", err)
+		return nil, fmt.Errorf("node: %w", err)
 	}
 	file := &File{f: f, rc: rc, path: path, readOnly: opts.ReadOnly, sectorBytes: 1}
 	var have int64
@@ -192,7 +179,7 @@ func newFile(f *os.File, path string, opts FileOptions) (*File, error) {
 			}
 			return err
 		}); err != nil {
-			return nil, fmt.Errorf("export: size of block device %s: %w", path, err)
+			return nil, fmt.Errorf("node: size of block device %s: %w", path, err)
 		}
 	default:
 		return nil, fmt.Errorf("%w: %s is a %v", ErrNotDevice, path, m.Type())
@@ -210,7 +197,7 @@ func newFile(f *os.File, path string, opts FileOptions) (*File, error) {
 		return nil, fmt.Errorf("%w: %d bytes asked of %s, which has %d and is opened read-only", ErrSize, opts.Size, path, have)
 	default:
 		if err := f.Truncate(opts.Size); err != nil {
-			return nil, fmt.Errorf("export: grow %s from %d to %d bytes: %w", path, have, opts.Size, err)
+			return nil, fmt.Errorf("node: grow %s from %d to %d bytes: %w", path, have, opts.Size, err)
 		}
 		file.size = opts.Size
 		have = opts.Size
@@ -237,11 +224,14 @@ func (f *File) probePunch(fileBytes int64) {
 	}
 }
 
-// Size returns the exported size in bytes.
+// Size returns the device size in bytes, fixed at open.
 func (f *File) Size() int64 { return f.size }
 
 // Path returns the path the file was opened with.
 func (f *File) Path() string { return f.path }
+
+// String returns the path, which names the node in logs and errors.
+func (f *File) String() string { return f.path }
 
 // IsBlockDevice reports whether the file is a block device.
 func (f *File) IsBlockDevice() bool { return f.block }
@@ -265,12 +255,12 @@ func (f *File) Flags() nbd.TransmissionFlags {
 // Close closes the file. Pending writes are not flushed: clients FLUSH.
 func (f *File) Close() error {
 	if err := f.f.Close(); err != nil {
-		return fmt.Errorf("export: close %s: %w", f.path, err)
+		return fmt.Errorf("node: close %s: %w", f.path, err)
 	}
 	return nil
 }
 
-// ReadAt fills p from off. A file that shrank under the export (another
+// ReadAt fills p from off. A file that shrank under the node (another
 // process truncated it) is an error wrapping io.ErrUnexpectedEOF.
 func (f *File) ReadAt(_ context.Context, p []byte, off int64) error {
 	n, err := f.f.ReadAt(p, off)
@@ -467,7 +457,7 @@ func (f *File) opErr(op string, off, length int64, err error) error {
 	if pe, ok := err.(*fs.PathError); ok {
 		err = pe.Err
 	}
-	return fmt.Errorf("export: %s %s offset %d length %d: %w", op, f.path, off, length, err)
+	return fmt.Errorf("node: %s %s offset %d length %d: %w", op, f.path, off, length, err)
 }
 
 // unsupported reports whether err says the kernel, file system or device

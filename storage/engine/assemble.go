@@ -1,0 +1,523 @@
+package engine
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"dst/storage/layout"
+	"dst/storage/meta"
+	"dst/storage/node"
+)
+
+// AssembleOptions configure Assemble; zero values are documented per field.
+type AssembleOptions struct {
+	// Open opens a member by URL; required.
+	Open func(ctx context.Context, url string) (node.Node, error)
+	// RegionSize of new storages' bitmaps. Zero means meta.DefaultRegionSize.
+	// An existing storage keeps the region size it was created with.
+	RegionSize int64
+	// AllowDegraded assembles a mirror even when an in-sync member is
+	// missing (it may have held newer data).
+	AllowDegraded bool
+	// Replace lists member URLs that may be overwritten although their
+	// superblock is foreign, damaged or mismatched.
+	Replace []string
+	// Engine and Monitor configure the engine and its resync monitor.
+	Engine  Options
+	Monitor MonitorOptions
+	// Rand is the source of storage and member ids; nil means crypto/rand.
+	Rand io.Reader
+	// Logger receives assembly and membership events; nil discards them.
+	Logger *slog.Logger
+}
+
+// Storage is an assembled storage: the engine over its members, with the
+// superblocks kept up to date as members leave and rejoin.
+type Storage struct {
+	e     *Engine
+	nodes []node.Node
+	spec  Spec
+	log   *slog.Logger
+	opts  AssembleOptions
+
+	mu      sync.Mutex // guards the fields below and superblock writes
+	supers  []meta.Superblock
+	gen     uint64
+	created bool
+}
+
+// Assemble opens the members of spec and either creates the storage (all
+// members blank: superblocks and clean bitmaps are written) or assembles it
+// from their superblocks: members that are in sync serve, stale ones are
+// resynced from the dirty regions the bitmaps recorded, blank or replaced
+// ones are copied whole — by Run, without operator steps. Foreign or
+// mismatched members are refused with an error naming them, unless listed
+// in Replace.
+func Assemble(ctx context.Context, spec Spec, opts AssembleOptions) (*Storage, error) {
+	if err := spec.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Open == nil {
+		return nil, errors.New("engine: Assemble needs an Open function")
+	}
+	if opts.RegionSize <= 0 {
+		opts.RegionSize = meta.DefaultRegionSize
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Reader
+	}
+	s := &Storage{spec: spec, log: opts.Logger, opts: opts}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	urls := spec.Leaves()
+	if len(urls) > meta.MaxMembers {
+		return nil, fmt.Errorf("engine: %d members, at most %d", len(urls), meta.MaxMembers)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			s.closeNodes()
+		}
+	}()
+	probes := make([]meta.Probe, len(urls))
+	for i, u := range urls {
+		n, err := opts.Open(ctx, u)
+		if err != nil {
+			return nil, fmt.Errorf("engine: member %d (%s): %w", i, u, err)
+		}
+		s.nodes = append(s.nodes, n)
+		probes[i] = readSuper(ctx, n)
+	}
+	shape := shapeOf(&spec)
+	replace := make([]bool, len(urls))
+	for i, u := range urls {
+		for _, r := range opts.Replace {
+			replace[i] = replace[i] || r == u
+		}
+	}
+	as, err := meta.Classify(probes, meta.Options{Layout: shape, Replace: replace, AllowDegraded: opts.AllowDegraded})
+	switch {
+	case errors.Is(err, meta.ErrUnformatted) && allBlank(probes):
+		err = s.create(ctx, shape)
+	case err != nil:
+		return nil, fmt.Errorf("engine: assemble %s: %w%s", spec.String(), err, verdicts(urls, as))
+	default:
+		err = s.assemble(ctx, as, probes)
+	}
+	if err != nil {
+		return nil, err
+	}
+	ok = true
+	return s, nil
+}
+
+func allBlank(probes []meta.Probe) bool {
+	for _, p := range probes {
+		if !errors.Is(p.Err, meta.ErrBlank) {
+			return false
+		}
+	}
+	return true
+}
+
+func verdicts(urls []string, as meta.Assembly) string {
+	var b strings.Builder
+	for i, v := range as.Members {
+		fmt.Fprintf(&b, "\n  member %d (%s): %v, %v: %s", i, urls[i], v.State, v.Action, v.Reason)
+	}
+	return b.String()
+}
+
+// readSuper reads both superblock slots of a member.
+func readSuper(ctx context.Context, n node.Node) meta.Probe {
+	if n.Size() < meta.MinRawSize {
+		return meta.Probe{Err: fmt.Errorf("%w: %d bytes, fewer than the %d a member needs", meta.ErrTooSmall, n.Size(), meta.MinRawSize)}
+	}
+	buf := make([]byte, 2*meta.SuperblockSize)
+	if err := n.ReadAt(ctx, buf, 0); err != nil {
+		return meta.Probe{Err: fmt.Errorf("read superblock: %w", err)}
+	}
+	sb, _, err := meta.Newest(buf[:meta.SuperblockSize], buf[meta.SuperblockSize:])
+	return meta.Probe{Super: sb, Err: err}
+}
+
+// shapeOf describes the layout without member addresses, so a member may
+// move to another host or path without becoming a mismatch.
+func shapeOf(s *Spec) string {
+	idx := 0
+	var walk func(s *Spec) string
+	walk = func(s *Spec) string {
+		if s.Kind == KindMember {
+			idx++
+			return fmt.Sprintf("#%d", idx-1)
+		}
+		parts := make([]string, len(s.Members))
+		for i := range s.Members {
+			parts[i] = walk(&s.Members[i])
+		}
+		k := string(s.Kind)
+		if s.Kind == KindStripe {
+			k += fmt.Sprintf("/%d", s.Chunk)
+		}
+		return k + "(" + strings.Join(parts, ",") + ")"
+	}
+	return walk(s)
+}
+
+// buildLayout turns the spec into a layout whose leaves use the areas.
+func buildLayout(s *Spec, areas []meta.Area, next *int) (layout.Layout, error) {
+	if s.Kind == KindMember {
+		i := *next
+		*next++
+		return layout.NewLeaf(i, areas[i].DataOffset, areas[i].DataSize)
+	}
+	children := make([]layout.Layout, len(s.Members))
+	for i := range s.Members {
+		c, err := buildLayout(&s.Members[i], areas, next)
+		if err != nil {
+			return nil, err
+		}
+		children[i] = c
+	}
+	var l layout.Layout
+	var err error
+	switch s.Kind {
+	case KindLinear:
+		l, err = layout.NewLinear(children...)
+	case KindStripe:
+		l, err = layout.NewStripe(s.Chunk, children...)
+	case KindMirror:
+		l, err = layout.NewMirror(children...)
+	}
+	if err != nil && s.Where != "" {
+		err = fmt.Errorf("%s: %w", s.Where, err)
+	}
+	return l, err
+}
+
+// create writes superblocks and clean bitmaps to blank members.
+func (s *Storage) create(ctx context.Context, shape string) error {
+	storageID, err := meta.NewID(s.opts.Rand)
+	if err != nil {
+		return err
+	}
+	areas := make([]meta.Area, len(s.nodes))
+	s.supers = make([]meta.Superblock, len(s.nodes))
+	all := meta.Mask(0)
+	for i := range s.nodes {
+		all = all.With(i)
+	}
+	now := time.Now().UnixNano()
+	for i, n := range s.nodes {
+		a, err := meta.Plan(n.Size(), s.opts.RegionSize)
+		if err != nil {
+			return fmt.Errorf("engine: member %d (%v): %w", i, n, err)
+		}
+		areas[i] = a
+		mid, err := meta.NewID(s.opts.Rand)
+		if err != nil {
+			return err
+		}
+		s.supers[i] = meta.Superblock{StorageID: storageID, MemberID: mid, MemberIndex: i, MemberCount: len(s.nodes),
+			InSync: all, Area: a, Layout: shape, CreatedUnixNano: now}
+		bm := make([]byte, a.BitmapBytes)
+		if err := meta.NewBitmap(a.Regions()).MarshalTo(bm); err != nil {
+			return err
+		}
+		if err := n.WriteAt(ctx, bm, a.BitmapOffset, 0); err != nil {
+			return fmt.Errorf("engine: write bitmap of member %d (%v): %w", i, n, err)
+		}
+	}
+	if err := s.build(areas); err != nil {
+		return err
+	}
+	s.created = true
+	s.log.Info("storage created", "id", storageID, "layout", shape, "size", s.e.Size())
+	return s.writeSupers(ctx, false)
+}
+
+// assemble brings up an existing storage as Classify decided.
+func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.Probe) error {
+	s.gen = as.Generation
+	s.supers = make([]meta.Superblock, len(s.nodes))
+	areas := make([]meta.Area, len(s.nodes))
+	src := probes[as.Source].Super
+	for i, n := range s.nodes {
+		v := as.Members[i]
+		if probes[i].Err == nil && v.Action != meta.ActionResyncFull {
+			s.supers[i] = probes[i].Super
+			areas[i] = probes[i].Super.Area
+			continue
+		}
+		// New, wiped or replaced media: a fresh identity in this storage.
+		a, err := meta.Plan(n.Size(), as.RegionSize)
+		if err != nil {
+			return fmt.Errorf("engine: member %d (%v): %w", i, n, err)
+		}
+		mid, err := meta.NewID(s.opts.Rand)
+		if err != nil {
+			return err
+		}
+		areas[i] = a
+		s.supers[i] = meta.Superblock{StorageID: as.StorageID, MemberID: mid, MemberIndex: i, MemberCount: len(s.nodes),
+			Area: a, Layout: as.Layout, CreatedUnixNano: src.CreatedUnixNano}
+	}
+	if err := s.build(areas); err != nil {
+		return err
+	}
+	e := s.e
+	for i, v := range as.Members {
+		m := e.members[i]
+		switch v.Action {
+		case meta.ActionServe:
+			if !as.Clean && i != as.Source {
+				// The engine stopped uncleanly: writes in flight then may
+				// have reached some replicas only. Copy from the source.
+				m.fullResync.Store(true)
+				m.state.Store(int32(Failed))
+			}
+		case meta.ActionResyncDirty:
+			if err := s.loadDirty(ctx, m, as.Source); err != nil {
+				return err
+			}
+			m.state.Store(int32(Failed))
+		case meta.ActionResyncFull:
+			m.fullResync.Store(true)
+			m.state.Store(int32(Failed))
+		case meta.ActionSkip:
+			m.state.Store(int32(Failed))
+		default:
+			return fmt.Errorf("engine: member %d (%v) refused: %s", i, m.node, v.Reason)
+		}
+		if v.Action != meta.ActionServe {
+			s.log.Info("member will be resynced", "member", i, "node", m.node.String(), "state", v.State, "reason", v.Reason)
+		}
+	}
+	for i := range as.Members {
+		if e.members[i].State() == Failed && !e.redundant(e.members[i]) && len(e.members[i].ancestors) == 0 {
+			return fmt.Errorf("engine: member %d (%v) is needed and not usable: %s", i, e.members[i].node, as.Members[i].Reason)
+		}
+	}
+	s.log.Info("storage assembled", "id", as.StorageID, "generation", as.Generation, "layout", as.Layout, "size", e.Size())
+	return s.writeSupers(ctx, false)
+}
+
+// loadDirty merges the source's persisted bitmap into what member m missed.
+func (s *Storage) loadDirty(ctx context.Context, m *member, source int) error {
+	src := s.e.members[source]
+	if src.area == nil || len(m.ancestors) == 0 {
+		return nil
+	}
+	buf := make([]byte, src.area.BitmapBytes)
+	if err := src.node.ReadAt(ctx, buf, src.area.BitmapOffset); err != nil {
+		return fmt.Errorf("engine: read bitmap of member %d: %w", source, err)
+	}
+	bm := meta.NewBitmap(src.area.Regions())
+	if err := bm.Unmarshal(buf); err != nil {
+		s.log.Warn("damaged bitmap pages read as all dirty", "member", source, "err", err)
+	}
+	a := m.ancestors[len(m.ancestors)-1]
+	if a.mi.regionSize != src.area.RegionSize || !a.mi.persistable() {
+		a.mi.markAll(a.child) // no usable record: copy everything
+		return nil
+	}
+	for r := bm.NextDirty(0); r >= 0; r = bm.NextDirty(r + 1) {
+		off, length := a.mi.span(r)
+		if length > 0 {
+			a.mi.mark(a.child, off, length)
+		}
+		if r+1 >= bm.Regions() {
+			break
+		}
+	}
+	return nil
+}
+
+// build makes the layout and the engine and enables bitmap persistence on
+// mirrors whose children are all members with metadata.
+func (s *Storage) build(areas []meta.Area) error {
+	next := 0
+	l, err := buildLayout(&s.spec, areas, &next)
+	if err != nil {
+		return fmt.Errorf("engine: %w", err)
+	}
+	eo := s.opts.Engine
+	eo.RegionSize = areas[0].RegionSize
+	for _, a := range areas {
+		if a.RegionSize != eo.RegionSize {
+			return fmt.Errorf("engine: members disagree on the region size (%d and %d)", a.RegionSize, eo.RegionSize)
+		}
+	}
+	if eo.Logger == nil {
+		eo.Logger = s.log
+	}
+	e, err := New(l, s.nodes, eo)
+	if err != nil {
+		return err
+	}
+	for i := range e.members {
+		e.members[i].area = &areas[i]
+	}
+	for _, mi := range e.mirrors {
+		if mi.persistable() {
+			mi.pending = make([]map[int]struct{}, len(mi.children))
+			for c := range mi.pending {
+				mi.pending[c] = map[int]struct{}{}
+			}
+		}
+	}
+	e.onChange = s.recordMembership
+	s.e = e
+	return nil
+}
+
+// persistable: every child is a single member whose data area holds the
+// whole mirror, so mirror regions are member regions.
+func (mi *mirrorInfo) persistable() bool {
+	for i, leaves := range mi.children {
+		leaf, ok := mi.m.Child(i).(*layout.Leaf)
+		if len(leaves) != 1 || !ok || leaf.DataSize() < mi.m.Size() {
+			return false
+		}
+	}
+	return true
+}
+
+// recordMembership writes superblocks with the current in-sync set.
+func (s *Storage) recordMembership(ctx context.Context) error {
+	return s.writeSupers(ctx, false)
+}
+
+// writeSupers writes a new generation of superblocks, with the current
+// in-sync set, to every writable member. clean records a clean shutdown
+// (everything flushed, nothing in flight).
+func (s *Storage) writeSupers(ctx context.Context, clean bool) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.gen++
+	var mask meta.Mask
+	for i, m := range s.e.members {
+		if m.State() == InSync {
+			mask = mask.With(i)
+		}
+	}
+	buf := make([]byte, meta.SuperblockSize)
+	var firstErr error
+	for i, m := range s.e.members {
+		if !m.writable() {
+			continue
+		}
+		sb := &s.supers[i]
+		sb.Generation, sb.InSync = s.gen, mask
+		sb.Flags &^= meta.FlagClean
+		if clean {
+			sb.Flags |= meta.FlagClean
+		}
+		if err := sb.MarshalTo(buf); err != nil {
+			panic(fmt.Sprintf("engine: superblock of member %d: %v", i, err))
+		}
+		if err := writeDurably(ctx, m, buf, meta.SlotOffset(s.gen)); err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("engine: write superblock of member %d (%v): %w", i, m.node, err)
+		}
+	}
+	return firstErr
+}
+
+// Engine returns the storage's engine (an nbd.Backend).
+func (s *Storage) Engine() *Engine { return s.e }
+
+// Generation returns the generation of the last superblocks written.
+func (s *Storage) Generation() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen
+}
+
+// DataOffset returns where member i's data area starts.
+func (s *Storage) DataOffset(i int) int64 { return s.e.members[i].area.DataOffset }
+
+// Run runs the resync monitor until ctx ends: failed members are probed
+// and, when back, checked (same storage and member: incremental copy; new
+// or wiped media: full copy) and resynced.
+func (s *Storage) Run(ctx context.Context) error {
+	mo := s.opts.Monitor
+	mo.Probe = s.probe
+	return s.e.Run(ctx, mo)
+}
+
+// probe reads a failed member's superblock to decide how it returns.
+func (s *Storage) probe(ctx context.Context, i int) (back, full bool) {
+	p := readSuper(ctx, s.nodes[i])
+	s.mu.Lock()
+	want := s.supers[i]
+	s.mu.Unlock()
+	switch {
+	case p.Err == nil && p.Super.StorageID == want.StorageID && p.Super.MemberID == want.MemberID:
+		return true, false
+	case p.Err == nil || errors.Is(p.Err, meta.ErrBlank):
+		// Other media than the member had: copy everything, and give it a
+		// fresh identity in this storage.
+		if p.Err == nil && p.Super.StorageID != want.StorageID && !s.replaceable(i) {
+			s.log.Warn("member returned with a foreign superblock; not touching it", "member", i, "storage", p.Super.StorageID)
+			return false, false
+		}
+		a, err := meta.Plan(s.nodes[i].Size(), want.RegionSize)
+		if err != nil || a != want.Area {
+			s.log.Warn("member returned with media of another size; not using it", "member", i, "size", s.nodes[i].Size())
+			return false, false
+		}
+		mid, err := meta.NewID(s.opts.Rand)
+		if err != nil {
+			return false, false
+		}
+		s.mu.Lock()
+		s.supers[i].MemberID = mid
+		s.mu.Unlock()
+		return true, true
+	default:
+		return false, false
+	}
+}
+
+func (s *Storage) replaceable(i int) bool {
+	u := s.spec.Leaves()[i]
+	for _, r := range s.opts.Replace {
+		if r == u {
+			return true
+		}
+	}
+	return false
+}
+
+// Close marks the superblocks clean when every member is in sync, stops
+// the engine and closes the members.
+func (s *Storage) Close(ctx context.Context) error {
+	var err error
+	if s.e != nil {
+		err = s.markClean(ctx)
+		s.e.Close()
+	}
+	s.closeNodes()
+	return err
+}
+
+func (s *Storage) markClean(ctx context.Context) error {
+	if err := s.e.Flush(ctx); err != nil {
+		return err
+	}
+	return s.writeSupers(ctx, true)
+}
+
+func (s *Storage) closeNodes() {
+	for _, n := range s.nodes {
+		n.Close()
+	}
+}

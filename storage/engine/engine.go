@@ -1,0 +1,285 @@
+// Package engine is dst's request path: it splits each client request over
+// the members of a layout tree, runs the pieces on the members' nodes in
+// parallel, and answers when the last piece completed.
+//
+// A linear or stripe range whose member fails returns an error for that
+// range only. A mirror keeps serving from its in-sync replicas when one
+// fails (degraded), records in a per-mirror dirty map which regions the
+// missing replica missed, and copies just those regions when the replica
+// returns (resync). Writes go to every replica that is in sync or being
+// resynced; reads go to the in-sync replica with the fewest pending
+// requests.
+//
+// Durability: a write is acknowledged when every replica it went to
+// acknowledged it; FLUSH fans out to every member that completed a write
+// since its last flush and is acknowledged after all of them; FUA is passed
+// to every replica. The engine is shared by every client connection, so a
+// FLUSH covers writes from all of them and multi-conn is honest.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+
+	"dst/storage/layout"
+	"dst/storage/meta"
+	"dst/storage/nbd"
+	"dst/storage/node"
+)
+
+// Defaults of Options.
+const (
+	DefaultMaxInFlight = 256
+	DefaultWorkers     = 64
+	DefaultRegionSize  = 1 << 20
+	// inlineExtents is how many pieces a request holds without allocating
+	// at first; maxRetainedExtents is how many it keeps room for.
+	inlineExtents      = 16
+	maxRetainedExtents = 1024
+)
+
+// Options configure an Engine; zero values are documented per field.
+type Options struct {
+	// MaxInFlight bounds the client requests being served at once; more
+	// wait. Zero means DefaultMaxInFlight.
+	MaxInFlight int
+	// Workers is the number of goroutines that run the second and later
+	// pieces of split requests (the first runs on the caller's goroutine).
+	// Zero means DefaultWorkers.
+	Workers int
+	// RegionSize is the granularity of a mirror's dirty map, in bytes.
+	// Zero means DefaultRegionSize.
+	RegionSize int64
+	// Logger receives state changes; nil discards them.
+	Logger *slog.Logger
+}
+
+// ErrNoReplica is wrapped by errors for a mirror range that no in-sync
+// replica can serve.
+var ErrNoReplica = errors.New("engine: no in-sync replica")
+
+// Engine serves a layout over its members' nodes. It implements
+// nbd.Backend, so an nbd.Server can export it directly. Its methods are
+// safe for concurrent use.
+type Engine struct {
+	opts    Options
+	log     *slog.Logger
+	root    layout.Layout
+	members []*member
+	mirrors map[*layout.Mirror]*mirrorInfo
+	flags   nbd.TransmissionFlags
+
+	free chan *request
+	work chan *task
+
+	// onChange, if set, is called (synchronously, before the request that
+	// caused it is answered) when a member leaves or rejoins the in-sync
+	// set; Assemble uses it to record the change in the superblocks.
+	onChange func(ctx context.Context) error
+
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+// New builds an engine for root, whose leaf i is served by nodes[i]. The
+// leaves' data areas must lie inside their nodes. New starts the worker
+// goroutines; Close stops them.
+func New(root layout.Layout, nodes []node.Node, opts Options) (*Engine, error) {
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = DefaultMaxInFlight
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = DefaultWorkers
+	}
+	if opts.RegionSize <= 0 {
+		opts.RegionSize = DefaultRegionSize
+	}
+	e := &Engine{opts: opts, log: opts.Logger, root: root, mirrors: map[*layout.Mirror]*mirrorInfo{}}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	leaves := root.Leaves(nil)
+	if len(leaves) != len(nodes) {
+		return nil, fmt.Errorf("engine: layout %v has %d members, %d nodes given", root, len(leaves), len(nodes))
+	}
+	e.members = make([]*member, len(nodes))
+	for i, n := range nodes {
+		if n == nil {
+			return nil, fmt.Errorf("engine: member %d has no node", i)
+		}
+		e.members[i] = &member{index: i, node: n, log: e.log.With("member", i, "node", n.String())}
+	}
+	if err := e.walk(root, nil); err != nil {
+		return nil, err
+	}
+	for _, m := range e.members {
+		if m.leaf == nil {
+			return nil, fmt.Errorf("engine: member %d is not a leaf of %v", m.index, root)
+		}
+		if end := m.leaf.DataOffset() + m.leaf.DataSize(); end > m.node.Size() {
+			return nil, fmt.Errorf("engine: member %d (%v): data area ends at %d, beyond the node's %d bytes",
+				m.index, m.node, end, m.node.Size())
+		}
+	}
+	e.flags = e.capabilities()
+	e.free = make(chan *request, opts.MaxInFlight)
+	for range opts.MaxInFlight {
+		r := &request{e: e, done: make(chan struct{}, 1),
+			extBuf: make([]layout.Extent, 0, inlineExtents), taskBuf: make([]task, 0, inlineExtents)}
+		r.rp.e, r.wp.r, r.dp.e = e, r, e
+		e.free <- r
+	}
+	e.work = make(chan *task, opts.MaxInFlight*inlineExtents)
+	for range opts.Workers {
+		e.wg.Go(func() {
+			for t := range e.work {
+				t.run()
+			}
+		})
+	}
+	return e, nil
+}
+
+// walk records each leaf's member and each mirror's children.
+func (e *Engine) walk(l layout.Layout, anc []ancestor) error {
+	switch n := l.(type) {
+	case *layout.Leaf:
+		if n.Index() < 0 || n.Index() >= len(e.members) {
+			return fmt.Errorf("engine: leaf #%d has no node", n.Index())
+		}
+		m := e.members[n.Index()]
+		m.leaf = n
+		m.ancestors = append([]ancestor(nil), anc...)
+	case *layout.Mirror:
+		mi := newMirrorInfo(n, e.opts.RegionSize)
+		e.mirrors[n] = mi
+		for i := range n.NumChildren() {
+			if err := e.walk(n.Child(i), append(anc, ancestor{mi: mi, child: i})); err != nil {
+				return err
+			}
+		}
+	case *layout.Linear:
+		for i := range n.NumChildren() {
+			if err := e.walk(n.Child(i), anc); err != nil {
+				return err
+			}
+		}
+	case *layout.Stripe:
+		for i := range n.NumChildren() {
+			if err := e.walk(n.Child(i), anc); err != nil {
+				return err
+			}
+		}
+	default:
+		return fmt.Errorf("engine: unknown layout node %T", l)
+	}
+	return nil
+}
+
+// capabilities are the NBD flags every member supports; the engine adds
+// multi-conn, which it makes true (see the package doc).
+func (e *Engine) capabilities() nbd.TransmissionFlags {
+	f := nbd.FlagSendFlush | nbd.FlagSendFUA | nbd.FlagSendTrim | nbd.FlagSendWriteZero | nbd.FlagSendCache
+	ro := false
+	for _, m := range e.members {
+		nf := m.node.Flags()
+		f &= nf | nbd.FlagSendFUA | nbd.FlagSendFlush | nbd.FlagSendWriteZero | nbd.FlagSendCache
+		if nf&nbd.FlagReadOnly != 0 {
+			ro = true
+		}
+	}
+	f |= nbd.FlagCanMultiConn
+	if ro {
+		f |= nbd.FlagReadOnly
+	}
+	return f
+}
+
+// Size returns the bytes the storage exposes.
+func (e *Engine) Size() int64 { return e.root.Size() }
+
+// Flags returns the NBD capabilities to advertise for the storage.
+func (e *Engine) Flags() nbd.TransmissionFlags { return e.flags }
+
+// Layout returns the layout tree.
+func (e *Engine) Layout() layout.Layout { return e.root }
+
+// Close stops the workers. Requests must not be in flight; nodes are not
+// closed (their owner closes them).
+func (e *Engine) Close() error {
+	e.closeOnce.Do(func() {
+		close(e.work)
+		e.wg.Wait()
+	})
+	return nil
+}
+
+// State is the state of a member.
+type State int32
+
+// Member states.
+const (
+	// InSync members serve reads and writes.
+	InSync State = iota
+	// Resyncing members receive writes and the copy of what they missed,
+	// and serve no reads until the copy is complete.
+	Resyncing
+	// Failed members receive nothing; what they miss is recorded.
+	Failed
+	// Suspended members are out for maintenance; like Failed, but by choice.
+	Suspended
+)
+
+func (s State) String() string {
+	switch s {
+	case InSync:
+		return "in-sync"
+	case Resyncing:
+		return "resyncing"
+	case Failed:
+		return "failed"
+	case Suspended:
+		return "suspended"
+	}
+	return fmt.Sprintf("state(%d)", int32(s))
+}
+
+// member is one leaf of the layout and its node.
+type member struct {
+	index     int
+	node      node.Node
+	leaf      *layout.Leaf
+	ancestors []ancestor // mirrors above this leaf, outermost first
+	log       *slog.Logger
+	// area is the member's metadata geometry; nil for an engine built
+	// without metadata (New alone), whose dirty maps live in memory only.
+	area *meta.Area
+
+	state   atomic.Int32
+	pending atomic.Int32 // pieces in flight, for read balancing
+	written atomic.Bool  // completed a write since its last flush
+	// fullResync is set when the member must be copied whole on return
+	// (its unflushed writes may be lost).
+	fullResync    atomic.Bool
+	resyncedBytes atomic.Int64
+	errMu         sync.Mutex
+	lastErr       error
+}
+
+func (m *member) State() State { return State(m.state.Load()) }
+
+// readable reports whether reads may be sent to the member.
+func (m *member) readable() bool { return m.State() == InSync }
+
+// writable reports whether writes go to the member.
+func (m *member) writable() bool { s := m.State(); return s == InSync || s == Resyncing }
+
+// ancestor is a mirror above a leaf and the child of it the leaf is under.
+type ancestor struct {
+	mi    *mirrorInfo
+	child int
+}

@@ -1,0 +1,423 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	"dst/storage/layout"
+	"dst/storage/nbd"
+)
+
+// request is one client request in flight. Request objects come from a
+// free list whose size is the in-flight limit; everything a request needs
+// (extents, tasks, pickers) lives inside it, so the common case allocates
+// nothing.
+type request struct {
+	e     *Engine
+	ctx   context.Context
+	cmd   nbd.Command
+	flags nbd.CmdFlags
+	off   int64
+	buf   []byte // read destination or write source; nil for trim/zeroes
+
+	// extBuf and taskBuf start with room for inlineExtents pieces and keep
+	// what they grew to, up to maxRetainedExtents, so requests that split
+	// into many pieces stop allocating once warmed up.
+	extBuf  []layout.Extent
+	exts    []layout.Extent
+	taskBuf []task
+	tasks   []task
+
+	pending atomic.Int32
+	done    chan struct{}
+
+	rp readPicker
+	wp writePicker
+	dp dirtyPicker
+
+	// persist are mirrors whose bitmap changed for this request and must
+	// be persisted before its writes are issued.
+	persistBuf [4]*mirrorInfo
+	persist    []*mirrorInfo
+
+	// held are the mirror lock stripes this request holds (read side).
+	heldBuf [4]heldLocks
+	held    []heldLocks
+}
+
+type heldLocks struct {
+	mi   *mirrorInfo
+	mask uint64
+}
+
+// lock takes the read side of the stripes in mask of mi that the request
+// does not hold yet.
+func (r *request) lock(mi *mirrorInfo, mask uint64) {
+	var h *heldLocks
+	for i := range r.held {
+		if r.held[i].mi == mi {
+			h = &r.held[i]
+		}
+	}
+	if h == nil {
+		if r.held == nil {
+			r.held = r.heldBuf[:0]
+		}
+		r.held = append(r.held, heldLocks{mi: mi})
+		h = &r.held[len(r.held)-1]
+	}
+	for s := range lockStripes {
+		if bit := uint64(1) << s; mask&bit != 0 && h.mask&bit == 0 {
+			mi.locks[s].RLock()
+			h.mask |= bit
+		}
+	}
+}
+
+// unlock releases every stripe the request holds.
+func (r *request) unlock() {
+	for _, h := range r.held {
+		for s := range lockStripes {
+			if h.mask&(1<<s) != 0 {
+				h.mi.locks[s].RUnlock()
+			}
+		}
+	}
+	r.held = r.held[:0]
+}
+
+// task is one piece of a request on one member.
+type task struct {
+	r   *request
+	ext layout.Extent
+	err error
+}
+
+func (e *Engine) get(ctx context.Context) (*request, error) {
+	select {
+	case r := <-e.free:
+		r.ctx = ctx
+		if r.rp.excluded == nil {
+			r.rp.excluded = make([]bool, len(e.members))
+		}
+		return r, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (e *Engine) put(r *request) {
+	if c := cap(r.exts); c > cap(r.extBuf) && c <= maxRetainedExtents {
+		r.extBuf = r.exts[:0]
+	}
+	r.ctx, r.buf = nil, nil
+	clear(r.rp.excluded)
+	r.rp.noReplica, r.wp.noReplica = false, false
+	for i := range r.tasks {
+		r.tasks[i] = task{}
+	}
+	r.tasks = nil
+	clear(r.persistBuf[:])
+	r.persist = r.persistBuf[:0]
+	r.dp.persist = r.dp.persist[:0]
+	e.free <- r
+}
+
+// run executes the piece on its member's node.
+func (t *task) run() {
+	r := t.r
+	m := r.e.members[t.ext.Member]
+	m.pending.Add(1)
+	switch r.cmd {
+	case nbd.CmdRead:
+		t.err = m.node.ReadAt(r.ctx, r.buf[t.ext.BufOffset:t.ext.BufOffset+t.ext.Length], t.ext.Offset)
+	case nbd.CmdWrite:
+		t.err = m.node.WriteAt(r.ctx, r.buf[t.ext.BufOffset:t.ext.BufOffset+t.ext.Length], t.ext.Offset, r.flags&nbd.CmdFlagFUA)
+	case nbd.CmdTrim:
+		t.err = m.node.Trim(r.ctx, t.ext.Offset, t.ext.Length, r.flags&nbd.CmdFlagFUA)
+	case nbd.CmdWriteZeroes:
+		t.err = m.node.WriteZeroes(r.ctx, t.ext.Offset, t.ext.Length, r.flags)
+	case nbd.CmdCache:
+		t.err = m.node.Cache(r.ctx, t.ext.Offset, t.ext.Length)
+	case nbd.CmdFlush:
+		t.err = m.node.Flush(r.ctx)
+	default:
+		panic(fmt.Sprintf("engine: task for command %v", r.cmd))
+	}
+	m.pending.Add(-1)
+	if t.err == nil && isWrite(r.cmd) {
+		// Set after completion, so a FLUSH that follows the client's
+		// acknowledgement of this write is sure to see it.
+		m.written.Store(true)
+	}
+	if r.pending.Add(-1) == 0 {
+		r.done <- struct{}{}
+	}
+}
+
+func isWrite(c nbd.Command) bool {
+	return c == nbd.CmdWrite || c == nbd.CmdTrim || c == nbd.CmdWriteZeroes
+}
+
+// dispatch runs tasks: all but the first on the workers, the first on the
+// calling goroutine, and waits for all of them.
+func (r *request) dispatch() {
+	n := len(r.tasks)
+	if n == 0 {
+		return
+	}
+	r.pending.Store(int32(n))
+	for i := 1; i < n; i++ {
+		r.e.work <- &r.tasks[i]
+	}
+	r.tasks[0].run()
+	<-r.done
+}
+
+// setTasks makes one task per extent.
+func (r *request) setTasks() {
+	n := len(r.exts)
+	switch {
+	case n <= cap(r.taskBuf):
+		r.tasks = r.taskBuf[:n]
+	case n <= maxRetainedExtents:
+		r.taskBuf = make([]task, n)
+		r.tasks = r.taskBuf
+	default:
+		r.tasks = make([]task, n) // too many to keep for later
+	}
+	for i, x := range r.exts {
+		r.tasks[i] = task{r: r, ext: x}
+	}
+}
+
+// readAt reads [off, off+len(p)), retrying a mirror piece whose replica
+// failed on another replica.
+func (e *Engine) readAt(ctx context.Context, cmd nbd.Command, p []byte, off, length int64) error {
+	r, err := e.get(ctx)
+	if err != nil {
+		return err
+	}
+	defer e.put(r)
+	r.cmd, r.buf, r.off = cmd, p, off
+	// Each retry excludes at least one more member, so this ends.
+	r.exts = e.root.Map(r.extBuf[:0], off, length, 0, &r.rp)
+	for {
+		if r.rp.noReplica {
+			return fmt.Errorf("engine: %v offset %d length %d: %w", cmd, off, length, ErrNoReplica)
+		}
+		r.setTasks()
+		r.dispatch()
+		var retry bool
+		exts := r.extBuf[:0]
+		for i := range r.tasks {
+			t := &r.tasks[i]
+			if t.err == nil {
+				continue
+			}
+			m := e.members[t.ext.Member]
+			if ctx.Err() != nil || !e.redundant(m) {
+				return fmt.Errorf("engine: %v offset %d length %d on member %d (%v): %w",
+					cmd, off+t.ext.BufOffset, t.ext.Length, m.index, m.node, t.err)
+			}
+			e.fail(ctx, m, t.err)
+			r.rp.excluded[m.index] = true
+			exts = e.root.Map(exts, off+t.ext.BufOffset, t.ext.Length, t.ext.BufOffset, &r.rp)
+			retry = true
+		}
+		if !retry {
+			return nil
+		}
+		r.exts = exts
+	}
+}
+
+// writeLike runs a write, trim or write-zeroes: to every writable replica;
+// acknowledged when all of them acknowledged. A replica that fails while
+// another replica holds the same bytes drops out (degraded) and its range
+// is recorded dirty; otherwise the error is returned.
+func (e *Engine) writeLike(ctx context.Context, cmd nbd.Command, flags nbd.CmdFlags, p []byte, off, length int64) error {
+	if e.flags&nbd.FlagReadOnly != 0 {
+		return fmt.Errorf("engine: %v on a read-only storage: %w", cmd, nbd.EPERM)
+	}
+	r, err := e.get(ctx)
+	if err != nil {
+		return err
+	}
+	defer e.put(r)
+	r.cmd, r.flags, r.buf, r.off = cmd, flags, p, off
+	r.exts = e.root.Map(r.extBuf[:0], off, length, 0, &r.wp)
+	defer r.unlock()
+	if r.wp.noReplica {
+		return fmt.Errorf("engine: %v offset %d length %d: %w", cmd, off, length, ErrNoReplica)
+	}
+	for _, mi := range r.persist {
+		if err := e.persistDirty(ctx, mi); err != nil {
+			return fmt.Errorf("engine: %v offset %d length %d: %w", cmd, off, length, err)
+		}
+	}
+	r.setTasks()
+	r.dispatch()
+	var firstErr error
+	for i := range r.tasks {
+		t := &r.tasks[i]
+		if t.err == nil {
+			continue
+		}
+		m := e.members[t.ext.Member]
+		if ctx.Err() == nil && r.coveredElsewhere(i) {
+			r.dp.member = m
+			e.root.Map(r.extBuf[:0], off+t.ext.BufOffset, t.ext.Length, t.ext.BufOffset, &r.dp)
+			e.fail(ctx, m, t.err)
+			continue
+		}
+		if firstErr == nil {
+			firstErr = fmt.Errorf("engine: %v offset %d length %d on member %d (%v): %w",
+				cmd, off+t.ext.BufOffset, t.ext.Length, m.index, m.node, t.err)
+		}
+	}
+	// What failed members missed is on disk before the write is answered.
+	for _, mi := range r.dp.persist {
+		if err := e.persistDirty(ctx, mi); err != nil && firstErr == nil {
+			firstErr = fmt.Errorf("engine: %v offset %d length %d: %w", cmd, off, length, err)
+		}
+	}
+	return firstErr
+}
+
+// coveredElsewhere reports whether the buffer range of failed task i was
+// written by successful tasks on other members (other replicas).
+func (r *request) coveredElsewhere(i int) bool {
+	f := r.tasks[i].ext
+	start, end := f.BufOffset, f.BufOffset+f.Length
+	// Advance start through successful pieces until the range is covered;
+	// each pass either advances or gives up, so at most len(tasks) passes.
+	for range r.tasks {
+		if start >= end {
+			return true
+		}
+		advanced := false
+		for j := range r.tasks {
+			t := &r.tasks[j]
+			if t.err != nil || t.ext.Member == f.Member {
+				continue
+			}
+			if b, e := t.ext.BufOffset, t.ext.BufOffset+t.ext.Length; b <= start && e > start {
+				start, advanced = e, true
+			}
+		}
+		if !advanced {
+			return false
+		}
+	}
+	return start >= end
+}
+
+// redundant reports whether another in-sync replica can stand in for m.
+func (e *Engine) redundant(m *member) bool {
+	for _, a := range m.ancestors {
+		for i := range a.mi.children {
+			if i == a.child {
+				continue
+			}
+			if ok, _ := e.childReady(a.mi, i, (*member).readable, nil); ok {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// fail takes m out of service after err; what it misses is recorded from
+// now on by the write picker.
+func (e *Engine) fail(ctx context.Context, m *member, err error) {
+	for {
+		s := m.State()
+		if s == Failed || s == Suspended {
+			return
+		}
+		if m.state.CompareAndSwap(int32(s), int32(Failed)) {
+			break
+		}
+	}
+	m.errMu.Lock()
+	m.lastErr = err
+	m.errMu.Unlock()
+	m.log.Warn("member failed; mirror degraded", "err", err)
+	if e.onChange != nil {
+		if cerr := e.onChange(ctx); cerr != nil {
+			m.log.Error("could not record the failed member in the superblocks", "err", cerr)
+		}
+	}
+}
+
+// ReadAt implements nbd.Backend.
+func (e *Engine) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return e.readAt(ctx, nbd.CmdRead, p, off, int64(len(p)))
+}
+
+// WriteAt implements nbd.Backend.
+func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, flags nbd.CmdFlags) error {
+	return e.writeLike(ctx, nbd.CmdWrite, flags, p, off, int64(len(p)))
+}
+
+// Trim implements nbd.Backend.
+func (e *Engine) Trim(ctx context.Context, off, length int64, flags nbd.CmdFlags) error {
+	return e.writeLike(ctx, nbd.CmdTrim, flags, nil, off, length)
+}
+
+// WriteZeroes implements nbd.Backend.
+func (e *Engine) WriteZeroes(ctx context.Context, off, length int64, flags nbd.CmdFlags) error {
+	return e.writeLike(ctx, nbd.CmdWriteZeroes, flags, nil, off, length)
+}
+
+// Cache implements nbd.Backend: a hint passed to the members that would
+// serve the reads.
+func (e *Engine) Cache(ctx context.Context, off, length int64) error {
+	err := e.readAt(ctx, nbd.CmdCache, nil, off, length)
+	if errors.Is(err, ErrNoReplica) {
+		return err
+	}
+	return nil // a failed hint is no failure
+}
+
+// Flush implements nbd.Backend: every member that completed a write since
+// its last flush is flushed, in parallel; the flush succeeds when all of
+// them did. A mirror member that fails its flush drops out and will be
+// copied whole when it returns, since its unflushed writes may be lost.
+func (e *Engine) Flush(ctx context.Context) error {
+	r, err := e.get(ctx)
+	if err != nil {
+		return err
+	}
+	defer e.put(r)
+	r.cmd = nbd.CmdFlush
+	r.exts = r.extBuf[:0]
+	for _, m := range e.members {
+		if m.writable() && m.written.Swap(false) {
+			r.exts = append(r.exts, layout.Extent{Member: m.index})
+		}
+	}
+	r.setTasks()
+	r.dispatch()
+	var firstErr error
+	for i := range r.tasks {
+		t := &r.tasks[i]
+		if t.err == nil {
+			continue
+		}
+		m := e.members[t.ext.Member]
+		if ctx.Err() == nil && e.redundant(m) {
+			m.fullResync.Store(true)
+			e.fail(ctx, m, t.err)
+			continue
+		}
+		m.written.Store(true) // still unflushed
+		if firstErr == nil {
+			firstErr = fmt.Errorf("engine: FLUSH on member %d (%v): %w", m.index, m.node, t.err)
+		}
+	}
+	return firstErr
+}

@@ -1,0 +1,171 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"golang.org/x/time/rate"
+
+	"dst/storage/layout"
+	"dst/storage/nbd"
+)
+
+// ErrBusy is returned when a member is asked to rejoin while it is already
+// in sync or resyncing.
+var ErrBusy = errors.New("engine: member is not out of service")
+
+// Suspend takes member i out of service for maintenance while I/O goes on;
+// writes it misses are recorded. It fails if the member is the last
+// readable replica of some range (it is not redundant).
+func (e *Engine) Suspend(i int) error {
+	m, err := e.member(i)
+	if err != nil {
+		return err
+	}
+	if !e.redundant(m) {
+		return fmt.Errorf("engine: member %d has no in-sync replica to stand in for it", i)
+	}
+	for {
+		s := m.State()
+		if s == Suspended {
+			return nil
+		}
+		if m.state.CompareAndSwap(int32(s), int32(Suspended)) {
+			m.log.Info("member suspended", "was", s)
+			if e.onChange != nil {
+				return e.onChange(context.Background())
+			}
+			return nil
+		}
+	}
+}
+
+func (e *Engine) member(i int) (*member, error) {
+	if i < 0 || i >= len(e.members) {
+		return nil, fmt.Errorf("engine: no member %d (there are %d)", i, len(e.members))
+	}
+	return e.members[i], nil
+}
+
+// Rejoin brings a failed or suspended member back: it receives writes at
+// once, the regions it missed are copied to it from in-sync replicas
+// (everything, if full or if its unflushed writes may have been lost), and
+// it serves reads again when the copy is complete. Rejoin blocks until
+// then, and returns the error that interrupted the copy (the member is
+// then failed again). limit bounds the copy rate (nil: unlimited).
+func (e *Engine) Rejoin(ctx context.Context, i int, full bool, limit *rate.Limiter) error {
+	m, err := e.member(i)
+	if err != nil {
+		return err
+	}
+	s := m.State()
+	if (s != Failed && s != Suspended) || !m.state.CompareAndSwap(int32(s), int32(Resyncing)) {
+		return fmt.Errorf("%w: member %d is %v", ErrBusy, i, s)
+	}
+	if full || m.fullResync.Swap(false) {
+		for _, a := range m.ancestors {
+			a.mi.markAll(a.child)
+		}
+	}
+	m.log.Info("member rejoining; resync started", "was", s, "full", full)
+	start := time.Now()
+	copied, err := e.resync(ctx, m, limit)
+	if err != nil {
+		e.fail(ctx, m, err)
+		return fmt.Errorf("engine: resync of member %d stopped after %d bytes: %w", i, copied, err)
+	}
+	m.state.Store(int32(InSync))
+	m.log.Info("member in sync", "copied_bytes", copied, "took", time.Since(start))
+	if e.onChange != nil {
+		if err := e.onChange(ctx); err != nil {
+			return fmt.Errorf("engine: record member %d in sync: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// resync copies every dirty region of every mirror above m to m until no
+// region is dirty.
+func (e *Engine) resync(ctx context.Context, m *member, limit *rate.Limiter) (int64, error) {
+	var copied int64
+	for _, a := range m.ancestors {
+		buf := make([]byte, a.mi.regionSize)
+		// Writes that skipped m before it became Resyncing may still mark
+		// regions behind the cursor; loop until none is left.
+		for a.mi.count(a.child) > 0 {
+			for r := a.mi.next(a.child, 0); r >= 0; r = a.mi.next(a.child, r+1) {
+				if err := ctx.Err(); err != nil {
+					return copied, err
+				}
+				n, err := e.copyRegion(ctx, a.mi, a.child, m, r, buf)
+				if err != nil {
+					return copied, err
+				}
+				copied += n
+				m.resyncedBytes.Add(n)
+				if err := e.persistDirty(ctx, a.mi); err != nil {
+					return copied, err
+				}
+				if limit != nil {
+					if err := limit.WaitN(ctx, int(min(n, int64(limit.Burst())))); err != nil {
+						return copied, err
+					}
+				}
+			}
+		}
+	}
+	return copied, nil
+}
+
+// copyRegion copies region r of mirror mi from an in-sync child to child
+// (which holds m), holding the region's lock stripe so no client write to
+// the region runs meanwhile.
+func (e *Engine) copyRegion(ctx context.Context, mi *mirrorInfo, child int, m *member, r int, buf []byte) (int64, error) {
+	off, length := mi.span(r)
+	lk := &mi.locks[int64(r)%lockStripes]
+	lk.Lock()
+	defer lk.Unlock()
+	if !mi.test(child, r) {
+		return 0, nil
+	}
+	p := buf[:length]
+	rp := readPicker{e: e, excluded: make([]bool, len(e.members))}
+	for _, l := range mi.children[child] {
+		rp.excluded[l] = true
+	}
+	if err := e.mapRun(ctx, mi.m, nbd.CmdRead, p, off, &rp); err != nil {
+		return 0, fmt.Errorf("read region %d from a replica: %w", r, err)
+	}
+	if rp.noReplica {
+		return 0, fmt.Errorf("region %d: %w", r, ErrNoReplica)
+	}
+	if err := e.mapRun(ctx, mi.m, nbd.CmdWrite, p, off, &onlyPicker{member: m}); err != nil {
+		return 0, fmt.Errorf("write region %d: %w", r, err)
+	}
+	mi.clear(child, r)
+	return length, nil
+}
+
+// mapRun maps [off, off+len(p)) of node l with picker p and runs the pieces
+// one after another (resync is a background copy; it needs no fan-out).
+func (e *Engine) mapRun(ctx context.Context, l layout.Layout, cmd nbd.Command, p []byte, off int64, pk layout.Picker) error {
+	exts := l.Map(nil, off, int64(len(p)), 0, pk)
+	for _, x := range exts {
+		n := e.members[x.Member].node
+		var err error
+		if cmd == nbd.CmdRead {
+			err = n.ReadAt(ctx, p[x.BufOffset:x.BufOffset+x.Length], x.Offset)
+		} else {
+			err = n.WriteAt(ctx, p[x.BufOffset:x.BufOffset+x.Length], x.Offset, 0)
+			if err == nil {
+				e.members[x.Member].written.Store(true)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("member %d (%v): %w", x.Member, n, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,11 @@
+package node
+
+// Hooks for the external tests of this package.
+
+// DisableRangeTable switches the range table of r off, so a test can
+// prove that it would see overlapping writes in flight without it. Call it
+// before the first request.
+func DisableRangeTable(r *Remote) { r.noRanges = true }
+
+// RangesInFlight counts the slots of r's range table that are held.
+func RangesInFlight(r *Remote) int { return r.ranges.inFlight() }

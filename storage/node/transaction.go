@@ -1,0 +1,278 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"dst/storage/nbd"
+)
+
+// maxCommandBytes bounds one TRIM, WRITE_ZEROES or CACHE on the wire
+// (the protocol's length is 32 bits); longer ones are split. It is a
+// multiple of every minimum block a server may demand.
+const maxCommandBytes = 1 << 31
+
+// waiter is the reusable state of one call in flight on a Remote: the
+// nbd.Op it submits, the channel its outcome arrives on, its timer and
+// its range table wake-up channel, and the transaction's id, try count and
+// budget. A Remote makes MaxInFlight of them in NewRemote, so the request
+// path allocates nothing.
+type waiter struct {
+	op    nbd.Op
+	done  chan error // capacity 1: the outcome of op
+	timer *time.Timer
+	wake  chan struct{} // capacity 1: see rangeTable.acquire
+
+	id        uint64
+	tries     int
+	budgetEnd time.Time
+}
+
+func newWaiter(r *Remote) *waiter {
+	w := &waiter{done: make(chan error, 1), wake: make(chan struct{}, 1), timer: time.NewTimer(time.Hour)}
+	w.timer.Stop()
+	w.op.Done = func(_ *nbd.Op, err error) {
+		r.noteReply(err)
+		w.done <- err
+	}
+	return w
+}
+
+// ReadAt reads len(p) bytes at off into p.
+func (r *Remote) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return r.do(ctx, nbd.CmdRead, 0, off, int64(len(p)), p)
+}
+
+// WriteAt writes p at off; flags may carry nbd.CmdFlagFUA.
+func (r *Remote) WriteAt(ctx context.Context, p []byte, off int64, flags nbd.CmdFlags) error {
+	return r.do(ctx, nbd.CmdWrite, flags, off, int64(len(p)), p)
+}
+
+// Flush asks the peer to make completed writes durable (see Remote on
+// what a FLUSH after a reconnect covers).
+func (r *Remote) Flush(ctx context.Context) error {
+	return r.do(ctx, nbd.CmdFlush, 0, 0, 0, nil)
+}
+
+// Trim discards [off, off+length).
+func (r *Remote) Trim(ctx context.Context, off, length int64, flags nbd.CmdFlags) error {
+	return r.do(ctx, nbd.CmdTrim, flags, off, length, nil)
+}
+
+// WriteZeroes zeroes [off, off+length); flags may carry NO_HOLE,
+// FAST_ZERO and FUA.
+func (r *Remote) WriteZeroes(ctx context.Context, off, length int64, flags nbd.CmdFlags) error {
+	return r.do(ctx, nbd.CmdWriteZeroes, flags, off, length, nil)
+}
+
+// Cache asks the peer to prefetch [off, off+length).
+func (r *Remote) Cache(ctx context.Context, off, length int64) error {
+	return r.do(ctx, nbd.CmdCache, 0, off, length, nil)
+}
+
+func writeLike(cmd nbd.Command) bool {
+	return cmd == nbd.CmdWrite || cmd == nbd.CmdTrim || cmd == nbd.CmdWriteZeroes
+}
+
+// do runs one call as a transaction: a waiter (bounding the calls in
+// flight), the range of a write-like request, then each part of it
+// (see transact).
+func (r *Remote) do(ctx context.Context, cmd nbd.Command, flags nbd.CmdFlags, off, length int64, p []byte) error {
+	r.m.requests.Add(1)
+	switch {
+	case off < 0 || length < 0:
+		return r.fail(cmd, off, length, nil, fmt.Errorf("%w: negative offset or length", nbd.EINVAL))
+	case length == 0 && cmd != nbd.CmdFlush:
+		return nil
+	}
+	w, err := r.getWaiter(ctx)
+	if err != nil {
+		return r.fail(cmd, off, length, nil, err)
+	}
+	defer r.putWaiter(w)
+	w.id = r.ids.Add(1)
+	if writeLike(cmd) && !r.noRanges {
+		slot, err := r.ranges.acquire(ctx, r.stopped, w.wake, off, off+length)
+		if err != nil {
+			return r.fail(cmd, off, length, w, err)
+		}
+		defer r.ranges.release(slot)
+	}
+	for done := int64(0); ; {
+		var part []byte
+		if p != nil {
+			part = p[done:]
+		}
+		n, err := r.transact(ctx, w, cmd, flags, off+done, length-done, part)
+		if err != nil {
+			return r.fail(cmd, off+done, length-done, w, err)
+		}
+		done += n
+		if done >= length {
+			break
+		}
+	}
+	if cmd == nbd.CmdRead || cmd == nbd.CmdWrite {
+		r.m.bytes.Add(uint64(length))
+	}
+	return nil
+}
+
+func (r *Remote) getWaiter(ctx context.Context) (*waiter, error) {
+	select {
+	case <-r.stopped:
+		return nil, r.stoppedErr()
+	default:
+	}
+	select {
+	case w := <-r.waiters:
+		return w, nil
+	case <-r.stopped:
+		return nil, r.stoppedErr()
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (r *Remote) putWaiter(w *waiter) { r.waiters <- w }
+
+func (r *Remote) stoppedErr() error { return fmt.Errorf("%w: node stopped", ErrUnavailable) }
+
+// fail counts a failed call and wraps its error with the request.
+func (r *Remote) fail(cmd nbd.Command, off, length int64, w *waiter, err error) error {
+	r.m.failures.Add(1)
+	if errors.Is(err, ErrUnavailable) {
+		r.m.unavailable.Add(1)
+	}
+	var id uint64
+	var tries int
+	if w != nil {
+		id, tries = w.id, w.tries
+	}
+	return r.opErr(cmd, off, length, id, tries, err)
+}
+
+// transact sends the first part of a request — all of it unless it is
+// longer than one command may be — trying until a reply, an error that
+// is not the connection's fault, or the end of the tries or the budget,
+// which each part gets anew. It returns the bytes done.
+func (r *Remote) transact(ctx context.Context, w *waiter, cmd nbd.Command, flags nbd.CmdFlags, off, length int64, p []byte) (int64, error) {
+	w.tries, w.budgetEnd = 0, time.Now().Add(r.opts.Budget)
+	var last error
+	for {
+		if w.tries > r.opts.Retries {
+			return 0, fmt.Errorf("%w: all %d tries failed, the last: %w", ErrUnavailable, w.tries, last)
+		}
+		c, err := r.live(ctx, w)
+		if err != nil {
+			if last != nil {
+				err = fmt.Errorf("%w (the last try: %v)", err, last)
+			}
+			return 0, err
+		}
+		if writeLike(cmd) && c.info.Flags&nbd.FlagReadOnly != 0 {
+			return 0, fmt.Errorf("%w: the export is read-only", nbd.EPERM)
+		}
+		n := length
+		if cmd == nbd.CmdRead || cmd == nbd.CmdWrite {
+			n = min(n, c.maxPayload)
+		} else {
+			n = min(n, maxCommandBytes)
+		}
+		w.tries++
+		if w.tries > 1 {
+			r.m.retries.Add(1)
+		}
+		w.op.Cmd, w.op.Flags, w.op.Offset, w.op.Length, w.op.Data = cmd, flags, off, uint32(n), nil
+		if p != nil {
+			w.op.Data = p[:n]
+		}
+		err = r.try(c, w)
+		w.op.Data = nil
+		switch {
+		case err == nil:
+			return n, nil
+		case errors.Is(err, nbd.ErrClosed), errors.Is(err, ErrTimeout), errors.Is(err, nbd.ESHUTDOWN):
+			last = err
+		default:
+			return 0, err
+		}
+	}
+}
+
+// live returns the live connection, waiting for one within the
+// transaction's budget.
+func (r *Remote) live(ctx context.Context, w *waiter) (*conn, error) {
+	for {
+		if c := r.cur.Load(); c != nil {
+			return c, nil
+		}
+		r.mu.Lock()
+		up, c := r.up, r.cur.Load()
+		r.mu.Unlock()
+		if c != nil {
+			return c, nil
+		}
+		select {
+		case <-r.stopped:
+			return nil, r.stoppedErr()
+		default:
+		}
+		wait := time.Until(w.budgetEnd)
+		if wait <= 0 {
+			return nil, fmt.Errorf("%w: no connection within the budget of %v", ErrUnavailable, r.opts.Budget)
+		}
+		w.timer.Reset(wait)
+		select {
+		case <-up:
+			w.timer.Stop()
+		case <-w.timer.C:
+		case <-r.stopped:
+			w.timer.Stop()
+		case <-ctx.Done():
+			w.timer.Stop()
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// try sends w.op on c and waits for its reply or its deadline. A try
+// that times out suspects c and then waits for the fence to complete the
+// op, so the op and its buffer are free again when try returns.
+func (r *Remote) try(c *conn, w *waiter) error {
+	// The write deadline bounds a send to a peer that stopped reading;
+	// writes are serialised in the client, so the deadline set last
+	// before a send is at least this try's.
+	_ = c.raw.SetWriteDeadline(time.Now().Add(r.opts.RequestTimeout))
+	if err := c.client.Submit(context.Background(), &w.op); err != nil {
+		switch {
+		case errors.Is(err, nbd.ErrClosed):
+			r.suspect(c, err)
+			return err
+		case errors.Is(err, nbd.ErrUnsupported):
+			return fmt.Errorf("%w: %w", nbd.ENOTSUP, err)
+		case errors.Is(err, nbd.ErrTooLarge):
+			return fmt.Errorf("%w: %w", nbd.EINVAL, err)
+		}
+		return err
+	}
+	w.timer.Reset(r.opts.RequestTimeout)
+	var err error
+	select {
+	case err = <-w.done:
+		w.timer.Stop()
+	case <-w.timer.C:
+		r.m.timeouts.Add(1)
+		r.suspect(c, fmt.Errorf("%w: %v offset %d length %d (transaction %d, try %d) got no reply within %v",
+			ErrTimeout, w.op.Cmd, w.op.Offset, w.op.Length, w.id, w.tries, r.opts.RequestTimeout))
+		if err = <-w.done; err != nil { // the fence completes it, or the reply came after all
+			err = fmt.Errorf("%w after %v: %w", ErrTimeout, r.opts.RequestTimeout, err)
+		}
+	}
+	if err != nil && (errors.Is(err, nbd.ErrClosed) || errors.Is(err, nbd.ESHUTDOWN)) {
+		r.suspect(c, err)
+	}
+	return err
+}
