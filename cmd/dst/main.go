@@ -41,6 +41,8 @@ type command struct {
 // commands lists the subcommands in the order help shows them.
 var commands = []command{
 	exportCommand,
+	serveCommand,
+	statusCommand,
 }
 
 // usageError is a bad invocation: it exits with status 2.

@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -179,7 +180,8 @@ func TestAccessRules(t *testing.T) {
 			}
 		})
 	}
-	require.Contains(t, srv.Log.String(), `msg="peer refused"`, "refusals are logged")
+	require.Eventually(t, func() bool { return strings.Contains(srv.Log.String(), `msg="peer refused"`) },
+		10*time.Second, 10*time.Millisecond, "refusals are logged")
 }
 
 func TestShutdownWithClients(t *testing.T) {

@@ -165,10 +165,11 @@ func (c *Client) Err() error {
 // Close sends NBD_CMD_DISC, closes the connection and waits for the receive
 // goroutine. Requests still in flight complete with ErrClosed.
 func (c *Client) Close() error {
-	if !c.closed.Load() {
+	// DISC is a courtesy: skip it when a send is stuck on a peer that
+	// stopped reading, rather than wait for that send.
+	if !c.closed.Load() && c.wmu.TryLock() {
 		var hdr [requestHeaderBytes]byte
 		EncodeRequest(hdr[:], &Request{Cmd: CmdDisc})
-		c.wmu.Lock()
 		_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = c.conn.Write(hdr[:])
 		c.wmu.Unlock()

@@ -52,15 +52,24 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 	for range s.opts.MaxInFlight {
 		t.free <- &serverRequest{}
 	}
+	// connCtx ends when the connection is lost (not on a clean DISC):
+	// writes read from a lost connection but not started yet are dropped,
+	// so a client that fenced this connection and resent elsewhere is not
+	// overtaken by them later.
+	connCtx, lost := context.WithCancel(ctx)
+	defer lost()
 	var wg sync.WaitGroup
 	for range s.opts.MaxInFlight {
 		wg.Go(func() {
 			for r := range t.work {
-				t.serve(ctx, r)
+				t.serve(connCtx, r)
 			}
 		})
 	}
 	err := t.readLoop(ctx)
+	if !errors.Is(err, errDisconnect) {
+		lost()
+	}
 	close(t.work)
 	wg.Wait()
 	if errors.Is(err, errDisconnect) {
@@ -194,6 +203,26 @@ func (t *transmitter) serve(ctx context.Context, sr *serverRequest) {
 	b := t.export.Backend
 	off, n := int64(sr.Offset), int64(sr.Length)
 	var err error
+	if ctx.Err() != nil && (sr.Cmd == CmdWrite || sr.Cmd == CmdTrim || sr.Cmd == CmdWriteZeroes) {
+		err = ESHUTDOWN // the connection is lost: do not let it write late
+	} else {
+		err = t.run(ctx, b, sr, off, n)
+	}
+	if err != nil {
+		sr.errno = t.srv.errno(err)
+		t.srv.log.Debug("request failed", "cmd", sr.Cmd, "offset", off, "length", n, "errno", uint32(sr.errno), "err", err)
+	}
+	rerr := t.reply(sr)
+	t.release(sr)
+	t.c.end()
+	if rerr != nil {
+		t.c.close() // the reader notices and ends the connection
+	}
+}
+
+// run calls the backend for one request.
+func (t *transmitter) run(ctx context.Context, b Backend, sr *serverRequest, off, n int64) error {
+	var err error
 	switch sr.Cmd {
 	case CmdRead:
 		if n > 0 {
@@ -214,16 +243,7 @@ func (t *transmitter) serve(ctx context.Context, sr *serverRequest) {
 	default:
 		panic(fmt.Sprintf("nbd: unchecked command %v reached the backend", sr.Cmd))
 	}
-	if err != nil {
-		sr.errno = t.srv.errno(err)
-		t.srv.log.Debug("request failed", "cmd", sr.Cmd, "offset", off, "length", n, "errno", uint32(sr.errno), "err", err)
-	}
-	rerr := t.reply(sr)
-	t.release(sr)
-	t.c.end()
-	if rerr != nil {
-		t.c.close() // the reader notices and ends the connection
-	}
+	return err
 }
 
 // reply sends the reply of sr: header and payload in one write.

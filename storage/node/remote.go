@@ -45,11 +45,14 @@ type RemoteOptions struct {
 	// gets before it fails with ErrUnavailable. Zero means DefaultRetries;
 	// negative means none.
 	Retries int
-	// Budget bounds how long a request waits, over all its tries, for a
-	// live connection; when it is spent the request fails with
-	// ErrUnavailable. A request returns within Budget + RequestTimeout
-	// plus the time to fence a connection. Zero means
-	// (Retries+1) × RequestTimeout.
+	// Budget bounds a request from the moment it may be sent (it holds a
+	// slot and, if write-like, its range): no try starts after the budget
+	// is spent and no wait for a connection outlasts it; then the request
+	// fails with ErrUnavailable. Once sendable, a request returns within
+	// Budget + RequestTimeout plus the time to fence a connection (per
+	// part, for a request split in parts). The wait for a slot or for an
+	// overlapping write is bounded by the caller's ctx and by the budgets
+	// of the requests ahead. Zero means (Retries+1) × RequestTimeout.
 	Budget time.Duration
 	// BackoffMin and BackoffMax bound the pause between connection
 	// attempts: it doubles from BackoffMin up to BackoffMax after each
@@ -128,10 +131,10 @@ type RemoteOptions struct {
 // process it lasts microseconds, on a stopped one it is unbounded. Closing
 // it needs the server: refuse write-like requests whose connection is
 // already closed, or fence by generation in the handshake. The engine must
-// therefore treat a write that failed with ErrUnavailable, or whose
-// connection was fenced, as possibly landing later on that node: for a
-// mirror, keep its region dirty in the write-intent bitmap until the node
-// was resynced, not merely reconnected.
+// therefore treat a write that failed with ErrUnavailable, and any write
+// in flight when the node reported StateConnecting, as possibly landing
+// later on that node: for a mirror, keep its region dirty in the
+// write-intent bitmap until the node was resynced, not merely reconnected.
 //
 // Durability across a reconnect: a FLUSH sent on a new connection covers
 // writes acknowledged on an old one only if the peer kept them (same
@@ -143,8 +146,9 @@ type RemoteOptions struct {
 // are zero before the first connection (see Ready). Requests longer than
 // the peer's maximum block (for READ and WRITE) or than 2 GiB (TRIM,
 // WRITE_ZEROES, CACHE) are split; the parts of one write-like request hold
-// its range together, and each part gets the tries and the budget anew. Offsets and lengths must respect the peer's minimum
-// block (the server answers EINVAL otherwise).
+// its range together, and each part gets the tries and the budget anew.
+// Offsets and lengths must respect the peer's minimum block (the server
+// answers EINVAL otherwise).
 //
 // The caller's buffer: a call returns only after its request completed or
 // its connection was drained, so the peer never writes into p after a

@@ -162,8 +162,11 @@ func (r *Remote) transact(ctx context.Context, w *waiter, cmd nbd.Command, flags
 	w.tries, w.budgetEnd = 0, time.Now().Add(r.opts.Budget)
 	var last error
 	for {
-		if w.tries > r.opts.Retries {
+		switch {
+		case w.tries > r.opts.Retries:
 			return 0, fmt.Errorf("%w: all %d tries failed, the last: %w", ErrUnavailable, w.tries, last)
+		case w.tries > 0 && !time.Now().Before(w.budgetEnd):
+			return 0, fmt.Errorf("%w: budget of %v spent after %d tries, the last: %w", ErrUnavailable, r.opts.Budget, w.tries, last)
 		}
 		c, err := r.live(ctx, w)
 		if err != nil {

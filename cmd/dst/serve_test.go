@@ -1,0 +1,474 @@
+// dst serve assembles a storage from a config file and serves it: a mirror
+// over two dst export processes keeps taking writes while one is killed
+// with SIGKILL, resyncs it when it comes back on the same port, and ends
+// with byte-identical data areas; a linear storage over three odd-sized
+// members (a file, a dst export, nbdkit) maps across member boundaries and
+// reassembles after a restart; dst status reports it all as a table or
+// JSON. Checked by running the binary built in TestMain with qemu-io as
+// the client, and by calling run in-process for usage errors.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"dst/storage/admin"
+	"dst/storage/engine"
+)
+
+// toolPackage names the Debian package of each tool these tests run.
+var toolPackage = map[string]string{"qemu-io": "qemu-utils", "nbdkit": "nbdkit"}
+
+// needTools skips the test, saying what to install, unless every tool is
+// on PATH; with -short it skips.
+func needTools(t *testing.T, tools ...string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("-short: skipping a test that runs %s", strings.Join(tools, ", "))
+	}
+	for _, tool := range tools {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (apt-get install %s)", tool, toolPackage[tool])
+		}
+	}
+}
+
+// proc is a process a test started; it is killed when the test ends if
+// it is still running.
+type proc struct {
+	cmd    *exec.Cmd
+	stderr *syncBuffer
+	addrs  []string // what followed each wanted prefix
+}
+
+// startProc starts name with args and waits until its standard output
+// printed a line starting with each prefix, in order.
+func startProc(t *testing.T, prefixes []string, name string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	p := &proc{cmd: cmd, stderr: &syncBuffer{}}
+	cmd.Stderr = p.stderr
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			cmd.Wait()
+		}
+	})
+	lines := make(chan string, len(prefixes))
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default: // nobody waits for more lines
+			}
+		}
+		close(lines)
+	}()
+	deadline := time.After(30 * time.Second)
+	for _, prefix := range prefixes {
+		select {
+		case line, ok := <-lines:
+			require.True(t, ok, "%s exited before printing %q: %s", name, prefix, p.stderr.String())
+			addr, found := strings.CutPrefix(line, prefix)
+			require.True(t, found, "want %q, got %q", prefix, line)
+			p.addrs = append(p.addrs, addr)
+		case <-deadline:
+			t.Fatalf("%s did not print %q within 30 s: %s", name, prefix, p.stderr.String())
+		}
+	}
+	return p
+}
+
+// stop sends sig and waits for the exit status.
+func (p *proc) stop(t *testing.T, sig syscall.Signal) int {
+	t.Helper()
+	require.NoError(t, p.cmd.Process.Signal(sig))
+	return waitExit(t, p.cmd, 30*time.Second)
+}
+
+// startExport runs dst export serving file on listen.
+func startExport(t *testing.T, listen, file string, extra ...string) *proc {
+	args := append([]string{"export", "--listen", listen, "--file", file, "--log-level", "warn"}, extra...)
+	return startProc(t, []string{"listening on "}, dstBinary, args...)
+}
+
+// startServe runs dst serve with the config at path; addrs[0] is the NBD
+// address, addrs[1] the admin address.
+func startServe(t *testing.T, path string) *proc {
+	return startProc(t, []string{"listening on ", "admin on "}, dstBinary, "serve", "--config", path, "--log-level", "debug")
+}
+
+// qemuIO runs qemu-io commands on url and fails the test if one fails
+// (qemu-io exits non-zero on an I/O error or a pattern mismatch).
+func qemuIO(t *testing.T, url string, cmds ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	args := []string{"-f", "raw"}
+	for _, c := range cmds {
+		args = append(args, "-c", c)
+	}
+	out, err := exec.CommandContext(ctx, "qemu-io", append(args, url)...).CombinedOutput()
+	require.NoError(t, err, "qemu-io %v %s:\n%s", cmds, url, out)
+	require.NotContains(t, string(out), "failed", "qemu-io %v:\n%s", cmds, out)
+	return string(out)
+}
+
+// status runs dst status --json in-process.
+func status(t *testing.T, adminAddr string) admin.Status {
+	t.Helper()
+	code, out, errOut := runDst(t, "status", "--admin", adminAddr, "--json")
+	require.Equal(t, exitOK, code, errOut)
+	var st admin.Status
+	require.NoError(t, json.Unmarshal([]byte(out), &st), out)
+	return st
+}
+
+// waitStatus polls the status until ok accepts it, for at most d.
+func waitStatus(t *testing.T, adminAddr string, d time.Duration, what string, ok func(admin.Status) bool) admin.Status {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		st := status(t, adminAddr)
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s within %v; last status: %+v", what, d, st)
+		}
+		<-tick.C
+	}
+}
+
+func allInSync(st admin.Status) bool {
+	for _, m := range st.Members {
+		if m.State != engine.InSync.String() {
+			return false
+		}
+	}
+	return len(st.Members) > 0
+}
+
+func memberState(i int, state engine.State) func(admin.Status) bool {
+	return func(st admin.Status) bool { return i < len(st.Members) && st.Members[i].State == state.String() }
+}
+
+func writeConfig(t *testing.T, dir, text string) string {
+	t.Helper()
+	p := filepath.Join(dir, "storage.yaml")
+	require.NoError(t, os.WriteFile(p, []byte(text), 0o644))
+	return p
+}
+
+// fastNodes make node loss quick to notice in tests.
+const fastNodes = `node:
+  request_timeout: 1s
+  retries: 2
+  backoff_min: 10ms
+  backoff_max: 200ms
+  ping_interval: 200ms
+  connect_timeout: 10s
+resync:
+  interval: 100ms
+  rate: unlimited
+`
+
+func TestServeMirrorSurvivesNodeLoss(t *testing.T) {
+	needTools(t, "qemu-io")
+	start := time.Now()
+	dir := t.TempDir()
+	fileA, fileB := image(t, "a.img", 32<<20), image(t, "b.img", 32<<20)
+	a := startExport(t, "127.0.0.1:0", fileA)
+	b := startExport(t, "127.0.0.1:0", fileB)
+	cfg := writeConfig(t, dir, fmt.Sprintf(`listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+storage:
+  layout: mirror
+  members:
+    - nbd://%s
+    - nbd://%s
+region_size: 64KiB
+%s`, a.addrs[0], b.addrs[0], fastNodes))
+	s := startServe(t, cfg)
+	url, adminAddr := "nbd://"+s.addrs[0], s.addrs[1]
+
+	qemuIO(t, url, "write -P 0x5a 0 4M", "flush", "read -P 0x5a 0 4M")
+	st := status(t, adminAddr)
+	require.Len(t, st.Members, 2)
+	require.True(t, allInSync(st), "%+v", st)
+	require.Equal(t, "ok", st.Health)
+	require.Greater(t, st.Requests["write"].Count, uint64(0))
+	t.Logf("mirror up, first writes done: %v", time.Since(start))
+
+	// Kill member 0 hard; writes go on without a client error.
+	require.NoError(t, a.cmd.Process.Kill())
+	waitExit(t, a.cmd, 10*time.Second)
+	qemuIO(t, url, "write -P 0x66 8M 2M", "write -P 0x67 30M 1M", "flush", "read -P 0x66 8M 2M")
+	st = waitStatus(t, adminAddr, 30*time.Second, "member 0 failed", memberState(0, engine.Failed))
+	require.Equal(t, "degraded", st.Health)
+	require.Positive(t, st.Members[0].DirtyRegions, "what member 0 missed is recorded")
+	qemuIO(t, url, "write -P 0x68 12M 1M") // more writes while degraded
+	t.Logf("member 0 failed, writes went on: %v", time.Since(start))
+
+	// Restart it on the same port with the same file: it is resynced.
+	a2 := startExport(t, a.addrs[0], fileA)
+	st = waitStatus(t, adminAddr, 60*time.Second, "both members in sync", allInSync)
+	require.Zero(t, st.Members[0].DirtyRegions)
+	require.Positive(t, st.Members[0].ResyncedBytes)
+	require.NotNil(t, st.Members[0].Remote)
+	require.Positive(t, st.Members[0].Remote.Reconnects)
+	t.Logf("member 0 back in sync after copying %d bytes: %v", st.Members[0].ResyncedBytes, time.Since(start))
+	qemuIO(t, url, "read -P 0x5a 0 4M", "read -P 0x66 8M 2M", "read -P 0x68 12M 1M", "read -P 0x67 30M 1M")
+
+	// The human table says the same.
+	code, table, errOut := runDst(t, "status", "--admin", adminAddr)
+	require.Equal(t, exitOK, code, errOut)
+	require.Contains(t, table, "health      ok")
+	require.Equal(t, 2, strings.Count(table, " in-sync "), table)
+
+	// Stop everything, then compare the members' data areas byte for byte.
+	offA, offB, size := st.Members[0].DataOffset, st.Members[1].DataOffset, st.Size
+	require.Positive(t, offA, "the data area follows the metadata")
+	require.Equal(t, exitOK, s.stop(t, syscall.SIGTERM), s.stderr.String())
+	require.Equal(t, exitOK, a2.stop(t, syscall.SIGTERM), a2.stderr.String())
+	require.Equal(t, exitOK, b.stop(t, syscall.SIGTERM), b.stderr.String())
+	dataA, err := os.ReadFile(fileA)
+	require.NoError(t, err)
+	dataB, err := os.ReadFile(fileB)
+	require.NoError(t, err)
+	areaA, areaB := dataA[offA:offA+size], dataB[offB:offB+size]
+	require.Equal(t, bytes.Repeat([]byte{0x66}, 2<<20), areaA[8<<20:10<<20], "member 0 got what it missed")
+	if !bytes.Equal(areaA, areaB) {
+		for i := range areaA {
+			if areaA[i] != areaB[i] {
+				t.Fatalf("data areas differ first at data offset %d: %#x vs %#x", i, areaA[i], areaB[i])
+			}
+		}
+	}
+	t.Logf("data areas identical (%d bytes): %v", size, time.Since(start))
+}
+
+func TestServeLinearOverFileExportAndNbdkit(t *testing.T) {
+	needTools(t, "qemu-io", "nbdkit")
+	dir := t.TempDir()
+	// Odd sizes: data areas end inside a 4 KiB page and a region.
+	const sizeFile, sizeExport, sizeKit = 3<<20 + 1536, 2<<20 + 512, 4<<20 + 3584
+	file := image(t, "local.img", sizeFile)
+	exported := image(t, "exported.img", sizeExport)
+	e := startExport(t, "127.0.0.1:0", exported)
+	sock := filepath.Join(dir, "nbdkit.sock")
+	pidFile := filepath.Join(dir, "nbdkit.pid")
+	kit := exec.Command("nbdkit", "-f", "--exit-with-parent", "-U", sock, "-P", pidFile, "memory", fmt.Sprint(sizeKit))
+	kitErr := &syncBuffer{}
+	kit.Stderr = kitErr
+	require.NoError(t, kit.Start())
+	t.Cleanup(func() {
+		kit.Process.Kill()
+		kit.Wait()
+	})
+	// nbdkit writes its pid file once it accepts connections.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := os.Stat(pidFile); err == nil {
+			break
+		}
+		require.True(t, time.Now().Before(deadline), "nbdkit did not start: %s", kitErr.String())
+		time.Sleep(20 * time.Millisecond)
+	}
+	kitURL := "nbd+unix:///?socket=" + sock
+	cfg := writeConfig(t, dir, fmt.Sprintf(`listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+storage:
+  layout: linear
+  members:
+    - file:%s
+    - nbd://%s
+    - %s
+export:
+  name: lin
+  allow: [127.0.0.0/8=rw]
+%s`, file, e.addrs[0], kitURL, fastNodes))
+	s := startServe(t, cfg)
+	url, adminAddr := "nbd://"+s.addrs[0]+"/lin", s.addrs[1]
+	st := status(t, adminAddr)
+	require.Len(t, st.Members, 3)
+	require.True(t, allInSync(st))
+	var sum int64
+	raw := []int64{sizeFile, sizeExport, sizeKit}
+	for i, m := range st.Members {
+		require.Positive(t, m.DataOffset)
+		require.Equal(t, raw[i], m.NodeSize, "member %d", i)
+		sum += raw[i] - m.DataOffset
+	}
+	require.Equal(t, sum, st.Size, "a linear storage is its members' data areas end to end")
+	require.Equal(t, "lin", st.Export)
+	data0 := sizeFile - st.Members[0].DataOffset
+	data1 := sizeExport - st.Members[1].DataOffset
+
+	// Writes that cross both member boundaries, and the storage's last
+	// bytes.
+	b1, b2 := data0-1024, data0+data1-512
+	qemuIO(t, url,
+		fmt.Sprintf("write -P 0xa1 %d 2048", b1),
+		fmt.Sprintf("write -P 0xa2 %d 1024", b2),
+		fmt.Sprintf("write -P 0xa3 %d 512", st.Size-512),
+		"flush",
+		fmt.Sprintf("read -P 0xa1 %d 2048", b1),
+		fmt.Sprintf("read -P 0xa2 %d 1024", b2),
+		fmt.Sprintf("read -P 0xa3 %d 512", st.Size-512))
+
+	// Each piece landed on its member at its data offset.
+	local, err := os.ReadFile(file)
+	require.NoError(t, err)
+	off0 := st.Members[0].DataOffset + b1
+	require.Equal(t, bytes.Repeat([]byte{0xa1}, 1024), local[off0:off0+1024])
+	qemuIO(t, kitURL,
+		fmt.Sprintf("read -P 0xa2 %d 512", st.Members[2].DataOffset),
+		fmt.Sprintf("read -P 0xa3 %d 512", sizeKit-512))
+
+	// A restart (after SIGINT) reassembles the storage from its
+	// superblocks.
+	gen := st.Generation
+	require.Equal(t, exitOK, s.stop(t, syscall.SIGINT), s.stderr.String())
+	s = startServe(t, cfg)
+	url, adminAddr = "nbd://"+s.addrs[0]+"/lin", s.addrs[1]
+	st2 := status(t, adminAddr)
+	require.Equal(t, st.Size, st2.Size)
+	require.Greater(t, st2.Generation, gen, "reassembly bumps the generation")
+	require.True(t, allInSync(st2))
+	qemuIO(t, url, fmt.Sprintf("read -P 0xa1 %d 2048", b1), fmt.Sprintf("read -P 0xa2 %d 1024", b2))
+	require.Equal(t, exitOK, s.stop(t, syscall.SIGTERM), s.stderr.String())
+	require.Contains(t, s.stderr.String(), "shutting down")
+}
+
+func TestServeErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := writeConfig(t, dir, "storage:\n  layout: mirror\n  members:\n    - file:/a\n    - layout: stripe\n      chunk: 64KB\n      members: [file:/b]\n")
+	code, out, errOut := runDst(t, "serve", "--config", bad)
+	require.Equal(t, exitRuntime, code)
+	require.Empty(t, out)
+	require.Contains(t, errOut, bad+`:6: storage.members[1].chunk: "64KB" is not a size (use 64KiB)`)
+
+	missing := filepath.Join(dir, "missing.img")
+	cfg := filepath.Join(dir, "m.yaml")
+	require.NoError(t, os.WriteFile(cfg, []byte("listen: 127.0.0.1:0\nadmin: off\nstorage: {layout: linear, members: [file:"+missing+"]}\n"), 0o644))
+	code, _, errOut = runDst(t, "serve", "--config", cfg)
+	require.Equal(t, exitRuntime, code)
+	require.Contains(t, errOut, "file:"+missing)
+	require.Contains(t, errOut, "does not exist")
+
+	tlsCfg := filepath.Join(dir, "tls.yaml")
+	require.NoError(t, os.WriteFile(tlsCfg, []byte("storage: {layout: linear, members: [file:/x]}\nexport:\n  tls: {cert: c.pem, key: k.pem}\n"), 0o644))
+	code, _, errOut = runDst(t, "serve", "--config", tlsCfg)
+	require.Equal(t, exitRuntime, code)
+	require.Contains(t, errOut, tlsCfg+":3: export.tls: ")
+	require.Contains(t, errOut, filepath.Join(dir, "c.pem"), "paths are relative to the config's folder")
+
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"serve"}, "--config is required"},
+		{[]string{"serve", "--config", bad, "--log-level", "loud"}, `--log-level "loud"`},
+		{[]string{"serve", "--config", bad, "extra"}, `unexpected argument "extra"`},
+		{[]string{"status", "--timeout", "0s"}, "--timeout 0s: must be positive"},
+		{[]string{"status", "--admin", ""}, "--admin is empty"},
+	} {
+		code, _, errOut := runDst(t, tc.args...)
+		require.Equal(t, exitUsage, code, "%v: %s", tc.args, errOut)
+		require.Contains(t, errOut, tc.want, "%v", tc.args)
+	}
+	code, _, errOut = runDst(t, "serve", "--config", filepath.Join(dir, "nope.yaml"))
+	require.Equal(t, exitRuntime, code)
+	require.Contains(t, errOut, "nope.yaml")
+
+	// Nothing listens there.
+	code, _, errOut = runDst(t, "status", "--admin", "127.0.0.1:1", "--timeout", "2s")
+	require.Equal(t, exitRuntime, code)
+	require.Contains(t, errOut, "no status from 127.0.0.1:1")
+}
+
+func TestStatusPrints(t *testing.T) {
+	st := admin.Status{Size: 64 << 20, Layout: "mirror(nbd://a, file:/b)", Listen: "127.0.0.1:10809", Export: "",
+		Generation: 7, UptimeSeconds: 61.4, Health: "resyncing", InFlight: 3,
+		Members: []admin.MemberStatus{
+			{MemberStatus: engine.MemberStatus{Index: 0, Node: "nbd://a", State: "resyncing", Pending: 2, DirtyRegions: 5,
+				ResyncedBytes: 3 << 20, LastError: "node unavailable"},
+				URL: "nbd://a", Connection: "connected", Remote: &admin.RemoteStatus{Retries: 4, Reconnects: 1}},
+			{MemberStatus: engine.MemberStatus{Index: 1, Node: "/b", State: "in-sync"}, URL: "file:/b"},
+		}}
+	body, err := json.Marshal(st)
+	require.NoError(t, err)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/status" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(body)
+	}))
+	defer srv.Close()
+
+	code, out, errOut := runDst(t, "status", "--admin", srv.URL)
+	require.Equal(t, exitOK, code, errOut)
+	for _, want := range []string{
+		"storage     mirror(nbd://a, file:/b), 64 MiB (67108864 bytes)",
+		"health      resyncing",
+		"generation  7",
+		"uptime      1m1s",
+		"in flight   3",
+		"MEMBER  STATE      CONNECTION  IN FLIGHT  DIRTY REGIONS  RESYNCED  RETRIES  RECONNECTS  URL",
+		"0       resyncing  connected   2          5              3.0 MiB   4        1           nbd://a",
+		"1       in-sync    local       0          0              0 B       -        -           file:/b",
+		"member 0: node unavailable",
+	} {
+		assert.Contains(t, out, want)
+	}
+
+	code, out, errOut = runDst(t, "status", "--admin", strings.TrimPrefix(srv.URL, "http://"), "--json")
+	require.Equal(t, exitOK, code, errOut)
+	require.JSONEq(t, string(body), out)
+
+	notDst := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { fmt.Fprint(w, "<html>") }))
+	defer notDst.Close()
+	code, _, errOut = runDst(t, "status", "--admin", notDst.URL)
+	require.Equal(t, exitRuntime, code)
+	require.Contains(t, errOut, "is not a dst status")
+}
+
+func TestServeAndStatusHelp(t *testing.T) {
+	for cmd, flags := range map[string][]string{
+		"serve":  {"--config", "--log-level"},
+		"status": {"--admin", "--json", "--timeout"},
+	} {
+		code, out, errOut := runDst(t, cmd, "--help")
+		require.Equal(t, exitOK, code, errOut)
+		require.Contains(t, out, "Usage: dst "+cmd)
+		for _, f := range flags {
+			require.Contains(t, out, "  "+f, "dst %s --help lists %s", cmd, f)
+		}
+	}
+	_, out, _ := runDst(t, "--help")
+	require.Contains(t, out, "  serve ")
+	require.Contains(t, out, "  status ")
+}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/dustin/go-humanize"
+
+	"dst/storage/admin"
+	"dst/storage/config"
+)
+
+// maxStatusBytes bounds the status document dst status reads.
+const maxStatusBytes = 4 << 20
+
+var statusCommand = command{
+	name:    "status",
+	summary: "show the state of a running storage and its members",
+	help: `Ask a running 'dst serve' for its status through its admin address and
+print it: the storage, then one line per member with its state (in-sync,
+resyncing, failed, suspended), its connection, the requests in flight on
+it, the regions it misses, and how much resync copied to it. --json prints
+the status document as the server sends it (see package dst/storage/admin).
+
+Examples:
+  dst status
+  dst status --admin 127.0.0.1:10810 --json`,
+	setup: setupStatus,
+}
+
+// statusFlags are the flags of dst status.
+type statusFlags struct {
+	admin   string
+	json    bool
+	timeout time.Duration
+}
+
+func setupStatus(stdout, _ io.Writer) (*flag.FlagSet, func(context.Context) error) {
+	o := &statusFlags{}
+	fs := flag.NewFlagSet("status", flag.ContinueOnError)
+	fs.StringVar(&o.admin, "admin", config.DefaultAdmin, "admin `ADDR` of the storage (HOST:PORT or an http:// URL)")
+	fs.BoolVar(&o.json, "json", false, "print the status as JSON")
+	fs.DurationVar(&o.timeout, "timeout", 5*time.Second, "give up after `DURATION`")
+	return fs, func(ctx context.Context) error { return runStatus(ctx, o, stdout) }
+}
+
+func runStatus(ctx context.Context, o *statusFlags, stdout io.Writer) error {
+	if o.admin == "" {
+		return usagef("--admin is empty")
+	}
+	if o.timeout <= 0 {
+		return usagef("--timeout %v: must be positive", o.timeout)
+	}
+	url := strings.TrimSuffix(o.admin, "/")
+	if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") {
+		url = "http://" + url
+	}
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/status", nil)
+	if err != nil {
+		return usagef("--admin %q: %v", o.admin, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("no status from %s: %w", o.admin, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStatusBytes))
+	if err != nil {
+		return fmt.Errorf("reading the status from %s: %w", o.admin, err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("status from %s: %s: %s", o.admin, resp.Status, bytes.TrimSpace(body))
+	}
+	var st admin.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		return fmt.Errorf("status from %s is not a dst status: %w", o.admin, err)
+	}
+	if o.json {
+		_, err := stdout.Write(body)
+		return err
+	}
+	return printStatus(stdout, &st)
+}
+
+// printStatus prints st as a table.
+func printStatus(w io.Writer, st *admin.Status) error {
+	gen := "-"
+	if st.Generation != 0 {
+		gen = fmt.Sprint(st.Generation)
+	}
+	fmt.Fprintf(w, "storage     %s, %s (%d bytes)\n", st.Layout, humanize.IBytes(uint64(max(st.Size, 0))), st.Size)
+	fmt.Fprintf(w, "health      %s\n", st.Health)
+	fmt.Fprintf(w, "listening   %s, export %q\n", st.Listen, st.Export)
+	fmt.Fprintf(w, "generation  %s\n", gen)
+	fmt.Fprintf(w, "uptime      %v\n", (time.Duration(st.UptimeSeconds * float64(time.Second))).Round(time.Second))
+	fmt.Fprintf(w, "in flight   %d\n\n", st.InFlight)
+
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tCONNECTION\tIN FLIGHT\tDIRTY REGIONS\tRESYNCED\tRETRIES\tRECONNECTS\tURL")
+	var errs []string
+	for _, m := range st.Members {
+		conn, retries, reconnects := "local", "-", "-"
+		if m.Remote != nil {
+			conn = m.Connection
+			retries, reconnects = fmt.Sprint(m.Remote.Retries), fmt.Sprint(m.Remote.Reconnects)
+		}
+		url := m.URL
+		if url == "" {
+			url = m.Node
+		}
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", m.Index, m.State, conn, m.Pending, m.DirtyRegions,
+			humanize.IBytes(uint64(max(m.ResyncedBytes, 0))), retries, reconnects, url)
+		if m.LastError != "" {
+			errs = append(errs, fmt.Sprintf("member %d: %s", m.Index, m.LastError))
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(errs) > 0 {
+		fmt.Fprintf(w, "\nlast errors:\n  %s\n", strings.Join(errs, "\n  "))
+	}
+	return nil
+}

@@ -1,0 +1,265 @@
+// Package admin is the operator's window on a running storage: an HTTP
+// server (loopback by default) with
+//
+//	GET /status    JSON: size, layout, addresses, uptime, and per member its
+//	               state, pending pieces, dirty regions, resync progress,
+//	               last error and, for remote nodes, connection counters
+//	GET /metrics   the same and the request counters in the Prometheus text
+//	               format (version 0.0.4)
+//
+// Request metrics come from Instrument, a wrapper of the exported device
+// that counts with atomics into fixed histogram buckets, so serving a
+// request allocates nothing more than it did.
+//
+// The exposition is written by hand rather than with
+// github.com/prometheus/client_golang: the set of series is fixed and
+// small, the text format is a few lines of printf, and the library would
+// bring a dozen modules (protobuf, procfs, common, xxhash, ...) into a
+// storage binary for one endpoint. A test checks the output against the
+// format's grammar.
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"dst/storage/engine"
+	"dst/storage/node"
+)
+
+// DefaultShutdownTimeout bounds Serve's graceful shutdown.
+const DefaultShutdownTimeout = 5 * time.Second
+
+// Storage is what the admin server reports on; *engine.Engine is one.
+type Storage interface {
+	Size() int64
+	Status() []engine.MemberStatus
+}
+
+// Member is what the server knows of member i beyond the engine's status.
+type Member struct {
+	// URL is the member as the configuration names it.
+	URL string
+	// Node is the member's node, if known; a *node.Remote adds its
+	// connection state and counters.
+	Node node.Node
+	// DataOffset is where the member's data area starts on its node (after
+	// the superblocks and the bitmap).
+	DataOffset int64
+}
+
+// Options describe the storage a Handler reports on. Only Storage is
+// required.
+type Options struct {
+	Storage Storage
+	// Layout describes the layout tree, e.g. "mirror(file:/a, nbd://b)".
+	Layout string
+	// Listen and Export are the NBD address and export name of the
+	// storage.
+	Listen, Export string
+	// Members, if given, has one entry per member, in member order.
+	Members []Member
+	// Generation, if set, returns the superblocks' generation.
+	Generation func() uint64
+	// Requests, if set, are the counters of the exported device.
+	Requests *Requests
+	// Started is when the storage started; zero means when NewHandler
+	// ran.
+	Started time.Time
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Status is the body of GET /status.
+type Status struct {
+	Size          int64     `json:"size"`
+	Layout        string    `json:"layout"`
+	Listen        string    `json:"listen"`
+	Export        string    `json:"export"`
+	Generation    uint64    `json:"generation,omitempty"`
+	Started       time.Time `json:"started"`
+	UptimeSeconds float64   `json:"uptime_seconds"`
+	// Health is "ok" (every member in sync), "resyncing" (some member is
+	// catching up, none is out) or "degraded" (some member is failed or
+	// suspended).
+	Health   string                   `json:"health"`
+	InFlight int64                    `json:"in_flight"`
+	Members  []MemberStatus           `json:"members"`
+	Requests map[string]RequestStatus `json:"requests,omitempty"`
+}
+
+// MemberStatus is one member in Status: the engine's view and the node's.
+type MemberStatus struct {
+	engine.MemberStatus
+	URL        string `json:"url,omitempty"`
+	DataOffset int64  `json:"data_offset"`
+	// NodeSize is the node's size in bytes (of a remote node, as learned
+	// at the latest connection).
+	NodeSize int64 `json:"node_size"`
+	// Connection is a remote node's connection state.
+	Connection string        `json:"connection,omitempty"`
+	Remote     *RemoteStatus `json:"remote,omitempty"`
+}
+
+// RemoteStatus are a remote node's counters (see node.RemoteMetrics).
+type RemoteStatus struct {
+	Requests    uint64 `json:"requests"`
+	Bytes       uint64 `json:"bytes"`
+	Retries     uint64 `json:"retries"`
+	Connects    uint64 `json:"connects"`
+	Reconnects  uint64 `json:"reconnects"`
+	Fences      uint64 `json:"fences"`
+	Timeouts    uint64 `json:"timeouts"`
+	Pings       uint64 `json:"pings"`
+	Failures    uint64 `json:"failures"`
+	Unavailable uint64 `json:"unavailable"`
+}
+
+// RequestStatus are the counters of one op in Status.
+type RequestStatus struct {
+	Count  uint64 `json:"count"`
+	Bytes  uint64 `json:"bytes"`
+	Errors uint64 `json:"errors"`
+	// MeanSeconds is the mean latency; zero without requests.
+	MeanSeconds float64 `json:"mean_seconds"`
+}
+
+// remote is what a *node.Remote offers beyond node.Node.
+type remote interface {
+	State() node.State
+	Metrics() node.RemoteMetrics
+}
+
+// Handler serves /status and /metrics.
+type Handler struct {
+	o   Options
+	mux *http.ServeMux
+}
+
+// NewHandler returns the admin handler for o.
+func NewHandler(o Options) *Handler {
+	if o.Storage == nil {
+		panic("admin: Options.Storage is required")
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Started.IsZero() {
+		o.Started = o.Now()
+	}
+	h := &Handler{o: o, mux: http.NewServeMux()}
+	h.mux.HandleFunc("GET /status", h.serveStatus)
+	h.mux.HandleFunc("GET /metrics", h.serveMetrics)
+	h.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprint(w, "dst admin\n  /status   storage and member status (JSON)\n  /metrics  Prometheus metrics\n")
+	})
+	return h
+}
+
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+// Status returns a snapshot of the storage.
+func (h *Handler) Status() Status {
+	now := h.o.Now()
+	st := Status{
+		Size:          h.o.Storage.Size(),
+		Layout:        h.o.Layout,
+		Listen:        h.o.Listen,
+		Export:        h.o.Export,
+		Started:       h.o.Started,
+		UptimeSeconds: now.Sub(h.o.Started).Seconds(),
+		Health:        "ok",
+	}
+	if h.o.Generation != nil {
+		st.Generation = h.o.Generation()
+	}
+	for _, ms := range h.o.Storage.Status() {
+		m := MemberStatus{MemberStatus: ms}
+		if ms.Index >= 0 && ms.Index < len(h.o.Members) {
+			info := h.o.Members[ms.Index]
+			m.URL, m.DataOffset = info.URL, info.DataOffset
+			if info.Node != nil {
+				m.NodeSize = info.Node.Size()
+				if r, ok := info.Node.(remote); ok {
+					m.Connection = r.State().String()
+					mt := r.Metrics()
+					m.Remote = &RemoteStatus{Requests: mt.Requests, Bytes: mt.Bytes, Retries: mt.Retries,
+						Connects: mt.Connects, Reconnects: mt.Reconnects, Fences: mt.Fences, Timeouts: mt.Timeouts,
+						Pings: mt.Pings, Failures: mt.Failures, Unavailable: mt.Unavailable}
+				}
+			}
+		}
+		switch ms.State {
+		case engine.InSync.String():
+		case engine.Resyncing.String():
+			if st.Health == "ok" {
+				st.Health = "resyncing"
+			}
+		default:
+			st.Health = "degraded"
+		}
+		st.Members = append(st.Members, m)
+	}
+	if h.o.Requests != nil {
+		ops, inFlight := h.o.Requests.Snapshot()
+		st.InFlight = inFlight
+		st.Requests = map[string]RequestStatus{}
+		for _, s := range ops {
+			rs := RequestStatus{Count: s.Count, Bytes: s.Bytes, Errors: s.Errors}
+			if s.Count > 0 {
+				rs.MeanSeconds = float64(s.SumNanos) / float64(s.Count) / 1e9
+			}
+			st.Requests[s.Op.String()] = rs
+		}
+	}
+	return st
+}
+
+func (h *Handler) serveStatus(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(h.Status()) // a client that went away is not our error
+}
+
+// Serve serves h on ln until ctx ends, then shuts down gracefully (within
+// DefaultShutdownTimeout) and returns nil; it returns the error of ln if
+// serving fails first. It closes ln.
+func Serve(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger) error {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       time.Minute,
+		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+	select {
+	case err := <-served:
+		return fmt.Errorf("admin: %w", err)
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), DefaultShutdownTimeout)
+	defer cancel()
+	err := srv.Shutdown(sctx)
+	if serr := <-served; !errors.Is(serr, http.ErrServerClosed) && err == nil {
+		err = serr
+	}
+	if err != nil {
+		return fmt.Errorf("admin: shutdown: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,425 @@
+// The admin endpoints report what the storage, its members' nodes and the
+// instrumented device say: /status as JSON with every member's state and
+// remote counters, /metrics in the Prometheus text format (checked against
+// its grammar, with cumulative histogram buckets), and Instrument counts
+// each op's requests, bytes, errors and latency (with an injected clock)
+// without allocating; checked with httptest and fakes.
+package admin_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"dst/storage/admin"
+	"dst/storage/engine"
+	"dst/storage/nbd"
+	"dst/storage/node"
+)
+
+// fakeStorage reports fixed member states.
+type fakeStorage struct {
+	size    int64
+	members []engine.MemberStatus
+}
+
+func (f *fakeStorage) Size() int64                   { return f.size }
+func (f *fakeStorage) Status() []engine.MemberStatus { return f.members }
+
+// fakeRemote is a node with a remote node's state and counters.
+type fakeRemote struct {
+	*node.Memory
+	state node.State
+	m     node.RemoteMetrics
+}
+
+func (f *fakeRemote) State() node.State            { return f.state }
+func (f *fakeRemote) Metrics() node.RemoteMetrics  { return f.m }
+func (f *fakeRemote) String() string               { return "remote" }
+func (f *fakeRemote) Flags() nbd.TransmissionFlags { return node.MemoryFlags }
+
+// clock is a manual clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) advance(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// slowDevice advances the clock by a set delay on every request, and fails
+// when told to.
+type slowDevice struct {
+	*node.Memory
+	c     *clock
+	delay time.Duration
+	fail  bool
+}
+
+func (d *slowDevice) step() error {
+	d.c.advance(d.delay)
+	if d.fail {
+		return errors.New("boom")
+	}
+	return nil
+}
+func (d *slowDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
+	if err := d.step(); err != nil {
+		return err
+	}
+	return d.Memory.ReadAt(ctx, p, off)
+}
+func (d *slowDevice) WriteAt(ctx context.Context, p []byte, off int64, f nbd.CmdFlags) error {
+	if err := d.step(); err != nil {
+		return err
+	}
+	return d.Memory.WriteAt(ctx, p, off, f)
+}
+func (d *slowDevice) Flush(ctx context.Context) error { return d.step() }
+
+func fixture(t *testing.T) (*admin.Handler, *admin.Instrumented, *clock) {
+	t.Helper()
+	c := &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	st := &fakeStorage{size: 1 << 30, members: []engine.MemberStatus{
+		{Index: 0, Node: "/srv/a.img", State: "in-sync"},
+		{Index: 1, Node: "nbd://b/x", State: "failed", Pending: 2, DirtyRegions: 7, ResyncedBytes: 4096,
+			LastError: "node unavailable: \"quoted\"\nline"},
+	}}
+	remote := &fakeRemote{Memory: node.NewMemory(4096), state: node.StateConnecting,
+		m: node.RemoteMetrics{Requests: 10, Bytes: 8192, Retries: 3, Connects: 2, Reconnects: 1, Fences: 1, Timeouts: 4, Pings: 5, Failures: 6, Unavailable: 2}}
+	dev := admin.Instrument(&slowDevice{Memory: node.NewMemory(1 << 20), c: c, delay: 3 * time.Millisecond}, "dev", admin.NewRequests(c.now))
+	h := admin.NewHandler(admin.Options{
+		Storage: st, Layout: "mirror(file:/srv/a.img, nbd://b/x)", Listen: "127.0.0.1:10809", Export: "disk",
+		Members: []admin.Member{
+			{URL: "file:/srv/a.img", Node: node.NewMemory(65536), DataOffset: 12288},
+			{URL: "nbd://b/x", Node: remote, DataOffset: 8192},
+		},
+		Generation: func() uint64 { return 42 },
+		Requests:   dev.Requests(),
+		Now:        c.now,
+	})
+	c.advance(90 * time.Second)
+	return h, dev, c
+}
+
+func get(t *testing.T, h http.Handler, method, path string) *http.Response {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest(method, path, nil))
+	return rec.Result()
+}
+
+func TestStatusJSON(t *testing.T) {
+	h, dev, _ := fixture(t)
+	ctx := context.Background()
+	buf := make([]byte, 4096)
+	require.NoError(t, dev.WriteAt(ctx, buf, 0, 0))
+	require.NoError(t, dev.ReadAt(ctx, buf[:512], 0))
+
+	resp := get(t, h, http.MethodGet, "/status")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+	var st admin.Status
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+
+	assert.Equal(t, int64(1<<30), st.Size)
+	assert.Equal(t, "mirror(file:/srv/a.img, nbd://b/x)", st.Layout)
+	assert.Equal(t, "127.0.0.1:10809", st.Listen)
+	assert.Equal(t, "disk", st.Export)
+	assert.Equal(t, uint64(42), st.Generation)
+	assert.InDelta(t, 90.006, st.UptimeSeconds, 1e-9, "two requests of 3 ms moved the clock too")
+	assert.Equal(t, "degraded", st.Health)
+	require.Len(t, st.Members, 2)
+	a, b := st.Members[0], st.Members[1]
+	assert.Equal(t, "file:/srv/a.img", a.URL)
+	assert.Equal(t, int64(12288), a.DataOffset)
+	assert.Equal(t, int64(65536), a.NodeSize)
+	assert.Nil(t, a.Remote, "a local node has no remote counters")
+	assert.Empty(t, a.Connection)
+	assert.Equal(t, "failed", b.State)
+	assert.Equal(t, 2, b.Pending)
+	assert.Equal(t, 7, b.DirtyRegions)
+	assert.Equal(t, int64(4096), b.ResyncedBytes)
+	assert.Contains(t, b.LastError, "unavailable")
+	assert.Equal(t, "connecting", b.Connection)
+	require.NotNil(t, b.Remote)
+	assert.Equal(t, admin.RemoteStatus{Requests: 10, Bytes: 8192, Retries: 3, Connects: 2, Reconnects: 1, Fences: 1,
+		Timeouts: 4, Pings: 5, Failures: 6, Unavailable: 2}, *b.Remote)
+	assert.Equal(t, admin.RequestStatus{Count: 1, Bytes: 4096, MeanSeconds: 0.003}, st.Requests["write"])
+	assert.Equal(t, admin.RequestStatus{Count: 1, Bytes: 512, MeanSeconds: 0.003}, st.Requests["read"])
+	assert.Equal(t, admin.RequestStatus{}, st.Requests["trim"])
+	assert.Len(t, st.Requests, 6)
+}
+
+func TestHealth(t *testing.T) {
+	for _, tc := range []struct {
+		states []string
+		want   string
+	}{
+		{[]string{"in-sync", "in-sync"}, "ok"},
+		{[]string{"in-sync", "resyncing"}, "resyncing"},
+		{[]string{"resyncing", "suspended"}, "degraded"},
+		{[]string{"failed", "resyncing"}, "degraded"},
+	} {
+		st := &fakeStorage{}
+		for i, s := range tc.states {
+			st.members = append(st.members, engine.MemberStatus{Index: i, State: s})
+		}
+		h := admin.NewHandler(admin.Options{Storage: st})
+		assert.Equal(t, tc.want, h.Status().Health, "%v", tc.states)
+	}
+}
+
+func TestRoutes(t *testing.T) {
+	h, _, _ := fixture(t)
+	assert.Equal(t, http.StatusOK, get(t, h, http.MethodGet, "/").StatusCode)
+	assert.Equal(t, http.StatusOK, get(t, h, http.MethodHead, "/status").StatusCode)
+	assert.Equal(t, http.StatusMethodNotAllowed, get(t, h, http.MethodPost, "/status").StatusCode)
+	assert.Equal(t, http.StatusMethodNotAllowed, get(t, h, http.MethodDelete, "/metrics").StatusCode)
+	assert.Equal(t, http.StatusNotFound, get(t, h, http.MethodGet, "/nope").StatusCode)
+}
+
+// The text format's sample line: name, optional labels, value.
+var (
+	sampleLine = regexp.MustCompile(`^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(?:[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\["\\n])*",?)*\})? (\S+)$`)
+	helpLine   = regexp.MustCompile(`^# HELP ([a-zA-Z_:][a-zA-Z0-9_:]*) .+$`)
+	typeLine   = regexp.MustCompile(`^# TYPE ([a-zA-Z_:][a-zA-Z0-9_:]*) (counter|gauge|histogram|summary|untyped)$`)
+	labelPair  = regexp.MustCompile(`([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"`)
+)
+
+type sample struct {
+	name   string
+	labels map[string]string
+	value  float64
+}
+
+// parseMetrics checks the exposition's grammar — every family has HELP
+// then TYPE before its samples, appears once, and its samples carry its
+// name (with _bucket, _sum, _count for histograms) — and returns the
+// samples.
+func parseMetrics(t *testing.T, text string) ([]sample, map[string]string) {
+	t.Helper()
+	types := map[string]string{}
+	var fam, pendingHelp string
+	var out []sample
+	sc := bufio.NewScanner(strings.NewReader(text))
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		switch {
+		case helpLine.MatchString(line):
+			pendingHelp = helpLine.FindStringSubmatch(line)[1]
+			_, seen := types[pendingHelp]
+			require.False(t, seen, "line %d: family %s appears twice", n, pendingHelp)
+		case typeLine.MatchString(line):
+			m := typeLine.FindStringSubmatch(line)
+			require.Equal(t, pendingHelp, m[1], "line %d: TYPE follows its HELP", n)
+			types[m[1]], fam = m[2], m[1]
+		default:
+			m := sampleLine.FindStringSubmatch(line)
+			require.NotNil(t, m, "line %d is not a sample: %q", n, line)
+			name := m[1]
+			if types[fam] == "histogram" {
+				base := strings.TrimSuffix(strings.TrimSuffix(strings.TrimSuffix(name, "_bucket"), "_sum"), "_count")
+				require.Equal(t, fam, base, "line %d", n)
+			} else {
+				require.Equal(t, fam, name, "line %d: sample of family %s", n, fam)
+			}
+			v, err := strconv.ParseFloat(m[3], 64)
+			require.NoError(t, err, "line %d", n)
+			s := sample{name: name, labels: map[string]string{}, value: v}
+			for _, lp := range labelPair.FindAllStringSubmatch(m[2], -1) {
+				s.labels[lp[1]] = lp[2]
+			}
+			out = append(out, s)
+		}
+	}
+	return out, types
+}
+
+func find(samples []sample, name string, labels ...string) (float64, bool) {
+next:
+	for _, s := range samples {
+		if s.name != name {
+			continue
+		}
+		for i := 0; i+1 < len(labels); i += 2 {
+			if s.labels[labels[i]] != labels[i+1] {
+				continue next
+			}
+		}
+		return s.value, true
+	}
+	return 0, false
+}
+
+func TestMetrics(t *testing.T) {
+	h, dev, c := fixture(t)
+	ctx := context.Background()
+	buf := make([]byte, 4096)
+	for range 3 {
+		require.NoError(t, dev.WriteAt(ctx, buf, 0, 0)) // 3 ms each
+	}
+	sd := &slowDevice{Memory: node.NewMemory(4096), c: c, delay: 2 * time.Second, fail: true}
+	slow := admin.Instrument(sd, "slow", dev.Requests())
+	require.Error(t, slow.Flush(ctx))          // 2 s, failed
+	require.Error(t, slow.ReadAt(ctx, buf, 0)) // failed reads count no bytes
+	sd.delay = 20 * time.Second
+	require.Error(t, slow.ReadAt(ctx, buf, 0)) // beyond the last bucket
+
+	resp := get(t, h, http.MethodGet, "/metrics")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "text/plain; version=0.0.4; charset=utf-8", resp.Header.Get("Content-Type"))
+	body, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	samples, types := parseMetrics(t, string(body))
+
+	assert.Equal(t, "histogram", types["dst_request_duration_seconds"])
+	assert.Equal(t, "counter", types["dst_requests_total"])
+	assert.Equal(t, "gauge", types["dst_member_state"])
+	expect := func(want float64, name string, labels ...string) {
+		t.Helper()
+		v, ok := find(samples, name, labels...)
+		require.True(t, ok, "no sample %s%v", name, labels)
+		assert.Equal(t, want, v, "%s%v", name, labels)
+	}
+	expect(1<<30, "dst_storage_size_bytes")
+	expect(42, "dst_generation")
+	expect(0, "dst_requests_in_flight")
+	expect(3, "dst_requests_total", "op", "write")
+	expect(2, "dst_requests_total", "op", "read")
+	expect(1, "dst_requests_total", "op", "flush")
+	expect(12288, "dst_request_bytes_total", "op", "write")
+	expect(0, "dst_request_bytes_total", "op", "read")
+	expect(2, "dst_request_errors_total", "op", "read")
+	expect(1, "dst_request_errors_total", "op", "flush")
+	// 3 ms writes land in the 5 ms bucket, not the 2.5 ms one.
+	expect(0, "dst_request_duration_seconds_bucket", "op", "write", "le", "0.0025")
+	expect(3, "dst_request_duration_seconds_bucket", "op", "write", "le", "0.005")
+	expect(3, "dst_request_duration_seconds_bucket", "op", "write", "le", "+Inf")
+	expect(3, "dst_request_duration_seconds_count", "op", "write")
+	expect(0.009, "dst_request_duration_seconds_sum", "op", "write")
+	expect(0, "dst_request_duration_seconds_bucket", "op", "flush", "le", "1")
+	expect(1, "dst_request_duration_seconds_bucket", "op", "flush", "le", "2.5")
+	expect(1, "dst_request_duration_seconds_bucket", "op", "read", "le", "10") // the 2 s one
+	expect(2, "dst_request_duration_seconds_bucket", "op", "read", "le", "+Inf")
+	expect(1, "dst_member_state", "member", "1", "state", "failed")
+	expect(0, "dst_member_state", "member", "1", "state", "in-sync")
+	expect(1, "dst_member_state", "member", "0", "url", "file:/srv/a.img", "state", "in-sync")
+	expect(2, "dst_member_pending", "member", "1")
+	expect(7, "dst_member_dirty_regions", "member", "1", "url", "nbd://b/x")
+	expect(4096, "dst_member_resynced_bytes_total", "member", "1")
+	expect(4096, "dst_resync_bytes_total")
+	expect(0, "dst_node_connected", "member", "1")
+	expect(3, "dst_node_retries_total", "member", "1")
+	expect(1, "dst_node_reconnects_total", "member", "1")
+	expect(4, "dst_node_timeouts_total", "member", "1")
+	expect(2, "dst_node_unavailable_total", "member", "1")
+	_, local := find(samples, "dst_node_retries_total", "member", "0")
+	assert.False(t, local, "a local member has no node counters")
+
+	// Every histogram's buckets are cumulative and end at _count.
+	for _, op := range []string{"read", "write", "flush", "trim", "write_zeroes", "cache"} {
+		prev := -1.0
+		for _, s := range samples {
+			if s.name == "dst_request_duration_seconds_bucket" && s.labels["op"] == op {
+				require.GreaterOrEqual(t, s.value, prev, "op %s le %s", op, s.labels["le"])
+				prev = s.value
+			}
+		}
+		count, _ := find(samples, "dst_request_duration_seconds_count", "op", op)
+		assert.Equal(t, count, prev, "op %s: +Inf bucket equals count", op)
+	}
+}
+
+func TestLabelEscaping(t *testing.T) {
+	st := &fakeStorage{members: []engine.MemberStatus{{Index: 0, Node: `a"b\c` + "\nd", State: "in-sync"}}}
+	h := admin.NewHandler(admin.Options{Storage: st})
+	var b bytes.Buffer
+	h.WriteMetrics(&b)
+	samples, _ := parseMetrics(t, b.String())
+	_, ok := find(samples, "dst_member_pending", "url", `a\"b\\c\nd`)
+	require.True(t, ok, "%s", b.String())
+}
+
+func TestInstrumentDoesNotAllocate(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	dev := admin.Instrument(node.NewMemory(1<<20), "mem", nil)
+	ctx := context.Background()
+	buf := make([]byte, 4096)
+	allocs := testing.AllocsPerRun(1000, func() {
+		_ = dev.WriteAt(ctx, buf, 8192, 0)
+		_ = dev.ReadAt(ctx, buf, 8192)
+		_ = dev.Flush(ctx)
+		_ = dev.Trim(ctx, 0, 4096, 0)
+		_ = dev.WriteZeroes(ctx, 0, 4096, 0)
+		_ = dev.Cache(ctx, 0, 4096)
+	})
+	require.Zero(t, allocs)
+	ops, _ := dev.Requests().Snapshot()
+	require.Equal(t, uint64(1001), ops[admin.OpWrite].Count) // AllocsPerRun runs once more to warm up
+}
+
+func TestInstrumentForwards(t *testing.T) {
+	mem := node.NewMemory(65536)
+	dev := admin.Instrument(mem, "name", nil)
+	assert.Equal(t, int64(65536), dev.Size())
+	assert.Equal(t, node.MemoryFlags, dev.Flags())
+	assert.Equal(t, "name", dev.String())
+	require.NoError(t, dev.Close())
+	ctx := context.Background()
+	require.NoError(t, dev.WriteAt(ctx, []byte("abc"), 10, 0))
+	got := make([]byte, 3)
+	require.NoError(t, mem.ReadAt(ctx, got, 10), "Close did not close the device")
+	require.Equal(t, "abc", string(got))
+	assert.Equal(t, "write_zeroes", admin.OpWriteZeroes.String())
+}
+
+func TestServe(t *testing.T) {
+	h, _, _ := fixture(t)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- admin.Serve(ctx, ln, h, nil) }()
+	resp, err := http.Get("http://" + ln.Addr().String() + "/status")
+	require.NoError(t, err)
+	var st admin.Status
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+	resp.Body.Close()
+	require.Equal(t, "disk", st.Export)
+	cancel()
+	select {
+	case err := <-served:
+		require.NoError(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after its context ended")
+	}
+	_, err = http.Get("http://" + ln.Addr().String() + "/status")
+	require.Error(t, err, "the listener is closed")
+}

@@ -1,0 +1,251 @@
+// Package config reads the YAML file of `dst serve`: where the storage
+// listens, what it is made of (a tree of layouts over member URLs), who may
+// use it, and how its nodes and resync behave. Every error names the file,
+// the line and the field, for example
+//
+//	storage.yaml:7: storage.members[2].chunk: "64KB" is not a size (use 64KiB)
+//
+// and every error of a file is reported at once, in line order. Unknown
+// fields are errors (a typo must not silently leave a default in force).
+//
+// # Reference
+//
+//	listen: 127.0.0.1:10809   # NBD address of the storage, HOST:PORT (port 0 picks one).
+//	                          # Default 127.0.0.1:10809.
+//	admin: 127.0.0.1:10810    # status and metrics over HTTP, HOST:PORT, or "off".
+//	                          # Default 127.0.0.1:10810.
+//	storage:                  # required: the layout tree
+//	  layout: mirror          # linear | stripe | mirror
+//	  chunk: 64KiB            # stripe only, required there: bytes per chunk
+//	  members:                # one or more, in order; each is either
+//	    - nbd://HOST[:PORT][/EXPORT]          # a remote node (any NBD server; port 10809 by default)
+//	    - nbd+unix:///EXPORT?socket=PATH      # a remote node on a Unix socket
+//	    - file:/PATH                          # a local node: file or block device, which must exist
+//	                                          # (file:PATH is relative to the config file's folder)
+//	    - layout: stripe                      # a nested layout, same fields as storage
+//	      chunk: 64KiB
+//	      members: [nbd://10.0.0.3:10809, nbd://10.0.0.4:10809]
+//	export:                   # how the storage is offered over NBD (all optional)
+//	  name: ""                # export name; default "" (a lone export also answers to any
+//	                          # client asking for the default name)
+//	  description: ""         # shown to clients that ask
+//	  read_only: false        # serve read-only to everyone
+//	  allow: ["127.0.0.0/8=rw", "10.0.0.0/8=ro"]  # CIDR=ro|rw, longest prefix wins, others are
+//	                          # refused; default (no list): everyone may read and write
+//	  tls:                    # STARTTLS; paths relative to the config file's folder
+//	    cert: server.pem      # certificate and key go together
+//	    key: server-key.pem
+//	    ca: clients-ca.pem    # optional: require client certificates signed by it
+//	    required: false       # refuse clients that do not start TLS
+//	node:                     # remote nodes (nbd:// members)
+//	  dial_timeout: 5s        # one connection attempt (dial and handshake)
+//	  connect_timeout: 10s    # how long start-up waits for a node's first connection
+//	  request_timeout: 5s     # one try of a request; passing it fences the connection
+//	  retries: 5              # resends after the first try before the node counts as gone
+//	  backoff_min: 50ms       # pause between reconnects: doubles from min to max
+//	  backoff_max: 2s
+//	  ping_interval: 1s       # ping a connection idle this long; "off" disables
+//	resync:                   # mirror resync
+//	  rate: 100MiB            # bytes per second ("/s" may follow); 0 or "unlimited" lifts it
+//	  interval: 1s            # how often gone members are probed
+//	region_size: 1MiB         # bytes per write-intent bit: a power of two, 4KiB..1GiB
+//	allow_degraded: false     # start a mirror with members missing
+//	replace: [nbd://10.0.0.2:10809]  # members that may be overwritten although their superblock is
+//	                          # foreign or damaged (new media for a lost member): copied whole
+//
+// Sizes are whole bytes with an optional IEC suffix (B, KiB, MiB, GiB, TiB,
+// PiB); SI suffixes (KB, MB, ...) are refused as ambiguous. Durations are
+// Go durations (250ms, 5s, 1m30s). YAML anchors and aliases are refused.
+package config
+
+import (
+	"fmt"
+	"time"
+
+	"dst/storage/engine"
+	"dst/storage/export"
+	"dst/storage/node"
+)
+
+// Defaults of Config.
+const (
+	DefaultListen         = "127.0.0.1:10809"
+	DefaultAdmin          = "127.0.0.1:10810"
+	DefaultResyncRate     = 100 << 20 // bytes per second
+	DefaultResyncInterval = time.Second
+	DefaultRegionSize     = 1 << 20
+	// MaxBytes bounds the size of a config file Load reads.
+	MaxBytes = 1 << 20
+	// MaxMembers bounds the leaves of the storage tree (the superblock's
+	// member mask has 64 bits).
+	MaxMembers = 64
+	// MaxDepth bounds how deep layouts nest.
+	MaxDepth = 8
+	// MaxRetries bounds node.retries.
+	MaxRetries = 100
+	// maxErrors bounds the errors reported for one file.
+	maxErrors = 20
+)
+
+// Config is a parsed `dst serve` configuration; Parse fills every default.
+type Config struct {
+	// Source is the name of the file the config was read from.
+	Source string
+	// Listen is the NBD address of the storage (HOST:PORT).
+	Listen string
+	// Admin is the HTTP address of status and metrics; empty when
+	// disabled (admin: off).
+	Admin string
+	// Storage is the layout tree; it passed Validate. Each node's Where
+	// is "FILE:LINE".
+	Storage engine.Spec
+	// Export says how the storage is served.
+	Export Export
+	// Node configures remote members.
+	Node Node
+	// Resync configures mirror resync.
+	Resync Resync
+	// RegionSize is the bytes per write-intent bit, a power of two in
+	// [4 KiB, 1 GiB].
+	RegionSize int64
+	// AllowDegraded lets a mirror start with members missing.
+	AllowDegraded bool
+	// Replace are the member URLs (as the storage spells them) that may be
+	// overwritten although their superblock is foreign or damaged; they
+	// are copied whole.
+	Replace []string
+}
+
+// Export says how the storage is offered over NBD.
+type Export struct {
+	Name        string
+	Description string
+	ReadOnly    bool
+	// Allow is the access list; the zero ACL lets everyone read and write.
+	Allow export.ACL
+	// TLS, when Cert is set, enables STARTTLS.
+	TLS TLS
+}
+
+// TLS names the PEM files of the export's TLS, resolved against the
+// config file's folder.
+type TLS struct {
+	Cert, Key, CA string
+	Required      bool
+	// Where is "FILE:LINE" of the tls field, for errors found when the
+	// files are loaded.
+	Where string
+}
+
+// Enabled reports whether TLS is configured.
+func (t TLS) Enabled() bool { return t.Cert != "" }
+
+// Files returns the files as export.LoadTLS takes them.
+func (t TLS) Files() export.TLSFiles {
+	return export.TLSFiles{CertFile: t.Cert, KeyFile: t.Key, CAFile: t.CA}
+}
+
+// Node configures remote members. Zero durations are the node package's
+// defaults (Parse fills them in, so a printed config shows them).
+type Node struct {
+	DialTimeout    time.Duration
+	ConnectTimeout time.Duration
+	RequestTimeout time.Duration
+	// Retries are the resends after the first try.
+	Retries      int
+	BackoffMin   time.Duration
+	BackoffMax   time.Duration
+	PingInterval time.Duration // negative: no pings
+}
+
+// RemoteOptions returns the options of a remote member.
+func (n Node) RemoteOptions() node.RemoteOptions {
+	o := node.RemoteOptions{
+		DialTimeout:    n.DialTimeout,
+		RequestTimeout: n.RequestTimeout,
+		Retries:        n.Retries,
+		BackoffMin:     n.BackoffMin,
+		BackoffMax:     n.BackoffMax,
+		PingInterval:   n.PingInterval,
+	}
+	if n.Retries == 0 {
+		o.Retries = -1 // node: zero means the default, negative none
+	}
+	return o
+}
+
+// OpenOptions returns the options node.Open takes for a member.
+func (n Node) OpenOptions() node.OpenOptions {
+	return node.OpenOptions{Remote: n.RemoteOptions(), ConnectTimeout: n.ConnectTimeout}
+}
+
+// Resync configures mirror resync.
+type Resync struct {
+	// RateBytesPerSec bounds the copy rate; zero is unlimited.
+	RateBytesPerSec int64
+	// Interval is the time between probes of gone members.
+	Interval time.Duration
+}
+
+// MonitorOptions returns the options of the engine's monitor.
+func (c *Config) MonitorOptions() engine.MonitorOptions {
+	return engine.MonitorOptions{Interval: c.Resync.Interval, ResyncBytesPerSec: c.Resync.RateBytesPerSec}
+}
+
+// defaults returns a Config with every default filled in.
+func defaults(source string) *Config {
+	return &Config{
+		Source: source,
+		Listen: DefaultListen,
+		Admin:  DefaultAdmin,
+		Node: Node{
+			DialTimeout:    node.DefaultDialTimeout,
+			ConnectTimeout: node.DefaultConnectTimeout,
+			RequestTimeout: node.DefaultRequestTimeout,
+			Retries:        node.DefaultRetries,
+			BackoffMin:     node.DefaultBackoffMin,
+			BackoffMax:     node.DefaultBackoffMax,
+			PingInterval:   node.DefaultPingInterval,
+		},
+		Resync:     Resync{RateBytesPerSec: DefaultResyncRate, Interval: DefaultResyncInterval},
+		RegionSize: DefaultRegionSize,
+	}
+}
+
+// Error is one problem of a config file, at a line, in a field.
+type Error struct {
+	File  string
+	Line  int
+	Field string // dotted path such as storage.members[2].chunk; empty for syntax errors
+	Msg   string
+}
+
+func (e *Error) Error() string {
+	if e.Field == "" {
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+	}
+	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Field, e.Msg)
+}
+
+// Errors are every problem found in one file, in line order.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	s := ""
+	for i, e := range es {
+		if i > 0 {
+			s += "\n"
+		}
+		s += e.Error()
+	}
+	return s
+}
+
+// Unwrap lets errors.As find each Error.
+func (es Errors) Unwrap() []error {
+	out := make([]error, len(es))
+	for i, e := range es {
+		out[i] = e
+	}
+	return out
+}

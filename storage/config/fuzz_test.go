@@ -1,0 +1,55 @@
+// Parse never panics and either returns a config whose storage passes
+// engine.Spec.Validate with at most MaxMembers members, or config.Errors
+// that each carry a line; checked by FuzzConfig, seeded with the YAML files
+// in testdata and the corpus in testdata/fuzz/FuzzConfig.
+package config_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"dst/storage/config"
+)
+
+func FuzzConfig(f *testing.F) {
+	seeds, err := filepath.Glob("testdata/*.yaml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	for _, s := range seeds {
+		data, err := os.ReadFile(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := config.Parse("fuzz.yaml", data)
+		if err != nil {
+			if c != nil {
+				t.Fatalf("a config and an error: %v", err)
+			}
+			var errs config.Errors
+			if !errors.As(err, &errs) || len(errs) == 0 {
+				t.Fatalf("error is not config.Errors: %T %v", err, err)
+			}
+			for _, e := range errs {
+				if e.Line < 1 || e.File != "fuzz.yaml" {
+					t.Fatalf("error without a line: %+v", e)
+				}
+			}
+			return
+		}
+		if err := c.Storage.Validate(); err != nil {
+			t.Fatalf("parsed storage does not validate: %v\n%s", err, data)
+		}
+		if n := len(c.Storage.Leaves()); n == 0 || n > config.MaxMembers {
+			t.Fatalf("%d members", n)
+		}
+		if c.RegionSize < 4096 || c.RegionSize&(c.RegionSize-1) != 0 {
+			t.Fatalf("region size %d", c.RegionSize)
+		}
+	})
+}

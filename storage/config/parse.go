@@ -1,0 +1,647 @@
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"dst/storage/engine"
+	"dst/storage/export"
+)
+
+// Load reads and parses the config file at path; relative paths in it are
+// resolved against the file's folder. Errors are Errors, or the error of
+// reading the file.
+func Load(path string) (*Config, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, MaxBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("config: %s: %w", path, err)
+	}
+	if len(data) > MaxBytes {
+		return nil, Errors{{File: path, Line: 1, Msg: fmt.Sprintf("file is larger than %d bytes", MaxBytes)}}
+	}
+	return Parse(path, data)
+}
+
+// Parse parses a config file's bytes. name names the file in errors, and
+// its folder is where relative paths are resolved. On error the Config is
+// nil and the error is Errors. Parse never panics, whatever data holds.
+func Parse(name string, data []byte) (*Config, error) {
+	p := &parser{file: name, dir: filepath.Dir(name), cfg: defaults(name)}
+	p.parse(data)
+	if len(p.errs) > 0 {
+		slices.SortStableFunc(p.errs, func(a, b *Error) int { return a.Line - b.Line })
+		if len(p.errs) > maxErrors {
+			extra := len(p.errs) - maxErrors
+			last := p.errs[maxErrors-1]
+			p.errs = append(p.errs[:maxErrors:maxErrors], &Error{File: name, Line: last.Line,
+				Msg: fmt.Sprintf("and %d more errors", extra)})
+		}
+		return nil, p.errs
+	}
+	return p.cfg, nil
+}
+
+// parser holds the state of one Parse.
+type parser struct {
+	file string
+	dir  string
+	cfg  *Config
+	errs Errors
+	// members records each leaf seen: its canonical key, field and line.
+	members []leaf
+	// replaceItems are the entries of replace, matched to members last.
+	replaceItems []replaceItem
+}
+
+type leaf struct {
+	key, url, field string
+	line            int
+}
+
+// errorf records an error about field at node n.
+func (p *parser) errorf(n *yaml.Node, field, format string, args ...any) {
+	line := 1
+	if n != nil && n.Line > 0 {
+		line = n.Line
+	}
+	p.errs = append(p.errs, &Error{File: p.file, Line: line, Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
+// where names node n for engine.Spec.Where.
+func (p *parser) where(n *yaml.Node) string { return p.file + ":" + strconv.Itoa(n.Line) }
+
+var syntaxLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
+
+func (p *parser) parse(data []byte) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	var doc yaml.Node
+	err := dec.Decode(&doc)
+	switch {
+	case errors.Is(err, io.EOF):
+		p.errorf(nil, "", "the file is empty (it needs at least a storage)")
+		return
+	case err != nil:
+		p.syntaxError(err)
+		return
+	}
+	var second yaml.Node
+	if err := dec.Decode(&second); !errors.Is(err, io.EOF) {
+		if err != nil {
+			p.syntaxError(err)
+		} else {
+			at := &second
+			if len(second.Content) > 0 {
+				at = second.Content[0]
+			}
+			p.errorf(at, "", "a second YAML document; a config file holds one")
+		}
+		return
+	}
+	if !p.noAliases(&doc, 0) {
+		return
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode {
+		if len(root.Content) != 1 {
+			p.errorf(root, "", "the file is empty (it needs at least a storage)")
+			return
+		}
+		root = root.Content[0]
+	}
+	if isNull(root) {
+		p.errorf(root, "", "the file is empty (it needs at least a storage)")
+		return
+	}
+	sawStorage := false
+	var adminNode, listenNode *yaml.Node
+	p.mapping(root, "", map[string]func(string, *yaml.Node){
+		"listen": func(f string, v *yaml.Node) {
+			listenNode = v
+			p.address(v, f, &p.cfg.Listen, false)
+		},
+		"admin": func(f string, v *yaml.Node) {
+			adminNode = v
+			p.address(v, f, &p.cfg.Admin, true)
+		},
+		"storage": func(f string, v *yaml.Node) {
+			sawStorage = true
+			p.storage(v, f)
+		},
+		"export": func(f string, v *yaml.Node) { p.export(v, f) },
+		"node":   func(f string, v *yaml.Node) { p.node(v, f) },
+		"resync": func(f string, v *yaml.Node) { p.resync(v, f) },
+		"region_size": func(f string, v *yaml.Node) {
+			n, ok := p.size(v, f)
+			if !ok {
+				return
+			}
+			if n < 4096 || n > 1<<30 || n&(n-1) != 0 {
+				p.errorf(v, f, "%s is not a power of two from 4KiB to 1GiB", v.Value)
+				return
+			}
+			p.cfg.RegionSize = n
+		},
+		"allow_degraded": func(f string, v *yaml.Node) { p.boolean(v, f, &p.cfg.AllowDegraded) },
+		"replace":        func(f string, v *yaml.Node) { p.replace(v, f) },
+	})
+	if root.Kind == yaml.MappingNode && !sawStorage {
+		p.errorf(root, "storage", "missing: the storage is required (storage: {layout: ..., members: [...]})")
+	}
+	if p.cfg.Listen != "" && p.cfg.Admin != "" && p.cfg.Listen == p.cfg.Admin && !strings.HasSuffix(p.cfg.Listen, ":0") {
+		if adminNode != nil {
+			p.errorf(adminNode, "admin", "%s is also the listen address", p.cfg.Admin)
+		} else {
+			p.errorf(listenNode, "listen", "%s is also the admin address (the default; set admin)", p.cfg.Listen)
+		}
+	}
+	p.checkReplace()
+	if len(p.errs) == 0 {
+		if err := p.cfg.Storage.Validate(); err != nil {
+			// The checks above cover Validate's; this is a safety net.
+			p.errorf(root, "storage", "%v", err)
+		}
+	}
+}
+
+// syntaxError records a YAML syntax error at its line.
+func (p *parser) syntaxError(err error) {
+	msg := err.Error()
+	if m := syntaxLine.FindStringSubmatch(msg); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		p.errs = append(p.errs, &Error{File: p.file, Line: max(line, 1), Msg: "YAML: " + m[2]})
+		return
+	}
+	p.errs = append(p.errs, &Error{File: p.file, Line: 1, Msg: strings.Replace(msg, "yaml: ", "YAML: ", 1)})
+}
+
+// noAliases refuses anchors and aliases (and bounds the depth it walks).
+func (p *parser) noAliases(n *yaml.Node, depth int) bool {
+	if depth > 64 {
+		p.errorf(n, "", "nested more than 64 levels deep")
+		return false
+	}
+	if n.Kind == yaml.AliasNode || n.Anchor != "" {
+		p.errorf(n, "", "YAML anchors and aliases are not supported; write the value out")
+		return false
+	}
+	for _, c := range n.Content {
+		if !p.noAliases(c, depth+1) {
+			return false
+		}
+	}
+	return true
+}
+
+func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
+
+// join appends key to a field path.
+func join(path, key string) string {
+	if path == "" {
+		return key
+	}
+	return path + "." + key
+}
+
+// mapping checks that n is a mapping and calls the handler of each key;
+// unknown and repeated keys are errors. A null n is an empty mapping.
+func (p *parser) mapping(n *yaml.Node, path string, fields map[string]func(field string, v *yaml.Node)) {
+	if isNull(n) {
+		return
+	}
+	if n.Kind != yaml.MappingNode {
+		name := path
+		if name == "" {
+			name = "the file"
+		}
+		p.errorf(n, path, "%s must be a mapping of fields, not %s", name, kindOf(n))
+		return
+	}
+	seen := map[string]int{}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		if k.Kind != yaml.ScalarNode || (k.Tag != "!!str" && k.Tag != "!!merge") {
+			p.errorf(k, path, "a field name must be a plain word, not %s", kindOf(k))
+			continue
+		}
+		field := join(path, k.Value)
+		if line, dup := seen[k.Value]; dup {
+			p.errorf(k, field, "given twice (first at line %d)", line)
+			continue
+		}
+		seen[k.Value] = k.Line
+		h, ok := fields[k.Value]
+		if !ok {
+			known := make([]string, 0, len(fields))
+			for name := range fields {
+				known = append(known, name)
+			}
+			slices.Sort(known)
+			p.errorf(k, field, "unknown field (known here: %s)", strings.Join(known, ", "))
+			continue
+		}
+		h(field, v)
+	}
+}
+
+// kindOf describes a node for messages.
+func kindOf(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.MappingNode:
+		return "a mapping"
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		if isNull(n) {
+			return "nothing"
+		}
+		return fmt.Sprintf("%q", n.Value)
+	}
+	return "an alias"
+}
+
+// scalar returns the text of a scalar value, or records an error.
+func (p *parser) scalar(v *yaml.Node, field string) (string, bool) {
+	switch {
+	case isNull(v):
+		p.errorf(v, field, "has no value")
+		return "", false
+	case v.Kind != yaml.ScalarNode:
+		p.errorf(v, field, "must be a single value, not %s", kindOf(v))
+		return "", false
+	}
+	return v.Value, true
+}
+
+// text sets *dst to a string value.
+func (p *parser) text(v *yaml.Node, field string, dst *string) {
+	if s, ok := p.scalar(v, field); ok {
+		*dst = s
+	}
+}
+
+// boolean sets *dst to a true/false value.
+func (p *parser) boolean(v *yaml.Node, field string, dst *bool) {
+	s, ok := p.scalar(v, field)
+	if !ok {
+		return
+	}
+	switch s {
+	case "true":
+		*dst = true
+	case "false":
+		*dst = false
+	default:
+		p.errorf(v, field, "%q is not a boolean (true or false)", s)
+	}
+}
+
+// address sets *dst to a HOST:PORT value; with off, "off" disables it.
+func (p *parser) address(v *yaml.Node, field string, dst *string, off bool) {
+	s, ok := p.scalar(v, field)
+	if !ok {
+		return
+	}
+	if off && s == "off" {
+		*dst = ""
+		return
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		hint := ""
+		if off {
+			hint = `, or "off"`
+		}
+		p.errorf(v, field, "%q is not HOST:PORT%s", s, hint)
+		return
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || (port != "0" && n == 0) {
+		p.errorf(v, field, "%q: port %q is not a number from 0 to 65535", s, port)
+		return
+	}
+	_ = host // empty means every address, as net.Listen reads it
+	*dst = s
+}
+
+// path resolves a file name against the config file's folder.
+func (p *parser) path(s string) string {
+	if filepath.IsAbs(s) {
+		return filepath.Clean(s)
+	}
+	return filepath.Join(p.dir, s)
+}
+
+// list returns the items of a sequence value, or records an error.
+func (p *parser) list(v *yaml.Node, field string) ([]*yaml.Node, bool) {
+	switch {
+	case isNull(v):
+		return nil, true
+	case v.Kind != yaml.SequenceNode:
+		p.errorf(v, field, "must be a list, not %s", kindOf(v))
+		return nil, false
+	}
+	return v.Content, true
+}
+
+// export parses the export section.
+func (p *parser) export(v *yaml.Node, path string) {
+	e := &p.cfg.Export
+	p.mapping(v, path, map[string]func(string, *yaml.Node){
+		"name":        func(f string, v *yaml.Node) { p.text(v, f, &e.Name) },
+		"description": func(f string, v *yaml.Node) { p.text(v, f, &e.Description) },
+		"read_only":   func(f string, v *yaml.Node) { p.boolean(v, f, &e.ReadOnly) },
+		"allow": func(f string, v *yaml.Node) {
+			items, ok := p.list(v, f)
+			if !ok {
+				return
+			}
+			if v.Kind == yaml.SequenceNode && len(items) == 0 {
+				p.errorf(v, f, "an empty list refuses everyone; leave allow out to let everyone in")
+				return
+			}
+			var rules []export.Rule
+			seen := map[string]int{}
+			for i, it := range items {
+				itf := fmt.Sprintf("%s[%d]", f, i)
+				s, ok := p.scalar(it, itf)
+				if !ok {
+					continue
+				}
+				r, err := export.ParseRule(s)
+				if err != nil {
+					p.errorf(it, itf, "%s (want CIDR=ro or CIDR=rw)", strings.TrimPrefix(err.Error(), export.ErrBadRule.Error()+" "))
+					continue
+				}
+				key := r.Prefix.String()
+				if line, dup := seen[key]; dup {
+					p.errorf(it, itf, "a second rule for %s (first at line %d)", key, line)
+					continue
+				}
+				seen[key] = it.Line
+				rules = append(rules, r)
+			}
+			acl, err := export.NewACL(rules...)
+			if err != nil {
+				p.errorf(v, f, "%v", err)
+				return
+			}
+			e.Allow = acl
+		},
+		"tls": func(f string, v *yaml.Node) { p.tls(v, f) },
+	})
+}
+
+// tls parses export.tls.
+func (p *parser) tls(v *yaml.Node, path string) {
+	t := &p.cfg.Export.TLS
+	t.Where = p.where(v)
+	p.mapping(v, path, map[string]func(string, *yaml.Node){
+		"cert":     func(f string, v *yaml.Node) { p.filePath(v, f, &t.Cert) },
+		"key":      func(f string, v *yaml.Node) { p.filePath(v, f, &t.Key) },
+		"ca":       func(f string, v *yaml.Node) { p.filePath(v, f, &t.CA) },
+		"required": func(f string, v *yaml.Node) { p.boolean(v, f, &t.Required) },
+	})
+	switch {
+	case (t.Cert == "") != (t.Key == ""):
+		p.errorf(v, path, "cert and key go together")
+	case t.Cert == "" && t.CA != "":
+		p.errorf(v, path, "ca needs cert and key")
+	case t.Cert == "" && t.Required:
+		p.errorf(v, path, "required needs cert and key")
+	}
+}
+
+// filePath sets *dst to a path resolved against the config's folder.
+func (p *parser) filePath(v *yaml.Node, field string, dst *string) {
+	s, ok := p.scalar(v, field)
+	if !ok {
+		return
+	}
+	if s == "" {
+		p.errorf(v, field, "empty path")
+		return
+	}
+	*dst = p.path(s)
+}
+
+// node parses the node section.
+func (p *parser) node(v *yaml.Node, path string) {
+	n := &p.cfg.Node
+	dur := func(dst *time.Duration, off bool) func(string, *yaml.Node) {
+		return func(f string, v *yaml.Node) { p.duration(v, f, dst, off) }
+	}
+	p.mapping(v, path, map[string]func(string, *yaml.Node){
+		"dial_timeout":    dur(&n.DialTimeout, false),
+		"connect_timeout": dur(&n.ConnectTimeout, false),
+		"request_timeout": dur(&n.RequestTimeout, false),
+		"backoff_min":     dur(&n.BackoffMin, false),
+		"backoff_max":     dur(&n.BackoffMax, false),
+		"ping_interval":   dur(&n.PingInterval, true),
+		"retries": func(f string, v *yaml.Node) {
+			s, ok := p.scalar(v, f)
+			if !ok {
+				return
+			}
+			r, err := strconv.Atoi(s)
+			if err != nil || r < 0 || r > MaxRetries {
+				p.errorf(v, f, "%q is not a whole number from 0 to %d", s, MaxRetries)
+				return
+			}
+			n.Retries = r
+		},
+	})
+	if n.BackoffMin > n.BackoffMax {
+		p.errorf(v, join(path, "backoff_min"), "%v is longer than backoff_max %v", n.BackoffMin, n.BackoffMax)
+	}
+}
+
+// resync parses the resync section.
+func (p *parser) resync(v *yaml.Node, path string) {
+	r := &p.cfg.Resync
+	p.mapping(v, path, map[string]func(string, *yaml.Node){
+		"rate": func(f string, v *yaml.Node) {
+			s, ok := p.scalar(v, f)
+			if !ok {
+				return
+			}
+			if s == "unlimited" || s == "0" {
+				r.RateBytesPerSec = 0
+				return
+			}
+			bare := strings.TrimSuffix(s, "/s")
+			n, err := parseSize(bare)
+			if err != nil {
+				p.errorf(v, f, "%s", strings.Replace(err.Error(), strconv.Quote(bare), strconv.Quote(s), 1))
+				return
+			}
+			r.RateBytesPerSec = n
+		},
+		"interval": func(f string, v *yaml.Node) { p.duration(v, f, &r.Interval, false) },
+	})
+}
+
+// replace parses the replace list; checkReplace matches it to members.
+func (p *parser) replace(v *yaml.Node, field string) {
+	items, ok := p.list(v, field)
+	if !ok {
+		return
+	}
+	for i, it := range items {
+		itf := fmt.Sprintf("%s[%d]", field, i)
+		s, ok := p.scalar(it, itf)
+		if !ok {
+			continue
+		}
+		p.replaceItems = append(p.replaceItems, replaceItem{node: it, field: itf, url: s})
+	}
+}
+
+type replaceItem struct {
+	node  *yaml.Node
+	field string
+	url   string
+}
+
+// storage parses the storage tree.
+func (p *parser) storage(v *yaml.Node, field string) {
+	if v.Kind != yaml.MappingNode {
+		p.errorf(v, field, "must be a layout mapping (layout: linear|stripe|mirror, members: [...]), not %s", kindOf(v))
+		return
+	}
+	p.cfg.Storage = p.spec(v, field, 1)
+	if n := len(p.members); n > MaxMembers {
+		p.errorf(v, field, "%d members; at most %d", n, MaxMembers)
+	}
+}
+
+// spec parses one node of the storage tree: a member URL or a layout.
+func (p *parser) spec(v *yaml.Node, field string, depth int) engine.Spec {
+	s := engine.Spec{Where: p.where(v)}
+	switch {
+	case v.Kind == yaml.ScalarNode && !isNull(v):
+		s.Kind = engine.KindMember
+		s.URL = p.member(v, field)
+		return s
+	case v.Kind != yaml.MappingNode:
+		p.errorf(v, field, "a member is a URL (file:/PATH, nbd://HOST:PORT/EXPORT) or a layout mapping, not %s", kindOf(v))
+		return s
+	}
+	if depth > MaxDepth {
+		p.errorf(v, field, "layouts nest more than %d deep", MaxDepth)
+		return s
+	}
+	var chunkNode, membersNode, layoutNode *yaml.Node
+	var chunkField, membersField string
+	p.mapping(v, field, map[string]func(string, *yaml.Node){
+		"layout": func(f string, v *yaml.Node) {
+			layoutNode = v
+			l, ok := p.scalar(v, f)
+			if !ok {
+				return
+			}
+			switch k := engine.Kind(l); k {
+			case engine.KindLinear, engine.KindStripe, engine.KindMirror:
+				s.Kind = k
+			default:
+				p.errorf(v, f, "%q is not a layout (linear, stripe or mirror)", l)
+			}
+		},
+		"chunk": func(f string, v *yaml.Node) {
+			chunkNode, chunkField = v, f
+			if n, ok := p.size(v, f); ok {
+				if n == 0 {
+					p.errorf(v, f, "a chunk holds at least one byte")
+					return
+				}
+				s.Chunk = n
+			}
+		},
+		"members": func(f string, v *yaml.Node) {
+			membersNode, membersField = v, f
+			items, ok := p.list(v, f)
+			if !ok {
+				return
+			}
+			for i, it := range items {
+				s.Members = append(s.Members, p.spec(it, fmt.Sprintf("%s[%d]", f, i), depth+1))
+			}
+		},
+	})
+	if layoutNode == nil {
+		p.errorf(v, join(field, "layout"), "missing: say linear, stripe or mirror")
+	}
+	if membersNode == nil {
+		p.errorf(v, join(field, "members"), "missing: a layout needs at least one member")
+	} else if len(s.Members) == 0 && (membersNode.Kind == yaml.SequenceNode || isNull(membersNode)) {
+		p.errorf(membersNode, membersField, "empty: a layout needs at least one member")
+	}
+	switch {
+	case s.Kind == engine.KindStripe && chunkNode == nil:
+		p.errorf(v, join(field, "chunk"), "missing: a stripe needs a chunk size (for example chunk: 64KiB)")
+	case s.Kind != "" && s.Kind != engine.KindStripe && chunkNode != nil:
+		p.errorf(chunkNode, chunkField, "only a stripe has a chunk, not a %s", s.Kind)
+	}
+	return s
+}
+
+// member checks a member URL and records it for the duplicate check.
+func (p *parser) member(v *yaml.Node, field string) string {
+	u := v.Value
+	key, resolved, err := p.memberKey(u)
+	if err != nil {
+		p.errorf(v, field, "%v", err)
+		return u
+	}
+	for _, m := range p.members {
+		if m.key == key {
+			p.errorf(v, field, "%s appears twice (first at line %d, %s)", u, m.line, m.field)
+			return resolved
+		}
+	}
+	p.members = append(p.members, leaf{key: key, url: resolved, field: field, line: v.Line})
+	return resolved
+}
+
+// checkReplace matches each replace entry to a member.
+func (p *parser) checkReplace() {
+	seen := map[string]int{}
+	for _, r := range p.replaceItems {
+		key, _, err := p.memberKey(r.url)
+		if err != nil {
+			p.errorf(r.node, r.field, "%v", err)
+			continue
+		}
+		if line, dup := seen[key]; dup {
+			p.errorf(r.node, r.field, "%s is listed twice (first at line %d)", r.url, line)
+			continue
+		}
+		seen[key] = r.node.Line
+		found := false
+		for _, m := range p.members {
+			if m.key == key {
+				p.cfg.Replace = append(p.cfg.Replace, m.url)
+				found = true
+				break
+			}
+		}
+		if !found && len(p.members) > 0 {
+			p.errorf(r.node, r.field, "%s is not a member of the storage", r.url)
+		}
+	}
+}
