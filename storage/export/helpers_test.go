@@ -22,6 +22,8 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/storage/nbd/nbdtest"
+
 	"dst/storage/export"
 	"dst/storage/nbd"
 )
@@ -31,28 +33,11 @@ const toolTimeout = 60 * time.Second
 
 const mib = 1 << 20
 
-// debianPackage names the package that ships each tool the tests run.
-var debianPackage = map[string]string{
-	"nbdinfo":  "libnbd-bin",
-	"nbdcopy":  "libnbd-bin",
-	"qemu-io":  "qemu-utils",
-	"qemu-img": "qemu-utils",
-	"fio":      "fio",
-	"losetup":  "mount",
-}
-
 // needTools skips the test, saying what to install, unless every tool is
 // on PATH. With -short (make test-short: no external tools) it skips.
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skipf("-short: skipping a test that runs %s", strings.Join(tools, ", "))
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make deps, or apt-get install %s)", tool, debianPackage[tool])
-		}
-	}
+	nbdtest.Need(t, tools...)
 }
 
 // runTool runs a tool with a timeout and returns its combined output and

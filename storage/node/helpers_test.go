@@ -7,33 +7,20 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-)
 
-// debianPackage names the package that ships each tool the tests run.
-var debianPackage = map[string]string{
-	"losetup": "mount",
-	"nbdkit":  "nbdkit",
-}
+	"dst/storage/nbd/nbdtest"
+)
 
 // needTools skips the test, saying what to install, unless every tool is
 // on PATH. With -short (no external tools) it skips.
 func needTools(t *testing.T, tools ...string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skipf("-short: skipping a test that runs %s", strings.Join(tools, ", "))
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make deps, or apt-get install %s)", tool, debianPackage[tool])
-		}
-	}
+	nbdtest.Need(t, tools...)
 }
 
 // tempImage returns the path of a new sparse file of size bytes.

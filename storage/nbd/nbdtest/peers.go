@@ -26,13 +26,25 @@ type Peer struct {
 	File    string // backing file, if any
 }
 
-// Need skips the test with a clear message when a tool is missing; CI
+// debianPackage names the Debian package that ships each tool the tests
+// run, for the skip message.
+var debianPackage = map[string]string{
+	"nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin", "nbdsh": "libnbd-bin",
+	"qemu-io": "qemu-utils", "qemu-img": "qemu-utils", "qemu-nbd": "qemu-utils",
+	"nbdkit": "nbdkit", "nbd-server": "nbd-server", "fio": "fio", "losetup": "mount",
+}
+
+// Need skips the test, saying what to install, unless every tool is on
+// PATH; with -short (make test-short: no external tools) it skips too. CI
 // installs every tool (make deps), so there the test runs.
 func Need(t testing.TB, tools ...string) {
 	t.Helper()
+	if testing.Short() {
+		t.Skipf("-short: skipping a test that runs %s", strings.Join(tools, ", "))
+	}
 	for _, tool := range tools {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (install it with `make deps`)", tool)
+			t.Skipf("needs %s (make deps, or apt-get install %s)", tool, debianPackage[tool])
 		}
 	}
 }
