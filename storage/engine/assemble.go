@@ -13,6 +13,7 @@ import (
 
 	"dst/storage/layout"
 	"dst/storage/meta"
+	"dst/storage/nbd"
 	"dst/storage/node"
 )
 
@@ -376,7 +377,44 @@ func (s *Storage) build(areas []meta.Area) error {
 	}
 	e.onChange = s.recordMembership
 	s.e = e
+	for i, n := range s.nodes {
+		if v, ok := n.(interface {
+			SetVerify(func(context.Context, *nbd.Client) error)
+		}); ok {
+			v.SetVerify(s.verifier(i))
+		}
+	}
 	return nil
+}
+
+// verifier checks, at every reconnect of member i, that its media still
+// carries the member's superblock. Other media (a wiped or swapped disk
+// behind a restarted server) take the member out of service before the
+// connection is used, so no read is served from it; the monitor then
+// finds it and copies it whole.
+func (s *Storage) verifier(i int) func(context.Context, *nbd.Client) error {
+	return func(ctx context.Context, c *nbd.Client) error {
+		buf := make([]byte, 2*meta.SuperblockSize)
+		if err := c.ReadAt(ctx, buf, 0); err != nil {
+			return fmt.Errorf("read superblock: %w", err)
+		}
+		sb, _, err := meta.Newest(buf[:meta.SuperblockSize], buf[meta.SuperblockSize:])
+		s.mu.Lock()
+		want := s.supers[i]
+		s.mu.Unlock()
+		if err == nil && sb.StorageID == want.StorageID && sb.MemberID == want.MemberID {
+			return nil
+		}
+		if err == nil {
+			err = fmt.Errorf("superblock of storage %v member %v", sb.StorageID, sb.MemberID)
+		}
+		err = fmt.Errorf("%w: member %d: %w", node.ErrMediaChanged, i, err)
+		if m := s.e.members[i]; m.State() != Failed {
+			m.fullResync.Store(true)
+			s.e.fail(ctx, m, err)
+		}
+		return err
+	}
 }
 
 // persistable: every child is a single member whose data area holds the

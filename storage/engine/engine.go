@@ -81,6 +81,10 @@ type Engine struct {
 	// set; Assemble uses it to record the change in the superblocks.
 	onChange func(ctx context.Context) error
 
+	// lostMu makes NodeLost's check that a member is redundant and its
+	// failing one step.
+	lostMu sync.Mutex
+
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 }

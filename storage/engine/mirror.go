@@ -59,8 +59,9 @@ func (mi *mirrorInfo) stripesOf(off, length int64) uint64 {
 	return mask
 }
 
-// mark records that child c missed [off, off+length) and reports whether a
-// region became dirty whose bitmap page must be persisted.
+// mark records that child c missed [off, off+length) and reports whether
+// bitmap pages are waiting to be persisted (new ones, or ones an earlier
+// persist could not write), which must happen before the write is issued.
 func (mi *mirrorInfo) mark(c int, off, length int64) bool {
 	if length <= 0 {
 		return false
@@ -68,7 +69,6 @@ func (mi *mirrorInfo) mark(c int, off, length int64) bool {
 	first, last := int(off/mi.regionSize), int((off+length-1)/mi.regionSize)
 	mi.mu.Lock()
 	defer mi.mu.Unlock()
-	persist := false
 	for r := first; r <= last; r++ {
 		if !mi.dirty[c].Set(r) {
 			continue
@@ -76,11 +76,15 @@ func (mi *mirrorInfo) mark(c int, off, length int64) bool {
 		for o := range mi.others {
 			if o != c && mi.others[o].Set(r) && mi.pending != nil {
 				mi.pending[o][mi.others[o].PageOf(r)] = struct{}{}
-				persist = true
 			}
 		}
 	}
-	return persist
+	for _, p := range mi.pending {
+		if len(p) > 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // markAll records that child c must be copied whole.

@@ -36,13 +36,19 @@ func (e *Engine) persistDirty(ctx context.Context, mi *mirrorInfo) error {
 		clear(set)
 	}
 	mi.mu.Unlock()
-	for _, p := range pages {
+	for k, p := range pages {
 		for _, l := range mi.children[p.child] {
 			m := e.members[l]
 			if m.area == nil || !m.writable() {
 				continue
 			}
 			if err := writeDurably(ctx, m, p.buf, m.area.BitmapOffset+int64(p.index)*meta.PageSize); err != nil {
+				// Whatever was not written stays pending for the next try.
+				mi.mu.Lock()
+				for _, q := range pages[k:] {
+					mi.pending[q.child][q.index] = struct{}{}
+				}
+				mi.mu.Unlock()
 				return fmt.Errorf("persist bitmap page %d on member %d (%v): %w", p.index, m.index, m.node, err)
 			}
 		}

@@ -133,6 +133,11 @@ func (t *task) run() {
 	switch r.cmd {
 	case nbd.CmdRead:
 		t.err = m.node.ReadAt(r.ctx, r.buf[t.ext.BufOffset:t.ext.BufOffset+t.ext.Length], t.ext.Offset)
+		if t.err == nil && !m.readable() {
+			// The member left service while the read ran (its media
+			// changed, say): its bytes may not be the storage's.
+			t.err = errLeftService
+		}
 	case nbd.CmdWrite:
 		t.err = m.node.WriteAt(r.ctx, r.buf[t.ext.BufOffset:t.ext.BufOffset+t.ext.Length], t.ext.Offset, r.flags&nbd.CmdFlagFUA)
 	case nbd.CmdTrim:
@@ -156,6 +161,9 @@ func (t *task) run() {
 		r.done <- struct{}{}
 	}
 }
+
+// errLeftService fails a read whose member left service while it ran.
+var errLeftService = errors.New("engine: member left service during the read")
 
 func isWrite(c nbd.Command) bool {
 	return c == nbd.CmdWrite || c == nbd.CmdTrim || c == nbd.CmdWriteZeroes
@@ -214,15 +222,22 @@ func (e *Engine) readAt(ctx context.Context, cmd nbd.Command, p []byte, off, len
 		exts := r.extBuf[:0]
 		for i := range r.tasks {
 			t := &r.tasks[i]
-			if t.err == nil {
-				continue
-			}
 			m := e.members[t.ext.Member]
-			if ctx.Err() != nil || !e.redundant(m) {
-				return fmt.Errorf("engine: %v offset %d length %d on member %d (%v): %w",
-					cmd, off+t.ext.BufOffset, t.ext.Length, m.index, m.node, t.err)
+			if t.err == nil {
+				// A mirror member that left the in-sync set while the
+				// piece was in flight (its connection was lost, see
+				// NodeLost) may have answered from other media after a
+				// reconnect: read the piece from another replica.
+				if m.readable() || len(m.ancestors) == 0 {
+					continue
+				}
+			} else {
+				if ctx.Err() != nil || !e.redundant(m) {
+					return fmt.Errorf("engine: %v offset %d length %d on member %d (%v): %w",
+						cmd, off+t.ext.BufOffset, t.ext.Length, m.index, m.node, t.err)
+				}
+				e.fail(ctx, m, t.err)
 			}
-			e.fail(ctx, m, t.err)
 			r.rp.excluded[m.index] = true
 			exts = e.root.Map(exts, off+t.ext.BufOffset, t.ext.Length, t.ext.BufOffset, &r.rp)
 			retry = true
@@ -333,15 +348,50 @@ func (e *Engine) redundant(m *member) bool {
 // fail takes m out of service after err; what it misses is recorded from
 // now on by the write picker.
 func (e *Engine) fail(ctx context.Context, m *member, err error) {
+	if e.setFailed(m) {
+		e.failed(ctx, m, err)
+	}
+}
+
+// setFailed moves m to Failed and reports whether it was in service.
+func (e *Engine) setFailed(m *member) bool {
 	for {
 		s := m.State()
 		if s == Failed || s == Suspended {
-			return
+			return false
 		}
 		if m.state.CompareAndSwap(int32(s), int32(Failed)) {
-			break
+			return true
 		}
 	}
+}
+
+// NodeLost tells the engine that member i's node lost its connection (a
+// remote node fenced it and reconnects; see node.RemoteOptions.OnState).
+// What answers after the reconnect may be other media — replaced or wiped
+// while the node was away — so a mirror member that has an in-sync
+// replica to stand in for it is failed at once: nothing is read from it
+// until the monitor has read its superblock and resynced it (the regions
+// it missed, or everything for new media). A member without such a
+// replica stays in service. NodeLost calls are serialised, so mirror
+// members that lose their connections together are not all failed by it.
+// Safe for concurrent use; it blocks while the membership change is
+// written to the superblocks of the members in service.
+func (e *Engine) NodeLost(i int, err error) {
+	m, merr := e.member(i)
+	if merr != nil || len(m.ancestors) == 0 {
+		return
+	}
+	e.lostMu.Lock()
+	changed := e.redundant(m) && e.setFailed(m)
+	e.lostMu.Unlock()
+	if changed {
+		e.failed(context.Background(), m, fmt.Errorf("connection lost: %w", err))
+	}
+}
+
+// failed records why m failed and the new membership.
+func (e *Engine) failed(ctx context.Context, m *member, err error) {
 	m.errMu.Lock()
 	m.lastErr = err
 	m.errMu.Unlock()

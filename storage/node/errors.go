@@ -23,6 +23,10 @@ var (
 	// remote node reconnects to an export whose size differs from the
 	// previous connection's (the peer's media was replaced or resized).
 	ErrSizeChanged = errors.New("node: remote export size changed")
+	// ErrMediaChanged fails a request that began before a reconnect to
+	// media the node's verifier did not recognise (see Remote.SetVerify):
+	// its answer would come from other media than the caller addressed.
+	ErrMediaChanged = errors.New("node: the media behind the node changed")
 	// ErrFlagsChanged is reported like ErrSizeChanged when the export's
 	// transmission flags differ from the previous connection's.
 	ErrFlagsChanged = errors.New("node: remote export flags changed")

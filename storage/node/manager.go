@@ -21,6 +21,9 @@ type conn struct {
 	maxPayload int64 // the longest READ or WRITE: MaxBlock, whole minimum blocks
 	gen        uint64
 	upAt       time.Time
+	// mediaChanged: the verifier did not recognise the media; requests
+	// that began before this connection was installed fail.
+	mediaChanged bool
 
 	suspected atomic.Bool
 	reason    error // why it was suspected; under Remote.mu
@@ -150,18 +153,34 @@ func (r *Remote) connect(ctx context.Context) (*conn, error) {
 		raw.Close()
 		return nil, err
 	}
+	mediaChanged := false
+	if v := r.verify.Load(); v != nil {
+		switch err := (*v)(ctx, client); {
+		case errors.Is(err, ErrMediaChanged):
+			mediaChanged = true
+			r.log.Warn("reconnected to other media; requests begun before fail", "err", err)
+		case err != nil:
+			client.Close()
+			raw.Close()
+			return nil, fmt.Errorf("verify: %w", err)
+		}
+	}
 	info := client.Info()
 	mp := int64(info.MaxBlock)
 	if info.MinBlock > 1 {
 		mp -= mp % int64(info.MinBlock)
 	}
-	return &conn{client: client, raw: raw, info: info, maxPayload: max(mp, int64(info.MinBlock)), upAt: time.Now()}, nil
+	return &conn{client: client, raw: raw, info: info, maxPayload: max(mp, int64(info.MinBlock)), upAt: time.Now(),
+		mediaChanged: mediaChanged}, nil
 }
 
 // install makes c the live connection and reports changes of the export.
 func (r *Remote) install(c *conn) {
 	n := r.m.connects.Add(1)
 	c.gen = n
+	if c.mediaChanged {
+		r.mediaGen.Store(n)
+	}
 	info := c.info
 	flags := info.Flags & nodeFlags
 	r.mu.Lock()

@@ -189,6 +189,10 @@ type Remote struct {
 	flags     atomic.Uint32
 	lastReply atomic.Int64 // UnixNano of the last reply on any connection
 	ids       atomic.Uint64
+	// verify checks the media at each connection (SetVerify); mediaGen is
+	// the last connection whose media it did not recognise.
+	verify   atomic.Pointer[func(context.Context, *nbd.Client) error]
+	mediaGen atomic.Uint64
 
 	waiters chan *waiter // free list; its capacity bounds the calls in flight
 	ranges  *rangeTable
@@ -277,6 +281,22 @@ func NewRemote(addr Address, opts RemoteOptions) (*Remote, error) {
 		r.pingDone <- err
 	}
 	return r, nil
+}
+
+// SetVerify installs a check run on every later connection after the
+// handshake, before the connection is used: it may read through the
+// client (a superblock, say). An error wrapping ErrMediaChanged keeps the
+// connection but fails, with ErrMediaChanged, every request that began
+// before it was installed — they were meant for the media the node had —
+// while later requests proceed (so the owner can inspect and rebuild the
+// new media). Any other error refuses the connection, which is retried
+// with backoff. nil removes the check.
+func (r *Remote) SetVerify(v func(ctx context.Context, c *nbd.Client) error) {
+	if v == nil {
+		r.verify.Store(nil)
+		return
+	}
+	r.verify.Store(&v)
 }
 
 // Address returns the address the node connects to.

@@ -26,6 +26,7 @@ type waiter struct {
 	wake  chan struct{} // capacity 1: see rangeTable.acquire
 
 	id        uint64
+	startGen  uint64 // connections made when the request began
 	tries     int
 	budgetEnd time.Time
 }
@@ -93,6 +94,7 @@ func (r *Remote) do(ctx context.Context, cmd nbd.Command, flags nbd.CmdFlags, of
 	}
 	defer r.putWaiter(w)
 	w.id = r.ids.Add(1)
+	w.startGen = r.m.connects.Load()
 	if writeLike(cmd) && !r.noRanges {
 		slot, err := r.ranges.acquire(ctx, r.stopped, w.wake, off, off+length)
 		if err != nil {
@@ -174,6 +176,9 @@ func (r *Remote) transact(ctx context.Context, w *waiter, cmd nbd.Command, flags
 				err = fmt.Errorf("%w (the last try: %v)", err, last)
 			}
 			return 0, err
+		}
+		if g := r.mediaGen.Load(); g > w.startGen && c.gen >= g {
+			return 0, fmt.Errorf("%w: since %v began (connection %d)", ErrMediaChanged, cmd, g)
 		}
 		if writeLike(cmd) && c.info.Flags&nbd.FlagReadOnly != 0 {
 			return 0, fmt.Errorf("%w: the export is read-only", nbd.EPERM)
