@@ -49,6 +49,11 @@ type Storage struct {
 	opts  AssembleOptions
 
 	mu      sync.Mutex // guards the fields below and superblock writes
+	// identMu guards the StorageID and MemberID fields of supers too (they
+	// are written under both locks): the reconnect verifier reads them
+	// under identMu alone, since mu is held across superblock writes that
+	// may wait for that very reconnect.
+	identMu sync.Mutex
 	supers  []meta.Superblock
 	gen     uint64
 	created bool
@@ -399,10 +404,10 @@ func (s *Storage) verifier(i int) func(context.Context, *nbd.Client) error {
 			return fmt.Errorf("read superblock: %w", err)
 		}
 		sb, _, err := meta.Newest(buf[:meta.SuperblockSize], buf[meta.SuperblockSize:])
-		s.mu.Lock()
-		want := s.supers[i]
-		s.mu.Unlock()
-		if err == nil && sb.StorageID == want.StorageID && sb.MemberID == want.MemberID {
+		s.identMu.Lock()
+		wantStorage, wantMember := s.supers[i].StorageID, s.supers[i].MemberID
+		s.identMu.Unlock()
+		if err == nil && sb.StorageID == wantStorage && sb.MemberID == wantMember {
 			return nil
 		}
 		if err == nil {
@@ -517,7 +522,9 @@ func (s *Storage) probe(ctx context.Context, i int) (back, full bool) {
 			return false, false
 		}
 		s.mu.Lock()
+		s.identMu.Lock()
 		s.supers[i].MemberID = mid
+		s.identMu.Unlock()
 		s.mu.Unlock()
 		return true, true
 	default:

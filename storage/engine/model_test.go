@@ -16,6 +16,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -129,7 +130,11 @@ func (m *modelSUT) assemble() error {
 	}
 	st, err := Assemble(context.Background(), spec, AssembleOptions{
 		Open: func(ctx context.Context, u string) (node.Node, error) {
-			return node.Open(ctx, u, node.OpenOptions{Remote: modelRemote, ConnectTimeout: 5 * time.Second})
+			ro := modelRemote
+			if os.Getenv("MODEL_DEBUG") != "" {
+				ro.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+			}
+			return node.Open(ctx, u, node.OpenOptions{Remote: ro, ConnectTimeout: 5 * time.Second})
 		},
 		RegionSize: modelRegion,
 	})
@@ -626,4 +631,8 @@ func TestModelSuspendedMemberAcrossCrash(t *testing.T) {
 	runSequence(t, &memberCmd{kind: "suspend", i: 0}, &memberCmd{kind: "kill", i: 1},
 		&ioCmd{kind: "trim", off: 509093, len: 2907}, &memberCmd{kind: "restart", i: 1},
 		&ioCmd{kind: "write", off: 507435, len: 4565}, &settleCmd{crash: true})
+}
+
+func TestModelSuspendedKilledSettle(t *testing.T) {
+	runSequence(t, &memberCmd{kind: "suspend", i: 1}, &memberCmd{kind: "kill", i: 1}, &settleCmd{})
 }
