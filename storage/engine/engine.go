@@ -80,10 +80,9 @@ type Engine struct {
 	// caused it is answered) when a member leaves or rejoins the in-sync
 	// set; Assemble uses it to record the change in the superblocks.
 	onChange func(ctx context.Context) error
-
-	// lostMu makes NodeLost's check that a member is redundant and its
-	// failing one step.
-	lostMu sync.Mutex
+	// failMu makes "is another replica in sync?" and taking a member out
+	// of service one step.
+	failMu sync.Mutex
 
 	closeOnce sync.Once
 	wg        sync.WaitGroup

@@ -107,6 +107,24 @@ func (m *modelSUT) startServer(i int) error {
 	return nil
 }
 
+// restart starts member i's server again and waits for its node to
+// reconnect (and verify the media), so what follows does not depend on the
+// backoff's timing.
+func (m *modelSUT) restart(i int) error {
+	r := m.st.nodes[i].(*node.Remote)
+	before := r.Metrics().Connects
+	if err := m.startServer(i); err != nil {
+		return err
+	}
+	for deadline := time.Now().Add(10 * time.Second); r.Metrics().Connects == before; {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("restart %d: the node did not reconnect within 10s", i)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	return nil
+}
+
 func (m *modelSUT) stopServer(i int) {
 	ms := m.servers[i]
 	if ms == nil {
@@ -342,19 +360,7 @@ func (c *memberCmd) Run(sut commands.SystemUnderTest) commands.Result {
 	case "kill":
 		m.stopServer(c.i)
 	case "restart":
-		before := m.st.nodes[c.i].(*node.Remote).Metrics().Connects
-		if err := m.startServer(c.i); err != nil {
-			return err
-		}
-		// Wait for the node to reconnect (and verify the media), so what
-		// follows does not depend on the backoff's timing.
-		for deadline := time.Now().Add(10 * time.Second); m.st.nodes[c.i].(*node.Remote).Metrics().Connects == before; {
-			if time.Now().After(deadline) {
-				return errors.New("restart: the node did not reconnect within 10s")
-			}
-			time.Sleep(time.Millisecond)
-		}
-		return nil
+		return m.restart(c.i)
 	case "replace":
 		m.mems[c.i] = node.NewMemory(modelDiskSize)
 	case "suspend":
@@ -441,7 +447,7 @@ func (c *settleCmd) Run(sut commands.SystemUnderTest) commands.Result {
 	m := sut.(*modelSUT)
 	for i := range modelMembers {
 		if m.servers[i] == nil {
-			if err := m.startServer(i); err != nil {
+			if err := m.restart(i); err != nil {
 				return err
 			}
 		}
@@ -631,6 +637,11 @@ func TestModelSuspendedMemberAcrossCrash(t *testing.T) {
 	runSequence(t, &memberCmd{kind: "suspend", i: 0}, &memberCmd{kind: "kill", i: 1},
 		&ioCmd{kind: "trim", off: 509093, len: 2907}, &memberCmd{kind: "restart", i: 1},
 		&ioCmd{kind: "write", off: 507435, len: 4565}, &settleCmd{crash: true})
+}
+
+func TestModelReplacedThenSettle(t *testing.T) {
+	runSequence(t, &ioCmd{kind: "write", off: 1830, len: 196608}, &memberCmd{kind: "kill", i: 0},
+		&memberCmd{kind: "replace", i: 0}, &settleCmd{})
 }
 
 func TestModelSuspendedKilledSettle(t *testing.T) {

@@ -222,21 +222,13 @@ func (e *Engine) readAt(ctx context.Context, cmd nbd.Command, p []byte, off, len
 		exts := r.extBuf[:0]
 		for i := range r.tasks {
 			t := &r.tasks[i]
-			m := e.members[t.ext.Member]
 			if t.err == nil {
-				// A mirror member that left the in-sync set while the
-				// piece was in flight (its connection was lost, see
-				// NodeLost) may have answered from other media after a
-				// reconnect: read the piece from another replica.
-				if m.readable() || len(m.ancestors) == 0 {
-					continue
-				}
-			} else {
-				if ctx.Err() != nil || !e.redundant(m) {
-					return fmt.Errorf("engine: %v offset %d length %d on member %d (%v): %w",
-						cmd, off+t.ext.BufOffset, t.ext.Length, m.index, m.node, t.err)
-				}
-				e.fail(ctx, m, t.err)
+				continue
+			}
+			m := e.members[t.ext.Member]
+			if ctx.Err() != nil || !e.failRedundant(ctx, m, t.err) {
+				return fmt.Errorf("engine: %v offset %d length %d on member %d (%v): %w",
+					cmd, off+t.ext.BufOffset, t.ext.Length, m.index, m.node, t.err)
 			}
 			r.rp.excluded[m.index] = true
 			exts = e.root.Map(exts, off+t.ext.BufOffset, t.ext.Length, t.ext.BufOffset, &r.rp)
@@ -282,10 +274,9 @@ func (e *Engine) writeLike(ctx context.Context, cmd nbd.Command, flags nbd.CmdFl
 			continue
 		}
 		m := e.members[t.ext.Member]
-		if ctx.Err() == nil && r.coveredElsewhere(i) {
+		if ctx.Err() == nil && r.coveredElsewhere(i) && e.failRedundant(ctx, m, t.err) {
 			r.dp.member = m
 			e.root.Map(r.extBuf[:0], off+t.ext.BufOffset, t.ext.Length, t.ext.BufOffset, &r.dp)
-			e.fail(ctx, m, t.err)
 			continue
 		}
 		if firstErr == nil {
@@ -345,10 +336,34 @@ func (e *Engine) redundant(m *member) bool {
 	return false
 }
 
-// fail takes m out of service after err; what it misses is recorded from
-// now on by the write picker.
+// failRedundant takes m out of service after err if another in-sync
+// replica stands in for it, and reports whether m is out of service. The
+// check and the change are one step (under failMu), so replicas failing
+// together never take each other out: the last one stays in service and
+// its error goes to the client.
+func (e *Engine) failRedundant(ctx context.Context, m *member, err error) bool {
+	e.failMu.Lock()
+	if s := m.State(); s == Failed || s == Suspended {
+		e.failMu.Unlock()
+		return true
+	}
+	changed := e.redundant(m) && e.setFailed(m)
+	e.failMu.Unlock()
+	if !changed {
+		return false
+	}
+	e.failed(ctx, m, err)
+	return true
+}
+
+// fail takes m out of service after err whether or not another replica
+// stands in for it (its media changed, its resync failed); what it misses
+// is recorded from now on by the write picker.
 func (e *Engine) fail(ctx context.Context, m *member, err error) {
-	if e.setFailed(m) {
+	e.failMu.Lock()
+	changed := e.setFailed(m)
+	e.failMu.Unlock()
+	if changed {
 		e.failed(ctx, m, err)
 	}
 }
@@ -366,31 +381,7 @@ func (e *Engine) setFailed(m *member) bool {
 	}
 }
 
-// NodeLost tells the engine that member i's node lost its connection (a
-// remote node fenced it and reconnects; see node.RemoteOptions.OnState).
-// What answers after the reconnect may be other media — replaced or wiped
-// while the node was away — so a mirror member that has an in-sync
-// replica to stand in for it is failed at once: nothing is read from it
-// until the monitor has read its superblock and resynced it (the regions
-// it missed, or everything for new media). A member without such a
-// replica stays in service. NodeLost calls are serialised, so mirror
-// members that lose their connections together are not all failed by it.
-// Safe for concurrent use; it blocks while the membership change is
-// written to the superblocks of the members in service.
-func (e *Engine) NodeLost(i int, err error) {
-	m, merr := e.member(i)
-	if merr != nil || len(m.ancestors) == 0 {
-		return
-	}
-	e.lostMu.Lock()
-	changed := e.redundant(m) && e.setFailed(m)
-	e.lostMu.Unlock()
-	if changed {
-		e.failed(context.Background(), m, fmt.Errorf("connection lost: %w", err))
-	}
-}
-
-// failed records why m failed and the new membership.
+// failed records why m left service and the new membership.
 func (e *Engine) failed(ctx context.Context, m *member, err error) {
 	m.errMu.Lock()
 	m.lastErr = err
@@ -459,9 +450,8 @@ func (e *Engine) Flush(ctx context.Context) error {
 			continue
 		}
 		m := e.members[t.ext.Member]
-		if ctx.Err() == nil && e.redundant(m) {
+		if ctx.Err() == nil && e.failRedundant(ctx, m, t.err) {
 			m.fullResync.Store(true)
-			e.fail(ctx, m, t.err)
 			continue
 		}
 		m.written.Store(true) // still unflushed

@@ -24,22 +24,23 @@ func (e *Engine) Suspend(i int) error {
 	if err != nil {
 		return err
 	}
+	e.failMu.Lock()
+	s := m.State()
+	if s == Suspended {
+		e.failMu.Unlock()
+		return nil
+	}
 	if !e.redundant(m) {
+		e.failMu.Unlock()
 		return fmt.Errorf("engine: member %d has no in-sync replica to stand in for it", i)
 	}
-	for {
-		s := m.State()
-		if s == Suspended {
-			return nil
-		}
-		if m.state.CompareAndSwap(int32(s), int32(Suspended)) {
-			m.log.Info("member suspended", "was", s)
-			if e.onChange != nil {
-				return e.onChange(context.Background())
-			}
-			return nil
-		}
+	m.state.Store(int32(Suspended))
+	e.failMu.Unlock()
+	m.log.Info("member suspended", "was", s)
+	if e.onChange != nil {
+		return e.onChange(context.Background())
 	}
+	return nil
 }
 
 func (e *Engine) member(i int) (*member, error) {

@@ -66,7 +66,7 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 			}
 		})
 	}
-	err := t.readLoop(ctx)
+	err := t.readLoop(connCtx)
 	if !errors.Is(err, errDisconnect) {
 		lost()
 	}
@@ -121,6 +121,10 @@ func (t *transmitter) readLoop(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			continue
+		}
+		if t.export.Inline && t.r.Buffered() == 0 {
+			t.serve(ctx, sr)
 			continue
 		}
 		t.work <- sr
