@@ -344,6 +344,13 @@ func (c *memberCmd) PreCondition(st commands.State) bool {
 	s := st.(*modelState)
 	switch c.kind {
 	case "kill":
+		// With another member's media wiped, losing this one too is a
+		// double failure, outside what a mirror of two promises.
+		for j := range modelMembers {
+			if j != c.i && s.wiped[j] {
+				return false
+			}
+		}
 		return s.up[c.i]
 	case "restart":
 		return !s.up[c.i]
