@@ -156,7 +156,6 @@ func New(cfg Config) (*Server, error) {
 			Size:        n.Size(),
 			Flags:       n.Flags(),
 			Backend:     n,
-			Inline:      isLocal(n),
 		}
 		exports = append(exports, e)
 		s.allow[e] = exportPolicy{acl: ec.Allow, readOnly: ec.ReadOnly}
@@ -411,14 +410,4 @@ func (s *Server) closeFiles() error {
 	}
 	s.files = nil
 	return errors.Join(errs...)
-}
-
-// isLocal reports whether n answers in microseconds (no network in
-// between), so requests are best served on the connection's reader.
-func isLocal(n node.Node) bool {
-	switch n.(type) {
-	case *node.File, *node.Memory:
-		return true
-	}
-	return false
 }

@@ -8,7 +8,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -106,22 +105,18 @@ func conformance(t *testing.T, c *nbd.Client) {
 }
 
 func TestClientAgainstDst(t *testing.T) {
-	for _, inline := range []bool{false, true} {
-		t.Run(fmt.Sprintf("inline=%v", inline), func(t *testing.T) {
-			m := nbdtest.NewMemory(peerSize)
-			srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{Name: "mem", Size: peerSize, Inline: inline,
-				Flags: nbd.FlagSendFlush | nbd.FlagSendFUA | nbd.FlagSendTrim | nbd.FlagSendWriteZero | nbd.FlagCanMultiConn, Backend: m}}})
-			require.NoError(t, err)
-			ln, err := net.Listen("tcp", "127.0.0.1:0")
-			require.NoError(t, err)
-			go srv.Serve(context.Background(), ln)
-			defer srv.Shutdown(context.Background())
-			c, err := nbd.Dial(context.Background(), "tcp", ln.Addr().String(), nbd.ClientOptions{})
-			require.NoError(t, err)
-			defer c.Close()
-			conformance(t, c)
-		})
-	}
+	m := nbdtest.NewMemory(peerSize)
+	srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{Name: "mem", Size: peerSize,
+		Flags: nbd.FlagSendFlush | nbd.FlagSendFUA | nbd.FlagSendTrim | nbd.FlagSendWriteZero | nbd.FlagCanMultiConn, Backend: m}}})
+	require.NoError(t, err)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	go srv.Serve(context.Background(), ln)
+	defer srv.Shutdown(context.Background())
+	c, err := nbd.Dial(context.Background(), "tcp", ln.Addr().String(), nbd.ClientOptions{})
+	require.NoError(t, err)
+	defer c.Close()
+	conformance(t, c)
 }
 
 func TestClientAgainstPeers(t *testing.T) {

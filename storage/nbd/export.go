@@ -53,14 +53,6 @@ type Export struct {
 	MinBlock, PreferredBlock, MaxBlock uint32
 	// Backend serves the requests.
 	Backend Backend
-	// Inline: serve a request on the connection's reading goroutine when
-	// no further request is waiting to be read, saving the two goroutine
-	// switches of a hand-off (most of a QD1 request's cost). Right for
-	// backends that answer in microseconds (a file in the page cache,
-	// memory); wrong for backends that wait on a network, which would keep
-	// the reader from the next request. False hands every request to a
-	// worker.
-	Inline bool
 }
 
 // Access is what a peer may do with an export.

@@ -36,6 +36,16 @@ type transmitter struct {
 	work       chan *serverRequest
 	minBlock   uint64
 	maxPayload uint32
+
+	// Replies are sent in batches (flat combining): a worker queues its
+	// reply; the first that finds no send in progress sends everything
+	// queued in one writev, until the queue is empty.
+	qmu     sync.Mutex
+	queue   []*serverRequest
+	spare   []*serverRequest
+	sending bool
+	wvec    [][]byte
+	wbufs   net.Buffers
 }
 
 func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
@@ -52,6 +62,9 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 	for range s.opts.MaxInFlight {
 		t.free <- &serverRequest{}
 	}
+	t.queue = make([]*serverRequest, 0, s.opts.MaxInFlight)
+	t.spare = make([]*serverRequest, 0, s.opts.MaxInFlight)
+	t.wvec = make([][]byte, 0, 2*s.opts.MaxInFlight)
 	// connCtx ends when the connection is lost (not on a clean DISC):
 	// writes read from a lost connection but not started yet are dropped,
 	// so a client that fenced this connection and resent elsewhere is not
@@ -121,10 +134,6 @@ func (t *transmitter) readLoop(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
-			continue
-		}
-		if t.export.Inline && t.r.Buffered() == 0 {
-			t.serve(ctx, sr)
 			continue
 		}
 		t.work <- sr
@@ -216,10 +225,53 @@ func (t *transmitter) serve(ctx context.Context, sr *serverRequest) {
 		sr.errno = t.srv.errno(err)
 		t.srv.log.Debug("request failed", "cmd", sr.Cmd, "offset", off, "length", n, "errno", uint32(sr.errno), "err", err)
 	}
-	rerr := t.reply(sr)
-	t.release(sr)
-	t.c.end()
-	if rerr != nil {
+	t.sendBatched(sr)
+}
+
+// sendBatched queues the reply of sr and, unless another worker is
+// sending, sends everything queued in one writev until nothing is left.
+// Each request is released (and counted out of flight) once its reply
+// went out.
+func (t *transmitter) sendBatched(sr *serverRequest) {
+	t.encode(sr)
+	t.qmu.Lock()
+	t.queue = append(t.queue, sr)
+	if t.sending {
+		t.qmu.Unlock()
+		return
+	}
+	t.sending = true
+	var werr error
+	for len(t.queue) > 0 {
+		batch := t.queue
+		t.queue = t.spare[:0]
+		t.qmu.Unlock()
+		v := t.wvec[:0]
+		for _, r := range batch {
+			v = append(v, r.vec[0])
+			if len(r.vec[1]) > 0 {
+				v = append(v, r.vec[1])
+			}
+		}
+		if werr == nil {
+			t.wbufs = v
+			t.c.wmu.Lock()
+			_, werr = t.wbufs.WriteTo(t.conn)
+			t.c.wmu.Unlock()
+		}
+		clear(v)
+		for _, r := range batch {
+			r.vec[0], r.vec[1] = nil, nil
+			t.release(r)
+			t.c.end()
+		}
+		clear(batch)
+		t.qmu.Lock()
+		t.spare = batch[:0]
+	}
+	t.sending = false
+	t.qmu.Unlock()
+	if werr != nil {
 		t.c.close() // the reader notices and ends the connection
 	}
 }
@@ -250,8 +302,8 @@ func (t *transmitter) run(ctx context.Context, b Backend, sr *serverRequest, off
 	return err
 }
 
-// reply sends the reply of sr: header and payload in one write.
-func (t *transmitter) reply(sr *serverRequest) error {
+// encode fills sr.vec with the reply's header and payload.
+func (t *transmitter) encode(sr *serverRequest) {
 	var hdr []byte
 	var payload []byte
 	switch {
@@ -273,8 +325,14 @@ func (t *transmitter) reply(sr *serverRequest) error {
 		}
 	}
 	sr.vec[0], sr.vec[1] = hdr, payload
+}
+
+// reply sends the reply of sr at once (the reader's error replies):
+// header and payload in one write.
+func (t *transmitter) reply(sr *serverRequest) error {
+	t.encode(sr)
 	sr.bufs = sr.vec[:]
-	if len(payload) == 0 {
+	if len(sr.vec[1]) == 0 {
 		sr.bufs = sr.vec[:1]
 	}
 	t.c.wmu.Lock()
