@@ -30,6 +30,7 @@ test-short: ## unit tests only, no external tools
 bench: build ## Go benchmarks, then fio against dst, nbdkit and qemu-nbd side by side
 	$(GO) test -run '^$$' -bench . -benchmem ./storage/...
 	./scripts/bench-fio.sh
+	./scripts/bench-serve.sh
 
 fuzz: ## a short run of every fuzz target (FUZZTIME=10s each)
 	@set -e; for pkg in $$($(GO) list ./storage/...); do \

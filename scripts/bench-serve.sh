@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# bench-serve.sh — fio (nbd engine) through `dst serve` over two `dst export`
+# nodes (linear, stripe 64KiB, mirror) against fio straight to one node, on
+# tmpfs files, interleaved per repetition; prints IOPS / MiB/s and the ratio
+# to the direct node. It reports, it does not gate (exit 0 when it measured).
+# Targets from the engine issue: linear and stripe >= 0.8x the direct node
+# on 4k QD32 and 1 MiB QD8; mirror-2 writes >= 0.45x.
+#   REPS=2 RUNTIME=3 scripts/bench-serve.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+REPS=${REPS:-2}; RUNTIME=${RUNTIME:-3}; SIZE_MIB=${SIZE_MIB:-512}
+for tool in fio python3; do command -v $tool >/dev/null || { echo "bench-serve: needs $tool (make deps)" >&2; exit 2; }; done
+go build -o bin/dst ./cmd/dst
+work=$(mktemp -d /dev/shm/dst-bench-serve.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+start() { # start NAME ARGS... ; sets $addr
+  local name=$1; shift
+  bin/dst "$@" >"$work/$name.out" 2>"$work/$name.log" & pids+=($!)
+  for _ in $(seq 400); do
+    addr=$(sed -n 's/^listening on //p' "$work/$name.out" | head -1); [ -n "$addr" ] && return 0
+    kill -0 "${pids[-1]}" 2>/dev/null || { cat "$work/$name.log" >&2; exit 1; }
+    sleep 0.05
+  done; echo "bench-serve: $name did not start" >&2; exit 1
+}
+stop_all() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done; pids=(); }
+fiojob() { # fiojob URI RW BS QD -> prints IOPS and MiB/s
+  fio --name=b --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --numjobs=1 --size=$((SIZE_MIB/2))M \
+      --time_based --runtime="$RUNTIME" --ramp_time=1 --norandommap --output-format=json --output="$work/fio.json" >/dev/null 2>&1 ||
+    { echo "bench-serve: fio failed against $1" >&2; exit 1; }
+  python3 -c 'import json,sys; j=json.load(open(sys.argv[1]))["jobs"][0]; s=j["read"] if j["read"]["io_bytes"] else j["write"]; print(round(s["iops"]), round(s["bw"]/1024))' "$work/fio.json"
+}
+# setup LAYOUT: two fresh exports and (unless direct) a serve over them; sets $uri
+setup() {
+  stop_all; rm -f "$work"/*.img
+  head -c ${SIZE_MIB}M /dev/zero >"$work/a.img"; cp "$work/a.img" "$work/b.img"
+  start a export --listen 127.0.0.1:0 --file "$work/a.img"; local a=$addr
+  if [ "$1" = direct ]; then uri="nbd://$a"; return; fi
+  start b export --listen 127.0.0.1:0 --file "$work/b.img"; local b=$addr
+  local chunk=""; [ "$1" = stripe ] && chunk="  chunk: 64KiB"
+  printf 'listen: 127.0.0.1:0\nadmin: off\nstorage:\n  layout: %s\n%s\n  members: [nbd://%s, nbd://%s]\n' "$1" "$chunk" "$a" "$b" >"$work/s.yaml"
+  start serve serve --config "$work/s.yaml"; uri="nbd://$addr"
+}
+workloads="randread:4k:32 randwrite:4k:32 read:1m:8 write:1m:8"
+declare -A res
+for rep in $(seq "$REPS"); do
+  for layout in direct linear stripe mirror; do
+    setup "$layout"
+    for w in $workloads; do
+      IFS=: read -r rw bs qd <<<"$w"
+      read -r iops mibs < <(fiojob "$uri" "$rw" "$bs" "$qd")
+      res[$layout,$w]+="$iops:$mibs "
+      echo "bench-serve: rep $rep $layout $rw $bs QD$qd: $iops IOPS $mibs MiB/s" >&2
+    done
+  done
+done
+stop_all
+python3 - "$workloads" <<PY
+import sys, statistics
+res = {}
+$(for k in "${!res[@]}"; do echo "res['$k'] = '${res[$k]}'"; done)
+def med(k, i): return statistics.median(int(x.split(':')[i]) for x in res[k].split())
+print(f"{'workload':<16}{'direct':>10}{'linear':>10}{'stripe':>10}{'mirror':>10}   ratios to direct (linear, stripe, mirror)")
+for w in sys.argv[1].split():
+    i = 0 if ':4k:' in w else 1
+    d = med('direct,'+w, i)
+    vals = [med(l+','+w, i) for l in ('linear','stripe','mirror')]
+    unit = 'IOPS' if i == 0 else 'MiB/s'
+    print(f"{w+' '+unit:<16}{d:>10}" + ''.join(f"{v:>10}" for v in vals) + "   " + ', '.join(f"{v/d:.2f}x" for v in vals))
+PY
