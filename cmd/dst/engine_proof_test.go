@@ -277,6 +277,22 @@ func (r *rig) run(timeout time.Duration, name string, args ...string) (string, e
 // qemuIO runs qemu-io commands on url and requires all of them to succeed
 // (qemu-io exits non-zero when one fails, and reports a pattern mismatch
 // as a failure).
+// nbdcopyRoundTrip copies a seeded random image of n bytes into url and the
+// whole export back out with nbdcopy, and returns both.
+func (r *rig) nbdcopyRoundTrip(t *testing.T, url string, n int) (in, out []byte) {
+	seed := uint64(time.Now().UnixNano())
+	r.note("image seed %d", seed)
+	inFile := randomFile(t, r.dir, "in.img", n, seed)
+	r.mustRun(time.Minute, "nbdcopy", "--flush", inFile, url)
+	outFile := filepath.Join(r.dir, "out.img")
+	r.mustRun(time.Minute, "nbdcopy", url, outFile)
+	in, err := os.ReadFile(inFile)
+	require.NoError(t, err)
+	out, err = os.ReadFile(outFile)
+	require.NoError(t, err)
+	return in, out
+}
+
 func (r *rig) qemuIO(url string, cmds ...string) {
 	r.t.Helper()
 	out, err := r.run(time.Minute, "qemu-io", qemuIOArgs(url, cmds)...)
@@ -307,24 +323,10 @@ func (r *rig) mustRun(timeout time.Duration, name string, args ...string) string
 	return out
 }
 
-// proofNodes make node loss quick to notice and bound every request: a
-// try lasts at most 1 s, and a request gives up after 3 tries (3 s).
-const proofNodes = `node:
-  request_timeout: 1s
-  retries: 2
-  backoff_min: 10ms
-  backoff_max: 200ms
-  ping_interval: 200ms
-  connect_timeout: 10s
-resync:
-  interval: 100ms
-  rate: unlimited
-`
-
 // storageConfig is a dst serve config of one layout over members, with
-// proofNodes.
+// fastNodes.
 func storageConfig(layout string, members ...string) string {
-	return storageConfigNodes(proofNodes, layout, members...)
+	return storageConfigNodes(fastNodes, layout, members...)
 }
 
 // storageConfigNodes is storageConfig with other node and resync settings.
@@ -554,7 +556,7 @@ func TestProofLinearNodeLossIsLocal(t *testing.T) {
 	r.note("member files %v", files)
 	// One try of 1 s per request: a request to the dead member fails
 	// after 1 s.
-	nodes := strings.Replace(proofNodes, "retries: 2", "retries: 0", 1)
+	nodes := strings.Replace(fastNodes, "retries: 2", "retries: 0", 1)
 	s := r.serve("serve", storageConfigNodes(nodes, "linear", members...))
 	url, adminAddr := "nbd://"+s.addrs[0], s.addrs[1]
 	st := status(t, adminAddr)
@@ -660,16 +662,7 @@ func TestProofQemuNBDMember(t *testing.T) {
 		fmt.Sprintf("read -P 0x3c %d 70144", odd),
 		fmt.Sprintf("read -P 0xc3 %d 512", size-512))
 
-	seed := uint64(time.Now().UnixNano())
-	r.note("image seed %d", seed)
-	in := randomFile(t, r.dir, "in.img", imageBytes, seed)
-	r.mustRun(time.Minute, "nbdcopy", "--flush", in, url)
-	outFile := filepath.Join(r.dir, "out.img")
-	r.mustRun(time.Minute, "nbdcopy", url, outFile)
-	out, err := os.ReadFile(outFile)
-	require.NoError(t, err)
-	want, err := os.ReadFile(in)
-	require.NoError(t, err)
+	want, out := r.nbdcopyRoundTrip(t, url, imageBytes)
 	require.Len(t, out, int(size))
 	requireSameBytes(t, want, out[:imageBytes], "nbdcopy round trip")
 	require.Equal(t, bytes.Repeat([]byte{0x3c}, 70144), out[odd:odd+70144])
@@ -732,16 +725,7 @@ func TestProofTreeStacking(t *testing.T) {
 	require.Less(t, data0, int64(imageBytes), "the image crosses TOP's member boundary")
 	require.GreaterOrEqual(t, stTop.Size, int64(imageBytes))
 
-	seed := uint64(time.Now().UnixNano())
-	r.note("image seed %d", seed)
-	in := randomFile(t, r.dir, "in.img", imageBytes, seed)
-	r.mustRun(time.Minute, "nbdcopy", "--flush", in, url)
-	outFile := filepath.Join(r.dir, "out.img")
-	r.mustRun(time.Minute, "nbdcopy", url, outFile)
-	want, err := os.ReadFile(in)
-	require.NoError(t, err)
-	out, err := os.ReadFile(outFile)
-	require.NoError(t, err)
+	want, out := r.nbdcopyRoundTrip(t, url, imageBytes)
 	require.Len(t, out, int(stTop.Size))
 	wantSum, gotSum := sha256.Sum256(want), sha256.Sum256(out[:imageBytes])
 	require.Equal(t, fmt.Sprintf("%x", wantSum), fmt.Sprintf("%x", gotSum), "sha256 of the image in and out")

@@ -449,14 +449,7 @@ func TestProxyExportName(t *testing.T) {
 // TestProxyStructuredReplies runs qemu-io and nbdinfo, which negotiate
 // structured replies, through the proxy.
 func TestProxyStructuredReplies(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: skipping a test that runs qemu-io and nbdinfo")
-	}
-	for _, tool := range []string{"qemu-io", "nbdinfo"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make deps installs qemu-utils and libnbd-bin)", tool)
-		}
-	}
+	nbdtest.Need(t, "qemu-io", "nbdinfo")
 	m, p := proxied(t, "tcp")
 	c := dial(t, p)
 	require.NoError(t, c.WriteAt(testCtx(t), fill('a', 8192), 0, 0))
