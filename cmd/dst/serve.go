@@ -188,6 +188,7 @@ func runServe(ctx context.Context, o *serveFlags, stdout, stderr io.Writer) erro
 		h := admin.NewHandler(admin.Options{
 			Storage: eng, Layout: cfg.Storage.String(), Listen: ln.Addr().String(), Export: cfg.Export.Name,
 			Members: members, Generation: st.Generation, Requests: dev.Requests(), Started: started,
+			Control: eng,
 		})
 		g.Go(func() error { return admin.Serve(gctx, aln, h, log) })
 	}

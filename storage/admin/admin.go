@@ -6,6 +6,12 @@
 //	               last error and, for remote nodes, connection counters
 //	GET /metrics   the same and the request counters in the Prometheus text
 //	               format (version 0.0.4)
+//	POST /members/{index}/suspend
+//	               take a mirror member out of service for maintenance
+//	               (refused when no in-sync replica stands in for it)
+//	POST /members/{index}/resume
+//	               end the suspension: the member rejoins at the monitor's
+//	               next probe and catches up; poll /status for "in-sync"
 //
 // Request metrics come from Instrument, a wrapper of the exported device
 // that counts with atomics into fixed histogram buckets, so serving a
@@ -27,6 +33,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"time"
 
 	"dst/storage/engine"
@@ -74,6 +81,18 @@ type Options struct {
 	Started time.Time
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Control, if set, serves the member maintenance endpoints
+	// (*engine.Engine is one); without it they answer 404.
+	Control Control
+}
+
+// Control is what the maintenance endpoints act on.
+type Control interface {
+	// Suspend takes member i out of service.
+	Suspend(i int) error
+	// Release ends member i's suspension; the member rejoins in the
+	// background.
+	Release(i int) error
 }
 
 // Status is the body of GET /status.
@@ -156,9 +175,14 @@ func NewHandler(o Options) *Handler {
 	h := &Handler{o: o, mux: http.NewServeMux()}
 	h.mux.HandleFunc("GET /status", h.serveStatus)
 	h.mux.HandleFunc("GET /metrics", h.serveMetrics)
+	if o.Control != nil {
+		h.mux.HandleFunc("POST /members/{index}/suspend", h.control(o.Control.Suspend, "suspended"))
+		h.mux.HandleFunc("POST /members/{index}/resume", h.control(o.Control.Release, "resuming"))
+	}
 	h.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		fmt.Fprint(w, "dst admin\n  /status   storage and member status (JSON)\n  /metrics  Prometheus metrics\n")
+		fmt.Fprint(w, "dst admin\n  /status   storage and member status (JSON)\n  /metrics  Prometheus metrics\n"+
+			"  POST /members/{index}/suspend, /members/{index}/resume  member maintenance\n")
 	})
 	return h
 }
@@ -220,6 +244,34 @@ func (h *Handler) Status() Status {
 		}
 	}
 	return st
+}
+
+// ControlResult is the JSON body of a maintenance endpoint's answer.
+type ControlResult struct {
+	Member int    `json:"member"`
+	State  string `json:"state,omitempty"`
+	Error  string `json:"error,omitempty"`
+}
+
+// control returns the handler of a maintenance endpoint that applies do
+// to the member in the path: 200 with the new state, 400 for an index
+// that is not a number, 409 when the engine refuses.
+func (h *Handler) control(do func(int) error, state string) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		i, err := strconv.Atoi(r.PathValue("index"))
+		if err != nil || i < 0 {
+			w.WriteHeader(http.StatusBadRequest)
+			_ = json.NewEncoder(w).Encode(ControlResult{Member: -1, Error: fmt.Sprintf("member index %q is not a number", r.PathValue("index"))})
+			return
+		}
+		res := ControlResult{Member: i, State: state}
+		if err := do(i); err != nil {
+			res.State, res.Error = "", err.Error()
+			w.WriteHeader(http.StatusConflict)
+		}
+		_ = json.NewEncoder(w).Encode(res)
+	}
 }
 
 func (h *Handler) serveStatus(w http.ResponseWriter, _ *http.Request) {

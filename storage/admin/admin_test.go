@@ -423,3 +423,43 @@ func TestServe(t *testing.T) {
 	_, err = http.Get("http://" + ln.Addr().String() + "/status")
 	require.Error(t, err, "the listener is closed")
 }
+
+// fakeControl records maintenance calls and refuses member 0.
+type fakeControl struct{ calls []string }
+
+func (f *fakeControl) Suspend(i int) error { return f.do("suspend", i) }
+func (f *fakeControl) Release(i int) error { return f.do("release", i) }
+func (f *fakeControl) do(op string, i int) error {
+	f.calls = append(f.calls, op+" "+strconv.Itoa(i))
+	if i == 0 {
+		return errors.New("member 0 has no in-sync replica to stand in for it")
+	}
+	return nil
+}
+
+func TestMaintenanceEndpoints(t *testing.T) {
+	ctl := &fakeControl{}
+	h := admin.NewHandler(admin.Options{Storage: &fakeStorage{size: 1}, Control: ctl})
+	decode := func(r *http.Response) admin.ControlResult {
+		var res admin.ControlResult
+		require.NoError(t, json.NewDecoder(r.Body).Decode(&res))
+		return res
+	}
+	r := get(t, h, http.MethodPost, "/members/1/suspend")
+	require.Equal(t, http.StatusOK, r.StatusCode)
+	require.Equal(t, admin.ControlResult{Member: 1, State: "suspended"}, decode(r))
+	r = get(t, h, http.MethodPost, "/members/1/resume")
+	require.Equal(t, http.StatusOK, r.StatusCode)
+	require.Equal(t, "resuming", decode(r).State)
+	r = get(t, h, http.MethodPost, "/members/0/suspend")
+	require.Equal(t, http.StatusConflict, r.StatusCode)
+	require.Contains(t, decode(r).Error, "no in-sync replica")
+	r = get(t, h, http.MethodPost, "/members/x/suspend")
+	require.Equal(t, http.StatusBadRequest, r.StatusCode)
+	require.Contains(t, decode(r).Error, `"x" is not a number`)
+	require.Equal(t, http.StatusMethodNotAllowed, get(t, h, http.MethodGet, "/members/1/suspend").StatusCode)
+	require.Equal(t, []string{"suspend 1", "release 1", "suspend 0"}, ctl.calls)
+	// Without a Control the endpoints do not exist.
+	plain := admin.NewHandler(admin.Options{Storage: &fakeStorage{size: 1}})
+	require.Equal(t, http.StatusNotFound, get(t, plain, http.MethodPost, "/members/1/suspend").StatusCode)
+}

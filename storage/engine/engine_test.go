@@ -287,3 +287,30 @@ func TestNewValidates(t *testing.T) {
 	_, err = New(big, []node.Node{ms[0]}, Options{})
 	require.ErrorContains(t, err, "beyond the node")
 }
+
+func TestReleaseHandsSuspendedMemberToMonitor(t *testing.T) {
+	r := mirror2(t)
+	rng := rand.New(rand.NewPCG(11, 12))
+	ctx := ctxT(t)
+	r.write(t, rng, 0, r.l.Size())
+	require.ErrorIs(t, r.e.Release(1), ErrBusy, "an in-sync member cannot be released")
+	require.NoError(t, r.e.Suspend(1))
+	for range 20 {
+		r.write(t, rng, rng.Int64N(r.l.Size()-9000), 1+rng.Int64N(9000))
+	}
+	require.NoError(t, r.e.Release(1))
+	require.Equal(t, "failed", r.e.Status()[1].State)
+	mctx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- r.e.Run(mctx, MonitorOptions{Interval: 10 * time.Millisecond}) }()
+	for r.e.Status()[1].State != "in-sync" {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("member 1 never rejoined: %+v", r.e.Status())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	cancel()
+	require.NoError(t, <-done)
+	requireIdentical(t, r)
+}

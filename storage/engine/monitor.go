@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -66,6 +67,22 @@ func (e *Engine) Run(ctx context.Context, opts MonitorOptions) error {
 // member that returned. It blocks until the copy is done.
 func (e *Engine) Resume(ctx context.Context, i int) error {
 	return e.Rejoin(ctx, i, false, nil)
+}
+
+// Release ends a member's suspension without waiting for the copy: the
+// member counts as failed again, and Run rejoins it at its next probe,
+// copying what it missed at the configured resync rate. Releasing a
+// member that is not suspended is an error wrapping ErrBusy.
+func (e *Engine) Release(i int) error {
+	m, err := e.member(i)
+	if err != nil {
+		return err
+	}
+	if !m.state.CompareAndSwap(int32(Suspended), int32(Failed)) {
+		return fmt.Errorf("%w: member %d is %v, not suspended", ErrBusy, i, m.State())
+	}
+	m.log.Info("member released from suspension; it rejoins at the next probe")
+	return nil
 }
 
 func (e *Engine) probeRead(ctx context.Context, i int) (bool, bool) {
