@@ -485,7 +485,7 @@ func (p *parser) resync(v *yaml.Node, path string) {
 				return
 			}
 			bare := strings.TrimSuffix(s, "/s")
-			n, err := parseSize(bare)
+			n, err := ParseSize(bare)
 			if err != nil {
 				p.errorf(v, f, "%s", strings.Replace(err.Error(), strconv.Quote(bare), strconv.Quote(s), 1))
 				return

@@ -32,7 +32,7 @@ func (p *parser) size(v *yaml.Node, field string) (int64, bool) {
 	if !ok {
 		return 0, false
 	}
-	n, err := parseSize(s)
+	n, err := ParseSize(s)
 	if err != nil {
 		p.errorf(v, field, "%v", err)
 		return 0, false
@@ -40,9 +40,9 @@ func (p *parser) size(v *yaml.Node, field string) (int64, bool) {
 	return n, true
 }
 
-// parseSize parses "65536", "64KiB", "1.5 GiB"; SI units are refused with a
+// ParseSize parses a size as dst files write it: "65536", "64KiB", "1.5 GiB"; SI units are refused with a
 // hint, since storage people read 64KB as 64KiB and humanize as 64000.
-func parseSize(s string) (int64, error) {
+func ParseSize(s string) (int64, error) {
 	m := sizeSyntax.FindStringSubmatch(strings.TrimSpace(s))
 	if m == nil {
 		return 0, fmt.Errorf("%q is not a size (write bytes, or a number with KiB, MiB, GiB or TiB)", s)

@@ -1,0 +1,583 @@
+// Package scenario reads torture scenario files: a topology (node
+// processes and the layout tree the engine builds over them), a workload
+// (filesystems, raw self-describing sectors, engine crashes), a seeded
+// fault schedule and the checks a run must pass. Files are YAML; every
+// error names the file, the line and the field, for example
+//
+//	smoke.yaml:12: topology.nodes[2].size: "1GB" is not a size (use 1GiB)
+//
+// and all errors of a file are reported at once, in line order.
+//
+// # Reference
+//
+//	name: smoke                 # required; [a-z0-9-]
+//	description: ...            # one sentence: what the scenario proves
+//	duration: 2m                # default run length (dst torture --duration overrides)
+//	cycles: 0                   # stop after this many cycles (0: run for the duration)
+//	topology:
+//	  netns: false              # every node in its own network namespace
+//	  nodes:                    # node processes (dst export), each with a blank image
+//	    - name: a               # [a-z0-9]
+//	      size: 320MiB+123      # bytes; "+" adds, so sizes can be odd
+//	      proxy: true           # a fault proxy between the engine and the node
+//	  storage:                  # the layout tree; a leaf is a node name
+//	    layout: linear          # linear | stripe | mirror
+//	    chunk: 64KiB            # stripe only
+//	    members: [{layout: mirror, members: [a, b]}, c]
+//	  engine:                   # timings of dst serve (all optional)
+//	    request_timeout: 2s
+//	    retries: 5
+//	    backoff_max: 1s
+//	    ping_interval: 1s
+//	    resync_rate: 200MiB     # bytes per second
+//	    resync_interval: 500ms
+//	    region_size: 1MiB
+//	workload:
+//	  filesystems: [ext4, xfs, btrfs]   # rotated per cycle; empty: no filesystem workload
+//	  rebuild_every: 3          # mkfs every N cycles (1: every cycle)
+//	  write_budget: 64MiB       # bytes of files written per cycle
+//	  engine_crash: false       # cycles kill -9 the engine after a sync (own oracle)
+//	  raw:                      # self-describing sectors (omit for none)
+//	    every: 3                # run in every Nth cycle, before the filesystem is rebuilt
+//	    ops: 2000
+//	    concurrency: 4
+//	    flush_every: 64
+//	    fua_percent: 10
+//	    max_request: 4MiB
+//	faults:                     # omit for none
+//	  interval: 20s             # pause between faults (drawn from interval/2 .. interval*3/2)
+//	  kinds:
+//	    - kind: kill            # kill | hang | replace | suspend | cut | delay | blackhole | reset
+//	      targets: [a, b]       # node names
+//	      weight: 3             # relative frequency (default 1)
+//	      downtime: 2s..8s      # how long the fault lasts ("3s" or "MIN..MAX")
+//	      delay: 300ms          # delay only: added latency
+//	checks:
+//	  resync_within: 2m         # a fault's members must be in sync again this long after it healed
+//
+// Faults that take a node away for longer than the engine's retry budget
+// (request_timeout × (retries+1)) are only allowed on nodes that have a
+// mirror replica: on any other node they would fail client I/O by design.
+// replace and suspend need a mirror replica too.
+package scenario
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"reflect"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"dst/storage/config"
+)
+
+// MaxBytes bounds a scenario file.
+const MaxBytes = 1 << 20
+
+// Scenario is one parsed scenario file.
+type Scenario struct {
+	Name        string
+	Description string
+	Duration    time.Duration
+	Cycles      int
+	Topology    Topology
+	Workload    Workload
+	Faults      Faults
+	Checks      Checks
+	// File names the file the scenario came from.
+	File string
+}
+
+// Topology is the cluster a scenario runs on.
+type Topology struct {
+	Netns   bool
+	Nodes   []Node
+	Storage Storage
+	Engine  Engine
+}
+
+// Node is one node process.
+type Node struct {
+	Name  string
+	Size  int64
+	Proxy bool
+	Line  int
+}
+
+// Storage is one level of the layout tree: a layout over members, or a
+// leaf naming a node.
+type Storage struct {
+	Layout  string
+	Chunk   int64
+	Members []Storage
+	Node    string
+	Line    int
+}
+
+// String renders the tree, e.g. "linear(mirror(a,b),c)".
+func (s Storage) String() string {
+	if s.Node != "" {
+		return s.Node
+	}
+	parts := make([]string, len(s.Members))
+	for i, m := range s.Members {
+		parts[i] = m.String()
+	}
+	return s.Layout + "(" + strings.Join(parts, ",") + ")"
+}
+
+// Engine holds the engine's timings; zero values take dst serve's
+// defaults.
+type Engine struct {
+	RequestTimeout time.Duration
+	Retries        int
+	BackoffMax     time.Duration
+	PingInterval   time.Duration
+	ResyncRate     int64
+	ResyncInterval time.Duration
+	RegionSize     int64
+}
+
+// RetryBudget is how long the engine keeps trying a node before it
+// counts as gone: request_timeout × (retries+1), with dst serve's
+// defaults (5s, 5) for zero values.
+func (e Engine) RetryBudget() time.Duration {
+	t, r := e.RequestTimeout, e.Retries
+	if t == 0 {
+		t = 5 * time.Second
+	}
+	if r == 0 {
+		r = 5
+	}
+	return t * time.Duration(r+1)
+}
+
+// Workload is what a cycle does.
+type Workload struct {
+	Filesystems  []string
+	RebuildEvery int
+	WriteBudget  int64
+	EngineCrash  bool
+	Raw          *Raw
+}
+
+// Raw configures the raw sector workload.
+type Raw struct {
+	Every       int
+	Ops         int
+	Concurrency int
+	FlushEvery  int
+	FUAPercent  int
+	MaxRequest  int64
+}
+
+// Faults is the fault schedule's recipe.
+type Faults struct {
+	Interval time.Duration
+	Kinds    []FaultKind
+}
+
+// FaultKind is one kind of fault with its targets.
+type FaultKind struct {
+	Kind        string
+	Targets     []string
+	Weight      int
+	DowntimeMin time.Duration
+	DowntimeMax time.Duration
+	Delay       time.Duration
+	Line        int
+}
+
+// Checks are the run-level bounds.
+type Checks struct {
+	ResyncWithin time.Duration
+}
+
+// Kinds of faults.
+var faultKinds = []string{"kill", "hang", "replace", "suspend", "cut", "delay", "blackhole", "reset"}
+
+// proxyKinds need a proxy in front of the target.
+var proxyKinds = map[string]bool{"cut": true, "delay": true, "blackhole": true, "reset": true}
+
+// Filesystems the workload knows.
+var filesystems = []string{"ext4", "xfs", "btrfs"}
+
+// Error is one problem in a scenario file.
+type Error struct {
+	File  string
+	Line  int
+	Field string
+	Msg   string
+}
+
+func (e *Error) Error() string {
+	if e.Field == "" {
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
+	}
+	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Field, e.Msg)
+}
+
+// Errors are all problems of a file, in line order.
+type Errors []*Error
+
+func (es Errors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// Parse reads a scenario file's bytes; name names it in errors. On error
+// the result is nil and the error is Errors.
+func Parse(name string, data []byte) (*Scenario, error) {
+	p := &parser{file: name}
+	if len(data) > MaxBytes {
+		return nil, Errors{{File: name, Line: 1, Msg: fmt.Sprintf("file is larger than %d bytes", MaxBytes)}}
+	}
+	var doc yaml.Node
+	err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&doc)
+	switch {
+	case errors.Is(err, io.EOF):
+		return nil, Errors{{File: name, Line: 1, Msg: "the file is empty"}}
+	case err != nil:
+		p.yamlError(err)
+		return nil, p.errs
+	}
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
+	}
+	if root.Kind != yaml.MappingNode {
+		return nil, Errors{{File: name, Line: root.Line, Msg: "a scenario is a mapping of fields (name, topology, workload, ...)"}}
+	}
+	p.checkFields(root, reflect.TypeFor[fileYAML](), "")
+	var raw fileYAML
+	if err := root.Decode(&raw); err != nil {
+		p.yamlError(err)
+	}
+	if len(p.errs) > 0 {
+		slices.SortStableFunc(p.errs, func(a, b *Error) int { return a.Line - b.Line })
+		return nil, p.errs
+	}
+	s := p.build(&raw)
+	if len(p.errs) > 0 {
+		slices.SortStableFunc(p.errs, func(a, b *Error) int { return a.Line - b.Line })
+		return nil, p.errs
+	}
+	s.File = name
+	return s, nil
+}
+
+type parser struct {
+	file string
+	errs Errors
+}
+
+func (p *parser) errorf(line int, field, format string, args ...any) {
+	p.errs = append(p.errs, &Error{File: p.file, Line: max(line, 1), Field: field, Msg: fmt.Sprintf(format, args...)})
+}
+
+var (
+	yamlLine = regexp.MustCompile(`line (\d+): (.*)$`)
+	// unmarshalInto rewrites the decoder's "cannot unmarshal !!seq into
+	// scenario.scalar" into the reader's words.
+	unmarshalInto = regexp.MustCompile(`cannot unmarshal !!(\w+)(?: .*)? into \S+`)
+)
+
+// yamlError records the decoder's errors at their lines.
+func (p *parser) yamlError(err error) {
+	var te *yaml.TypeError
+	msgs := []string{err.Error()}
+	if errors.As(err, &te) {
+		msgs = te.Errors
+	}
+	for _, m := range msgs {
+		line := 1
+		if sm := yamlLine.FindStringSubmatch(m); sm != nil {
+			line, _ = strconv.Atoi(sm[1])
+			m = sm[2]
+		}
+		m = unmarshalInto.ReplaceAllString(m, "a $1 is not what goes here")
+		m = strings.TrimPrefix(m, "yaml: ")
+		p.errorf(line, "", "%s", m)
+	}
+}
+
+var nameSyntax = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,39}$`)
+
+// build checks the decoded file and turns it into a Scenario.
+func (p *parser) build(f *fileYAML) *Scenario {
+	s := &Scenario{Name: f.Name.Value, Description: f.Description.Value}
+	if f.Name.Value == "" {
+		p.errorf(1, "name", "missing: every scenario has a name")
+	} else if !nameSyntax.MatchString(f.Name.Value) {
+		p.errorf(f.Name.Line, "name", "%q is not a name (lower-case letters, digits and -)", f.Name.Value)
+	}
+	s.Duration = p.duration(f.Duration, "duration")
+	s.Cycles = p.count(f.Cycles, "cycles", 0)
+	if f.Duration.Value == "" && s.Cycles == 0 {
+		p.errorf(1, "duration", "missing: a scenario needs a duration or a number of cycles")
+	}
+	s.Topology = p.topology(&f.Topology)
+	s.Workload = p.workload(&f.Workload)
+	s.Faults = p.faults(f.Faults, &s.Topology)
+	s.Checks.ResyncWithin = p.duration(f.Checks.ResyncWithin, "checks.resync_within")
+	if s.Checks.ResyncWithin == 0 {
+		s.Checks.ResyncWithin = 5 * time.Minute
+	}
+	return s
+}
+
+func (p *parser) topology(t *topologyYAML) Topology {
+	out := Topology{Netns: t.Netns}
+	seen := map[string]int{}
+	for i, n := range t.Nodes {
+		field := fmt.Sprintf("topology.nodes[%d]", i)
+		if !regexp.MustCompile(`^[a-z0-9]{1,16}$`).MatchString(n.Name.Value) {
+			p.errorf(n.line, field+".name", "%q is not a node name (1 to 16 lower-case letters and digits)", n.Name.Value)
+		} else if l, dup := seen[n.Name.Value]; dup {
+			p.errorf(n.Name.Line, field+".name", "%q is already the name of the node at line %d", n.Name.Value, l)
+		}
+		seen[n.Name.Value] = n.Name.Line
+		size := p.size(n.Size, field+".size")
+		if size == 0 && n.Size.Value == "" {
+			p.errorf(n.line, field+".size", "missing: a node needs a size")
+		} else if size != 0 && size < 1<<20 {
+			p.errorf(n.Size.Line, field+".size", "%s is too small: a node holds its superblocks and bitmap too (at least 1MiB)", n.Size.Value)
+		}
+		out.Nodes = append(out.Nodes, Node{Name: n.Name.Value, Size: size, Proxy: n.Proxy, Line: n.line})
+	}
+	if len(t.Nodes) == 0 {
+		p.errorf(1, "topology.nodes", "missing: a topology needs at least one node")
+	}
+	used := map[string]bool{}
+	out.Storage = p.storage(&t.Storage, "topology.storage", seen, used, 0)
+	for _, n := range out.Nodes {
+		if !used[n.Name] {
+			p.errorf(n.Line, "topology.nodes", "node %q is not used by the storage", n.Name)
+		}
+	}
+	e := t.Engine
+	out.Engine = Engine{
+		RequestTimeout: p.duration(e.RequestTimeout, "topology.engine.request_timeout"),
+		Retries:        p.count(e.Retries, "topology.engine.retries", 0),
+		BackoffMax:     p.duration(e.BackoffMax, "topology.engine.backoff_max"),
+		PingInterval:   p.duration(e.PingInterval, "topology.engine.ping_interval"),
+		ResyncRate:     p.size(e.ResyncRate, "topology.engine.resync_rate"),
+		ResyncInterval: p.duration(e.ResyncInterval, "topology.engine.resync_interval"),
+		RegionSize:     p.size(e.RegionSize, "topology.engine.region_size"),
+	}
+	return out
+}
+
+func (p *parser) storage(s *storageYAML, field string, nodes map[string]int, used map[string]bool, depth int) Storage {
+	if depth > 8 {
+		p.errorf(s.line, field, "layouts nest more than 8 levels deep")
+		return Storage{}
+	}
+	if s.leaf != "" {
+		if _, ok := nodes[s.leaf]; !ok {
+			p.errorf(s.line, field, "%q is not a node of topology.nodes", s.leaf)
+		} else if used[s.leaf] {
+			p.errorf(s.line, field, "node %q is used twice", s.leaf)
+		}
+		used[s.leaf] = true
+		return Storage{Node: s.leaf, Line: s.line}
+	}
+	out := Storage{Layout: s.Layout, Line: s.line}
+	switch s.Layout {
+	case "linear", "mirror":
+		if s.Chunk.Value != "" {
+			p.errorf(s.Chunk.Line, field+".chunk", "only a stripe has a chunk")
+		}
+	case "stripe":
+		out.Chunk = p.size(s.Chunk, field+".chunk")
+		if out.Chunk == 0 {
+			p.errorf(s.line, field+".chunk", "missing: a stripe needs a chunk size")
+		} else if out.Chunk%512 != 0 {
+			p.errorf(s.Chunk.Line, field+".chunk", "%s is not a multiple of 512", s.Chunk.Value)
+		}
+	case "":
+		p.errorf(s.line, field+".layout", "missing: linear, stripe or mirror (or a node name for a leaf)")
+	default:
+		p.errorf(s.line, field+".layout", "%q is not a layout (linear, stripe or mirror)", s.Layout)
+	}
+	if len(s.Members) == 0 {
+		p.errorf(s.line, field+".members", "missing: a layout needs members")
+	}
+	if s.Layout == "mirror" && len(s.Members) == 1 {
+		p.errorf(s.line, field+".members", "a mirror of one member has no replica")
+	}
+	for i := range s.Members {
+		out.Members = append(out.Members, p.storage(&s.Members[i], fmt.Sprintf("%s.members[%d]", field, i), nodes, used, depth+1))
+	}
+	return out
+}
+
+func (p *parser) workload(w *workloadYAML) Workload {
+	out := Workload{EngineCrash: w.EngineCrash}
+	for i, fs := range w.Filesystems {
+		if !slices.Contains(filesystems, fs.Value) {
+			p.errorf(fs.Line, fmt.Sprintf("workload.filesystems[%d]", i), "%q is not a filesystem the harness runs (%s)", fs.Value, strings.Join(filesystems, ", "))
+		}
+		out.Filesystems = append(out.Filesystems, fs.Value)
+	}
+	out.RebuildEvery = max(p.count(w.RebuildEvery, "workload.rebuild_every", 1), 1)
+	out.WriteBudget = p.size(w.WriteBudget, "workload.write_budget")
+	if out.WriteBudget == 0 {
+		out.WriteBudget = 32 << 20
+	}
+	if w.Raw != nil {
+		r := w.Raw
+		out.Raw = &Raw{
+			Every:       max(p.count(r.Every, "workload.raw.every", 1), 1),
+			Ops:         p.count(r.Ops, "workload.raw.ops", 1),
+			Concurrency: max(p.count(r.Concurrency, "workload.raw.concurrency", 1), 1),
+			FlushEvery:  p.count(r.FlushEvery, "workload.raw.flush_every", 0),
+			FUAPercent:  p.count(r.FUAPercent, "workload.raw.fua_percent", 0),
+			MaxRequest:  p.size(r.MaxRequest, "workload.raw.max_request"),
+		}
+		if out.Raw.Ops == 0 {
+			out.Raw.Ops = 1000
+		}
+		if out.Raw.FUAPercent > 100 {
+			p.errorf(r.FUAPercent.Line, "workload.raw.fua_percent", "%d is more than 100", out.Raw.FUAPercent)
+		}
+	}
+	if len(out.Filesystems) == 0 && out.Raw == nil {
+		p.errorf(1, "workload", "missing: a scenario needs filesystems or a raw workload")
+	}
+	return out
+}
+
+func (p *parser) faults(f *faultsYAML, t *Topology) Faults {
+	if f == nil {
+		return Faults{}
+	}
+	out := Faults{Interval: p.duration(f.Interval, "faults.interval")}
+	if out.Interval == 0 {
+		p.errorf(f.line, "faults.interval", "missing: how long between faults")
+	}
+	redundant := map[string]bool{}
+	markRedundant(t.Storage, false, redundant)
+	proxied := map[string]bool{}
+	for _, n := range t.Nodes {
+		proxied[n.Name] = n.Proxy
+	}
+	budget := t.Engine.RetryBudget()
+	for i, k := range f.Kinds {
+		field := fmt.Sprintf("faults.kinds[%d]", i)
+		fk := FaultKind{Kind: k.Kind.Value, Weight: max(p.count(k.Weight, field+".weight", 0), 1), Line: k.line}
+		if !slices.Contains(faultKinds, fk.Kind) {
+			p.errorf(k.line, field+".kind", "%q is not a fault (%s)", fk.Kind, strings.Join(faultKinds, ", "))
+		}
+		fk.DowntimeMin, fk.DowntimeMax = p.span(k.Downtime, field+".downtime")
+		if fk.DowntimeMax == 0 && fk.Kind != "replace" && fk.Kind != "reset" {
+			p.errorf(k.line, field+".downtime", "missing: how long the fault lasts")
+		}
+		fk.Delay = p.duration(k.Delay, field+".delay")
+		if fk.Kind == "delay" && fk.Delay == 0 {
+			p.errorf(k.line, field+".delay", "missing: the latency a delay fault adds")
+		}
+		if len(k.Targets) == 0 {
+			p.errorf(k.line, field+".targets", "missing: which nodes the fault hits")
+		}
+		for j, tg := range k.Targets {
+			tf := fmt.Sprintf("%s.targets[%d]", field, j)
+			_, known := proxied[tg.Value]
+			switch {
+			case !known:
+				p.errorf(tg.Line, tf, "%q is not a node of topology.nodes", tg.Value)
+			case proxyKinds[fk.Kind] && !proxied[tg.Value]:
+				p.errorf(tg.Line, tf, "a %s fault needs a proxy in front of node %q (proxy: true)", fk.Kind, tg.Value)
+			case (fk.Kind == "replace" || fk.Kind == "suspend") && !redundant[tg.Value]:
+				p.errorf(tg.Line, tf, "node %q has no mirror replica: %s would lose its data by design", tg.Value, fk.Kind)
+			case !redundant[tg.Value] && fk.Kind != "delay" && fk.DowntimeMax >= budget:
+				p.errorf(tg.Line, tf, "node %q has no mirror replica and a %s of up to %v outlasts the engine's retry budget of %v: client I/O would fail by design",
+					tg.Value, fk.Kind, fk.DowntimeMax, budget)
+			}
+			fk.Targets = append(fk.Targets, tg.Value)
+		}
+		out.Kinds = append(out.Kinds, fk)
+	}
+	if len(out.Kinds) == 0 {
+		p.errorf(f.line, "faults.kinds", "missing: at least one kind of fault")
+	}
+	return out
+}
+
+// markRedundant records the nodes that have a mirror replica above them.
+func markRedundant(s Storage, under bool, out map[string]bool) {
+	if s.Node != "" {
+		out[s.Node] = under
+		return
+	}
+	for _, m := range s.Members {
+		markRedundant(m, under || s.Layout == "mirror", out)
+	}
+}
+
+func (p *parser) size(v scalar, field string) int64 {
+	if v.Value == "" {
+		return 0
+	}
+	var total int64
+	for part := range strings.SplitSeq(v.Value, "+") {
+		n, err := config.ParseSize(part)
+		if err != nil {
+			p.errorf(v.Line, field, "%v", err)
+			return 0
+		}
+		total += n
+	}
+	return total
+}
+
+func (p *parser) duration(v scalar, field string) time.Duration {
+	if v.Value == "" {
+		return 0
+	}
+	d, err := time.ParseDuration(v.Value)
+	if err != nil || d <= 0 {
+		p.errorf(v.Line, field, "%q is not a positive duration (like 500ms, 20s, 8h)", v.Value)
+		return 0
+	}
+	return d
+}
+
+// span parses "3s" or "2s..8s".
+func (p *parser) span(v scalar, field string) (time.Duration, time.Duration) {
+	if v.Value == "" {
+		return 0, 0
+	}
+	lo, hi, ok := strings.Cut(v.Value, "..")
+	if !ok {
+		hi = lo
+	}
+	a := p.duration(scalar{Value: strings.TrimSpace(lo), Line: v.Line}, field)
+	b := p.duration(scalar{Value: strings.TrimSpace(hi), Line: v.Line}, field)
+	if a > b {
+		p.errorf(v.Line, field, "%q: the minimum is above the maximum", v.Value)
+	}
+	return a, b
+}
+
+func (p *parser) count(v scalar, field string, minimum int) int {
+	if v.Value == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(v.Value)
+	if err != nil || n < minimum || n > 1<<30 {
+		p.errorf(v.Line, field, "%q is not a whole number from %d", v.Value, minimum)
+		return 0
+	}
+	return n
+}
