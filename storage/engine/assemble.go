@@ -280,11 +280,15 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 		return err
 	}
 	e := s.e
+	var copies []bool
+	if !as.Clean {
+		copies = uncleanCopies(e, as)
+	}
 	for i, v := range as.Members {
 		m := e.members[i]
 		switch v.Action {
 		case meta.ActionServe:
-			if !as.Clean && i != as.Source {
+			if copies != nil && copies[i] {
 				// The engine stopped uncleanly: writes in flight then may
 				// have reached some replicas only. Copy from the source.
 				m.fullResync.Store(true)
@@ -314,6 +318,46 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 	}
 	s.log.Info("storage assembled", "id", as.StorageID, "generation", as.Generation, "layout", as.Layout, "size", e.Size())
 	return s.writeSupers(ctx, false)
+}
+
+// uncleanCopies says which members an unclean restart must copy whole:
+// writes in flight when the engine stopped may have reached some replicas
+// of a mirror and not others, so every mirror keeps one child as the
+// source — the one holding the assembly's source member, else the first
+// child whose members are all served as they are — and its other children
+// are copied from it. Members under no mirror have no replica to differ
+// from and are served as they are.
+func uncleanCopies(e *Engine, as meta.Assembly) []bool {
+	source := map[*mirrorInfo]int{}
+	for _, a := range e.members[as.Source].ancestors {
+		source[a.mi] = a.child
+	}
+	for _, m := range e.members {
+		for _, a := range m.ancestors {
+			if _, ok := source[a.mi]; ok {
+				continue
+			}
+			for c, leaves := range a.mi.children {
+				whole := true
+				for _, l := range leaves {
+					whole = whole && as.Members[l].Action == meta.ActionServe
+				}
+				if whole {
+					source[a.mi] = c
+					break
+				}
+			}
+		}
+	}
+	copies := make([]bool, len(e.members))
+	for i, m := range e.members {
+		for _, a := range m.ancestors {
+			if c, ok := source[a.mi]; !ok || c != a.child {
+				copies[i] = true
+			}
+		}
+	}
+	return copies
 }
 
 // loadDirty merges the source's persisted bitmap into what member m missed.

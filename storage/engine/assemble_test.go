@@ -182,3 +182,57 @@ func TestAssembleUncleanRestartCopiesReplicas(t *testing.T) {
 	states := []string{s.Engine().Status()[0].State, s.Engine().Status()[1].State}
 	require.Equal(t, []string{"in-sync", "failed"}, states, "the non-source replica is recopied after a crash")
 }
+
+// After a crash, each mirror keeps one whole child as its source and
+// recopies the others; members under no mirror are served as they are, so
+// a linear member without replica does not stop the restart, and a mirror
+// of a stripe keeps the stripe whole.
+func TestAssembleUncleanRestartComposite(t *testing.T) {
+	leaf := func(u string) Spec { return Spec{Kind: KindMember, URL: u} }
+	cases := []struct {
+		name string
+		spec Spec
+		want []string
+	}{
+		{"linear(mirror(a,b),c)", Spec{Kind: KindLinear, Members: []Spec{
+			{Kind: KindMirror, Members: []Spec{leaf("a"), leaf("b")}}, leaf("c")}},
+			[]string{"in-sync", "failed", "in-sync"}},
+		{"mirror(stripe(a,b),c)", Spec{Kind: KindMirror, Members: []Spec{
+			{Kind: KindStripe, Chunk: 64 << 10, Members: []Spec{leaf("a"), leaf("b")}}, leaf("c")}},
+			[]string{"in-sync", "in-sync", "failed"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &cluster{mems: map[string]*node.Memory{}, spec: tc.spec}
+			for _, u := range tc.spec.Leaves() {
+				c.mems[u] = node.NewMemory(2 << 20)
+			}
+			ctx := ctxT(t)
+			s, err := c.assemble(t, AssembleOptions{})
+			require.NoError(t, err)
+			p := make([]byte, s.Engine().Size())
+			rng := rand.New(rand.NewPCG(1, 2))
+			for i := range p {
+				p[i] = byte(rng.Uint32())
+			}
+			require.NoError(t, s.Engine().WriteAt(ctx, p, 0, nbd.CmdFlagFUA))
+			s.Engine().Close() // crash: no clean flag
+			s, err = c.assemble(t, AssembleOptions{})
+			require.NoError(t, err)
+			defer s.Close(ctx)
+			var states []string
+			for _, st := range s.Engine().Status() {
+				states = append(states, st.State)
+			}
+			require.Equal(t, tc.want, states)
+			got := make([]byte, len(p))
+			require.NoError(t, s.Engine().ReadAt(ctx, got, 0), "every byte is readable from the kept replicas")
+			require.True(t, bytes.Equal(p, got))
+			for i, st := range states {
+				if st == "failed" {
+					require.NoError(t, s.Engine().Rejoin(ctx, i, false, nil))
+				}
+			}
+		})
+	}
+}
