@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/dustin/go-humanize v1.1.0
+	github.com/hanwen/go-fuse/v2 v2.12.1
 	github.com/leanovate/gopter v0.2.11
 	github.com/pojntfx/go-nbd v0.3.2
 	github.com/stretchr/testify v1.12.1

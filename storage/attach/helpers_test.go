@@ -1,0 +1,158 @@
+package attach
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"dst/storage/node"
+)
+
+// childEnv makes the test binary a crashing attach process (see TestMain).
+const childEnv = "DST_ATTACH_TEST_CHILD_DIR"
+
+// TestMain runs the test binary as an attach child when childEnv is set:
+// it attaches a memory node at that directory, prints the device and
+// serves until killed (or until its standard input ends) — the crash that TestStaleAttachmentIsCleaned
+// simulates with SIGKILL.
+func TestMain(m *testing.M) {
+	if dir := os.Getenv(childEnv); dir != "" {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		a, err := Attach(ctx, node.NewMemory(8<<20), Options{Dir: dir, Name: "crash", Mode: ModeFUSE})
+		cancel()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println(a.Device())
+		// Serve until standard input ends (the test died without killing
+		// this process), then detach cleanly.
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := a.Close(ctx); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// needAttach skips unless this process may mount FUSE and bind loop
+// devices, and the tools are installed; with -short it skips.
+func needAttach(t *testing.T, tools ...string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("-short: skipping a test that mounts FUSE and binds loop devices")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root (FUSE mount, losetup)")
+	}
+	if _, err := os.Stat("/dev/fuse"); err != nil {
+		t.Skip("needs /dev/fuse (FUSE)")
+	}
+	if _, err := os.Stat("/dev/loop-control"); err != nil {
+		t.Skip("needs loop devices (/dev/loop-control)")
+	}
+	for _, tool := range append([]string{"losetup"}, tools...) {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (apt-get install util-linux e2fsprogs)", tool)
+		}
+	}
+}
+
+// attachMemory attaches a memory node of size bytes through FUSE and a
+// loop device; the attachment is closed when the test ends.
+func attachMemory(t *testing.T, size int, opts Options) (*node.Memory, *Attachment) {
+	t.Helper()
+	mem := node.NewMemory(size)
+	if opts.Dir == "" {
+		opts.Dir = filepath.Join(t.TempDir(), "mnt")
+	}
+	opts.Mode = ModeFUSE
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	a, err := Attach(ctx, mem, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { closeAttachment(t, a, opts.Dir) })
+	return mem, a
+}
+
+// closeAttachment closes a and requires that nothing is left: no loop
+// device bound to a file under dir, no mount at dir.
+func closeAttachment(t *testing.T, a *Attachment, dir string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, a.Close(ctx))
+	requireNothingLeft(t, dir)
+}
+
+func requireNothingLeft(t *testing.T, dir string) {
+	t.Helper()
+	dir, err := filepath.Abs(dir)
+	require.NoError(t, err)
+	loops, err := LoopsBackedBy(dir)
+	require.NoError(t, err)
+	require.Empty(t, loops, "loop devices still bound under %s", dir)
+	mounted, err := isFUSEMount(dir)
+	require.NoError(t, err)
+	require.False(t, mounted, "%s still mounted", dir)
+}
+
+// run runs a tool within a minute and requires exit status 0.
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	cmd.WaitDelay = 2 * time.Second
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s %s:\n%s", name, strings.Join(args, " "), out)
+	return string(out)
+}
+
+// mountFS mounts dev at a new directory, unmounted (lazily if it must)
+// when the test ends.
+func mountFS(t *testing.T, dev string, opts ...string) string {
+	t.Helper()
+	dir := filepath.Join(t.TempDir(), "fs")
+	require.NoError(t, os.Mkdir(dir, 0o755))
+	run(t, "mount", append(opts, dev, dir)...)
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
+	return dir
+}
+
+// logBuffer is a slog handler target safe for concurrent writes.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *logBuffer) logger() *slog.Logger {
+	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
