@@ -29,6 +29,7 @@ import (
 	"dst/storage/meta"
 	"dst/storage/nbd"
 	"dst/storage/node"
+	"dst/storage/rangelock"
 )
 
 // Defaults of Options.
@@ -75,6 +76,12 @@ type Engine struct {
 
 	free chan *request
 	work chan *task
+	// order admits overlapping write-like requests one after another, so
+	// every replica of a mirror applies them in the same order (two
+	// overlapping writes in flight at once could otherwise land in one
+	// order on one replica and in the other on another); nil without
+	// mirrors, where one copy cannot disagree with itself.
+	order *rangelock.Table
 
 	// onChange, if set, is called (synchronously, before the request that
 	// caused it is answered) when a member leaves or rejoins the in-sync
@@ -130,8 +137,11 @@ func New(root layout.Layout, nodes []node.Node, opts Options) (*Engine, error) {
 	}
 	e.flags = e.capabilities()
 	e.free = make(chan *request, opts.MaxInFlight)
+	if len(e.mirrors) > 0 {
+		e.order = rangelock.New(opts.MaxInFlight)
+	}
 	for range opts.MaxInFlight {
-		r := &request{e: e, done: make(chan struct{}, 1),
+		r := &request{e: e, done: make(chan struct{}, 1), wake: make(chan struct{}, 1),
 			extBuf: make([]layout.Extent, 0, inlineExtents), taskBuf: make([]task, 0, inlineExtents)}
 		r.rp.e, r.wp.r, r.dp.e = e, r, e
 		e.free <- r

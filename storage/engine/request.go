@@ -32,6 +32,8 @@ type request struct {
 
 	pending atomic.Int32
 	done    chan struct{}
+	// wake is the request's channel for e.order (capacity 1).
+	wake chan struct{}
 
 	rp readPicker
 	wp writePicker
@@ -254,6 +256,13 @@ func (e *Engine) writeLike(ctx context.Context, cmd nbd.Command, flags nbd.CmdFl
 		return err
 	}
 	defer e.put(r)
+	if e.order != nil {
+		slot, err := e.order.Acquire(ctx, nil, r.wake, off, off+length)
+		if err != nil {
+			return err
+		}
+		defer e.order.Release(slot)
+	}
 	r.cmd, r.flags, r.buf, r.off = cmd, flags, p, off
 	r.exts = e.root.Map(r.extBuf[:0], off, length, 0, &r.wp)
 	defer r.unlock()

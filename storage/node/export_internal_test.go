@@ -8,4 +8,4 @@ package node
 func DisableRangeTable(r *Remote) { r.noRanges = true }
 
 // RangesInFlight counts the slots of r's range table that are held.
-func RangesInFlight(r *Remote) int { return r.ranges.inFlight() }
+func RangesInFlight(r *Remote) int { return r.ranges.InFlight() }

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"dst/storage/nbd"
+
+	"dst/storage/rangelock"
 )
 
 // Defaults of RemoteOptions.
@@ -195,7 +197,7 @@ type Remote struct {
 	mediaGen atomic.Uint64
 
 	waiters chan *waiter // free list; its capacity bounds the calls in flight
-	ranges  *rangeTable
+	ranges  *rangelock.Table
 	m       remoteCounters
 
 	pingOp   nbd.Op
@@ -270,7 +272,7 @@ func NewRemote(addr Address, opts RemoteOptions) (*Remote, error) {
 		up:       make(chan struct{}),
 		stopped:  make(chan struct{}),
 		waiters:  make(chan *waiter, opts.MaxInFlight),
-		ranges:   newRangeTable(opts.MaxInFlight),
+		ranges:   rangelock.New(opts.MaxInFlight),
 		pingDone: make(chan error, 1),
 	}
 	for range opts.MaxInFlight {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"dst/storage/nbd"
+
+	"dst/storage/rangelock"
 )
 
 // maxCommandBytes bounds one TRIM, WRITE_ZEROES or CACHE on the wire
@@ -23,7 +25,7 @@ type waiter struct {
 	op    nbd.Op
 	done  chan error // capacity 1: the outcome of op
 	timer *time.Timer
-	wake  chan struct{} // capacity 1: see rangeTable.acquire
+	wake  chan struct{} // capacity 1: see rangelock.Table.Acquire
 
 	id        uint64
 	startGen  uint64 // connections made when the request began
@@ -96,11 +98,14 @@ func (r *Remote) do(ctx context.Context, cmd nbd.Command, flags nbd.CmdFlags, of
 	w.id = r.ids.Add(1)
 	w.startGen = r.m.connects.Load()
 	if writeLike(cmd) && !r.noRanges {
-		slot, err := r.ranges.acquire(ctx, r.stopped, w.wake, off, off+length)
+		slot, err := r.ranges.Acquire(ctx, r.stopped, w.wake, off, off+length)
+		if errors.Is(err, rangelock.ErrStopped) {
+			err = fmt.Errorf("%w: node closed", ErrUnavailable)
+		}
 		if err != nil {
 			return r.fail(cmd, off, length, w, err)
 		}
-		defer r.ranges.release(slot)
+		defer r.ranges.Release(slot)
 	}
 	for done := int64(0); ; {
 		var part []byte

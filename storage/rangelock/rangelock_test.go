@@ -3,11 +3,10 @@
 // requests in the order they arrived (even when the later one overlaps
 // only the queued one), lets a waiter that gives up leave without a trace,
 // and allocates nothing — stepped one acquire and release at a time.
-package node
+package rangelock
 
 import (
 	"context"
-	"errors"
 	"testing"
 	"time"
 
@@ -21,11 +20,11 @@ type pending struct {
 	err  chan error
 }
 
-func startAcquire(ctx context.Context, tb *rangeTable, off, end int64) pending {
+func startAcquire(ctx context.Context, tb *Table, off, end int64) pending {
 	p := pending{slot: make(chan int, 1), err: make(chan error, 1)}
 	wake := make(chan struct{}, 1)
 	go func() {
-		s, err := tb.acquire(ctx, nil, wake, off, end)
+		s, err := tb.Acquire(ctx, nil, wake, off, end)
 		if err != nil {
 			p.err <- err
 			return
@@ -51,9 +50,9 @@ func (p pending) admitted(t *testing.T) int {
 
 // waiting checks that p is not admitted yet, once the table holds want
 // slots (every acquire started has reached the table).
-func (p pending) waiting(t *testing.T, tb *rangeTable, want int) {
+func (p pending) waiting(t *testing.T, tb *Table, want int) {
 	t.Helper()
-	require.Eventually(t, func() bool { return tb.inFlight() == want }, 10*time.Second, time.Millisecond)
+	require.Eventually(t, func() bool { return tb.InFlight() == want }, 10*time.Second, time.Millisecond)
 	select {
 	case s := <-p.slot:
 		t.Fatalf("admitted (slot %d) while an earlier overlapping request holds its range", s)
@@ -63,7 +62,7 @@ func (p pending) waiting(t *testing.T, tb *rangeTable, want int) {
 
 func TestRangeTableOrder(t *testing.T) {
 	ctx := context.Background()
-	tb := newRangeTable(8)
+	tb := New(8)
 	a := startAcquire(ctx, tb, 0, 10).admitted(t)
 
 	b := startAcquire(ctx, tb, 5, 15) // overlaps a
@@ -73,19 +72,19 @@ func TestRangeTableOrder(t *testing.T) {
 	d := startAcquire(ctx, tb, 20, 25).admitted(t) // touches c, overlaps none
 	e := startAcquire(ctx, tb, 30, 40).admitted(t)
 
-	tb.release(a)
+	tb.Release(a)
 	sb := b.admitted(t)
 	c.waiting(t, tb, 4)
-	tb.release(sb)
+	tb.Release(sb)
 	sc := c.admitted(t)
 	for _, s := range []int{sc, d, e} {
-		tb.release(s)
+		tb.Release(s)
 	}
-	require.Zero(t, tb.inFlight())
+	require.Zero(t, tb.InFlight())
 }
 
 func TestRangeTableGiveUp(t *testing.T) {
-	tb := newRangeTable(4)
+	tb := New(4)
 	a := startAcquire(context.Background(), tb, 0, 100).admitted(t)
 	ctx, cancel := context.WithCancel(context.Background())
 	b := startAcquire(ctx, tb, 50, 60)
@@ -100,41 +99,41 @@ func TestRangeTableGiveUp(t *testing.T) {
 		t.Fatal("a cancelled waiter did not leave")
 	}
 	c.waiting(t, tb, 2) // still behind a
-	tb.release(a)
-	tb.release(c.admitted(t))
-	require.Zero(t, tb.inFlight())
+	tb.Release(a)
+	tb.Release(c.admitted(t))
+	require.Zero(t, tb.InFlight())
 
 	stop := make(chan struct{})
 	s := startAcquire(context.Background(), tb, 0, 1).admitted(t)
 	wake := make(chan struct{}, 1)
 	close(stop)
-	_, err := tb.acquire(context.Background(), stop, wake, 0, 1)
-	require.True(t, errors.Is(err, ErrUnavailable), "a stopped node: %v", err)
-	tb.release(s)
-	require.Zero(t, tb.inFlight())
+	_, err := tb.Acquire(context.Background(), stop, wake, 0, 1)
+	require.ErrorIs(t, err, ErrStopped, "stopped while waiting")
+	tb.Release(s)
+	require.Zero(t, tb.InFlight())
 }
 
 func TestRangeTableFullPanics(t *testing.T) {
-	tb := newRangeTable(1)
+	tb := New(1)
 	wake := make(chan struct{}, 1)
-	_, err := tb.acquire(context.Background(), nil, wake, 0, 1)
+	_, err := tb.Acquire(context.Background(), nil, wake, 0, 1)
 	require.NoError(t, err)
-	require.Panics(t, func() { _, _ = tb.acquire(context.Background(), nil, wake, 2, 3) })
+	require.Panics(t, func() { _, _ = tb.Acquire(context.Background(), nil, wake, 2, 3) })
 }
 
 func TestRangeTableAllocatesNothing(t *testing.T) {
-	tb := newRangeTable(64)
+	tb := New(64)
 	wake := make(chan struct{}, 1)
 	ctx := context.Background()
-	other, err := tb.acquire(ctx, nil, wake, 10000, 20000) // held, overlapping nothing
+	other, err := tb.Acquire(ctx, nil, wake, 10000, 20000) // held, overlapping nothing
 	require.NoError(t, err)
 	allocs := testing.AllocsPerRun(1000, func() {
-		s, err := tb.acquire(ctx, nil, wake, 0, 4096)
+		s, err := tb.Acquire(ctx, nil, wake, 0, 4096)
 		if err != nil {
 			panic(err)
 		}
-		tb.release(s)
+		tb.Release(s)
 	})
 	require.Zero(t, allocs)
-	tb.release(other)
+	tb.Release(other)
 }

@@ -1,13 +1,24 @@
-package node
+// Package rangelock orders overlapping byte-range requests: a Table
+// admits a request at once unless an earlier one overlapping it still
+// holds a slot, so overlapping requests run one after another in the order
+// they arrived, and disjoint ones run in parallel. A remote node keeps one
+// per connection manager (so a resent write never overtakes a newer one),
+// and the engine one per storage (so every replica of a mirror applies
+// overlapping writes in the same order).
+package rangelock
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 )
 
-// rangeTable admits write-like requests (WRITE, TRIM, WRITE_ZEROES) so
-// that at most one is in flight per overlapping byte range: a request
+// ErrStopped is returned by Acquire when its stop channel closes while it
+// waits.
+var ErrStopped = errors.New("rangelock: stopped")
+
+// Table admits requests so at most one is in flight per overlapping byte range: a request
 // whose range overlaps one admitted or queued before it waits until that
 // one is released. Requests are ordered by arrival (a sequence number), so
 // overlapping requests are sent in the order they called acquire and none
@@ -18,7 +29,7 @@ import (
 // which there are MaxInFlight, before it calls acquire). It allocates
 // nothing after newRangeTable. Its cost is a scan of the slots under a
 // mutex per acquire, per wake-up and per release.
-type rangeTable struct {
+type Table struct {
 	mu      sync.Mutex
 	next    uint64 // sequence number of the last acquire
 	entries []rangeEntry
@@ -31,16 +42,18 @@ type rangeEntry struct {
 	wake     chan struct{}
 }
 
-func newRangeTable(slots int) *rangeTable {
-	return &rangeTable{entries: make([]rangeEntry, slots)}
+// New returns a table with slots slots: at most that many requests may
+// hold or wait for one at a time.
+func New(slots int) *Table {
+	return &Table{entries: make([]rangeEntry, slots)}
 }
 
-// acquire takes a slot for [off, end) and waits until no earlier
+// Acquire takes a slot for [off, end) and waits until no earlier
 // request overlapping it holds a slot. wake is the caller's own channel of
 // capacity 1, reused across calls; it is empty when acquire returns. If
 // ctx ends or stop is closed while it waits, acquire gives the slot back
-// and returns the error (ctx's, or ErrUnavailable).
-func (t *rangeTable) acquire(ctx context.Context, stop <-chan struct{}, wake chan struct{}, off, end int64) (int, error) {
+// and returns the error (ctx's, or ErrStopped).
+func (t *Table) Acquire(ctx context.Context, stop <-chan struct{}, wake chan struct{}, off, end int64) (int, error) {
 	t.mu.Lock()
 	slot := -1
 	for i := range t.entries {
@@ -51,7 +64,7 @@ func (t *rangeTable) acquire(ctx context.Context, stop <-chan struct{}, wake cha
 	}
 	if slot < 0 {
 		t.mu.Unlock()
-		panic(fmt.Sprintf("node: range table full: more than %d write-like requests in flight", len(t.entries)))
+		panic(fmt.Sprintf("rangelock: table full: more than %d requests in flight", len(t.entries)))
 	}
 	t.next++
 	e := &t.entries[slot]
@@ -65,7 +78,7 @@ func (t *rangeTable) acquire(ctx context.Context, stop <-chan struct{}, wake cha
 		case <-ctx.Done():
 			err = ctx.Err()
 		case <-stop:
-			err = fmt.Errorf("%w: node closed", ErrUnavailable)
+			err = ErrStopped
 		}
 		t.mu.Lock()
 		if err != nil {
@@ -85,7 +98,7 @@ func (t *rangeTable) acquire(ctx context.Context, stop <-chan struct{}, wake cha
 
 // blockedLocked reports whether an earlier request overlapping the one in
 // slot still holds a slot.
-func (t *rangeTable) blockedLocked(slot int) bool {
+func (t *Table) blockedLocked(slot int) bool {
 	e := &t.entries[slot]
 	for i := range t.entries {
 		o := &t.entries[i]
@@ -96,18 +109,18 @@ func (t *rangeTable) blockedLocked(slot int) bool {
 	return false
 }
 
-// release frees slot and wakes the sleepers that overlapped it; they look
+// Release frees slot and wakes the sleepers that overlapped it; they look
 // again whether anything earlier still blocks them.
-func (t *rangeTable) release(slot int) {
+func (t *Table) Release(slot int) {
 	t.mu.Lock()
 	t.releaseLocked(slot)
 	t.mu.Unlock()
 }
 
-func (t *rangeTable) releaseLocked(slot int) {
+func (t *Table) releaseLocked(slot int) {
 	e := &t.entries[slot]
 	if e.seq == 0 {
-		panic(fmt.Sprintf("node: range table slot %d released twice", slot))
+		panic(fmt.Sprintf("rangelock: slot %d released twice", slot))
 	}
 	off, end := e.off, e.end
 	e.seq, e.wake, e.sleeping = 0, nil, false
@@ -118,14 +131,14 @@ func (t *rangeTable) releaseLocked(slot int) {
 			select {
 			case o.wake <- struct{}{}:
 			default:
-				panic("node: range table woke a sleeper twice")
+				panic("rangelock: woke a sleeper twice")
 			}
 		}
 	}
 }
 
-// inFlight counts the slots held (admitted or waiting); for tests.
-func (t *rangeTable) inFlight() int {
+// InFlight counts the slots held (admitted or waiting).
+func (t *Table) InFlight() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	n := 0
