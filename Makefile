@@ -6,8 +6,12 @@ PKGS := ./...
 # Debian packages the tests and the harness need.
 DEB_PACKAGES := nbdkit qemu-utils nbd-server libnbd-bin fio xfsprogs btrfs-progs e2fsprogs fuse3 iproute2 util-linux
 FUZZTIME ?= 10s
+# dst torture: SCENARIO=, DURATION= (e.g. 8h), SEED= (replay), CYCLES=, OUT=
+SCENARIO ?= overnight
+OUT ?= out/torture
+TORTURE_ARGS = --out $(OUT) $(if $(DURATION),--duration $(DURATION)) $(if $(SEED),--seed $(SEED)) $(if $(CYCLES),--cycles $(CYCLES))
 
-.PHONY: help build test test-short bench fuzz prop demo deps vet clean
+.PHONY: help build test test-short bench fuzz prop demo deps vet clean torture torture-smoke nightly
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 18
@@ -40,6 +44,18 @@ fuzz: ## a short run of every fuzz target (FUZZTIME=10s each)
 
 prop: ## property tests only; SEED= replays a seed, PROP_ITER= scales the iterations
 	PROP_SEED=$(SEED) PROP_ITER=$(PROP_ITER) $(GO) test -count=1 -run 'Prop' -v ./storage/...
+
+torture: build ## the overnight torture run (SCENARIO=overnight, DURATION=8h by default; SEED= replays)
+	./$(BIN) torture --scenario $(SCENARIO) --keep-going $(TORTURE_ARGS)
+
+torture-smoke: build ## the two-minute smoke scenario (the README's main job)
+	./$(BIN) torture --scenario smoke $(TORTURE_ARGS)
+
+nightly: build ## the CI nightly job: long property runs, then mirror-failover, engine-crash and linear-split (JUnit in OUT)
+	PROP_ITER=$${PROP_ITER:-50} $(GO) test -count=1 -timeout 60m -run 'Prop|Model' ./storage/...
+	./$(BIN) torture --scenario linear-split --duration $${NIGHTLY_SPLIT:-20m} --keep-going --out $(OUT)
+	./$(BIN) torture --scenario engine-crash --duration $${NIGHTLY_CRASH:-30m} --keep-going --out $(OUT)
+	./$(BIN) torture --scenario mirror-failover --duration $${NIGHTLY_FAILOVER:-2h} --keep-going --out $(OUT)
 
 demo: ## the main job: dst export (and serve) checked with qemu-io and nbdcopy
 	./scripts/demo.sh

@@ -43,6 +43,8 @@ var commands = []command{
 	exportCommand,
 	serveCommand,
 	statusCommand,
+	attachCommand, detachCommand,
+	tortureCommand,
 }
 
 // usageError is a bad invocation: it exits with status 2.

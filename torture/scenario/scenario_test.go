@@ -29,8 +29,8 @@ func TestEmbeddedScenariosParse(t *testing.T) {
 	require.Equal(t, int64(192<<20+1234), s.Topology.Nodes[0].Size)
 	require.Equal(t, []string{"ext4", "xfs", "btrfs"}, s.Workload.Filesystems)
 	require.Equal(t, "kill", s.Faults.Kinds[0].Kind)
-	require.Equal(t, 3*time.Second, s.Faults.Kinds[0].DowntimeMin)
-	require.Equal(t, 6*time.Second, s.Faults.Kinds[0].DowntimeMax)
+	require.Equal(t, 5*time.Second, s.Faults.Kinds[0].DowntimeMin)
+	require.Equal(t, 8*time.Second, s.Faults.Kinds[0].DowntimeMax)
 	_, err = scenarios.Lookup("nope")
 	require.ErrorContains(t, err, "no scenario \"nope\" (there are: ")
 }

@@ -1,0 +1,218 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"syscall"
+
+	"dst/storage/nbd/nbdtest"
+)
+
+// Node is one node: a `dst export` process serving the node's image file.
+// Its address (and the proxy's, if any) stays the same across restarts,
+// since the engine's configuration names it. Its methods are safe for
+// concurrent use.
+type Node struct {
+	c    *Cluster
+	spec NodeSpec
+	file string
+	log  string
+	ns   *netns // nil unless netns mode
+	lg   *slog.Logger
+
+	proxy     *nbdtest.Proxy
+	proxyDone chan error
+
+	mu sync.Mutex // serialises starts and stops; guards p
+	p  *proc
+
+	addrMu sync.Mutex // guards listen, so it is read while a start waits
+	listen string     // the export's address, fixed by the first start
+}
+
+// Name returns the node's name.
+func (n *Node) Name() string { return n.spec.Name }
+
+// Spec returns the node's spec.
+func (n *Node) Spec() NodeSpec { return n.spec }
+
+// File returns the path of the node's image.
+func (n *Node) File() string { return n.file }
+
+// Log returns the path of the node's log.
+func (n *Node) Log() string { return n.log }
+
+// Addr returns the export's address, HOST:PORT.
+func (n *Node) Addr() string {
+	n.addrMu.Lock()
+	defer n.addrMu.Unlock()
+	return n.listen
+}
+
+// URL returns the member URL the engine uses: the proxy's address when
+// the node has a proxy, else the export's.
+func (n *Node) URL() string {
+	if n.proxy != nil {
+		return "nbd://" + n.proxy.Addr()
+	}
+	return "nbd://" + n.Addr()
+}
+
+// Proxy returns the node's fault proxy, or nil if it has none.
+func (n *Node) Proxy() *nbdtest.Proxy { return n.proxy }
+
+// Alive reports whether the export process runs (a stopped one counts).
+func (n *Node) Alive() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.p != nil && n.p.alive()
+}
+
+// Pid returns the export's PID, or 0 if it does not run.
+func (n *Node) Pid() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.p == nil || !n.p.alive() {
+		return 0
+	}
+	return n.p.pid()
+}
+
+// Start starts the export unless it runs, on the address of its first
+// start, serving the same file.
+func (n *Node) Start(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.startLocked(ctx)
+}
+
+func (n *Node) startLocked(ctx context.Context) error {
+	if n.p != nil && n.p.alive() {
+		return nil
+	}
+	listen := n.Addr()
+	if listen == "" {
+		listen = "127.0.0.1:0"
+		if n.ns != nil {
+			listen = fmt.Sprintf("%s:%d", n.ns.nsIP, netnsPort)
+		}
+	}
+	argv := []string{n.c.o.Binary, "export", "--listen", listen, "--file", n.file, "--name", n.spec.Name,
+		"--shutdown-timeout", "2s"}
+	if n.ns != nil {
+		argv = n.ns.exec(argv)
+	}
+	p, got, err := startProc(ctx, "node "+n.spec.Name, argv, n.log, []string{"listening on "})
+	if err != nil {
+		return err
+	}
+	n.p = p
+	n.addrMu.Lock()
+	if n.listen == "" {
+		n.listen = got[0]
+	}
+	n.addrMu.Unlock()
+	n.lg.Info("node started", "pid", p.pid(), "addr", got[0])
+	return nil
+}
+
+// Kill kills the export with SIGKILL and waits until it was reaped. A
+// node that does not run is left alone.
+func (n *Node) Kill() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.killLocked()
+}
+
+func (n *Node) killLocked() error {
+	if n.p == nil || !n.p.alive() {
+		return nil
+	}
+	err := n.p.kill()
+	n.lg.Info("node killed", "pid", n.p.pid())
+	return err
+}
+
+// Restart kills the export if it runs and starts it again.
+func (n *Node) Restart(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err := n.killLocked(); err != nil {
+		return err
+	}
+	return n.startLocked(ctx)
+}
+
+// Stop freezes the export with SIGSTOP: its connections stay open, nothing
+// answers.
+func (n *Node) Stop() error { return n.signal(syscall.SIGSTOP) }
+
+// Cont thaws a stopped export with SIGCONT.
+func (n *Node) Cont() error { return n.signal(syscall.SIGCONT) }
+
+func (n *Node) signal(sig syscall.Signal) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.p == nil {
+		return fmt.Errorf("cluster: node %s was never started", n.spec.Name)
+	}
+	if err := n.p.signal(sig); err != nil {
+		return err
+	}
+	n.lg.Info("node signalled", "pid", n.p.pid(), "signal", sig.String())
+	return nil
+}
+
+// Stopped reports whether the export was frozen by Stop and not thawed.
+func (n *Node) Stopped() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.p != nil && n.p.isStopped()
+}
+
+// ReplaceMedia gives the node a new disk: it kills the export, replaces
+// the image by a blank sparse file of the same size and starts the export
+// again. A running engine finds blank media on a known member by itself
+// and copies the member whole (no replace: entry needed for blank media).
+func (n *Node) ReplaceMedia(ctx context.Context) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if err := n.killLocked(); err != nil {
+		return err
+	}
+	if err := os.Remove(n.file); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("cluster: node %s: remove media: %w", n.spec.Name, err)
+	}
+	if err := createImage(n.file, n.spec.Size); err != nil {
+		return err
+	}
+	n.lg.Info("node media replaced", "file", n.file)
+	return n.startLocked(ctx)
+}
+
+// createImage creates a sparse file of size bytes at path, or keeps an
+// existing one of that size.
+func createImage(path string, size int64) error {
+	if fi, err := os.Stat(path); err == nil {
+		if fi.Size() != size {
+			return fmt.Errorf("cluster: image %s exists with %d bytes, want %d", path, fi.Size(), size)
+		}
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o644)
+	if err != nil {
+		return fmt.Errorf("cluster: create image: %w", err)
+	}
+	err = f.Truncate(size)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("cluster: size image %s: %w", path, err)
+	}
+	return nil
+}
