@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os/exec"
 	"path/filepath"
 	"time"
 
@@ -192,8 +193,14 @@ func (r *runner) detach(ctx context.Context) {
 			r.log.Warn("umount before detach", "err", err)
 		}
 	}
+	// A btrfs the workload made stays registered with the kernel; forget
+	// it so nothing refers to the device once it is gone.
+	if _, err := exec.LookPath("btrfs"); err == nil {
+		_ = exec.CommandContext(ctx, "btrfs", "device", "scan", "--forget", r.att.Device()).Run()
+	}
 	if err := r.att.Close(ctx); err != nil {
 		r.log.Warn("detach", "err", err)
+		r.event("attach", "", map[string]any{"detail": "detach failed", "target": r.att.Device(), "err": err.Error()})
 	}
 	r.attDev.Close()
 	r.event("attach", "", map[string]any{"detail": "detached", "target": r.att.Device()})

@@ -206,9 +206,13 @@ func (r *runner) execute(ctx context.Context) (err error) {
 	}
 	r.c = c
 	defer func() {
+		// Each step of the teardown has its own deadline, so one that hangs
+		// does not leave the others without time.
+		dctx, dcancel := context.WithTimeout(context.WithoutCancel(ctx), attachTimeout)
+		r.detach(dctx)
+		dcancel()
 		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 		defer ccancel()
-		r.detach(cctx)
 		if cerr := c.Close(cctx); cerr != nil && err == nil {
 			err = fmt.Errorf("torture: stop the cluster: %w", cerr)
 		}

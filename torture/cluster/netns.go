@@ -121,7 +121,9 @@ func (ns *netns) remove(ctx context.Context) error {
 		errs = append(errs, err)
 	}
 	if out, err := runIP(ctx, "link", "show", ns.hostVeth); err == nil && out != "" {
-		if _, err := runIP(ctx, "link", "del", ns.hostVeth); err != nil {
+		// The kernel destroys the pair asynchronously after the namespace
+		// goes: the link may vanish between show and del.
+		if _, err := runIP(ctx, "link", "del", ns.hostVeth); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
 			errs = append(errs, err)
 		}
 	}
