@@ -157,8 +157,14 @@ func (r *runner) ensureAttached(ctx context.Context) error {
 	actx, cancel := context.WithTimeout(ctx, attachTimeout)
 	defer cancel()
 	r.startPhase("attach")
+	// The engine may legitimately hold a request for its whole retry
+	// budget while a node is gone; the attachment must wait longer than
+	// that before it counts a try lost, and go on retrying through an
+	// engine restart.
+	budget := r.sc.Topology.Engine.RetryBudget()
 	dev, err := node.Open(actx, "nbd://"+r.c.Engine().Addr(), node.OpenOptions{
-		Remote: node.RemoteOptions{Logger: r.log.With("client", "attach")},
+		Remote: node.RemoteOptions{Logger: r.log.With("client", "attach"),
+			RequestTimeout: budget + 5*time.Second, Budget: 4 * (budget + 5*time.Second)},
 	})
 	if err != nil {
 		return fmt.Errorf("torture: connect to the engine: %w", err)
