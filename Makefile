@@ -51,11 +51,13 @@ torture: build ## the overnight torture run (SCENARIO=overnight, DURATION=8h by 
 torture-smoke: build ## the two-minute smoke scenario (the README's main job)
 	./$(BIN) torture --scenario smoke $(TORTURE_ARGS)
 
-nightly: build ## the CI nightly job: long property runs, then mirror-failover, engine-crash and linear-split (JUnit in OUT)
-	PROP_ITER=$${PROP_ITER:-50} $(GO) test -count=1 -timeout 60m -run 'Prop|Model' ./storage/...
-	./$(BIN) torture --scenario linear-split --duration $${NIGHTLY_SPLIT:-20m} --keep-going --out $(OUT)
-	./$(BIN) torture --scenario engine-crash --duration $${NIGHTLY_CRASH:-30m} --keep-going --out $(OUT)
-	./$(BIN) torture --scenario mirror-failover --duration $${NIGHTLY_FAILOVER:-2h} --keep-going --out $(OUT)
+nightly: build ## the CI nightly job: long property runs, then linear-split, engine-crash and mirror-failover (JUnit in OUT); every part runs, the first failure decides the exit
+	@rc=0; \
+	PROP_ITER=$${PROP_ITER:-50} $(GO) test -count=1 -timeout 60m -run 'Prop|Model' ./storage/... ./torture/... || rc=1; \
+	./$(BIN) torture --scenario linear-split --duration $${NIGHTLY_SPLIT:-20m} --keep-going --out $(OUT) || rc=1; \
+	./$(BIN) torture --scenario engine-crash --duration $${NIGHTLY_CRASH:-30m} --keep-going --out $(OUT) || rc=1; \
+	./$(BIN) torture --scenario mirror-failover --duration $${NIGHTLY_FAILOVER:-2h} --keep-going --out $(OUT) || rc=1; \
+	exit $$rc
 
 demo: ## the main job: dst export (and serve) checked with qemu-io and nbdcopy
 	./scripts/demo.sh

@@ -199,6 +199,9 @@ func (r *runner) execute(ctx context.Context) (err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r.abort = cancel
+	if err := r.preflight(); err != nil {
+		return err
+	}
 	topo := clusterTopology(r.sc.Topology)
 	c, err := cluster.Start(ctx, cluster.Options{Binary: r.o.Binary, Dir: r.work, Topology: topo, Logger: r.log})
 	if err != nil {
@@ -244,6 +247,36 @@ func (r *runner) execute(ctx context.Context) (err error) {
 	}
 	return err
 }
+
+// preflight checks what the scenario needs of this machine before
+// anything starts, so a missing piece is named at once.
+func (r *runner) preflight() error {
+	var missing []string
+	if len(r.sc.Workload.Filesystems) > 0 {
+		if os.Geteuid() != 0 {
+			missing = append(missing, "root (the filesystem workload mounts a FUSE file, binds a loop device and mounts it)")
+		}
+		if _, err := os.Stat("/dev/fuse"); err != nil && !kernelNBD() {
+			missing = append(missing, "/dev/fuse (or the kernel nbd driver) to attach the storage")
+		}
+		for _, f := range r.filesystems() {
+			if err := fsload.CheckTools(f); err != nil {
+				missing = append(missing, err.Error())
+			}
+		}
+	}
+	if r.sc.Topology.Netns && os.Geteuid() != 0 {
+		missing = append(missing, "root (netns: true makes network namespaces)")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("torture: scenario %s cannot run here: missing %s (make deps installs the tools)",
+			r.sc.Name, strings.Join(missing, "; "))
+	}
+	return nil
+}
+
+// kernelNBD reports whether the kernel nbd driver is there.
+func kernelNBD() bool { return attach.KernelNBDAvailable() == nil }
 
 // cycles runs the workload's cycles.
 func (r *runner) cycles(ctx context.Context) error {

@@ -15,6 +15,8 @@ import (
 	"github.com/leanovate/gopter/gen"
 	"github.com/leanovate/gopter/prop"
 	"github.com/stretchr/testify/require"
+
+	"dst/internal/proptest"
 )
 
 // model is the per-byte reference of the ledger's rules.
@@ -203,10 +205,7 @@ func runTape(tape []uint32) error {
 }
 
 func TestLedgerMatchesModel(t *testing.T) {
-	params := gopter.DefaultTestParameters()
-	params.MinSuccessfulTests = 100
-	params.Rng.Seed(42)
-	props := gopter.NewProperties(params)
+	props := gopter.NewProperties(proptest.Params(t, 100))
 	props.Property("ledger == per-byte model", prop.ForAll(
 		func(tape []uint32) string {
 			if err := runTape(tape); err != nil {

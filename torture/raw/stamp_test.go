@@ -1,5 +1,6 @@
 // Stamp tests: sector images round-trip through Decode, unaligned fills
-// agree with whole images byte for byte (a gopter property), and Decode
+// agree with whole images byte for byte (a gopter property, seeded by
+// PROP_SEED), and Decode
 // tells zeroes, intact stamps, misdirected and shifted stamps, torn
 // sectors and garbage apart, saying which bytes match which write.
 package raw
@@ -12,6 +13,8 @@ import (
 	"github.com/leanovate/gopter/gen"
 	"github.com/leanovate/gopter/prop"
 	"github.com/stretchr/testify/require"
+
+	"dst/internal/proptest"
 )
 
 const testSeed = 0x5eed
@@ -43,11 +46,8 @@ func TestStampRoundTrip(t *testing.T) {
 	require.Equal(t, KindZero, Decode(z[:], 0, testSeed).Kind)
 }
 
-func TestFillMatchesImages(t *testing.T) {
-	params := gopter.DefaultTestParameters()
-	params.MinSuccessfulTests = 200
-	params.Rng.Seed(1)
-	props := gopter.NewProperties(params)
+func TestPropFillMatchesImages(t *testing.T) {
+	props := gopter.NewProperties(proptest.Params(t, 200))
 	props.Property("Fill(p, off) byte x is Image(x&^511)[x&511]", prop.ForAll(
 		func(off int64, n int, id uint64) bool {
 			w := Write{ID: id, Off: off, Len: int64(n)}
