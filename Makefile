@@ -37,7 +37,7 @@ bench: build ## Go benchmarks, then fio against dst, nbdkit and qemu-nbd side by
 	./scripts/bench-serve.sh
 
 fuzz: ## a short run of every fuzz target (FUZZTIME=10s each)
-	@set -e; for pkg in $$($(GO) list ./storage/...); do \
+	@set -e; for pkg in $$($(GO) list ./storage/... ./torture/...); do \
 	  for f in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel 2 $$pkg; \
 	  done; done
