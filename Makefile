@@ -42,8 +42,8 @@ fuzz: ## a short run of every fuzz target (FUZZTIME=10s each)
 	    echo "== $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) -parallel 2 $$pkg; \
 	  done; done
 
-prop: ## property tests only; SEED= replays a seed, PROP_ITER= scales the iterations
-	PROP_SEED=$(SEED) PROP_ITER=$(PROP_ITER) $(GO) test -count=1 -run 'Prop' -v ./storage/...
+prop: ## property and model tests (Prop|Model) of storage and torture; SEED= replays a seed, PROP_ITER= multiplies the iterations
+	PROP_SEED=$(SEED) PROP_ITER=$(PROP_ITER) $(GO) test -count=1 -timeout 120m -run 'Prop|Model' -v ./storage/... ./torture/...
 
 torture: build ## the overnight torture run (SCENARIO=overnight, DURATION=8h by default; SEED= replays)
 	./$(BIN) torture --scenario $(SCENARIO) --keep-going $(TORTURE_ARGS)

@@ -32,6 +32,19 @@ import (
 	"dst/storage/rangelock"
 )
 
+// recordChange records the current membership with onChange. A failure
+// leaves changePending set until a later record succeeds.
+func (e *Engine) recordChange(ctx context.Context) error {
+	if e.onChange == nil {
+		return nil
+	}
+	err := e.onChange(ctx)
+	// Records are serialised by onChange and each writes the state of its
+	// own moment, so the outcome of the last one decides.
+	e.changePending.Store(err != nil)
+	return err
+}
+
 // Defaults of Options.
 const (
 	DefaultMaxInFlight = 256
@@ -87,6 +100,11 @@ type Engine struct {
 	// caused it is answered) when a member leaves or rejoins the in-sync
 	// set; Assemble uses it to record the change in the superblocks.
 	onChange func(ctx context.Context) error
+	// changePending is set while the last membership change could not be
+	// recorded on every member that stays in service: until it is, a
+	// FLUSH is not acknowledged (after a crash the superblocks would name
+	// a stale replica as a source) and the monitor keeps trying.
+	changePending atomic.Bool
 	// failMu makes "is another replica in sync?" and taking a member out
 	// of service one step.
 	failMu sync.Mutex

@@ -41,6 +41,11 @@ func (e *Engine) Run(ctx context.Context, opts MonitorOptions) error {
 	t := time.NewTicker(opts.Interval)
 	defer t.Stop()
 	for {
+		if e.changePending.Load() {
+			if err := e.recordChange(ctx); err != nil && ctx.Err() == nil {
+				e.log.Warn("membership still not recorded in every superblock", "err", err)
+			}
+		}
 		for _, m := range e.members {
 			if m.State() != Failed {
 				continue

@@ -396,10 +396,8 @@ func (e *Engine) failed(ctx context.Context, m *member, err error) {
 	m.lastErr = err
 	m.errMu.Unlock()
 	m.log.Warn("member failed; mirror degraded", "err", err)
-	if e.onChange != nil {
-		if cerr := e.onChange(ctx); cerr != nil {
-			m.log.Error("could not record the failed member in the superblocks", "err", cerr)
-		}
+	if cerr := e.recordChange(ctx); cerr != nil {
+		m.log.Error("could not record the failed member in the superblocks; retrying before the next flush", "err", cerr)
 	}
 }
 
@@ -466,6 +464,13 @@ func (e *Engine) Flush(ctx context.Context) error {
 		m.written.Store(true) // still unflushed
 		if firstErr == nil {
 			firstErr = fmt.Errorf("engine: FLUSH on member %d (%v): %w", m.index, m.node, t.err)
+		}
+	}
+	// What a flush makes durable must survive an engine crash: the
+	// superblocks must name the members that hold it.
+	if firstErr == nil && e.changePending.Load() {
+		if err := e.recordChange(ctx); err != nil {
+			firstErr = fmt.Errorf("engine: FLUSH: record the membership: %w", err)
 		}
 	}
 	return firstErr

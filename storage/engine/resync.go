@@ -37,10 +37,7 @@ func (e *Engine) Suspend(i int) error {
 	m.state.Store(int32(Suspended))
 	e.failMu.Unlock()
 	m.log.Info("member suspended", "was", s)
-	if e.onChange != nil {
-		return e.onChange(context.Background())
-	}
-	return nil
+	return e.recordChange(context.Background())
 }
 
 func (e *Engine) member(i int) (*member, error) {
@@ -79,10 +76,8 @@ func (e *Engine) Rejoin(ctx context.Context, i int, full bool, limit *rate.Limit
 	}
 	m.state.Store(int32(InSync))
 	m.log.Info("member in sync", "copied_bytes", copied, "took", time.Since(start))
-	if e.onChange != nil {
-		if err := e.onChange(ctx); err != nil {
-			return fmt.Errorf("engine: record member %d in sync: %w", i, err)
-		}
+	if err := e.recordChange(ctx); err != nil {
+		return fmt.Errorf("engine: record member %d in sync: %w", i, err)
 	}
 	return nil
 }

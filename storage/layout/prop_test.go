@@ -3,17 +3,16 @@ package layout
 
 import (
 	"fmt"
-	"os"
 	"reflect"
 	"slices"
 	"strconv"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/leanovate/gopter"
 	"github.com/leanovate/gopter/gen"
 	"github.com/leanovate/gopter/prop"
+
+	"dst/internal/proptest"
 )
 
 const (
@@ -224,33 +223,11 @@ func request(l Layout, marks []int64, anchor, delta, lengthIndex int) (off, leng
 	return off, min(length, size-off)
 }
 
-// seedOnce is the seed of this run when PROP_SEED is not set.
-var seedOnce = sync.OnceValue(func() int64 { return time.Now().UnixNano() })
-
-// propParams returns the gopter parameters of one property: the seed comes
-// from PROP_SEED if set, the number of iterations from PROP_ITER.
+// propParams returns the gopter parameters of one property (see
+// proptest: PROP_SEED replays, PROP_ITER multiplies defaultIterations).
 func propParams(t testing.TB) *gopter.TestParameters {
 	t.Helper()
-	params := gopter.DefaultTestParameters()
-	seed := seedOnce()
-	if s := os.Getenv("PROP_SEED"); s != "" {
-		var err error
-		if seed, err = strconv.ParseInt(s, 10, 64); err != nil {
-			t.Fatalf("PROP_SEED=%q: %v", s, err)
-		}
-	}
-	params.SetSeed(seed)
-	params.MinSuccessfulTests = defaultIterations
-	if s := os.Getenv("PROP_ITER"); s != "" {
-		n, err := strconv.Atoi(s)
-		if err != nil || n <= 0 {
-			t.Fatalf("PROP_ITER=%q is not a positive number", s)
-		}
-		params.MinSuccessfulTests = n
-	}
-	t.Logf("seed %d, %d iterations (replay: PROP_SEED=%d go test -run '^%s$' ./storage/layout/)",
-		seed, params.MinSuccessfulTests, seed, t.Name())
-	return params
+	return proptest.Params(t, defaultIterations)
 }
 
 // mappingProp is the property that checkMapping holds for layouts made by b

@@ -5,43 +5,19 @@ import (
 	"bytes"
 	"math"
 	"math/rand"
-	"os"
-	"strconv"
 	"testing"
-	"time"
 
 	"github.com/leanovate/gopter"
 	"github.com/leanovate/gopter/prop"
+
+	"dst/internal/proptest"
 )
 
-// propParams reads PROP_SEED and PROP_ITER and logs them.
+// propParams returns the gopter parameters of one property (see
+// proptest: PROP_SEED replays, PROP_ITER multiplies the 300 iterations).
 func propParams(t *testing.T) *gopter.TestParameters {
 	t.Helper()
-	seed := time.Now().UnixNano()
-	if v := os.Getenv("PROP_SEED"); v != "" {
-		s, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			t.Fatalf("PROP_SEED=%q: %v", v, err)
-		}
-		seed = s
-	}
-	iter := 300
-	if v := os.Getenv("PROP_ITER"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("PROP_ITER=%q: want a positive integer", v)
-		}
-		iter = n
-	}
-	t.Logf("reproduce with PROP_SEED=%d PROP_ITER=%d", seed, iter)
-	t.Cleanup(func() {
-		if t.Failed() {
-			t.Logf("failed with PROP_SEED=%d PROP_ITER=%d", seed, iter)
-		}
-	})
-	p := gopter.DefaultTestParametersWithSeed(seed)
-	p.MinSuccessfulTests = iter
-	return p
+	return proptest.Params(t, 300)
 }
 
 // genFrom wraps a function of the generator's random source into a gopter.Gen.

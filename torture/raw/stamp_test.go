@@ -1,8 +1,8 @@
 // Stamp tests: sector images round-trip through Decode, unaligned fills
-// agree with whole images byte for byte (a gopter property, seeded by
-// PROP_SEED), and Decode
-// tells zeroes, intact stamps, misdirected and shifted stamps, torn
-// sectors and garbage apart, saying which bytes match which write.
+// agree with whole images byte for byte (a gopter property seeded by
+// PROP_SEED), and Decode tells zeroes, intact stamps, misdirected and
+// shifted stamps, torn sectors and garbage apart, saying which bytes match
+// which write.
 package raw
 
 import (

@@ -1,0 +1,287 @@
+// The model's state and its predictions (NextState) for every command of
+// model_cmds_test.go: mirror requests fail over between replicas, linear
+// and stripe requests fail exactly where a gone member holds bytes, and
+// members rejoin as Engine.Rejoin does.
+package engine
+
+import (
+	"fmt"
+	"slices"
+
+	"github.com/leanovate/gopter/commands"
+)
+
+// linkState is the state of the proxy in front of a member.
+type linkState int8
+
+const (
+	linkUp   linkState = iota
+	linkHung           // Blackhole: connections stay, nothing moves
+	linkCut            // Cut and Refuse: connections closed, new ones refused
+)
+
+func (l linkState) String() string { return [...]string{"up", "hung", "cut"}[l] }
+
+// modelState is what the model expects.
+type modelState struct {
+	g      *modelGeometry
+	data   []byte // what reads must return
+	server []bool // the member's NBD server runs
+	link   []linkState
+	state  []State // the engine's view: InSync, Failed, Suspended
+	// written: completed a write since its last flush; full: must be
+	// copied whole when it rejoins; wiped: its media was replaced while it
+	// was unreachable and no reconnect noticed yet; missed: writes went on
+	// while it was out of service, so a rejoin copies something.
+	written, full, wiped, missed []bool
+	// expectOK is the model's prediction for the last I/O command.
+	expectOK bool
+}
+
+func newModelState(g *modelGeometry) *modelState {
+	n := g.members()
+	s := &modelState{g: g, data: make([]byte, g.size), server: make([]bool, n), link: make([]linkState, n),
+		state: make([]State, n), written: make([]bool, n), full: make([]bool, n), wiped: make([]bool, n), missed: make([]bool, n)}
+	for i := range n {
+		s.server[i] = true
+	}
+	return s
+}
+
+func (s *modelState) String() string {
+	return fmt.Sprintf("{%s size %d, server %v, link %v, states %v, written %v, full %v, wiped %v, missed %v}",
+		s.g.name, s.g.size, s.server, s.link, s.state, s.written, s.full, s.wiped, s.missed)
+}
+
+func (s *modelState) clone() *modelState {
+	c := *s
+	c.data = slices.Clone(s.data)
+	c.server, c.link, c.state = slices.Clone(s.server), slices.Clone(s.link), slices.Clone(s.state)
+	c.written, c.full, c.wiped, c.missed = slices.Clone(s.written), slices.Clone(s.full), slices.Clone(s.wiped), slices.Clone(s.missed)
+	return &c
+}
+
+func (s *modelState) mirror() bool             { return s.g.kind == KindMirror }
+func (s *modelState) inSync(i int) bool        { return s.state[i] == InSync }
+func (s *modelState) reachable(i int) bool     { return s.server[i] && s.link[i] == linkUp }
+func (s *modelState) servesAny() bool          { return slices.ContainsFunc(s.members(), s.servable) }
+func (s *modelState) servable(i int) bool      { return s.inSync(i) && s.reachable(i) }
+func (s *modelState) members() []int           { return rangeN(s.g.members()) }
+func (s *modelState) otherInSync(i int) bool   { return s.other(i, s.inSync) }
+func (s *modelState) otherServable(i int) bool { return s.other(i, s.servable) }
+
+func (s *modelState) other(i int, f func(int) bool) bool {
+	for j := range s.g.members() {
+		if j != i && f(j) {
+			return true
+		}
+	}
+	return false
+}
+
+func rangeN(n int) []int {
+	out := make([]int, n)
+	for i := range out {
+		out[i] = i
+	}
+	return out
+}
+
+// owners reports which members hold bytes of [off, off+n).
+func (s *modelState) owners(off, n int64) []bool {
+	o := make([]bool, s.g.members())
+	for _, p := range s.g.pieces(off, n) {
+		o[p.member] = true
+	}
+	return o
+}
+
+// reconnected applies what member i's node finds when it reconnects: other
+// media take it out of service (a suspended member stays suspended).
+func (s *modelState) reconnected(i int) {
+	if s.wiped[i] && s.state[i] != Suspended {
+		s.state[i], s.written[i] = Failed, false
+	}
+	s.wiped[i] = false
+}
+
+// rejoin applies Engine.Rejoin of an out-of-service mirror member: with
+// nothing to copy it is back at once; otherwise the copy needs it
+// reachable and an in-sync replica to read from, or it fails again.
+func (s *modelState) rejoin(i int) {
+	if s.inSync(i) {
+		return
+	}
+	copies := s.missed[i] || s.full[i]
+	if copies && (!s.reachable(i) || !s.otherServable(i)) {
+		s.state[i] = Failed
+		return
+	}
+	s.state[i], s.written[i] = InSync, s.written[i] || copies
+	s.missed[i], s.full[i] = false, false
+}
+
+func (c *modelCmd) NextState(st commands.State) commands.State {
+	s := st.(*modelState).clone()
+	i := c.Member
+	switch c.Op {
+	case "write", "read", "flush", "trim", "zeroes":
+		if s.mirror() {
+			c.nextMirrorIO(s)
+		} else {
+			c.nextSplitIO(s)
+		}
+	case "kill":
+		s.server[i] = false
+	case "restart":
+		s.server[i] = true
+		if s.link[i] == linkUp {
+			s.reconnected(i)
+		}
+	case "replace":
+		s.full[i], s.wiped[i] = true, true
+	case "suspend":
+		if s.otherInSync(i) && s.state[i] != Suspended {
+			s.state[i] = Suspended
+		}
+	case "resume":
+		s.rejoin(i)
+	case "hang":
+		s.link[i] = linkHung
+	case "cut":
+		s.link[i] = linkCut
+	case "heal":
+		s.link[i] = linkUp
+		if s.server[i] {
+			s.reconnected(i)
+			if s.mirror() && s.state[i] == Failed {
+				s.rejoin(i)
+			}
+		}
+	case "settle", "crash":
+		c.nextSettle(s)
+	}
+	return s
+}
+
+// nextMirrorIO: a write-like request goes to every in-sync member and marks
+// the others' regions dirty; an unreachable one among them drops out if
+// another got the write, else the request fails. Reads go to in-sync
+// members in index order, failing over.
+func (c *modelCmd) nextMirrorIO(s *modelState) {
+	s.expectOK = s.servesAny()
+	switch c.Op {
+	case "read":
+		for i := range s.g.members() {
+			if !s.inSync(i) {
+				continue
+			}
+			if s.reachable(i) {
+				break
+			}
+			if s.otherInSync(i) {
+				s.state[i] = Failed
+			}
+		}
+	case "flush":
+		// The engine flushes the members in parallel, then takes out the
+		// failed ones in index order while another one is in sync.
+		s.expectOK = true
+		for i := range s.g.members() {
+			if !s.inSync(i) || !s.written[i] {
+				continue
+			}
+			switch {
+			case s.reachable(i):
+				s.written[i] = false
+			case s.otherInSync(i):
+				s.state[i], s.full[i], s.written[i] = Failed, true, false
+			default:
+				s.expectOK = false
+			}
+		}
+	default:
+		if slices.Contains(s.state, InSync) {
+			for i := range s.g.members() {
+				if !s.inSync(i) {
+					s.missed[i] = true
+				}
+			}
+		}
+		if !s.expectOK {
+			return
+		}
+		for i := range s.g.members() {
+			switch {
+			case s.inSync(i) && !s.reachable(i):
+				s.state[i], s.missed[i] = Failed, true
+			case s.inSync(i):
+				s.written[i] = true
+			}
+		}
+		if c.Op != "write" {
+			clear(s.data[c.Off : c.Off+c.Len]) // memory disks read trimmed bytes as zeroes
+		}
+		// Write content is known only after Run; PostCondition stores it.
+	}
+}
+
+// nextSplitIO: linear and stripe requests succeed when every member they
+// touch is reachable; a failed write-like request still lands on the
+// reachable members it touches.
+func (c *modelCmd) nextSplitIO(s *modelState) {
+	if c.Op == "flush" {
+		s.expectOK = true
+		for i := range s.g.members() {
+			switch {
+			case !s.written[i]:
+			case s.reachable(i):
+				s.written[i] = false
+			default:
+				s.expectOK = false
+			}
+		}
+		return
+	}
+	owners := s.owners(c.Off, c.Len)
+	s.expectOK = true
+	for i, o := range owners {
+		if o && !s.reachable(i) {
+			s.expectOK = false
+		}
+	}
+	if c.Op == "read" {
+		return
+	}
+	for i, o := range owners {
+		if o && s.reachable(i) {
+			s.written[i] = true
+		}
+	}
+	if c.Op != "write" {
+		for _, p := range s.g.pieces(c.Off, c.Len) {
+			if s.reachable(p.member) {
+				clear(s.data[p.devOff : p.devOff+p.n])
+			}
+		}
+	}
+}
+
+// nextSettle: every member is reachable and in sync afterwards. After a
+// crash the lowest in-sync member of a mirror serves and the rest are
+// copied from it; without one, members rejoin as Rejoin does.
+func (c *modelCmd) nextSettle(s *modelState) {
+	source := slices.IndexFunc(s.members(), s.inSync)
+	for i := range s.g.members() {
+		switch {
+		case c.Op == "crash" && s.mirror():
+			s.written[i] = i != source
+		case c.Op == "crash":
+			s.written[i] = false
+		case !s.inSync(i):
+			s.written[i] = s.written[i] || s.missed[i] || s.full[i]
+		}
+		s.server[i], s.link[i], s.state[i] = true, linkUp, InSync
+		s.full[i], s.wiped[i], s.missed[i] = false, false, false
+	}
+}
