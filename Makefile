@@ -53,7 +53,7 @@ torture-smoke: build ## the two-minute smoke scenario (the README's main job)
 
 nightly: build ## the CI nightly job: long property runs, then linear-split, engine-crash and mirror-failover (JUnit in OUT); every part runs, the first failure decides the exit
 	@rc=0; \
-	PROP_ITER=$${PROP_ITER:-50} $(GO) test -count=1 -timeout 60m -run 'Prop|Model' ./storage/... ./torture/... || rc=1; \
+	PROP_ITER=$${PROP_ITER:-20} $(GO) test -count=1 -timeout 60m -run 'Prop|Model' ./storage/... ./torture/... || rc=1; \
 	./$(BIN) torture --scenario linear-split --duration $${NIGHTLY_SPLIT:-20m} --keep-going --out $(OUT) || rc=1; \
 	./$(BIN) torture --scenario engine-crash --duration $${NIGHTLY_CRASH:-30m} --keep-going --out $(OUT) || rc=1; \
 	./$(BIN) torture --scenario mirror-failover --duration $${NIGHTLY_FAILOVER:-2h} --keep-going --out $(OUT) || rc=1; \
