@@ -479,14 +479,41 @@ func (mi *mirrorInfo) persistable() bool {
 }
 
 // recordMembership writes superblocks with the current in-sync set.
+//
+// A member whose superblock cannot be written has failed like a member
+// whose write failed: if a replica stands in for it, it leaves service
+// (which records the membership again, without it); otherwise the error
+// stands.
 func (s *Storage) recordMembership(ctx context.Context) error {
-	return s.writeSupers(ctx, false)
+	for range s.e.members {
+		bad, err := s.writeSupersOnce(ctx, false)
+		if err == nil {
+			return nil
+		}
+		if bad < 0 || ctx.Err() != nil || !s.e.failRedundant(ctx, s.e.members[bad], err) {
+			return err
+		}
+		// failRedundant recorded the membership without the member; if
+		// that record went through, so did this one.
+		if !s.e.changePending.Load() {
+			return nil
+		}
+	}
+	_, err := s.writeSupersOnce(ctx, false)
+	return err
 }
 
 // writeSupers writes a new generation of superblocks, with the current
 // in-sync set, to every writable member. clean records a clean shutdown
 // (everything flushed, nothing in flight).
 func (s *Storage) writeSupers(ctx context.Context, clean bool) error {
+	_, err := s.writeSupersOnce(ctx, clean)
+	return err
+}
+
+// writeSupersOnce is writeSupers that also returns the first member whose
+// superblock could not be written (-1 if none).
+func (s *Storage) writeSupersOnce(ctx context.Context, clean bool) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.gen++
@@ -498,6 +525,7 @@ func (s *Storage) writeSupers(ctx context.Context, clean bool) error {
 	}
 	buf := make([]byte, meta.SuperblockSize)
 	var firstErr error
+	bad := -1
 	for i, m := range s.e.members {
 		if !m.writable() {
 			continue
@@ -513,9 +541,10 @@ func (s *Storage) writeSupers(ctx context.Context, clean bool) error {
 		}
 		if err := writeDurably(ctx, m, buf, meta.SlotOffset(s.gen)); err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("engine: write superblock of member %d (%v): %w", i, m.node, err)
+			bad = i
 		}
 	}
-	return firstErr
+	return bad, firstErr
 }
 
 // Engine returns the storage's engine (an nbd.Backend).

@@ -117,6 +117,13 @@ func (s *modelState) rejoin(i int) {
 		s.state[i] = Failed
 		return
 	}
+	// Back in sync, the member's superblock is written; an unreachable
+	// member fails that write and leaves service again when another
+	// replica stands in for it.
+	if !s.reachable(i) && s.otherServable(i) {
+		s.state[i] = Failed
+		return
+	}
 	s.state[i], s.written[i] = InSync, s.written[i] || copies
 	s.missed[i], s.full[i] = false, false
 }

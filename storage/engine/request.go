@@ -274,6 +274,14 @@ func (e *Engine) writeLike(ctx context.Context, cmd nbd.Command, flags nbd.CmdFl
 			return fmt.Errorf("engine: %v offset %d length %d: %w", cmd, off, length, err)
 		}
 	}
+	// A write acknowledged while a membership change is unrecorded could
+	// be lost after a crash (the superblocks would name a replica that
+	// missed it as the source): record it first.
+	if e.changePending.Load() {
+		if err := e.recordChange(ctx); err != nil {
+			return fmt.Errorf("engine: %v offset %d length %d: record the membership: %w", cmd, off, length, err)
+		}
+	}
 	r.setTasks()
 	r.dispatch()
 	var firstErr error
@@ -467,8 +475,9 @@ func (e *Engine) Flush(ctx context.Context) error {
 		}
 	}
 	// What a flush makes durable must survive an engine crash: the
-	// superblocks must name the members that hold it.
-	if firstErr == nil && e.changePending.Load() {
+	// superblocks must name the members that hold it. A flush that had
+	// nothing to flush puts nothing at risk.
+	if firstErr == nil && len(r.tasks) > 0 && e.changePending.Load() {
 		if err := e.recordChange(ctx); err != nil {
 			firstErr = fmt.Errorf("engine: FLUSH: record the membership: %w", err)
 		}
