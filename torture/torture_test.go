@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"dst/reports"
+	"dst/scenarios"
 	"dst/torture/cluster"
 	"dst/torture/raw"
 	"dst/torture/scenario"
@@ -192,6 +193,30 @@ checks:
 	}
 	require.Contains(t, names, "mirror replicas byte-identical")
 	requireReports(t, res)
+}
+
+// TestSmokeScenario runs the README's main job as CI runs it: the embedded
+// smoke scenario for its full two minutes must pass, with at least one
+// node killed, degraded and resynced, and a report whose charts are there.
+func TestSmokeScenario(t *testing.T) {
+	needRealPath(t)
+	for _, tool := range []string{"mkfs.xfs", "mkfs.btrfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (make deps installs xfsprogs and btrfs-progs)", tool)
+		}
+	}
+	sc, err := scenarios.Lookup("smoke")
+	require.NoError(t, err)
+	res, err := run(t, sc, 20261125, hooks{})
+	require.NoError(t, err)
+	require.Equal(t, reports.ResultPass, res.Run.Result)
+	require.Positive(t, res.Run.Counters.FaultsInjected, "the first fault comes within 75 s")
+	require.NotEmpty(t, res.Run.Resyncs, "a kill longer than the retry budget degrades the mirror and resyncs it")
+	requireReports(t, res)
+	html, err := os.ReadFile(filepath.Join(res.Dir, reports.HTMLFile))
+	require.NoError(t, err)
+	require.Contains(t, string(html), "Throughput")
+	require.Contains(t, string(html), "kill")
 }
 
 // TestEngineCrashShort kills the engine with SIGKILL in the middle of raw
