@@ -79,6 +79,10 @@ func Mkfs(ctx context.Context, f FS, dev string, seed uint64) (string, error) {
 	case XFS:
 		out, err = runTool(ctx, toolMkfsXFS, "-f", "-q", "-K", "-L", label, "-m", "uuid="+uuid, dev)
 	case Btrfs:
+		// The UUID is fixed by the seed: a stale registration of an earlier
+		// btrfs with it (another device, since unmounted) would make
+		// mkfs.btrfs refuse it as non-unique. Forget unmounted ones first.
+		_, _ = runTool(ctx, toolBtrfs, "device", "scan", "--forget")
 		out, err = runTool(ctx, toolMkfsBtr, "-f", "-q", "-K", "-L", label, "-U", uuid, dev)
 	default:
 		panic(fmt.Sprintf("fsload: Mkfs of invalid %v", f))
