@@ -70,7 +70,10 @@ func (w *Workload) Rebuild(ctx context.Context, f FS, dev string) (string, error
 }
 
 // rebuildSeed is the mkfs seed (label, UUID) of rebuild number n.
-func (w *Workload) rebuildSeed(n int64) uint64 { return mix64(w.seed ^ uint64(n)) }
+// The rebuild number is mixed before it meets the seed: with seed^n,
+// seed 11 at rebuild 20 and seed 31 at rebuild 0 made the same UUID, and
+// mkfs.btrfs refuses a UUID that any other device carries.
+func (w *Workload) rebuildSeed(n int64) uint64 { return mix64(w.seed ^ mix64(uint64(n)+golden)) }
 
 // Usable returns the bytes the workload may count on in the filesystem
 // mounted at dir: the space available now (statfs f_bavail) plus what the
