@@ -303,8 +303,27 @@ func (m *Manifest) apply(op Op, sum bool) error {
 		if sum {
 			v.SHA256 = v.Sum(m.Seed)
 		}
+		m.followRenames(op.Path, *v)
 	}
 	return nil
+}
+
+// followRenames adds v, a new version of the file at path, to the crash
+// candidates of every path the same file left by a rename since the last
+// sync: a crash may lose the rename and keep the data written through the
+// new name (the inode is the same), so the old name may show v too.
+func (m *Manifest) followRenames(path string, v Version) {
+	for p, e := range m.Files {
+		if p == path || e.State != Pending || !e.Absent {
+			continue
+		}
+		if !slices.ContainsFunc(e.Before, func(b Version) bool { return !b.Absent && b.ID == v.ID }) {
+			continue
+		}
+		if !slices.ContainsFunc(e.Before, (&v).same) {
+			e.Before = append(e.Before, v.clone())
+		}
+	}
 }
 
 // clipLayers drops what lies at or past size, so a later extension reads

@@ -5,6 +5,7 @@ package fsload
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -77,4 +78,22 @@ func TestManifestPendingVersions(t *testing.T) {
 	m.MarkSynced()
 	require.Error(t, m.Apply(Op{Kind: OpDelete, Path: "b"}))
 	require.Error(t, m.Apply(Op{Kind: OpCreate, Path: "a", ID: 9, Len: 1}))
+}
+
+// A file renamed and then written through its new name since the last
+// sync: a crash may lose the rename and keep the data (same inode), so the
+// old name may show the new data too (found by dst torture, engine-crash
+// seed 43: an xfs file patched after a rename came back under its old name
+// with the patch).
+func TestManifestOldNameFollowsDataAfterRename(t *testing.T) {
+	m := NewManifest(9)
+	require.NoError(t, m.Apply(Op{Kind: OpCreate, Path: "a", ID: 1, Len: 9000}))
+	m.MarkSynced()
+	require.NoError(t, m.Apply(Op{Kind: OpRename, Path: "a", To: "b", ID: 2}))
+	require.NoError(t, m.Apply(Op{Kind: OpPatch, Path: "b", Gen: 2, Off: 4000, Len: 3000}))
+	patched := m.Files["b"].Version
+	old := m.Files["a"]
+	require.True(t, old.Absent)
+	require.True(t, slices.ContainsFunc(old.Before, (&patched).same), "old name's crash candidates: %+v", old.Before)
+	require.NoError(t, m.Check())
 }
