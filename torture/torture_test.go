@@ -27,34 +27,14 @@ import (
 	"dst/torture/cluster"
 	"dst/torture/raw"
 	"dst/torture/scenario"
+
+	"dst/internal/dstbin"
 )
 
 // dstBinary is the dst binary the tests run: $DST_BINARY, or built once.
 var dstBinary string
 
-func TestMain(m *testing.M) {
-	code := func() int {
-		if b := os.Getenv("DST_BINARY"); b != "" {
-			dstBinary = b
-			return m.Run()
-		}
-		dir, err := os.MkdirTemp("", "dst-torture-test")
-		if err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			return 1
-		}
-		defer os.RemoveAll(dir)
-		dstBinary = filepath.Join(dir, "dst")
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-		defer cancel()
-		if out, err := exec.CommandContext(ctx, "go", "build", "-o", dstBinary, "dst/cmd/dst").CombinedOutput(); err != nil {
-			fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
-			return 1
-		}
-		return m.Run()
-	}()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(dstbin.Run(m, &dstBinary)) }
 
 // needRealPath skips the test unless it can run the real path.
 func needRealPath(t *testing.T) {

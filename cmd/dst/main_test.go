@@ -10,7 +10,6 @@ import (
 	"bytes"
 	"context"
 	"flag"
-	"fmt"
 	"io"
 	"net"
 	"os"
@@ -25,30 +24,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"dst/storage/nbd"
+
+	"dst/internal/dstbin"
 )
 
 // dstBinary is the dst binary built by TestMain.
 var dstBinary string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "dst-cmd-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	dstBinary = filepath.Join(dir, "dst")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	out, err := exec.CommandContext(ctx, "go", "build", "-o", dstBinary, ".").CombinedOutput()
-	cancel()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(dstbin.Run(m, &dstBinary)) }
 
 // runDst runs the command in-process with a deadline and returns its exit
 // status, standard output and standard error.

@@ -6,13 +6,10 @@ package cluster
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -22,36 +19,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"dst/storage/nbd"
+
+	"dst/internal/dstbin"
 )
 
 // dstBinary is the dst binary TestMain built.
 var dstBinary string
 
-// TestMain builds the dst binary, unless DST_BINARY names one to use or
-// -short skips the tests that run it.
-func TestMain(m *testing.M) {
-	flag.Parse()
-	if dstBinary = os.Getenv("DST_BINARY"); dstBinary != "" || testing.Short() {
-		os.Exit(m.Run())
-	}
-	dir, err := os.MkdirTemp("", "dst-cluster-test")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	dstBinary = filepath.Join(dir, "dst")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	out, err := exec.CommandContext(ctx, "go", "build", "-o", dstBinary, "dst/cmd/dst").CombinedOutput()
-	cancel()
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "go build: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+// TestMain builds the dst binary, unless DST_BINARY names one to use.
+func TestMain(m *testing.M) { os.Exit(dstbin.Run(m, &dstBinary)) }
 
 // fastEngine are short engine timings, so faults are noticed in about a
 // second.
