@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	. "dst/storage/nbd"
+	"dst/storage/nbd/nbdtest"
 )
 
 func benchPair(tb testing.TB, size int) *Client {
@@ -18,11 +19,22 @@ func benchPair(tb testing.TB, size int) *Client {
 	return dial(tb, addr, ClientOptions{})
 }
 
+// benchPairInPlace is benchPair over a backend with the in-place path.
+func benchPairInPlace(tb testing.TB, size int) *Client {
+	m := nbdtest.NewNowait(size)
+	_, addr := startServer(tb, ServerOptions{Exports: []*Export{{Name: "mem", Size: int64(size), Flags: nbdtest.AllFlags, Backend: m}}})
+	return dial(tb, addr, ClientOptions{})
+}
+
 func TestSteadyStateAllocatesNothing(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts are meaningless under -race; make test runs this test without it")
 	}
-	c := benchPair(t, 1<<20)
+	t.Run("workers", func(t *testing.T) { allocsPerRequest(t, benchPair(t, 1<<20)) })
+	t.Run("in place", func(t *testing.T) { allocsPerRequest(t, benchPairInPlace(t, 1<<20)) })
+}
+
+func allocsPerRequest(t *testing.T, c *Client) {
 	ctx := context.Background()
 	buf := make([]byte, 4096)
 	big := make([]byte, 256<<10)

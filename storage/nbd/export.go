@@ -32,6 +32,26 @@ type Backend interface {
 	Cache(ctx context.Context, off, length int64) error
 }
 
+// NowaitBackend is what a Backend implements when it can sometimes finish
+// a read or a write at once, without waiting for media: data in the page
+// cache, a memory-backed file. The connection's reader then serves such a
+// request where it decoded it, with no hand-off to a worker goroutine, and
+// sends its reply with the others of the same burst in one write.
+//
+// Neither method may block on media or on other requests: when it would,
+// it does nothing that matters and returns done=false, and the request
+// takes the ordinary path (ReadAt or WriteAt on a worker). With done=true,
+// err is the request's outcome, exactly as ReadAt or WriteAt would return
+// it.
+type NowaitBackend interface {
+	Backend
+	// TryReadAt fills all of p from off, or returns done=false.
+	TryReadAt(p []byte, off int64) (done bool, err error)
+	// TryWriteAt writes all of p at off (honouring CmdFlagFUA), or
+	// returns done=false. p is only valid during the call.
+	TryWriteAt(p []byte, off int64, flags CmdFlags) (done bool, err error)
+}
+
 // Export is one named device a Server offers.
 type Export struct {
 	// Name is the export name; a server with a single export also answers

@@ -58,6 +58,18 @@ func (p *bufferPool) get(ctx context.Context, n int) (*[]byte, error) {
 	return b, nil
 }
 
+// tryGet is get without waiting: ok=false when the budget is spent.
+func (p *bufferPool) tryGet(n int) (b *[]byte, ok bool) {
+	c := classOf(n)
+	if c >= bufferClasses {
+		panic(fmt.Sprintf("nbd: buffer of %d bytes requested", n))
+	}
+	if !p.budget.TryAcquire(1 << (minBufferShift + c)) {
+		return nil, false
+	}
+	return p.classes[c].Get().(*[]byte), true
+}
+
 // put returns a buffer obtained from get.
 func (p *bufferPool) put(b *[]byte) {
 	n := cap(*b)

@@ -36,6 +36,12 @@ type transmitter struct {
 	work       chan *serverRequest
 	minBlock   uint64
 	maxPayload uint32
+	// nowait is the backend's in-place path, if it has one: the reader
+	// serves reads and writes that complete without waiting right where it
+	// decoded them, and queues their replies (held) until it is about to
+	// block or the batch is full.
+	nowait NowaitBackend
+	held   int
 
 	// Replies are sent in batches (flat combining): a worker queues its
 	// reply; the first that finds no send in progress sends everything
@@ -62,6 +68,7 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 	for range s.opts.MaxInFlight {
 		t.free <- &serverRequest{}
 	}
+	t.nowait, _ = n.export.Backend.(NowaitBackend)
 	t.queue = make([]*serverRequest, 0, s.opts.MaxInFlight)
 	t.spare = make([]*serverRequest, 0, s.opts.MaxInFlight)
 	t.wvec = make([][]byte, 0, 2*s.opts.MaxInFlight)
@@ -105,6 +112,9 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 func (t *transmitter) readLoop(ctx context.Context) error {
 	var hdr [requestHeaderBytes]byte
 	for {
+		if t.held > 0 && t.r.Buffered() < requestHeaderBytes {
+			t.releaseHeld()
+		}
 		if _, err := io.ReadFull(t.r, hdr[:]); err != nil {
 			return readErr(err)
 		}
@@ -118,15 +128,31 @@ func (t *transmitter) readLoop(ctx context.Context) error {
 		if req.Cmd == CmdWrite && req.Length > t.maxPayload {
 			return fmt.Errorf("%w: write payload of %d bytes exceeds the maximum %d", ErrProtocol, req.Length, t.maxPayload)
 		}
-		sr := <-t.free
+		var sr *serverRequest
+		select {
+		case sr = <-t.free:
+		default:
+			t.releaseHeld() // held replies own requests: send them before waiting
+			sr = <-t.free
+		}
 		sr.Request = req
 		sr.errno = t.check(&req)
-		if err := t.readPayload(ctx, sr); err != nil {
-			t.release(sr)
-			return err
-		}
 		if sr.errno == 0 && !t.c.begin() {
 			sr.errno = ESHUTDOWN
+		}
+		if sr.errno == 0 && t.nowait != nil {
+			done, err := t.tryInPlace(sr)
+			if err != nil {
+				t.abandon(sr)
+				return err
+			}
+			if done {
+				continue
+			}
+		}
+		if err := t.readPayload(ctx, sr); err != nil {
+			t.abandon(sr)
+			return err
 		}
 		if sr.errno != 0 {
 			err := t.reply(sr)
@@ -140,15 +166,103 @@ func (t *transmitter) readLoop(ctx context.Context) error {
 	}
 }
 
+// abandon gives back a request the reader took but could not finish
+// reading (the connection is going down).
+func (t *transmitter) abandon(sr *serverRequest) {
+	if sr.errno == 0 {
+		t.c.end()
+	}
+	t.release(sr)
+}
+
+// tryInPlace serves a read or write on the reader's goroutine when the
+// backend can do it without waiting: a write straight from the read
+// buffer when its payload is already there, a read into a pool buffer.
+// The reply is queued and held (see releaseHeld). done=false leaves sr as
+// it was, for the worker path; an error means the connection is lost.
+func (t *transmitter) tryInPlace(sr *serverRequest) (done bool, err error) {
+	n := int(sr.Length)
+	switch {
+	case n == 0 || n > inPlaceMaxBytes:
+		return false, nil
+	case sr.Cmd == CmdWrite:
+		if t.r.Buffered() < n {
+			return false, nil
+		}
+		p, _ := t.r.Peek(n)
+		ok, werr := t.nowait.TryWriteAt(p, int64(sr.Offset), sr.Flags)
+		if !ok {
+			return false, nil
+		}
+		if _, err := t.r.Discard(n); err != nil {
+			return false, err // cannot happen: the bytes are buffered
+		}
+		t.settle(sr, werr)
+		return true, nil
+	case sr.Cmd == CmdRead:
+		bp, ok := t.srv.pool.tryGet(n)
+		if !ok {
+			return false, nil
+		}
+		ok, rerr := t.nowait.TryReadAt((*bp)[:n], int64(sr.Offset))
+		if !ok {
+			t.srv.pool.put(bp)
+			return false, nil
+		}
+		sr.bufp, sr.data = bp, (*bp)[:n]
+		t.settle(sr, rerr)
+		return true, nil
+	}
+	return false, nil
+}
+
+// settle records the outcome of a request served in place and holds its
+// reply; a full batch is sent at once.
+func (t *transmitter) settle(sr *serverRequest, err error) {
+	if err != nil {
+		sr.errno = t.srv.errno(err)
+		t.srv.log.Debug("request failed", "cmd", sr.Cmd, "offset", sr.Offset, "length", sr.Length, "errno", uint32(sr.errno), "err", err)
+	}
+	t.encode(sr)
+	t.qmu.Lock()
+	t.queue = append(t.queue, sr)
+	t.qmu.Unlock()
+	t.held++
+	if t.held >= heldRepliesMax {
+		t.releaseHeld()
+	}
+}
+
+// inPlaceMaxBytes is the largest request served in place: larger ones go
+// to the workers, which copy in parallel on every CPU (measured: 1 MiB
+// reads in place on the reader alone ran at 0.85x of the workers).
+const inPlaceMaxBytes = 64 << 10
+
+// heldRepliesMax bounds the replies the reader holds back before sending
+// them, so a long burst of requests served in place still streams.
+const heldRepliesMax = 16
+
+// releaseHeld sends the replies the reader held back (and whatever the
+// workers queued meanwhile).
+func (t *transmitter) releaseHeld() {
+	t.held = 0
+	t.qmu.Lock()
+	t.sendQueued()
+}
+
 // readPayload takes a buffer for reads and writes and receives a write's
 // payload into it; a write that will be refused has its payload skipped.
 func (t *transmitter) readPayload(ctx context.Context, sr *serverRequest) error {
 	n := int(sr.Length)
 	hasData := sr.Cmd == CmdWrite || sr.Cmd == CmdRead
 	if hasData && sr.errno == 0 && n > 0 {
-		bp, err := t.srv.pool.get(ctx, n)
-		if err != nil {
-			return err
+		bp, ok := t.srv.pool.tryGet(n)
+		if !ok {
+			t.releaseHeld() // held replies own buffers: send them before waiting
+			var err error
+			if bp, err = t.srv.pool.get(ctx, n); err != nil {
+				return err
+			}
 		}
 		sr.bufp = bp
 		sr.data = (*bp)[:n]
@@ -157,6 +271,9 @@ func (t *transmitter) readPayload(ctx context.Context, sr *serverRequest) error 
 	}
 	if sr.Cmd != CmdWrite || n == 0 {
 		return nil
+	}
+	if t.held > 0 && t.r.Buffered() < n {
+		t.releaseHeld() // about to wait for the payload
 	}
 	if sr.data == nil {
 		if _, err := t.r.Discard(n); err != nil {
@@ -228,7 +345,7 @@ func (t *transmitter) serve(ctx context.Context, sr *serverRequest) {
 	t.sendBatched(sr)
 }
 
-// sendBatched queues the reply of sr and, unless another worker is
+// sendBatched queues the reply of sr and, unless another goroutine is
 // sending, sends everything queued in one writev until nothing is left.
 // Each request is released (and counted out of flight) once its reply
 // went out.
@@ -236,7 +353,14 @@ func (t *transmitter) sendBatched(sr *serverRequest) {
 	t.encode(sr)
 	t.qmu.Lock()
 	t.queue = append(t.queue, sr)
-	if t.sending {
+	t.sendQueued()
+}
+
+// sendQueued is called with qmu held and returns with it released: unless
+// a send is in progress (whose loop will take what is queued), it sends
+// the queue in batches until it is empty.
+func (t *transmitter) sendQueued() {
+	if t.sending || len(t.queue) == 0 {
 		t.qmu.Unlock()
 		return
 	}

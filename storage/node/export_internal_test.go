@@ -9,3 +9,7 @@ func DisableRangeTable(r *Remote) { r.noRanges = true }
 
 // RangesInFlight counts the slots of r's range table that are held.
 func RangesInFlight(r *Remote) int { return r.ranges.InFlight() }
+
+// IsMemory reports whether f was found on a memory file system (tmpfs,
+// ramfs), where TryReadAt and TryWriteAt always serve.
+func IsMemory(f *File) bool { return f.memory }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -82,9 +83,18 @@ type File struct {
 	noZeroRange atomic.Bool // fallocate ZERO_RANGE reported unsupported
 	noDiscard   atomic.Bool // BLKDISCARD reported unsupported
 	noDSync     atomic.Bool // pwritev2 RWF_DSYNC reported unsupported
+
+	// memory: a regular file on tmpfs or ramfs, whose reads and writes
+	// never wait for media, so TryReadAt and TryWriteAt always do them.
+	memory        bool
+	noNowaitRead  atomic.Bool // preadv2 RWF_NOWAIT reported unsupported
+	noNowaitWrite atomic.Bool // pwritev2 RWF_NOWAIT reported unsupported
 }
 
-var _ Node = (*File)(nil)
+var (
+	_ Node              = (*File)(nil)
+	_ nbd.NowaitBackend = (*File)(nil)
+)
 
 // OpenFile opens path as described by opts. Errors name the path and wrap
 // fs.ErrNotExist, ErrNotDevice, ErrSize, ErrInUse or the operating system
@@ -205,6 +215,12 @@ func newFile(f *os.File, path string, opts FileOptions) (*File, error) {
 	if !file.block && !file.readOnly {
 		file.probePunch(have)
 	}
+	if !file.block {
+		var fs unix.Statfs_t
+		if file.control(func(fd int) error { return unix.Fstatfs(fd, &fs) }) == nil {
+			file.memory = fs.Type == unix.TMPFS_MAGIC || fs.Type == unix.RAMFS_MAGIC
+		}
+	}
 	return file, nil
 }
 
@@ -293,6 +309,80 @@ func (f *File) WriteAt(_ context.Context, p []byte, off int64, flags nbd.CmdFlag
 		return f.opErr("write", off, int64(len(p)), err)
 	}
 	return f.fua(flags, "write", off, int64(len(p)))
+}
+
+// TryReadAt is ReadAt when it need not wait for media (nbd.NowaitBackend):
+// always on a memory file system, else when preadv2(RWF_NOWAIT) finds all
+// of p in the page cache. Anything else (a page not cached, an error, a
+// short read) is left to ReadAt.
+func (f *File) TryReadAt(p []byte, off int64) (done bool, err error) {
+	if f.memory {
+		return true, f.ReadAt(context.Background(), p, off)
+	}
+	if f.noNowaitRead.Load() {
+		return false, nil
+	}
+	return f.nowait(&f.noNowaitRead, false, p, off), nil
+}
+
+// TryWriteAt is WriteAt when it need not wait (nbd.NowaitBackend): always
+// on a memory file system, else a write without FUA that
+// pwritev2(RWF_NOWAIT) takes whole. Anything else is left to WriteAt (a
+// prefix it may have written is written again).
+func (f *File) TryWriteAt(p []byte, off int64, flags nbd.CmdFlags) (done bool, err error) {
+	if f.memory {
+		return true, f.WriteAt(context.Background(), p, off, flags)
+	}
+	if f.readOnly || flags&nbd.CmdFlagFUA != 0 || f.noNowaitWrite.Load() {
+		return false, nil
+	}
+	return f.nowait(&f.noNowaitWrite, true, p, off), nil
+}
+
+// nowait runs one preadv2 or pwritev2 with RWF_NOWAIT and reports whether
+// it moved all of p; an answer saying the file system cannot do it at all
+// sets off for good.
+func (f *File) nowait(off *atomic.Bool, write bool, p []byte, at int64) bool {
+	op := nowaitOps.Get().(*nowaitOp)
+	op.write, op.iov[0], op.off = write, p, at
+	cerr := f.rc.Control(op.fn)
+	n, err := op.n, op.err
+	op.iov[0] = nil
+	nowaitOps.Put(op)
+	switch {
+	case cerr != nil:
+		return false
+	case err == nil:
+		return n == len(p)
+	case unsupported(err) || errors.Is(err, unix.EINVAL):
+		off.Store(true)
+	}
+	return false
+}
+
+// nowaitOp carries one RWF_NOWAIT call through RawConn.Control; they are
+// pooled with their bound callback, so a try allocates nothing.
+type nowaitOp struct {
+	write bool
+	iov   [1][]byte
+	off   int64
+	n     int
+	err   error
+	fn    func(fd uintptr)
+}
+
+var nowaitOps = sync.Pool{New: func() any {
+	op := &nowaitOp{}
+	op.fn = op.run
+	return op
+}}
+
+func (op *nowaitOp) run(fd uintptr) {
+	if op.write {
+		op.n, op.err = unix.Pwritev2(int(fd), op.iov[:], op.off, unix.RWF_NOWAIT)
+	} else {
+		op.n, op.err = unix.Preadv2(int(fd), op.iov[:], op.off, unix.RWF_NOWAIT)
+	}
 }
 
 // writeDSync writes all of p at off with pwritev2(RWF_DSYNC).
