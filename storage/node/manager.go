@@ -27,6 +27,24 @@ type conn struct {
 
 	suspected atomic.Bool
 	reason    error // why it was suspected; under Remote.mu
+
+	// deadlineAt is when the write deadline was last pushed (unix ns).
+	deadlineAt atomic.Int64
+}
+
+// extendWriteDeadline keeps the connection's write deadline between
+// 3/4 and all of timeout ahead of now, so a send to a peer that stopped
+// reading fails within timeout; it moves the deadline (a runtime timer
+// update) at most four times per timeout, not for every request.
+func (c *conn) extendWriteDeadline(timeout time.Duration) {
+	now := time.Now()
+	last := c.deadlineAt.Load()
+	if now.UnixNano()-last < int64(timeout/4) {
+		return
+	}
+	if c.deadlineAt.CompareAndSwap(last, now.UnixNano()) {
+		_ = c.raw.SetWriteDeadline(now.Add(timeout))
+	}
 }
 
 // nodeFlags are the export flags a Remote passes on as its own: the
@@ -293,7 +311,7 @@ func (r *Remote) ping(c *conn) error {
 	}
 	r.pingOp.Cmd, r.pingOp.Flags, r.pingOp.Offset, r.pingOp.Length, r.pingOp.Data = nbd.CmdRead, 0, 0, uint32(n), r.pingBuf[:n]
 	r.m.pings.Add(1)
-	_ = c.raw.SetWriteDeadline(time.Now().Add(r.opts.RequestTimeout))
+	c.extendWriteDeadline(r.opts.RequestTimeout)
 	if err := c.client.Submit(context.Background(), &r.pingOp); err != nil {
 		return fmt.Errorf("ping: %w", err)
 	}

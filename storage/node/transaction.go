@@ -255,10 +255,9 @@ func (r *Remote) live(ctx context.Context, w *waiter) (*conn, error) {
 // that times out suspects c and then waits for the fence to complete the
 // op, so the op and its buffer are free again when try returns.
 func (r *Remote) try(c *conn, w *waiter) error {
-	// The write deadline bounds a send to a peer that stopped reading;
-	// writes are serialised in the client, so the deadline set last
-	// before a send is at least this try's.
-	_ = c.raw.SetWriteDeadline(time.Now().Add(r.opts.RequestTimeout))
+	// The write deadline bounds a send to a peer that stopped reading
+	// (to between 3/4 and all of the request timeout).
+	c.extendWriteDeadline(r.opts.RequestTimeout)
 	if err := c.client.Submit(context.Background(), &w.op); err != nil {
 		switch {
 		case errors.Is(err, nbd.ErrClosed):
