@@ -45,7 +45,6 @@ type Op struct {
 	Done func(op *Op, err error)
 
 	cookie uint64
-	hdr    [requestHeaderBytes]byte // the encoded request, while queued or sent
 }
 
 // Client is a pipelined NBD client: many requests in flight on one
@@ -59,22 +58,14 @@ type Client struct {
 	slots []clientSlot
 	free  chan uint32
 
-	wmu    sync.Mutex // serialises writes to conn
+	wmu    sync.Mutex // serialises sends; guards hdr, vec and bufs
+	hdr    [requestHeaderBytes]byte
+	vec    [2][]byte
+	bufs   net.Buffers
 	closed atomic.Bool
-
-	// Requests are sent in batches (flat combining): Submit queues its
-	// request; the first submitter that finds no send in progress sends
-	// everything queued in one writev, until the queue is empty.
-	qmu     sync.Mutex
-	queue   []*Op
-	spare   []*Op
-	sending bool
-	wvec    [][]byte
-	wbufs   net.Buffers
-
-	done  chan struct{} // closed when the receive goroutine ended
-	errMu sync.Mutex
-	err   error
+	done   chan struct{} // closed when the receive goroutine ended
+	errMu  sync.Mutex
+	err    error
 
 	waiters sync.Pool
 }
@@ -146,9 +137,6 @@ func NewClient(ctx context.Context, conn net.Conn, opts ClientOptions) (*Client,
 		slots: make([]clientSlot, opts.MaxInFlight),
 		free:  make(chan uint32, opts.MaxInFlight),
 		done:  make(chan struct{}),
-		queue: make([]*Op, 0, opts.MaxInFlight),
-		spare: make([]*Op, 0, opts.MaxInFlight),
-		wvec:  make([][]byte, 0, 2*opts.MaxInFlight),
 	}
 	for i := range c.slots {
 		c.free <- uint32(i)
@@ -228,44 +216,22 @@ func (c *Client) Submit(ctx context.Context, op *Op) error {
 		return nil // the closing sweep owns it and calls Done
 	}
 	req := Request{Flags: op.Flags, Cmd: op.Cmd, Cookie: op.cookie, Offset: uint64(op.Offset), Length: op.Length}
-	EncodeRequest(op.hdr[:], &req)
-	c.qmu.Lock()
-	c.queue = append(c.queue, op)
-	if c.sending {
-		c.qmu.Unlock()
-		return nil // the send in progress takes it
+	c.wmu.Lock()
+	EncodeRequest(c.hdr[:], &req)
+	c.vec[0], c.vec[1] = c.hdr[:], nil
+	c.bufs = c.vec[:1]
+	if op.Cmd == CmdWrite {
+		c.vec[1] = op.Data
+		c.bufs = c.vec[:2]
 	}
-	c.sending = true
-	var werr error
-	for len(c.queue) > 0 {
-		batch := c.queue
-		c.queue = c.spare[:0]
-		c.qmu.Unlock()
-		v := c.wvec[:0]
-		for _, q := range batch {
-			v = append(v, q.hdr[:])
-			if q.Cmd == CmdWrite {
-				v = append(v, q.Data)
-			}
-		}
-		if werr == nil {
-			c.wbufs = v
-			c.wmu.Lock()
-			_, werr = c.wbufs.WriteTo(c.conn)
-			c.wmu.Unlock()
-			if werr != nil {
-				// The receive goroutine sees the closed connection and
-				// completes every op in flight, these included.
-				c.fail(fmt.Errorf("nbd: send %v: %w", batch[0].Cmd, werr))
-			}
-		}
-		clear(v)
-		clear(batch)
-		c.qmu.Lock()
-		c.spare = batch[:0]
+	_, err := c.bufs.WriteTo(c.conn)
+	c.vec[1] = nil
+	c.wmu.Unlock()
+	if err != nil {
+		// The receive goroutine sees the closed connection and completes
+		// every op in flight, this one included.
+		c.fail(fmt.Errorf("nbd: send %v: %w", op.Cmd, err))
 	}
-	c.sending = false
-	c.qmu.Unlock()
 	return nil
 }
 
