@@ -185,11 +185,15 @@ type Resync struct {
 	RateBytesPerSec int64
 	// Interval is the time between probes of gone members.
 	Interval time.Duration
+	// Failover is how long a mirror member may stall before it is taken
+	// out of service (engine.MonitorOptions.Failover); -1 is off.
+	Failover time.Duration
 }
 
 // MonitorOptions returns the options of the engine's monitor.
 func (c *Config) MonitorOptions() engine.MonitorOptions {
-	return engine.MonitorOptions{Interval: c.Resync.Interval, ResyncBytesPerSec: c.Resync.RateBytesPerSec}
+	return engine.MonitorOptions{Interval: c.Resync.Interval, ResyncBytesPerSec: c.Resync.RateBytesPerSec,
+		Failover: c.Resync.Failover}
 }
 
 // defaults returns a Config with every default filled in.
@@ -207,7 +211,7 @@ func defaults(source string) *Config {
 			BackoffMax:     node.DefaultBackoffMax,
 			PingInterval:   node.DefaultPingInterval,
 		},
-		Resync:     Resync{RateBytesPerSec: DefaultResyncRate, Interval: DefaultResyncInterval},
+		Resync:     Resync{RateBytesPerSec: DefaultResyncRate, Interval: DefaultResyncInterval, Failover: engine.DefaultFailover},
 		RegionSize: DefaultRegionSize,
 	}
 }

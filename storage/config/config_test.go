@@ -57,6 +57,7 @@ func TestDefaults(t *testing.T) {
 	mo := c.MonitorOptions()
 	assert.Equal(t, time.Second, mo.Interval)
 	assert.Equal(t, int64(100<<20), mo.ResyncBytesPerSec)
+	assert.Equal(t, engine.DefaultFailover, mo.Failover)
 }
 
 func TestEveryField(t *testing.T) {
@@ -90,7 +91,7 @@ node:
   backoff_min: 10ms
   backoff_max: 1s
   ping_interval: off
-resync: {rate: 64MiB/s, interval: 250ms}
+resync: {rate: 64MiB/s, interval: 250ms, failover: 2s}
 region_size: 64KiB
 allow_degraded: true
 replace: [file:local.img, nbd://host.example:10809]
@@ -117,7 +118,7 @@ replace: [file:local.img, nbd://host.example:10809]
 	assert.Equal(t, -1, ro.Retries, "retries: 0 means no resend, which node spells negative")
 	assert.Equal(t, time.Duration(-1), ro.PingInterval)
 	assert.Equal(t, time.Minute, c.Node.OpenOptions().ConnectTimeout)
-	assert.Equal(t, config.Resync{RateBytesPerSec: 64 << 20, Interval: 250 * time.Millisecond}, c.Resync)
+	assert.Equal(t, config.Resync{RateBytesPerSec: 64 << 20, Interval: 250 * time.Millisecond, Failover: 2 * time.Second}, c.Resync)
 	assert.Equal(t, int64(64<<10), c.RegionSize)
 	assert.True(t, c.AllowDegraded)
 	assert.Equal(t, []string{local, "nbd://host.example"}, c.Replace, "replace entries name the members as the storage spells them")
@@ -205,6 +206,7 @@ func TestErrors(t *testing.T) {
 		{"bad duration", head + "node:\n  dial_timeout: soon\n", `5: node.dial_timeout: "soon" is not a duration`},
 		{"negative duration", head + "node:\n  backoff_max: -1s\n", "5: node.backoff_max: -1s must be positive"},
 		{"zero duration", head + "resync: {interval: 0s}\n", "4: resync.interval: 0s must be positive"},
+		{"bad failover", head + "resync: {failover: soon}\n", `4: resync.failover: "soon" is not a duration`},
 		{"off only for pings", head + "node: {request_timeout: off}\n", `4: node.request_timeout: "off" is not a duration`},
 		{"backoff order", head + "node:\n  backoff_min: 3s\n  backoff_max: 1s\n", "5: node.backoff_min: 3s is longer than backoff_max 1s"},
 		{"negative retries", head + "node: {retries: -1}\n", `4: node.retries: "-1" is not a whole number from 0 to 100`},

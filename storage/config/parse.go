@@ -493,6 +493,7 @@ func (p *parser) resync(v *yaml.Node, path string) {
 			r.RateBytesPerSec = n
 		},
 		"interval": func(f string, v *yaml.Node) { p.duration(v, f, &r.Interval, false) },
+		"failover": func(f string, v *yaml.Node) { p.duration(v, f, &r.Failover, true) },
 	})
 }
 

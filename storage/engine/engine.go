@@ -297,8 +297,12 @@ type member struct {
 	// (its unflushed writes may be lost).
 	fullResync    atomic.Bool
 	resyncedBytes atomic.Int64
-	errMu         sync.Mutex
-	lastErr       error
+	// completed counts the pieces the member finished (either way); the
+	// failover watchdog finds a stalled member by it not moving while
+	// pieces are pending.
+	completed atomic.Uint64
+	errMu     sync.Mutex
+	lastErr   error
 }
 
 func (m *member) State() State { return State(m.state.Load()) }

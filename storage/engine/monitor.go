@@ -2,7 +2,9 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -16,15 +18,46 @@ type MonitorOptions struct {
 	ProbeTimeout time.Duration
 	// ResyncBytesPerSec limits the resync copy rate; zero is unlimited.
 	ResyncBytesPerSec int64
+	// Failover is how long a member under a mirror may have pieces
+	// pending without finishing any before it is taken out of service
+	// (when another in-sync replica stands in for it) and its node's
+	// requests in flight are aborted (node.Aborter), so clients wait about
+	// this long for a dead replica instead of its node's whole retry
+	// budget. Zero means DefaultFailover; negative disables it.
+	Failover time.Duration
 	// Probe, if set, decides whether a failed member is back and whether it
 	// needs a full copy (new or foreign media); nil probes with a read of
 	// the member's first data byte and asks for an incremental copy.
 	Probe func(ctx context.Context, i int) (back, full bool)
 }
 
+// DefaultFailover is MonitorOptions.Failover when zero.
+const DefaultFailover = 5 * time.Second
+
+// ErrStalled is wrapped by the error a member is failed with when it
+// stopped answering (see MonitorOptions.Failover).
+var ErrStalled = errors.New("engine: member stopped answering")
+
+// Aborter is a node whose requests in flight can be ended at once
+// (node.Remote); the failover watchdog uses it.
+type Aborter interface {
+	Abort(reason error)
+}
+
 // Run probes failed members every interval and resyncs those that came
 // back, one at a time, until ctx ends. Suspended members wait for Resume.
+// Beside it, a watchdog fails stalled mirror members (Failover).
 func (e *Engine) Run(ctx context.Context, opts MonitorOptions) error {
+	if opts.Failover == 0 {
+		opts.Failover = DefaultFailover
+	}
+	if opts.Failover > 0 && len(e.mirrors) > 0 {
+		var wg sync.WaitGroup
+		defer wg.Wait()
+		wctx, stop := context.WithCancel(ctx)
+		defer stop()
+		wg.Go(func() { e.watchdog(wctx, opts.Failover) })
+	}
 	if opts.Interval <= 0 {
 		opts.Interval = time.Second
 	}
@@ -64,6 +97,46 @@ func (e *Engine) Run(ctx context.Context, opts MonitorOptions) error {
 		case <-ctx.Done():
 			return nil
 		case <-t.C:
+		}
+	}
+}
+
+// watchdog takes a mirror member out of service once it has had pieces
+// pending for failover without finishing one, if another replica stands
+// in, and aborts what its node has in flight: the pieces waiting on it
+// return, their writes are recorded dirty and acknowledged, their reads
+// go to another replica.
+func (e *Engine) watchdog(ctx context.Context, failover time.Duration) {
+	t := time.NewTicker(max(failover/4, 10*time.Millisecond))
+	defer t.Stop()
+	last := make([]uint64, len(e.members))
+	since := make([]time.Time, len(e.members))
+	for {
+		var now time.Time
+		select {
+		case <-ctx.Done():
+			return
+		case now = <-t.C:
+		}
+		for i, m := range e.members {
+			done := m.completed.Load()
+			if len(m.ancestors) == 0 || !m.writable() || m.pending.Load() == 0 || done != last[i] || since[i].IsZero() {
+				last[i], since[i] = done, now
+				continue
+			}
+			quiet := now.Sub(since[i])
+			if quiet < failover {
+				continue
+			}
+			since[i] = now // next verdict after another failover, not every tick
+			err := fmt.Errorf("%w: %d pieces pending and none finished for %v", ErrStalled, m.pending.Load(), quiet.Round(time.Millisecond))
+			if !e.failRedundant(ctx, m, err) {
+				m.log.Warn("member stalled, but no other replica stands in for it; waiting", "pending", m.pending.Load(), "quiet", quiet.Round(time.Millisecond))
+				continue
+			}
+			if a, ok := m.node.(Aborter); ok {
+				a.Abort(err)
+			}
 		}
 	}
 }

@@ -154,6 +154,7 @@ func (t *task) run() {
 		panic(fmt.Sprintf("engine: task for command %v", r.cmd))
 	}
 	m.pending.Add(-1)
+	m.completed.Add(1)
 	if t.err == nil && isWrite(r.cmd) {
 		// Set after completion, so a FLUSH that follows the client's
 		// acknowledgement of this write is sure to see it.

@@ -204,6 +204,14 @@ type Remote struct {
 	pingBuf  []byte
 	pingDone chan error // capacity 1
 
+	// aborted points to the channel the next Abort closes (and replaces);
+	// aborts counts the Aborts, so a transaction knows whether one came
+	// since it began. Abort counts before it swaps the channel, and a
+	// waiter loads the channel before it checks the count: no Abort is
+	// missed.
+	aborted atomic.Pointer[chan struct{}]
+	aborts  atomic.Uint64
+
 	noRanges bool // tests only: switch the range table off to prove the tests can see its absence
 }
 
@@ -275,6 +283,8 @@ func NewRemote(addr Address, opts RemoteOptions) (*Remote, error) {
 		ranges:   rangelock.New(opts.MaxInFlight),
 		pingDone: make(chan error, 1),
 	}
+	ab := make(chan struct{})
+	r.aborted.Store(&ab)
 	for range opts.MaxInFlight {
 		r.waiters <- newWaiter(r)
 	}

@@ -29,6 +29,7 @@ type waiter struct {
 
 	id        uint64
 	startGen  uint64 // connections made when the request began
+	abortGen  uint64 // Aborts when the request began
 	tries     int
 	budgetEnd time.Time
 }
@@ -90,11 +91,13 @@ func (r *Remote) do(ctx context.Context, cmd nbd.Command, flags nbd.CmdFlags, of
 	case length == 0 && cmd != nbd.CmdFlush:
 		return nil
 	}
+	gen := r.aborts.Load()
 	w, err := r.getWaiter(ctx)
 	if err != nil {
 		return r.fail(cmd, off, length, nil, err)
 	}
 	defer r.putWaiter(w)
+	w.abortGen = gen
 	w.id = r.ids.Add(1)
 	w.startGen = r.m.connects.Load()
 	if writeLike(cmd) && !r.noRanges {
@@ -169,6 +172,12 @@ func (r *Remote) transact(ctx context.Context, w *waiter, cmd nbd.Command, flags
 	w.tries, w.budgetEnd = 0, time.Now().Add(r.opts.Budget)
 	var last error
 	for {
+		if err := r.abortedSince(w.abortGen); err != nil {
+			if last != nil {
+				err = fmt.Errorf("%w (the last try: %v)", err, last)
+			}
+			return 0, err
+		}
 		switch {
 		case w.tries > r.opts.Retries:
 			return 0, fmt.Errorf("%w: all %d tries failed, the last: %w", ErrUnavailable, w.tries, last)
@@ -237,6 +246,10 @@ func (r *Remote) live(ctx context.Context, w *waiter) (*conn, error) {
 		if wait <= 0 {
 			return nil, fmt.Errorf("%w: no connection within the budget of %v", ErrUnavailable, r.opts.Budget)
 		}
+		ab := r.abortCh()
+		if err := r.abortedSince(w.abortGen); err != nil {
+			return nil, err
+		}
 		w.timer.Reset(wait)
 		select {
 		case <-up:
@@ -244,6 +257,9 @@ func (r *Remote) live(ctx context.Context, w *waiter) (*conn, error) {
 		case <-w.timer.C:
 		case <-r.stopped:
 			w.timer.Stop()
+		case <-ab:
+			w.timer.Stop()
+			return nil, r.abortedSince(w.abortGen)
 		case <-ctx.Done():
 			w.timer.Stop()
 			return nil, ctx.Err()
@@ -258,6 +274,10 @@ func (r *Remote) try(c *conn, w *waiter) error {
 	// The write deadline bounds a send to a peer that stopped reading
 	// (to between 3/4 and all of the request timeout).
 	c.extendWriteDeadline(r.opts.RequestTimeout)
+	ab := r.abortCh()
+	if err := r.abortedSince(w.abortGen); err != nil {
+		return err
+	}
 	if err := c.client.Submit(context.Background(), &w.op); err != nil {
 		switch {
 		case errors.Is(err, nbd.ErrClosed):
@@ -275,6 +295,13 @@ func (r *Remote) try(c *conn, w *waiter) error {
 	select {
 	case err = <-w.done:
 		w.timer.Stop()
+	case <-ab:
+		// Take the request back: fence the connection, wait for the
+		// fence (or the reply) to complete it.
+		w.timer.Stop()
+		r.suspect(c, fmt.Errorf("%w (transaction %d)", ErrAborted, w.id))
+		<-w.done
+		return fmt.Errorf("%w: %w", ErrUnavailable, ErrAborted)
 	case <-w.timer.C:
 		r.m.timeouts.Add(1)
 		r.suspect(c, fmt.Errorf("%w: %v offset %d length %d (transaction %d, try %d) got no reply within %v",
@@ -287,4 +314,44 @@ func (r *Remote) try(c *conn, w *waiter) error {
 		r.suspect(c, err)
 	}
 	return err
+}
+
+// ErrAborted is wrapped (with ErrUnavailable) by the errors of requests
+// that Abort ended.
+var ErrAborted = errors.New("node: request aborted")
+
+// Abort ends every request in flight or waiting on the node now, with an
+// error wrapping ErrUnavailable, ErrAborted and reason: a request on the
+// wire is taken back by fencing the connection (the only way to be sure
+// the peer does not apply it later), one waiting for a connection stops
+// waiting. The node itself goes on: later requests are served as usual,
+// reconnecting if needed. The engine calls it when it takes a stalled
+// mirror member out of service, so its clients need not wait for the
+// member's budget.
+func (r *Remote) Abort(reason error) {
+	r.mu.Lock()
+	r.aborts.Add(1)
+	next := make(chan struct{})
+	close(*r.aborted.Swap(&next))
+	c := r.cur.Load()
+	r.mu.Unlock()
+	r.log.Warn("aborting the requests in flight", "reason", reason)
+	if c != nil && r.busy() {
+		r.suspect(c, fmt.Errorf("%w: %w", ErrAborted, reason))
+	}
+}
+
+// busy reports whether any request holds a waiter.
+func (r *Remote) busy() bool { return len(r.waiters) < cap(r.waiters) }
+
+// abortCh returns the channel the next Abort closes.
+func (r *Remote) abortCh() <-chan struct{} { return *r.aborted.Load() }
+
+// abortedSince returns the error of a request that began at abort count
+// gen, if an Abort came since.
+func (r *Remote) abortedSince(gen uint64) error {
+	if r.aborts.Load() == gen {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, ErrAborted)
 }
