@@ -25,6 +25,11 @@ type ClientOptions struct {
 	// HandshakeTimeout bounds the handshake. Zero means
 	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// Fence, if set, is sent with OptFence before the export is chosen:
+	// a dst server then fences the session's older connections before it
+	// answers (see OptFence); other servers ignore it (ExportInfo.Fenced
+	// says which).
+	Fence *Fence
 }
 
 // Op is one request to the server. The caller owns an Op and its Data
@@ -118,7 +123,16 @@ func NewClient(ctx context.Context, conn net.Conn, opts ClientOptions) (*Client,
 				return ExportInfo{}, err
 			}
 		}
-		return h.goExport(opts.ExportName)
+		fenced := false
+		if opts.Fence != nil {
+			var err error
+			if fenced, err = h.fence(*opts.Fence); err != nil {
+				return ExportInfo{}, err
+			}
+		}
+		info, err := h.goExport(opts.ExportName)
+		info.Fenced = fenced
+		return info, err
 	}()
 	if !stop() && err == nil {
 		err = ctx.Err()

@@ -16,6 +16,9 @@ type ExportInfo struct {
 	// MinBlock, PreferredBlock and MaxBlock are the server's block size
 	// constraints; servers that send none get 1, 4096 and 32 MiB.
 	MinBlock, PreferredBlock, MaxBlock uint32
+	// Fenced: the server acknowledged ClientOptions.Fence (OptFence); false
+	// when none was asked or the server does not know the option.
+	Fenced bool
 }
 
 // clientHandshake is the client side of the fixed-newstyle handshake.
@@ -117,6 +120,28 @@ func (h *clientHandshake) startTLS(cfg *tls.Config) error {
 	h.conn = tc
 	h.r = bufio.NewReaderSize(tc, readBufferBytes)
 	return nil
+}
+
+// fence sends OptFence; a server that does not know it answers
+// ERR_UNSUP, which is no error (fenced=false).
+func (h *clientHandshake) fence(f Fence) (fenced bool, err error) {
+	var data [16]byte
+	be.PutUint64(data[:], f.Session)
+	be.PutUint64(data[8:], f.Generation)
+	if err := h.send(OptFence, data[:]); err != nil {
+		return false, err
+	}
+	typ, _, err := h.recv(OptFence)
+	if oe, ok := err.(*OptionError); ok && oe.Reply == RepErrUnsup {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	if typ != RepAck {
+		return false, fmt.Errorf("%w: unexpected reply %v to DST_FENCE", ErrProtocol, typ)
+	}
+	return true, nil
 }
 
 // goExport asks for the export with NBD_OPT_GO (falling back to

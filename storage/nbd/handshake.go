@@ -16,6 +16,7 @@ var errAbort = errors.New("nbd: client aborted the handshake")
 // session is the server side of one connection during the handshake.
 type session struct {
 	srv        *Server
+	sc         *serverConn
 	conn       net.Conn
 	r          *bufio.Reader
 	peer       Peer
@@ -118,6 +119,18 @@ func (s *session) option() (*negotiation, error) {
 		return nil, s.startTLS(data)
 	case OptInfo, OptGo:
 		return s.infoGo(opt, data)
+	case OptFence:
+		if len(data) != 16 {
+			return nil, s.replyErr(opt, RepErrInvalid, "FENCE takes a session and a generation, 8 bytes each")
+		}
+		if s.sc.fence.set {
+			return nil, s.replyErr(opt, RepErrInvalid, "FENCE was already sent on this connection")
+		}
+		f := Fence{Session: be.Uint64(data), Generation: be.Uint64(data[8:])}
+		if err := s.srv.fenceOlder(s.sc, f); err != nil {
+			return nil, s.replyErr(opt, RepErrInvalid, err.Error())
+		}
+		return nil, s.reply(opt, RepAck, nil)
 	case OptStructuredReply:
 		if len(data) != 0 {
 			return nil, s.replyErr(opt, RepErrInvalid, "STRUCTURED_REPLY takes no data")

@@ -100,6 +100,8 @@ func (o Option) String() string {
 		return "SET_META_CONTEXT"
 	case OptExtendedHeaders:
 		return "EXTENDED_HEADERS"
+	case OptFence:
+		return "DST_FENCE"
 	}
 	return fmt.Sprintf("OPT(%d)", uint32(o))
 }

@@ -73,6 +73,8 @@ type Server struct {
 	conns     map[*serverConn]struct{}
 	shutting  bool
 	wg        sync.WaitGroup
+
+	fences fences
 }
 
 // NewServer checks opts and returns a server; it starts nothing.
@@ -252,13 +254,14 @@ func (s *Server) ServeConn(ctx context.Context, conn net.Conn) error {
 		s.mu.Lock()
 		delete(s.conns, c)
 		s.mu.Unlock()
+		s.unfence(c)
 		c.close()
 		close(c.done)
 	}()
 	stop := context.AfterFunc(ctx, c.close)
 	defer stop()
 
-	sess := &session{srv: s, conn: conn, r: bufio.NewReaderSize(conn, readBufferBytes),
+	sess := &session{srv: s, sc: c, conn: conn, r: bufio.NewReaderSize(conn, readBufferBytes),
 		peer: Peer{Addr: conn.RemoteAddr()}}
 	_ = conn.SetDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	n, err := sess.handshake()
@@ -327,6 +330,8 @@ type serverConn struct {
 	done     chan struct{} // closed when ServeConn returns
 
 	wmu sync.Mutex // serialises replies
+
+	fence connFence
 }
 
 // close closes the connection once and wakes everything blocked on it.
@@ -375,10 +380,17 @@ func (c *serverConn) end() {
 // errDisconnect ends the transmission phase after NBD_CMD_DISC.
 var errDisconnect = errors.New("nbd: client disconnected")
 
+// errClientGone ends the transmission phase when the client closed the
+// connection without NBD_CMD_DISC: it is no error of the server's, but
+// unlike a DISC it abandons the requests in flight, so writes not started
+// yet are dropped (a client that fenced this connection resends them
+// elsewhere, and they must not land after the resend).
+var errClientGone = errors.New("nbd: client closed the connection without NBD_CMD_DISC")
+
 // readErr classifies an error reading from the client.
 func readErr(err error) error {
 	if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
-		return errDisconnect
+		return errClientGone
 	}
 	return err
 }

@@ -92,7 +92,7 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 	}
 	close(t.work)
 	wg.Wait()
-	if errors.Is(err, errDisconnect) {
+	if errors.Is(err, errDisconnect) || errors.Is(err, errClientGone) {
 		return nil
 	}
 	if err != nil {
@@ -189,8 +189,12 @@ func (t *transmitter) tryInPlace(sr *serverRequest) (done bool, err error) {
 		if t.r.Buffered() < n {
 			return false, nil
 		}
+		if !t.c.beginWrite() {
+			return false, nil // fenced: the worker path drops it
+		}
 		p, _ := t.r.Peek(n)
 		ok, werr := t.nowait.TryWriteAt(p, int64(sr.Offset), sr.Flags)
+		t.c.endWrite()
 		if !ok {
 			return false, nil
 		}
@@ -333,10 +337,14 @@ func (t *transmitter) serve(ctx context.Context, sr *serverRequest) {
 	b := t.export.Backend
 	off, n := int64(sr.Offset), int64(sr.Length)
 	var err error
-	if ctx.Err() != nil && (sr.Cmd == CmdWrite || sr.Cmd == CmdTrim || sr.Cmd == CmdWriteZeroes) {
-		err = ESHUTDOWN // the connection is lost: do not let it write late
-	} else {
+	switch {
+	case sr.Cmd != CmdWrite && sr.Cmd != CmdTrim && sr.Cmd != CmdWriteZeroes:
 		err = t.run(ctx, b, sr, off, n)
+	case ctx.Err() != nil || !t.c.beginWrite():
+		err = ESHUTDOWN // the connection is lost or fenced: do not let it write late
+	default:
+		err = t.run(ctx, b, sr, off, n)
+		t.c.endWrite()
 	}
 	if err != nil {
 		sr.errno = t.srv.errno(err)

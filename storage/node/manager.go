@@ -166,10 +166,18 @@ func (r *Remote) connect(ctx context.Context) (*conn, error) {
 		TLS:              r.opts.TLS,
 		MaxInFlight:      r.opts.MaxInFlight + 1, // the calls in flight and a ping
 		HandshakeTimeout: r.opts.DialTimeout,
+		// A dst peer closes this session's older connections, and waits
+		// for what they were writing, before it lets this one in: nothing
+		// sent on a fenced connection lands after its resend here.
+		Fence: &nbd.Fence{Session: r.session, Generation: r.dials.Add(1)},
 	})
 	if err != nil {
 		raw.Close()
 		return nil, err
+	}
+	if !client.Info().Fenced && !r.warnedNoFence.Swap(true) {
+		r.log.Info("the peer does not fence old connections (not a dst export): a write a stopped peer held " +
+			"on a fenced connection could still land after its resend")
 	}
 	mediaChanged := false
 	if v := r.verify.Load(); v != nil {

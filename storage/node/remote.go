@@ -212,6 +212,12 @@ type Remote struct {
 	aborted atomic.Pointer[chan struct{}]
 	aborts  atomic.Uint64
 
+	// session and dials identify this node's connections to a dst peer,
+	// which fences older ones (nbd.OptFence).
+	session       uint64
+	dials         atomic.Uint64
+	warnedNoFence atomic.Bool
+
 	noRanges bool // tests only: switch the range table off to prove the tests can see its absence
 }
 
@@ -285,6 +291,7 @@ func NewRemote(addr Address, opts RemoteOptions) (*Remote, error) {
 	}
 	ab := make(chan struct{})
 	r.aborted.Store(&ab)
+	r.session = rand.Uint64()
 	for range opts.MaxInFlight {
 		r.waiters <- newWaiter(r)
 	}

@@ -188,16 +188,18 @@ func TestProxyHeldWriteDiesWithItsConnection(t *testing.T) {
 	require.Equal(t, pattern(0xbb, 4096), m.Bytes(65536, 4096), "the newer write stays")
 }
 
-// The limit of client-side fencing, pinned down: the proxy here plays a
-// server that keeps executing what it read from a connection the client
-// has closed (a stopped process resumed, a disk that hung). The old write
-// lands after the newer one, and nothing a client does can prevent it;
-// see Remote's documentation and the open problem for the engine.
-func TestProxyStaleWriteBeyondClientFencing(t *testing.T) {
+// Beyond client-side fencing: the proxy here plays a peer that keeps
+// what it read from a connection the client has closed (a stopped
+// process resumed, a disk that hung) and delivers it later. Client-side
+// fencing alone cannot stop that old write from landing after the newer
+// one; the dst server can: the node's new connection carried a fence
+// (nbd.OptFence), so the server closed the old connection and drops what
+// arrives on it.
+func TestProxyStaleWriteFencedByServer(t *testing.T) {
 	m, px, release := heldWrite(t, func(*nbdtest.Proxy) {})
 	release()
 	ctx := ctxFor(t, 10*time.Second)
-	require.NoError(t, px.Wait(ctx, func(s nbdtest.ProxyStats) bool { return s.Released >= 1 }))
-	require.Eventually(t, func() bool { return bytes.Equal(m.Bytes(65536, 4096), pattern(0xaa, 4096)) },
-		10*time.Second, time.Millisecond, "the far side executed the stale write after the newer one")
+	require.NoError(t, px.Wait(ctx, func(s nbdtest.ProxyStats) bool { return s.Released+s.HeldDropped >= 1 }))
+	require.Never(t, func() bool { return !bytes.Equal(m.Bytes(65536, 4096), pattern(0xbb, 4096)) },
+		500*time.Millisecond, time.Millisecond, "the stale write landed after the newer one")
 }
