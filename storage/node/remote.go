@@ -123,20 +123,23 @@ type RemoteOptions struct {
 //     either acknowledged before the newer was sent, or its connection was
 //     closed and drained before the newer was sent.
 //
-// What a client cannot fence: a request the server had already read from
-// a connection the client has since closed. The server may still execute
-// it — later than a newer write sent on the new connection, if the server
-// was stopped (SIGSTOP, a VM pause, a long swap-in) or its disk hung. dst
-// export (nbd.Server) executes every request it has read, header and
-// payload, even after its connection closed (the backend call is not
-// cancelled with the connection), so it has this window too; on a live
-// process it lasts microseconds, on a stopped one it is unbounded. Closing
-// it needs the server: refuse write-like requests whose connection is
-// already closed, or fence by generation in the handshake. The engine must
-// therefore treat a write that failed with ErrUnavailable, and any write
-// in flight when the node reported StateConnecting, as possibly landing
-// later on that node: for a mirror, keep its region dirty in the
-// write-intent bitmap until the node was resynced, not merely reconnected.
+// What a client alone cannot fence: a request the server had already read
+// (or a proxy held) from a connection the client has since closed. A
+// server that was stopped (SIGSTOP, a VM pause, a long swap-in) may
+// execute it on resume — later than a newer write sent on the new
+// connection. A dst peer (dst export, dst serve: nbd.Server) closes this
+// window: every connection carries the node's session and a generation
+// (nbd.OptFence), and the server acknowledges a new connection only after
+// it has closed the session's older ones, waited for the writes they had
+// started and made them drop every other write, so a resend can never be
+// overtaken. A peer that does not know the option (nbdkit, qemu-nbd,
+// nbd-server) answers ERR_UNSUP: the window stays open there (logged once
+// per node), and on a dst server a client that closes without DISC still
+// has its not-yet-started writes dropped. With such peers the engine must
+// treat a write that failed with ErrUnavailable, and any write in flight
+// when the node reported StateConnecting, as possibly landing later on
+// that node: for a mirror, keep its region dirty in the write-intent
+// bitmap until the node was resynced, not merely reconnected.
 //
 // Durability across a reconnect: a FLUSH sent on a new connection covers
 // writes acknowledged on an old one only if the peer kept them (same
