@@ -75,6 +75,7 @@ type Server struct {
 	wg        sync.WaitGroup
 
 	fences fences
+	pipes  pipePool
 }
 
 // NewServer checks opts and returns a server; it starts nothing.
@@ -308,12 +309,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
+		s.pipes.closeFree()
 		return nil
 	case <-ctx.Done():
 		for _, c := range conns {
 			c.close()
 		}
 		<-done
+		s.pipes.closeFree()
 		return ctx.Err()
 	}
 }
