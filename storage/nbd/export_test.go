@@ -19,10 +19,3 @@ const (
 	ChunkOffsetData        = chunkOffsetData
 	ChunkError             = chunkError
 )
-
-// PipesMade counts the pipes s made for spliced reads and has not closed.
-func PipesMade(s *Server) int {
-	s.pipes.mu.Lock()
-	defer s.pipes.mu.Unlock()
-	return s.pipes.made
-}

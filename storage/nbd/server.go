@@ -75,7 +75,6 @@ type Server struct {
 	wg        sync.WaitGroup
 
 	fences fences
-	pipes  pipePool
 }
 
 // NewServer checks opts and returns a server; it starts nothing.
@@ -309,14 +308,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	}()
 	select {
 	case <-done:
-		s.pipes.closeFree()
 		return nil
 	case <-ctx.Done():
 		for _, c := range conns {
 			c.close()
 		}
 		<-done
-		s.pipes.closeFree()
 		return ctx.Err()
 	}
 }

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"sync"
-	"syscall"
 )
 
 // serverRequest is one request in flight on a server connection. The
@@ -19,7 +18,6 @@ type serverRequest struct {
 	errno Errno
 	bufp  *[]byte
 	data  []byte
-	pipe  *pipePair // a spliced read's bytes, instead of data
 	hdr   [structuredReplyBytes + 8]byte
 	vec   [2][]byte
 	bufs  net.Buffers
@@ -44,11 +42,6 @@ type transmitter struct {
 	// block or the batch is full.
 	nowait NowaitBackend
 	held   int
-	// splicer and raw: large reads on a plain TCP connection go from the
-	// backend through a pipe to the socket without a copy (SpliceReader).
-	splicer SpliceReader
-	raw     syscall.RawConn
-	spl     spliceState
 
 	// Replies are sent in batches (flat combining): a worker queues its
 	// reply; the first that finds no send in progress sends everything
@@ -76,14 +69,6 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 		t.free <- &serverRequest{}
 	}
 	t.nowait, _ = n.export.Backend.(NowaitBackend)
-	if sr, ok := n.export.Backend.(SpliceReader); ok {
-		if tc, ok := n.conn.(*net.TCPConn); ok {
-			if raw, err := tc.SyscallConn(); err == nil {
-				t.splicer, t.raw = sr, raw
-				t.spl.fn = t.spl.step
-			}
-		}
-	}
 	t.queue = make([]*serverRequest, 0, s.opts.MaxInFlight)
 	t.spare = make([]*serverRequest, 0, s.opts.MaxInFlight)
 	t.wvec = make([][]byte, 0, 2*s.opts.MaxInFlight)
@@ -274,12 +259,6 @@ func (t *transmitter) releaseHeld() {
 func (t *transmitter) readPayload(ctx context.Context, sr *serverRequest) error {
 	n := int(sr.Length)
 	hasData := sr.Cmd == CmdWrite || sr.Cmd == CmdRead
-	if sr.Cmd == CmdRead && sr.errno == 0 && t.spliceable(sr) {
-		if sr.pipe = t.srv.pipes.get(); sr.pipe != nil {
-			sr.data = nil
-			return nil
-		}
-	}
 	if hasData && sr.errno == 0 && n > 0 {
 		bp, ok := t.srv.pool.tryGet(n)
 		if !ok {
@@ -310,18 +289,6 @@ func (t *transmitter) readPayload(ctx context.Context, sr *serverRequest) error 
 		return fmt.Errorf("read write payload: %w", readErr(err))
 	}
 	return nil
-}
-
-// spliceable reports whether a read may go through a pipe: large, on a
-// backend and connection that can, spanning no more pages than a pipe
-// holds.
-func (t *transmitter) spliceable(sr *serverRequest) bool {
-	n := int64(sr.Length)
-	if t.splicer == nil || n < spliceMinBytes {
-		return false
-	}
-	pages := (int64(sr.Offset)%4096 + n + 4095) / 4096
-	return pages <= pipeBytes/4096
 }
 
 // check validates a request against the export and the peer's access.
@@ -412,36 +379,16 @@ func (t *transmitter) sendQueued() {
 		t.queue = t.spare[:0]
 		t.qmu.Unlock()
 		v := t.wvec[:0]
-		locked := werr == nil
-		if locked {
-			t.c.wmu.Lock()
-		}
 		for _, r := range batch {
 			v = append(v, r.vec[0])
 			if len(r.vec[1]) > 0 {
 				v = append(v, r.vec[1])
 			}
-			if r.pipe == nil || werr != nil {
-				continue
-			}
-			// A spliced read: its header and what precedes it, then its
-			// bytes straight from the pipe.
-			t.wbufs = v
-			if _, werr = t.wbufs.WriteTo(t.conn); werr == nil {
-				werr = t.spliceOut(r.pipe, int(r.Length))
-			}
-			if werr == nil {
-				t.srv.pipes.put(r.pipe) // emptied
-				r.pipe = nil
-			}
-			clear(v)
-			v = v[:0]
 		}
-		if werr == nil && len(v) > 0 {
+		if werr == nil {
 			t.wbufs = v
+			t.c.wmu.Lock()
 			_, werr = t.wbufs.WriteTo(t.conn)
-		}
-		if locked {
 			t.c.wmu.Unlock()
 		}
 		clear(v)
@@ -466,13 +413,7 @@ func (t *transmitter) run(ctx context.Context, b Backend, sr *serverRequest, off
 	var err error
 	switch sr.Cmd {
 	case CmdRead:
-		switch {
-		case sr.pipe != nil:
-			if err = t.splicer.SpliceRead(sr.pipe.w, off, int(n)); err != nil {
-				t.srv.pipes.discard(sr.pipe) // it may hold part of the bytes
-				sr.pipe = nil
-			}
-		case n > 0:
+		if n > 0 {
 			err = b.ReadAt(ctx, sr.data, off)
 		}
 	case CmdWrite:
@@ -538,10 +479,6 @@ func (t *transmitter) reply(sr *serverRequest) error {
 
 // release returns the request's buffer and the request to their free lists.
 func (t *transmitter) release(sr *serverRequest) {
-	if sr.pipe != nil {
-		t.srv.pipes.discard(sr.pipe) // filled but never sent
-		sr.pipe = nil
-	}
 	if sr.bufp != nil {
 		t.srv.pool.put(sr.bufp)
 		sr.bufp, sr.data = nil, nil

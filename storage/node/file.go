@@ -94,7 +94,6 @@ type File struct {
 var (
 	_ Node              = (*File)(nil)
 	_ nbd.NowaitBackend = (*File)(nil)
-	_ nbd.SpliceReader  = (*File)(nil)
 )
 
 // OpenFile opens path as described by opts. Errors name the path and wrap
@@ -383,58 +382,6 @@ func (op *nowaitOp) run(fd uintptr) {
 		op.n, op.err = unix.Pwritev2(int(fd), op.iov[:], op.off, unix.RWF_NOWAIT)
 	} else {
 		op.n, op.err = unix.Preadv2(int(fd), op.iov[:], op.off, unix.RWF_NOWAIT)
-	}
-}
-
-// SpliceRead moves n bytes at off into a pipe (nbd.SpliceReader) with
-// splice(2): the pipe refers to the page cache, nothing is copied. A file
-// that ends early (shrunk underneath) is an error wrapping
-// io.ErrUnexpectedEOF, like ReadAt's.
-func (f *File) SpliceRead(pipeFd int, off int64, n int) error {
-	op := spliceOps.Get().(*spliceOp)
-	op.pipe, op.off, op.left, op.err = pipeFd, off, n, nil
-	cerr := f.rc.Control(op.fn)
-	err := op.err
-	spliceOps.Put(op)
-	if cerr != nil {
-		err = cerr
-	}
-	if err != nil {
-		return f.opErr("read (splice)", off, int64(n), err)
-	}
-	return nil
-}
-
-// spliceOp carries one SpliceRead through RawConn.Control, pooled with
-// its bound callback.
-type spliceOp struct {
-	pipe int
-	off  int64
-	left int
-	err  error
-	fn   func(fd uintptr)
-}
-
-var spliceOps = sync.Pool{New: func() any {
-	op := &spliceOp{}
-	op.fn = op.run
-	return op
-}}
-
-func (op *spliceOp) run(fd uintptr) {
-	for op.left > 0 {
-		m, err := unix.Splice(int(fd), &op.off, op.pipe, nil, op.left, unix.SPLICE_F_MOVE)
-		switch {
-		case err == unix.EINTR:
-			continue
-		case err != nil:
-			op.err = err
-			return
-		case m == 0:
-			op.err = fmt.Errorf("file ends at %d: %w", op.off, io.ErrUnexpectedEOF)
-			return
-		}
-		op.left -= int(m)
 	}
 }
 
