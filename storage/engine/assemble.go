@@ -55,6 +55,9 @@ type Storage struct {
 	// may wait for that very reconnect.
 	identMu sync.Mutex
 	supers  []meta.Superblock
+	// boots are the boot ids of the members' machines as last seen (under
+	// identMu); "" where unknown (a peer that does not send one).
+	boots   []string
 	gen     uint64
 	created bool
 }
@@ -426,7 +429,11 @@ func (s *Storage) build(areas []meta.Area) error {
 	}
 	e.onChange = s.recordMembership
 	s.e = e
+	s.boots = make([]string, len(s.nodes))
 	for i, n := range s.nodes {
+		if b, ok := n.(interface{ BootID() string }); ok {
+			s.boots[i] = b.BootID()
+		}
 		if v, ok := n.(interface {
 			SetVerify(func(context.Context, *nbd.Client) error)
 		}); ok {
@@ -452,7 +459,7 @@ func (s *Storage) verifier(i int) func(context.Context, *nbd.Client) error {
 		wantStorage, wantMember := s.supers[i].StorageID, s.supers[i].MemberID
 		s.identMu.Unlock()
 		if err == nil && sb.StorageID == wantStorage && sb.MemberID == wantMember {
-			return nil
+			return s.checkBoot(ctx, i, c.Info().BootID)
 		}
 		if err == nil {
 			err = fmt.Errorf("superblock of storage %v member %v", sb.StorageID, sb.MemberID)
@@ -464,6 +471,37 @@ func (s *Storage) verifier(i int) func(context.Context, *nbd.Client) error {
 		}
 		return err
 	}
+}
+
+// checkBoot notes the boot id of member i's machine at a reconnect. If
+// the machine restarted since the last connection while the member had
+// writes not yet flushed, those writes may be gone with the page cache:
+// a mirror member then leaves service (if a replica stands in) and is
+// copied whole when the monitor finds it back; for a member no replica
+// covers, it is logged — nothing can restore them.
+func (s *Storage) checkBoot(ctx context.Context, i int, boot string) error {
+	s.identMu.Lock()
+	prev := s.boots[i]
+	if boot != "" {
+		s.boots[i] = boot
+	}
+	s.identMu.Unlock()
+	m := s.e.members[i]
+	if prev == "" || boot == "" || boot == prev || !m.written.Load() {
+		return nil
+	}
+	err := fmt.Errorf("%w: member %d: its machine restarted (boot %s, before %s) with writes not flushed", node.ErrMediaChanged, i, boot, prev)
+	if m.State() == Failed || m.State() == Suspended {
+		m.fullResync.Store(true)
+		return err
+	}
+	m.fullResync.Store(true)
+	if !s.e.failRedundant(ctx, m, err) {
+		m.fullResync.Store(false)
+		m.log.Error("member's machine restarted; writes to it that were not flushed may be lost and no replica can restore them", "err", err)
+		return nil
+	}
+	return err
 }
 
 // persistable: every child is a single member whose data area holds the

@@ -169,6 +169,9 @@ type modelSUT struct {
 	st        *Storage
 	// plant, if set, wraps member i's node: a deliberate bug.
 	plant func(i int, n node.Node) node.Node
+	// boots, if set, are the boot ids member servers report (startServer);
+	// "" or missing: the kernel's.
+	boots []string
 
 	// ran are the commands run so far, failed whether a postcondition
 	// failed, busy whether a command is running (it panicked if still set
@@ -221,7 +224,12 @@ func (m *modelSUT) startServer(i int) error {
 		return err
 	}
 	m.addrs[i] = ln.Addr().String()
-	srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{Size: m.g.raw[i], Flags: m.mems[i].Flags(), Backend: m.mems[i]}}})
+	var boot string
+	if i < len(m.boots) {
+		boot = m.boots[i]
+	}
+	srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{Size: m.g.raw[i], Flags: m.mems[i].Flags(), Backend: m.mems[i]}},
+		BootID: boot})
 	if err != nil {
 		ln.Close()
 		return err

@@ -123,15 +123,15 @@ func NewClient(ctx context.Context, conn net.Conn, opts ClientOptions) (*Client,
 				return ExportInfo{}, err
 			}
 		}
-		fenced := false
+		fenced, boot := false, ""
 		if opts.Fence != nil {
 			var err error
-			if fenced, err = h.fence(*opts.Fence); err != nil {
+			if fenced, boot, err = h.fence(*opts.Fence); err != nil {
 				return ExportInfo{}, err
 			}
 		}
 		info, err := h.goExport(opts.ExportName)
-		info.Fenced = fenced
+		info.Fenced, info.BootID = fenced, boot
 		return info, err
 	}()
 	if !stop() && err == nil {

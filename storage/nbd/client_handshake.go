@@ -19,6 +19,9 @@ type ExportInfo struct {
 	// Fenced: the server acknowledged ClientOptions.Fence (OptFence); false
 	// when none was asked or the server does not know the option.
 	Fenced bool
+	// BootID is the boot id of the server's machine, sent with the
+	// OptFence acknowledgement; empty if unknown.
+	BootID string
 }
 
 // clientHandshake is the client side of the fixed-newstyle handshake.
@@ -124,24 +127,24 @@ func (h *clientHandshake) startTLS(cfg *tls.Config) error {
 
 // fence sends OptFence; a server that does not know it answers
 // ERR_UNSUP, which is no error (fenced=false).
-func (h *clientHandshake) fence(f Fence) (fenced bool, err error) {
+func (h *clientHandshake) fence(f Fence) (fenced bool, boot string, err error) {
 	var data [16]byte
 	be.PutUint64(data[:], f.Session)
 	be.PutUint64(data[8:], f.Generation)
 	if err := h.send(OptFence, data[:]); err != nil {
-		return false, err
+		return false, "", err
 	}
-	typ, _, err := h.recv(OptFence)
+	typ, p, err := h.recv(OptFence)
 	if oe, ok := err.(*OptionError); ok && oe.Reply == RepErrUnsup {
-		return false, nil
+		return false, "", nil
 	}
 	if err != nil {
-		return false, err
+		return false, "", err
 	}
-	if typ != RepAck {
-		return false, fmt.Errorf("%w: unexpected reply %v to DST_FENCE", ErrProtocol, typ)
+	if typ != RepAck || len(p) > maxBootIDBytes {
+		return false, "", fmt.Errorf("%w: unexpected reply %v (%d bytes) to DST_FENCE", ErrProtocol, typ, len(p))
 	}
-	return true, nil
+	return true, string(p), nil
 }
 
 // goExport asks for the export with NBD_OPT_GO (falling back to

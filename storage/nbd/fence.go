@@ -3,6 +3,8 @@ package nbd
 import (
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -20,6 +22,25 @@ import (
 // its socket buffer, or a proxy held in its own, and executed on resume.
 // An older generation than one already seen is refused.
 const OptFence Option = 0x44535401 // "DST" 1
+
+// maxBootIDBytes bounds the boot id a server sends (a UUID is 36).
+const maxBootIDBytes = 64
+
+// bootID returns id, or the kernel's boot id when id is empty ("" if it
+// cannot be read).
+func bootID(id string) string {
+	if id == "" {
+		b, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
+		if err != nil {
+			return ""
+		}
+		id = strings.TrimSpace(string(b))
+	}
+	if len(id) > maxBootIDBytes {
+		id = id[:maxBootIDBytes]
+	}
+	return id
+}
 
 // Fence is the session and generation a client sends with OptFence.
 type Fence struct {

@@ -40,7 +40,8 @@ func TestFenceWaitsForOlderConnectionsWrites(t *testing.T) {
 	m := stubborn{Memory: nbdtest.NewMemory(1 << 16), entered: make(chan struct{}, 16), release: make(chan struct{})}
 	var once sync.Once
 	unblock := func() { once.Do(func() { close(m.release) }) }
-	_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "m", Size: 1 << 16, Flags: nbdtest.AllFlags, Backend: m}}})
+	_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "m", Size: 1 << 16, Flags: nbdtest.AllFlags, Backend: m}},
+		BootID: "boot-1"})
 	t.Cleanup(unblock)
 	ctx := testCtx(t)
 
@@ -48,6 +49,7 @@ func TestFenceWaitsForOlderConnectionsWrites(t *testing.T) {
 	require.NoError(t, err)
 	defer c1.Close()
 	require.True(t, c1.Info().Fenced)
+	require.Equal(t, "boot-1", c1.Info().BootID, "the fence's answer carries the server machine's boot id")
 	wrote := make(chan error, 1)
 	op := &Op{Cmd: CmdWrite, Offset: 0, Length: 512, Data: make([]byte, 512), Done: func(_ *Op, err error) { wrote <- err }}
 	require.NoError(t, c1.Submit(ctx, op))
@@ -90,6 +92,7 @@ func TestFenceWaitsForOlderConnectionsWrites(t *testing.T) {
 	defer other.Close()
 	plain := dial(t, addr, ClientOptions{})
 	require.False(t, plain.Info().Fenced)
+	require.Empty(t, plain.Info().BootID)
 	for _, c := range []*Client{r.c, other, plain} {
 		require.NoError(t, c.WriteAt(ctx, make([]byte, 512), 512, 0))
 	}
@@ -112,6 +115,7 @@ func TestFencedConnectionDropsLaterWrites(t *testing.T) {
 	c2, err := dialFenced(ctx, addr, &Fence{Session: 9, Generation: 2})
 	require.NoError(t, err)
 	defer c2.Close()
+	require.Len(t, c2.Info().BootID, 36, "by default the kernel's boot id, a UUID")
 	var hdr [28]byte
 	EncodeRequest(hdr[:], &Request{Cmd: CmdWrite, Cookie: 1, Offset: 4096, Length: 512})
 	_, _ = conn.Write(append(hdr[:], make([]byte, 512)...)) // may fail: the server closed it

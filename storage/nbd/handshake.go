@@ -130,7 +130,7 @@ func (s *session) option() (*negotiation, error) {
 		if err := s.srv.fenceOlder(s.sc, f); err != nil {
 			return nil, s.replyErr(opt, RepErrInvalid, err.Error())
 		}
-		return nil, s.reply(opt, RepAck, nil)
+		return nil, s.reply(opt, RepAck, []byte(s.srv.bootID))
 	case OptStructuredReply:
 		if len(data) != 0 {
 			return nil, s.replyErr(opt, RepErrInvalid, "STRUCTURED_REPLY takes no data")

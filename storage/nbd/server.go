@@ -56,6 +56,11 @@ type ServerOptions struct {
 	Errno func(error) Errno
 	// Logger receives connection-level events; nil discards them.
 	Logger *slog.Logger
+	// BootID identifies the boot of the machine the server runs on; it is
+	// sent with the answer to OptFence, so a client can tell that the
+	// machine restarted (and may have lost writes that were not flushed).
+	// Empty means the kernel's (/proc/sys/kernel/random/boot_id).
+	BootID string
 }
 
 // Server serves exports over NBD. Each connection is served by one reader
@@ -75,6 +80,7 @@ type Server struct {
 	wg        sync.WaitGroup
 
 	fences fences
+	bootID string
 }
 
 // NewServer checks opts and returns a server; it starts nothing.
@@ -120,6 +126,7 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		opts:      opts,
 		log:       opts.Logger,
 		pool:      newBufferPool(opts.BufferBytes),
+		bootID:    bootID(opts.BootID),
 		errno:     opts.Errno,
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*serverConn]struct{}{},

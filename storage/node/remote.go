@@ -226,6 +226,14 @@ type Remote struct {
 
 var _ Node = (*Remote)(nil)
 
+// BootID returns the boot id of the peer's machine as its latest
+// connection reported it (nbd.ExportInfo.BootID); "" if unknown.
+func (r *Remote) BootID() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.info.BootID
+}
+
 // NewRemote returns a node for the export at addr. It checks the options
 // and starts nothing: call Run.
 func NewRemote(addr Address, opts RemoteOptions) (*Remote, error) {

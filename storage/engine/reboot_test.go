@@ -1,0 +1,58 @@
+// A member whose machine restarted (its server reports another boot id at
+// the reconnect) while it held writes that were not flushed may have lost
+// them with its page cache: a mirror member then leaves service and is
+// copied whole, instead of serving reads it may no longer hold. After a
+// flush, or when only the server process restarted (same boot), nothing
+// was lost and it stays in sync.
+package engine
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestMemberMachineRestart(t *testing.T) {
+	for _, tc := range []struct {
+		name       string
+		flush      bool
+		newBoot    bool
+		wantFailed bool
+	}{
+		{"machine restart with unflushed writes", false, true, true},
+		{"machine restart after a flush", true, true, false},
+		{"server restart on the same boot", false, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m, err := newModelSUT(t, modelGeometries["mirror"], nil)
+			require.NoError(t, err)
+			defer m.close()
+			ctx := ctxT(t)
+			p := bytes.Repeat([]byte{0x6b}, 8192)
+			require.NoError(t, m.st.e.WriteAt(ctx, p, 4096, 0))
+			if tc.flush {
+				require.NoError(t, m.st.e.Flush(ctx))
+			}
+			m.expectConnect(1)
+			m.stopServer(1)
+			if tc.newBoot {
+				m.boots = []string{"", "another-boot"}
+			}
+			require.NoError(t, m.startServer(1))
+			require.NoError(t, m.waitConnect(1))
+			st := m.st.e.Status()
+			if tc.wantFailed {
+				require.Equal(t, "failed", st[1].State)
+				require.Contains(t, st[1].LastError, "machine restarted")
+				require.True(t, m.st.e.members[1].fullResync.Load(), "it must be copied whole")
+			} else {
+				require.Equal(t, "in-sync", st[1].State)
+			}
+			require.Equal(t, "in-sync", st[0].State)
+			got := make([]byte, len(p))
+			require.NoError(t, m.st.e.ReadAt(ctx, got, 4096))
+			require.Equal(t, p, got)
+		})
+	}
+}
