@@ -301,8 +301,11 @@ type member struct {
 	// failover watchdog finds a stalled member by it not moving while
 	// pieces are pending.
 	completed atomic.Uint64
-	errMu     sync.Mutex
-	lastErr   error
+	// flushing counts the FLUSH pieces among pending: a flush may take
+	// long on a busy disk without the member being stalled.
+	flushing atomic.Int32
+	errMu    sync.Mutex
+	lastErr  error
 }
 
 func (m *member) State() State { return State(m.state.Load()) }

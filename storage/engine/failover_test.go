@@ -24,17 +24,27 @@ import (
 // NBD server of a Memory; a node request times out and the node gives up
 // after budget.
 func remoteMirror2(t *testing.T, budget time.Duration) (*Engine, []*node.Memory) {
+	return remoteMirror2With(t, budget, nil)
+}
+
+// remoteMirror2With is remoteMirror2 with member 1's server backend
+// wrapped by wrap (nil: as it is; its Memory then hangs every request).
+func remoteMirror2With(t *testing.T, budget time.Duration, wrap func(*node.Memory) nbd.Backend) (*Engine, []*node.Memory) {
 	const data = 1 << 20
 	var ls []layout.Layout
 	var nodes []node.Node
 	var mems []*node.Memory
 	for i := range 2 {
 		mem := node.NewMemory(dataOffset + data)
-		if i == 1 {
+		var backend nbd.Backend = mem
+		switch {
+		case i == 1 && wrap != nil:
+			backend = wrap(mem)
+		case i == 1:
 			mem.Block = make(chan struct{}) // member 1 hangs: its server never answers
 			t.Cleanup(func() { close(mem.Block) })
 		}
-		srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{Size: dataOffset + data, Flags: mem.Flags(), Backend: mem}}})
+		srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{Size: dataOffset + data, Flags: mem.Flags(), Backend: backend}}})
 		require.NoError(t, err)
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
@@ -105,4 +115,33 @@ func TestFailoverOffWaitsForTheBudget(t *testing.T) {
 	require.NoError(t, e.WriteAt(ctxT(t), make([]byte, 4096), 0, 0))
 	require.GreaterOrEqual(t, time.Since(start), 2*time.Second)
 	require.Equal(t, "failed", e.Status()[1].State)
+}
+
+// slowFlush is a backend whose FLUSH waits for release (a disk writing
+// back a big cache).
+type slowFlush struct {
+	*node.Memory
+	release chan struct{}
+}
+
+func (s slowFlush) Flush(ctx context.Context) error {
+	<-s.release
+	return s.Memory.Flush(ctx)
+}
+
+// A FLUSH that takes longer than the failover time is no stall: the
+// member stays in service and the flush succeeds.
+func TestFailoverLeavesLongFlushAlone(t *testing.T) {
+	release := make(chan struct{})
+	e, _ := remoteMirror2With(t, time.Minute, func(m *node.Memory) nbd.Backend { return slowFlush{m, release} })
+	runMonitor(t, e, 100*time.Millisecond)
+	ctx := ctxT(t)
+	require.NoError(t, e.WriteAt(ctx, make([]byte, 4096), 0, 0))
+	flushed := make(chan error, 1)
+	go func() { flushed <- e.Flush(ctx) }()
+	time.Sleep(600 * time.Millisecond) // six failover times
+	require.Equal(t, "in-sync", e.Status()[1].State, "a slow flush was taken for a stall")
+	close(release)
+	require.NoError(t, <-flushed)
+	require.Equal(t, "in-sync", e.Status()[1].State)
 }

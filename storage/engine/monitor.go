@@ -102,7 +102,9 @@ func (e *Engine) Run(ctx context.Context, opts MonitorOptions) error {
 }
 
 // watchdog takes a mirror member out of service once it has had pieces
-// pending for failover without finishing one, if another replica stands
+// other than FLUSH pending for failover without finishing one (a flush
+// may legitimately take long on a busy disk; the node's request timeout
+// bounds it), if another replica stands
 // in, and aborts what its node has in flight: the pieces waiting on it
 // return, their writes are recorded dirty and acknowledged, their reads
 // go to another replica.
@@ -120,7 +122,8 @@ func (e *Engine) watchdog(ctx context.Context, failover time.Duration) {
 		}
 		for i, m := range e.members {
 			done := m.completed.Load()
-			if len(m.ancestors) == 0 || !m.writable() || m.pending.Load() == 0 || done != last[i] || since[i].IsZero() {
+			busy := m.pending.Load() - m.flushing.Load() // a long FLUSH alone is no stall
+			if len(m.ancestors) == 0 || !m.writable() || busy <= 0 || done != last[i] || since[i].IsZero() {
 				last[i], since[i] = done, now
 				continue
 			}

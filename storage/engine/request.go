@@ -149,7 +149,9 @@ func (t *task) run() {
 	case nbd.CmdCache:
 		t.err = m.node.Cache(r.ctx, t.ext.Offset, t.ext.Length)
 	case nbd.CmdFlush:
+		m.flushing.Add(1)
 		t.err = m.node.Flush(r.ctx)
+		m.flushing.Add(-1)
 	default:
 		panic(fmt.Sprintf("engine: task for command %v", r.cmd))
 	}
