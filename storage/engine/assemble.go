@@ -491,13 +491,14 @@ func (s *Storage) checkBoot(ctx context.Context, i int, boot string) error {
 		return nil
 	}
 	err := fmt.Errorf("%w: member %d: its machine restarted (boot %s, before %s) with writes not flushed", node.ErrMediaChanged, i, boot, prev)
-	if m.State() == Failed || m.State() == Suspended {
-		m.fullResync.Store(true)
+	// Set before the member leaves service, so the monitor never rejoins
+	// it with a partial copy; put back if it stays.
+	before := m.fullResync.Swap(true)
+	if st := m.State(); st == Failed || st == Suspended {
 		return err
 	}
-	m.fullResync.Store(true)
 	if !s.e.failRedundant(ctx, m, err) {
-		m.fullResync.Store(false)
+		m.fullResync.Store(before)
 		m.log.Error("member's machine restarted; writes to it that were not flushed may be lost and no replica can restore them", "err", err)
 		return nil
 	}

@@ -223,18 +223,28 @@ func (t *transmitter) tryInPlace(sr *serverRequest) (done bool, err error) {
 // settle records the outcome of a request served in place and holds its
 // reply; a full batch is sent at once.
 func (t *transmitter) settle(sr *serverRequest, err error) {
-	if err != nil {
-		sr.errno = t.srv.errno(err)
-		t.srv.log.Debug("request failed", "cmd", sr.Cmd, "offset", sr.Offset, "length", sr.Length, "errno", uint32(sr.errno), "err", err)
-	}
-	t.encode(sr)
-	t.qmu.Lock()
-	t.queue = append(t.queue, sr)
+	t.outcome(sr, err)
+	t.enqueue(sr)
 	t.qmu.Unlock()
 	t.held++
 	if t.held >= heldRepliesMax {
 		t.releaseHeld()
 	}
+}
+
+// outcome records a backend error as the request's NBD error.
+func (t *transmitter) outcome(sr *serverRequest, err error) {
+	if err != nil {
+		sr.errno = t.srv.errno(err)
+		t.srv.log.Debug("request failed", "cmd", sr.Cmd, "offset", sr.Offset, "length", sr.Length, "errno", uint32(sr.errno), "err", err)
+	}
+}
+
+// enqueue encodes sr's reply and queues it; it returns with qmu held.
+func (t *transmitter) enqueue(sr *serverRequest) {
+	t.encode(sr)
+	t.qmu.Lock()
+	t.queue = append(t.queue, sr)
 }
 
 // inPlaceMaxBytes is the largest request served in place: larger ones go
@@ -291,6 +301,11 @@ func (t *transmitter) readPayload(ctx context.Context, sr *serverRequest) error 
 	return nil
 }
 
+// writeLike reports whether cmd changes the export's bytes.
+func writeLike(cmd Command) bool {
+	return cmd == CmdWrite || cmd == CmdTrim || cmd == CmdWriteZeroes
+}
+
 // check validates a request against the export and the peer's access.
 func (t *transmitter) check(r *Request) Errno {
 	size := uint64(t.export.Size)
@@ -305,7 +320,7 @@ func (t *transmitter) check(r *Request) Errno {
 		return EINVAL
 	}
 	readOnly := t.srv.flagsFor(t.export, t.access)&FlagReadOnly != 0
-	if readOnly && (r.Cmd == CmdWrite || r.Cmd == CmdTrim || r.Cmd == CmdWriteZeroes) {
+	if readOnly && writeLike(r.Cmd) {
 		return EPERM
 	}
 	if r.Offset > size || uint64(r.Length) > size-r.Offset {
@@ -338,7 +353,7 @@ func (t *transmitter) serve(ctx context.Context, sr *serverRequest) {
 	off, n := int64(sr.Offset), int64(sr.Length)
 	var err error
 	switch {
-	case sr.Cmd != CmdWrite && sr.Cmd != CmdTrim && sr.Cmd != CmdWriteZeroes:
+	case !writeLike(sr.Cmd):
 		err = t.run(ctx, b, sr, off, n)
 	case ctx.Err() != nil || !t.c.beginWrite():
 		err = ESHUTDOWN // the connection is lost or fenced: do not let it write late
@@ -346,10 +361,7 @@ func (t *transmitter) serve(ctx context.Context, sr *serverRequest) {
 		err = t.run(ctx, b, sr, off, n)
 		t.c.endWrite()
 	}
-	if err != nil {
-		sr.errno = t.srv.errno(err)
-		t.srv.log.Debug("request failed", "cmd", sr.Cmd, "offset", off, "length", n, "errno", uint32(sr.errno), "err", err)
-	}
+	t.outcome(sr, err)
 	t.sendBatched(sr)
 }
 
@@ -358,9 +370,7 @@ func (t *transmitter) serve(ctx context.Context, sr *serverRequest) {
 // Each request is released (and counted out of flight) once its reply
 // went out.
 func (t *transmitter) sendBatched(sr *serverRequest) {
-	t.encode(sr)
-	t.qmu.Lock()
-	t.queue = append(t.queue, sr)
+	t.enqueue(sr)
 	t.sendQueued()
 }
 

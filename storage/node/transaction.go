@@ -301,7 +301,7 @@ func (r *Remote) try(c *conn, w *waiter) error {
 		w.timer.Stop()
 		r.suspect(c, fmt.Errorf("%w (transaction %d)", ErrAborted, w.id))
 		<-w.done
-		return fmt.Errorf("%w: %w", ErrUnavailable, ErrAborted)
+		return errAbortedRequest
 	case <-w.timer.C:
 		r.m.timeouts.Add(1)
 		r.suspect(c, fmt.Errorf("%w: %v offset %d length %d (transaction %d, try %d) got no reply within %v",
@@ -320,29 +320,24 @@ func (r *Remote) try(c *conn, w *waiter) error {
 // that Abort ended.
 var ErrAborted = errors.New("node: request aborted")
 
+var errAbortedRequest = fmt.Errorf("%w: %w", ErrUnavailable, ErrAborted)
+
 // Abort ends every request in flight or waiting on the node now, with an
-// error wrapping ErrUnavailable, ErrAborted and reason: a request on the
-// wire is taken back by fencing the connection (the only way to be sure
-// the peer does not apply it later), one waiting for a connection stops
-// waiting. The node itself goes on: later requests are served as usual,
+// error wrapping ErrUnavailable and ErrAborted (reason goes to the log):
+// a request on the wire is taken back by fencing the connection (the
+// only way to be sure the peer does not apply it later), one waiting for
+// a connection stops waiting. The node itself goes on: later requests are served as usual,
 // reconnecting if needed. The engine calls it when it takes a stalled
 // mirror member out of service, so its clients need not wait for the
 // member's budget.
 func (r *Remote) Abort(reason error) {
+	r.log.Warn("aborting the requests in flight", "reason", reason)
 	r.mu.Lock()
 	r.aborts.Add(1)
 	next := make(chan struct{})
-	close(*r.aborted.Swap(&next))
-	c := r.cur.Load()
+	close(*r.aborted.Swap(&next)) // each try on the wire then fences its connection
 	r.mu.Unlock()
-	r.log.Warn("aborting the requests in flight", "reason", reason)
-	if c != nil && r.busy() {
-		r.suspect(c, fmt.Errorf("%w: %w", ErrAborted, reason))
-	}
 }
-
-// busy reports whether any request holds a waiter.
-func (r *Remote) busy() bool { return len(r.waiters) < cap(r.waiters) }
 
 // abortCh returns the channel the next Abort closes.
 func (r *Remote) abortCh() <-chan struct{} { return *r.aborted.Load() }
@@ -353,5 +348,5 @@ func (r *Remote) abortedSince(gen uint64) error {
 	if r.aborts.Load() == gen {
 		return nil
 	}
-	return fmt.Errorf("%w: %w", ErrUnavailable, ErrAborted)
+	return errAbortedRequest
 }
