@@ -47,27 +47,29 @@ func classOf(n int) int {
 
 // get returns a buffer of length n (1 <= n <= 32 MiB), waiting for budget.
 func (p *bufferPool) get(ctx context.Context, n int) (*[]byte, error) {
-	c := classOf(n)
-	if c >= bufferClasses {
-		panic(fmt.Sprintf("nbd: buffer of %d bytes requested", n))
-	}
+	c := mustClass(n)
 	if err := p.budget.Acquire(ctx, 1<<(minBufferShift+c)); err != nil {
 		return nil, err
 	}
-	b := p.classes[c].Get().(*[]byte)
-	return b, nil
+	return p.classes[c].Get().(*[]byte), nil
 }
 
 // tryGet is get without waiting: ok=false when the budget is spent.
 func (p *bufferPool) tryGet(n int) (b *[]byte, ok bool) {
-	c := classOf(n)
-	if c >= bufferClasses {
-		panic(fmt.Sprintf("nbd: buffer of %d bytes requested", n))
-	}
+	c := mustClass(n)
 	if !p.budget.TryAcquire(1 << (minBufferShift + c)) {
 		return nil, false
 	}
 	return p.classes[c].Get().(*[]byte), true
+}
+
+// mustClass is classOf for a length the pool serves.
+func mustClass(n int) int {
+	c := classOf(n)
+	if c >= bufferClasses {
+		panic(fmt.Sprintf("nbd: buffer of %d bytes requested", n))
+	}
+	return c
 }
 
 // put returns a buffer obtained from get.
