@@ -465,8 +465,9 @@ func (s *Storage) verifier(i int) func(context.Context, *nbd.Client) error {
 			err = fmt.Errorf("superblock of storage %v member %v", sb.StorageID, sb.MemberID)
 		}
 		err = fmt.Errorf("%w: member %d: %w", node.ErrMediaChanged, i, err)
-		if m := s.e.members[i]; m.State() != Failed {
-			m.fullResync.Store(true)
+		m := s.e.members[i]
+		m.fullResync.Store(true) // also when it is out of service already
+		if m.State() != Failed {
 			s.e.fail(ctx, m, err)
 		}
 		return err

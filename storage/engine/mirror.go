@@ -113,6 +113,17 @@ func (mi *mirrorInfo) clear(c, r int) {
 	}
 }
 
+// clearAll records that child c has every region again and returns how
+// many were dirty.
+func (mi *mirrorInfo) clearAll(c int) int {
+	n := 0
+	for r := mi.next(c, 0); r >= 0; r = mi.next(c, r+1) {
+		mi.clear(c, r)
+		n++
+	}
+	return n
+}
+
 // next returns child c's first dirty region at or after from, or -1.
 func (mi *mirrorInfo) next(c, from int) int {
 	mi.mu.Lock()

@@ -8,6 +8,7 @@ package engine
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"regexp"
@@ -274,14 +275,23 @@ func (c *modelCmd) runSettle(m *modelSUT) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	for i := range m.mems {
-		if s := m.st.e.members[i].State(); s == Failed || s == Suspended {
-			if err := m.rejoin(ctx, i); err != nil {
-				return fmt.Errorf("rejoin %d: %w", i, err)
+	// As the monitor does, which tries again every interval: a member
+	// that must be copied whole waits for a source another one becomes.
+	var errs []error
+	for range m.mems {
+		errs = errs[:0]
+		for i := range m.mems {
+			if s := m.st.e.members[i].State(); s == Failed || s == Suspended {
+				if err := m.rejoin(ctx, i); err != nil {
+					errs = append(errs, fmt.Errorf("rejoin %d: %w", i, err))
+				}
 			}
 		}
+		if len(errs) == 0 {
+			return nil
+		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 func (c *modelCmd) PostCondition(st commands.State, res commands.Result) *gopter.PropResult {

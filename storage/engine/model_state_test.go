@@ -113,6 +113,10 @@ func (s *modelState) rejoin(i int) {
 		return
 	}
 	copies := s.missed[i] || s.full[i]
+	if copies && !s.full[i] && s.reachable(i) && !s.otherServable(i) && s.othersLost(i) {
+		// Engine.promote: the only intact copy left is the source.
+		copies, s.missed[i] = false, false
+	}
 	if copies && (!s.reachable(i) || !s.otherServable(i)) {
 		s.state[i] = Failed
 		return
@@ -126,6 +130,13 @@ func (s *modelState) rejoin(i int) {
 	}
 	s.state[i], s.written[i] = InSync, s.written[i] || copies
 	s.missed[i], s.full[i] = false, false
+}
+
+// othersLost reports whether every member but i is out of service and
+// known (by the engine: a reconnect noticed it, or a flush failed) to
+// need a whole copy.
+func (s *modelState) othersLost(i int) bool {
+	return !s.other(i, func(j int) bool { return s.inSync(j) || !s.full[j] || s.wiped[j] })
 }
 
 func (c *modelCmd) NextState(st commands.State) commands.State {

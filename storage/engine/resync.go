@@ -62,15 +62,22 @@ func (e *Engine) Rejoin(ctx context.Context, i int, full bool, limit *rate.Limit
 	if (s != Failed && s != Suspended) || !m.state.CompareAndSwap(int32(s), int32(Resyncing)) {
 		return fmt.Errorf("%w: member %d is %v", ErrBusy, i, s)
 	}
-	if full || m.fullResync.Swap(false) {
+	whole := full || m.fullResync.Swap(false)
+	if whole {
 		for _, a := range m.ancestors {
 			a.mi.markAll(a.child)
 		}
+	} else if err := e.promote(ctx, m); err != nil {
+		e.fail(ctx, m, err)
+		return fmt.Errorf("engine: member %d: %w", i, err)
 	}
-	m.log.Info("member rejoining; resync started", "was", s, "full", full)
+	m.log.Info("member rejoining; resync started", "was", s, "full", whole)
 	start := time.Now()
 	copied, err := e.resync(ctx, m, limit)
 	if err != nil {
+		if whole {
+			m.fullResync.Store(true) // still nothing on it counts
+		}
 		e.fail(ctx, m, err)
 		return fmt.Errorf("engine: resync of member %d stopped after %d bytes: %w", i, copied, err)
 	}
@@ -80,6 +87,46 @@ func (e *Engine) Rejoin(ctx context.Context, i int, full bool, limit *rate.Limit
 		return fmt.Errorf("engine: record member %d in sync: %w", i, err)
 	}
 	return nil
+}
+
+// promote makes m, whose media is intact, the source of each mirror above
+// it where no replica is in service and every other replica lost its
+// media (it is to be copied whole): m is then the newest copy there is,
+// so the regions it missed are taken as they are on it instead of waiting
+// forever for a source. Writes acknowledged by a replica whose media was
+// lost since are lost with it; that is logged. Where another replica may
+// still hold newer data (it is out of service with its media intact),
+// nothing changes: the copy waits for a source, as before.
+func (e *Engine) promote(ctx context.Context, m *member) error {
+	for _, a := range m.ancestors {
+		if a.mi.count(a.child) == 0 || !e.othersLost(a) {
+			continue
+		}
+		n := a.mi.clearAll(a.child)
+		m.log.Warn("no replica in service and every other replica lost its media: this member is the source now; writes acknowledged only by a lost replica are gone",
+			"regions_taken_as_they_are", n)
+		if err := e.persistDirty(ctx, a.mi); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// othersLost reports whether no child of a's mirror but a's own is in
+// service or holds media worth keeping: every member under each of them
+// is out of service and marked to be copied whole.
+func (e *Engine) othersLost(a ancestor) bool {
+	for j, leaves := range a.mi.children {
+		if j == a.child {
+			continue
+		}
+		for _, l := range leaves {
+			if m := e.members[l]; m.readable() || !m.fullResync.Load() {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // resync copies every dirty region of every mirror above m to m until no
