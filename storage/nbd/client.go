@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +51,7 @@ type Op struct {
 	Done func(op *Op, err error)
 
 	cookie uint64
+	hdr    [requestHeaderBytes]byte // the encoded request, while queued or sent
 }
 
 // Client is a pipelined NBD client: many requests in flight on one
@@ -63,14 +65,28 @@ type Client struct {
 	slots []clientSlot
 	free  chan uint32
 
-	wmu    sync.Mutex // serialises sends; guards hdr, vec and bufs
-	hdr    [requestHeaderBytes]byte
-	vec    [2][]byte
-	bufs   net.Buffers
+	wmu    sync.Mutex // serialises writes to conn
 	closed atomic.Bool
-	done   chan struct{} // closed when the receive goroutine ended
-	errMu  sync.Mutex
-	err    error
+
+	// Requests are sent in batches (flat combining, as the server sends
+	// replies): Submit queues its request; the first submitter that finds
+	// no send in progress sends everything queued in one writev, until the
+	// queue is empty. A submitter may thus return before its request is
+	// on the wire, so the closing sweep waits for the send in progress
+	// (idle) before it completes ops: no writev reads a buffer whose op
+	// was completed (dead stops later sends).
+	qmu     sync.Mutex
+	idle    sync.Cond // on qmu: signalled when sending ends
+	queue   []*Op
+	spare   []*Op
+	sending bool
+	dead    bool
+	wvec    [][]byte
+	wbufs   net.Buffers
+
+	done  chan struct{} // closed when the receive goroutine ended
+	errMu sync.Mutex
+	err   error
 
 	waiters sync.Pool
 }
@@ -151,7 +167,11 @@ func NewClient(ctx context.Context, conn net.Conn, opts ClientOptions) (*Client,
 		slots: make([]clientSlot, opts.MaxInFlight),
 		free:  make(chan uint32, opts.MaxInFlight),
 		done:  make(chan struct{}),
+		queue: make([]*Op, 0, opts.MaxInFlight),
+		spare: make([]*Op, 0, opts.MaxInFlight),
+		wvec:  make([][]byte, 0, 2*opts.MaxInFlight),
 	}
+	c.idle.L = &c.qmu
 	for i := range c.slots {
 		c.free <- uint32(i)
 	}
@@ -230,23 +250,61 @@ func (c *Client) Submit(ctx context.Context, op *Op) error {
 		return nil // the closing sweep owns it and calls Done
 	}
 	req := Request{Flags: op.Flags, Cmd: op.Cmd, Cookie: op.cookie, Offset: uint64(op.Offset), Length: op.Length}
-	c.wmu.Lock()
-	EncodeRequest(c.hdr[:], &req)
-	c.vec[0], c.vec[1] = c.hdr[:], nil
-	c.bufs = c.vec[:1]
-	if op.Cmd == CmdWrite {
-		c.vec[1] = op.Data
-		c.bufs = c.vec[:2]
+	EncodeRequest(op.hdr[:], &req)
+	c.qmu.Lock()
+	if c.dead {
+		c.qmu.Unlock()
+		return nil // the closing sweep completed it, or will
 	}
-	_, err := c.bufs.WriteTo(c.conn)
-	c.vec[1] = nil
-	c.wmu.Unlock()
-	if err != nil {
-		// The receive goroutine sees the closed connection and completes
-		// every op in flight, this one included.
-		c.fail(fmt.Errorf("nbd: send %v: %w", op.Cmd, err))
+	c.queue = append(c.queue, op)
+	if c.sending {
+		c.qmu.Unlock()
+		return nil // the send in progress takes it
 	}
+	// Become the sender, but first let the goroutines that are ready to
+	// run queue their requests too: one writev then carries them all.
+	c.sending = true
+	c.qmu.Unlock()
+	runtime.Gosched()
+	c.qmu.Lock()
+	c.sendQueued()
 	return nil
+}
+
+// sendQueued is called with qmu held and no send in progress; it sends
+// the queue in batches until it is empty and returns with qmu released.
+// After a failed write it drops what is queued: the receive goroutine
+// sees the closed connection and completes every op in flight.
+func (c *Client) sendQueued() {
+	var werr error
+	for len(c.queue) > 0 {
+		batch := c.queue
+		c.queue = c.spare[:0]
+		c.qmu.Unlock()
+		if werr == nil {
+			v := c.wvec[:0]
+			for _, q := range batch {
+				v = append(v, q.hdr[:])
+				if q.Cmd == CmdWrite {
+					v = append(v, q.Data)
+				}
+			}
+			c.wbufs = v
+			c.wmu.Lock()
+			_, werr = c.wbufs.WriteTo(c.conn)
+			c.wmu.Unlock()
+			clear(v)
+			if werr != nil {
+				c.fail(fmt.Errorf("nbd: send %v: %w", batch[0].Cmd, werr))
+			}
+		}
+		clear(batch)
+		c.qmu.Lock()
+		c.spare = batch[:0]
+	}
+	c.sending = false
+	c.idle.Broadcast()
+	c.qmu.Unlock()
 }
 
 func (c *Client) closedErr() error {
@@ -300,6 +358,17 @@ func (c *Client) receive() {
 	err := c.receiveLoop()
 	c.fail(err)
 	c.closed.Store(true)
+	// Wait for the send in progress (the connection is closed, so it ends
+	// soon) and stop later ones before completing ops: their buffers go
+	// back to their owners.
+	c.qmu.Lock()
+	for c.sending {
+		c.idle.Wait()
+	}
+	c.dead = true
+	clear(c.queue)
+	c.queue = c.queue[:0]
+	c.qmu.Unlock()
 	cerr := c.closedErr()
 	for i := range c.slots {
 		if op := c.slots[i].op.Swap(nil); op != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 )
 
@@ -371,6 +372,17 @@ func (t *transmitter) serve(ctx context.Context, sr *serverRequest) {
 // went out.
 func (t *transmitter) sendBatched(sr *serverRequest) {
 	t.enqueue(sr)
+	if t.sending {
+		t.qmu.Unlock()
+		return // the send in progress takes it
+	}
+	// Become the sender, but first let the goroutines that are ready to
+	// run queue their replies too: one writev then carries them all.
+	t.sending = true
+	t.qmu.Unlock()
+	runtime.Gosched()
+	t.qmu.Lock()
+	t.sending = false
 	t.sendQueued()
 }
 
