@@ -52,6 +52,41 @@ type NowaitBackend interface {
 	TryWriteAt(p []byte, off int64, flags CmdFlags) (done bool, err error)
 }
 
+// ViewBackend is what a Backend implements when some of its bytes lie in
+// memory the server may send from directly (a file on a memory file
+// system, mapped): a read reply is then written from them, one copy (to
+// the socket) instead of two (to a buffer, then to the socket).
+//
+// View returns the bytes [off, off+n) of the export, or ok=false (the
+// read then takes the ordinary path). It must not block. The slice is
+// read by the kernel when the reply is written, which may be after later
+// requests ran: a read overlapping a write in flight at the same time
+// may show either's bytes, as with ReadAt. If the memory goes away
+// (the file shrank), writing the reply fails and ends the connection.
+type ViewBackend interface {
+	Backend
+	View(off int64, n int) (p []byte, ok bool)
+}
+
+// WriteViewBackend is a ViewBackend whose memory may also be written: the
+// payload of a large write is received from the socket straight into it
+// (one copy instead of two), and WroteView then finishes the write
+// (CmdFlagFUA: makes it durable).
+//
+// WritableView returns the bytes [off, off+n) to receive into, or
+// ok=false (the write then takes the ordinary path). The bytes land as
+// they arrive, so a write whose connection breaks mid-payload leaves part
+// of its range written — as any write that was not acknowledged may. The
+// server receives into the view only when the connection is not fenced
+// (see OptFence), and counts the write as started meanwhile. If the
+// memory goes away (the file shrank), the fault ends the connection, not
+// the process.
+type WriteViewBackend interface {
+	ViewBackend
+	WritableView(off int64, n int) (p []byte, ok bool)
+	WroteView(off int64, n int, flags CmdFlags) error
+}
+
 // Export is one named device a Server offers.
 type Export struct {
 	// Name is the export name; a server with a single export also answers

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"runtime"
+	"runtime/debug"
 	"sync"
 )
 
@@ -19,6 +20,7 @@ type serverRequest struct {
 	errno Errno
 	bufp  *[]byte
 	data  []byte
+	view  bool // data aliases the backend's memory (ViewBackend)
 	hdr   [structuredReplyBytes + 8]byte
 	vec   [2][]byte
 	bufs  net.Buffers
@@ -43,6 +45,10 @@ type transmitter struct {
 	// block or the batch is full.
 	nowait NowaitBackend
 	held   int
+	// views is the backend's memory to send read replies from, if any;
+	// wviews the memory to receive large writes into.
+	views  ViewBackend
+	wviews WriteViewBackend
 
 	// Replies are sent in batches (flat combining): a worker queues its
 	// reply; the first that finds no send in progress sends everything
@@ -70,6 +76,8 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 		t.free <- &serverRequest{}
 	}
 	t.nowait, _ = n.export.Backend.(NowaitBackend)
+	t.views, _ = n.export.Backend.(ViewBackend)
+	t.wviews, _ = n.export.Backend.(WriteViewBackend)
 	t.queue = make([]*serverRequest, 0, s.opts.MaxInFlight)
 	t.spare = make([]*serverRequest, 0, s.opts.MaxInFlight)
 	t.wvec = make([][]byte, 0, 2*s.opts.MaxInFlight)
@@ -270,6 +278,16 @@ func (t *transmitter) releaseHeld() {
 func (t *transmitter) readPayload(ctx context.Context, sr *serverRequest) error {
 	n := int(sr.Length)
 	hasData := sr.Cmd == CmdWrite || sr.Cmd == CmdRead
+	if sr.errno == 0 && n > viewMinBytes {
+		switch {
+		case sr.Cmd == CmdRead && t.viewRead(sr):
+			return nil
+		case sr.Cmd == CmdWrite && t.wviews != nil:
+			if done, err := t.receiveIntoView(sr); done || err != nil {
+				return err
+			}
+		}
+	}
 	if hasData && sr.errno == 0 && n > 0 {
 		bp, ok := t.srv.pool.tryGet(n)
 		if !ok {
@@ -300,6 +318,70 @@ func (t *transmitter) readPayload(ctx context.Context, sr *serverRequest) error 
 		return fmt.Errorf("read write payload: %w", readErr(err))
 	}
 	return nil
+}
+
+// viewMinBytes: reads up to this size are copied to a buffer even when
+// the backend has a view. Measured (fio 4k random reads QD32 on a tmpfs
+// file): replies sent from the mapping ran at 0.93x of copied ones (a
+// page fault or TLB miss per page touched through the mapping costs more
+// than a 4 KiB copy); 1 MiB reads at QD8 ran at 1.41x.
+const viewMinBytes = inPlaceMaxBytes
+
+// viewRead points a read's reply at the backend's memory, if it has the
+// bytes there (ViewBackend).
+func (t *transmitter) viewRead(sr *serverRequest) bool {
+	if t.views == nil {
+		return false
+	}
+	p, ok := t.views.View(int64(sr.Offset), int(sr.Length))
+	if !ok {
+		return false
+	}
+	sr.data, sr.view = p, true
+	return true
+}
+
+// receiveIntoView receives a write's payload straight into the backend's
+// memory (WriteViewBackend), unless the connection is fenced or the
+// backend has no view of the range (done=false: the ordinary path).
+func (t *transmitter) receiveIntoView(sr *serverRequest) (done bool, err error) {
+	if !t.c.beginWrite() {
+		return false, nil // fenced: the worker path drops it
+	}
+	defer t.c.endWrite()
+	p, ok := t.wviews.WritableView(int64(sr.Offset), int(sr.Length))
+	if !ok {
+		return false, nil
+	}
+	if t.held > 0 && t.r.Buffered() < len(p) {
+		t.releaseHeld() // about to wait for the payload
+	}
+	sr.data, sr.view = p, true
+	if err := readFullFaulting(t.r, p); err != nil {
+		return true, fmt.Errorf("read write payload into the export's memory: %w", err)
+	}
+	return true, nil
+}
+
+// errMemoryFault: the backend's memory went away under a copy (a mapped
+// file shrank).
+var errMemoryFault = errors.New("nbd: fault on the backend's memory")
+
+// readFullFaulting is io.ReadFull into memory that may fault: a fault in
+// the copy becomes an error instead of crashing the process.
+func readFullFaulting(r io.Reader, p []byte) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if v := recover(); v != nil {
+			f, ok := v.(interface{ Addr() uintptr })
+			if !ok {
+				panic(v)
+			}
+			err = fmt.Errorf("%w at %#x", errMemoryFault, f.Addr())
+		}
+	}()
+	_, err = io.ReadFull(r, p)
+	return readErr(err)
 }
 
 // writeLike reports whether cmd changes the export's bytes.
@@ -435,11 +517,14 @@ func (t *transmitter) run(ctx context.Context, b Backend, sr *serverRequest, off
 	var err error
 	switch sr.Cmd {
 	case CmdRead:
-		if n > 0 {
+		if n > 0 && !sr.view {
 			err = b.ReadAt(ctx, sr.data, off)
 		}
 	case CmdWrite:
-		if n > 0 {
+		switch {
+		case sr.view:
+			err = t.wviews.WroteView(off, int(n), sr.Flags)
+		case n > 0:
 			err = b.WriteAt(ctx, sr.data, off, sr.Flags)
 		}
 	case CmdFlush:
@@ -501,6 +586,9 @@ func (t *transmitter) reply(sr *serverRequest) error {
 
 // release returns the request's buffer and the request to their free lists.
 func (t *transmitter) release(sr *serverRequest) {
+	if sr.view {
+		sr.data, sr.view = nil, false
+	}
 	if sr.bufp != nil {
 		t.srv.pool.put(sr.bufp)
 		sr.bufp, sr.data = nil, nil

@@ -86,14 +86,19 @@ type File struct {
 
 	// memory: a regular file on tmpfs or ramfs, whose reads and writes
 	// never wait for media, so TryReadAt and TryWriteAt always do them.
-	memory        bool
+	memory bool
+	// mapped is the file mapped shared (memory file systems only; writable
+	// unless readOnly), for View and WritableView: read replies are sent
+	// from it and large writes received into it.
+	mapped        []byte
 	noNowaitRead  atomic.Bool // preadv2 RWF_NOWAIT reported unsupported
 	noNowaitWrite atomic.Bool // pwritev2 RWF_NOWAIT reported unsupported
 }
 
 var (
-	_ Node              = (*File)(nil)
-	_ nbd.NowaitBackend = (*File)(nil)
+	_ Node                 = (*File)(nil)
+	_ nbd.NowaitBackend    = (*File)(nil)
+	_ nbd.WriteViewBackend = (*File)(nil)
 )
 
 // OpenFile opens path as described by opts. Errors name the path and wrap
@@ -221,7 +226,46 @@ func newFile(f *os.File, path string, opts FileOptions) (*File, error) {
 			file.memory = fs.Type == unix.TMPFS_MAGIC || fs.Type == unix.RAMFS_MAGIC
 		}
 	}
+	if file.memory && file.size > 0 {
+		// Without a mapping View says no and reads take pread: no error.
+		_ = file.control(func(fd int) error {
+			prot := unix.PROT_READ
+			if !file.readOnly {
+				prot |= unix.PROT_WRITE
+			}
+			m, err := unix.Mmap(fd, 0, int(file.size), prot, unix.MAP_SHARED)
+			file.mapped = m
+			return err
+		})
+	}
 	return file, nil
+}
+
+// View returns the node's bytes [off, off+n) from its mapping
+// (nbd.ViewBackend): files on a memory file system are mapped at open, so
+// a read reply is sent from the page cache directly. Other files, and
+// ranges outside the node, get ok=false.
+func (f *File) View(off int64, n int) ([]byte, bool) {
+	if f.mapped == nil || off < 0 || n < 0 || off > int64(len(f.mapped))-int64(n) {
+		return nil, false
+	}
+	return f.mapped[off : off+int64(n) : off+int64(n)], true
+}
+
+// WritableView is View for writing (nbd.WriteViewBackend): the server
+// receives a large write's payload into it. A read-only node has none.
+func (f *File) WritableView(off int64, n int) ([]byte, bool) {
+	if f.readOnly {
+		return nil, false
+	}
+	return f.View(off, n)
+}
+
+// WroteView finishes a write made through WritableView: with
+// nbd.CmdFlagFUA it is made durable (fdatasync covers the mapping's
+// pages on a memory file system as well).
+func (f *File) WroteView(off int64, n int, flags nbd.CmdFlags) error {
+	return f.fua(flags, "write", off, int64(n))
 }
 
 func isBlockDevice(m fs.FileMode) bool {
@@ -270,6 +314,10 @@ func (f *File) Flags() nbd.TransmissionFlags {
 
 // Close closes the file. Pending writes are not flushed: clients FLUSH.
 func (f *File) Close() error {
+	if f.mapped != nil {
+		_ = unix.Munmap(f.mapped)
+		f.mapped = nil
+	}
 	if err := f.f.Close(); err != nil {
 		return fmt.Errorf("node: close %s: %w", f.path, err)
 	}

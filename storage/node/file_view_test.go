@@ -1,0 +1,60 @@
+// The File's view (nbd.ViewBackend): a file on a memory file system is
+// mapped, and View shows its current bytes, writes and trims included;
+// ranges outside the node and files on other file systems get ok=false.
+package node_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"dst/storage/node"
+)
+
+func TestFileViewOnTmpfs(t *testing.T) {
+	if _, err := os.Stat("/dev/shm"); err != nil {
+		t.Skip("no /dev/shm")
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "dst-node-test")
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	p := filepath.Join(dir, "v.img")
+	require.NoError(t, os.WriteFile(p, pattern(0x5a, 1<<20), 0o644))
+	f, err := node.OpenFile(p, node.FileOptions{Size: 1<<20 - 512}) // a node shorter than its file
+	require.NoError(t, err)
+	defer f.Close()
+
+	v, ok := f.View(4096, 8192)
+	require.True(t, ok)
+	require.Equal(t, pattern(0x5a, 1<<20)[4096:4096+8192], v)
+	ctx := context.Background()
+	require.NoError(t, f.WriteAt(ctx, pattern(0x11, 4096), 8192, 0))
+	require.Equal(t, pattern(0x11, 4096), v[4096:], "the view shows later writes")
+	require.NoError(t, f.Trim(ctx, 0, 1<<20-512, 0))
+	z, ok := f.View(0, 4096)
+	require.True(t, ok)
+	require.Equal(t, make([]byte, 4096), z, "trimmed bytes read as zeroes")
+
+	for _, r := range [][2]int64{{1<<20 - 512 - 4096, 4097}, {-1, 1}, {0, -1}, {1 << 20, 0}} {
+		_, ok := f.View(r[0], int(r[1]))
+		require.False(t, ok, "range %v is outside the node", r)
+	}
+	w, ok := f.View(1<<20-512-4096, 4096)
+	require.True(t, ok)
+	require.Equal(t, 4096, cap(w), "a view cannot be grown past its range")
+}
+
+func TestFileViewOnlyOnMemory(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "d.img")
+	f, err := node.OpenFile(p, node.FileOptions{Size: 1 << 20})
+	require.NoError(t, err)
+	defer f.Close()
+	if node.IsMemory(f) {
+		t.Skip("the test directory is on a memory file system")
+	}
+	_, ok := f.View(0, 4096)
+	require.False(t, ok, "a disk file is not mapped: a page not cached would block the reply's write")
+}
