@@ -171,6 +171,12 @@ func (t *transmitter) readLoop(ctx context.Context) error {
 			}
 			continue
 		}
+		if sr.view && (sr.Cmd == CmdRead || sr.Flags&CmdFlagFUA == 0) {
+			// Received into, or replied from, the export's memory:
+			// nothing is left to do but reply.
+			t.settle(sr, nil)
+			continue
+		}
 		t.work <- sr
 	}
 }
