@@ -7,6 +7,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -47,7 +48,13 @@ type FileOptions struct {
 //
 // How each command maps to the kernel:
 //
-//   - READ, WRITE: pread, pwrite (os.File ReadAt/WriteAt).
+//   - READ, WRITE: pread, pwrite (os.File ReadAt/WriteAt). A file on a
+//     memory file system (tmpfs, ramfs) is also mapped shared at open:
+//     requests served in place (TryReadAt, TryWriteAt) copy through the
+//     mapping with no system call, and the server sends large read
+//     replies from it and receives large write payloads into it (View,
+//     WritableView). A fault on the mapping (another process shrank the
+//     file) fails the request or ends the connection, never the process.
 //   - FLUSH: fdatasync, which covers writes made through any connection
 //     (so the export advertises CAN_MULTI_CONN honestly).
 //   - WRITE with FUA: pwritev2 with RWF_DSYNC, which makes that one write
@@ -252,6 +259,22 @@ func (f *File) View(off int64, n int) ([]byte, bool) {
 	return f.mapped[off : off+int64(n) : off+int64(n)], true
 }
 
+// copyMapped copies src to dst where one of them is the mapping: a fault
+// (the file shrank under it) is an error, not a crash.
+func (f *File) copyMapped(dst, src []byte, op string, off int64) (err error) {
+	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
+	defer func() {
+		if v := recover(); v != nil {
+			if _, ok := v.(interface{ Addr() uintptr }); !ok {
+				panic(v)
+			}
+			err = f.opErr(op, off, int64(len(dst)), fmt.Errorf("the mapped file shrank: %w", io.ErrUnexpectedEOF))
+		}
+	}()
+	copy(dst, src)
+	return nil
+}
+
 // WritableView is View for writing (nbd.WriteViewBackend): the server
 // receives a large write's payload into it. A read-only node has none.
 func (f *File) WritableView(off int64, n int) ([]byte, bool) {
@@ -360,10 +383,13 @@ func (f *File) WriteAt(_ context.Context, p []byte, off int64, flags nbd.CmdFlag
 }
 
 // TryReadAt is ReadAt when it need not wait for media (nbd.NowaitBackend):
-// always on a memory file system, else when preadv2(RWF_NOWAIT) finds all
+// always on a memory file system (a copy from the mapping), else when preadv2(RWF_NOWAIT) finds all
 // of p in the page cache. Anything else (a page not cached, an error, a
 // short read) is left to ReadAt.
 func (f *File) TryReadAt(p []byte, off int64) (done bool, err error) {
+	if m, ok := f.View(off, len(p)); ok {
+		return true, f.copyMapped(p, m, "read", off)
+	}
 	if f.memory {
 		return true, f.ReadAt(context.Background(), p, off)
 	}
@@ -374,10 +400,16 @@ func (f *File) TryReadAt(p []byte, off int64) (done bool, err error) {
 }
 
 // TryWriteAt is WriteAt when it need not wait (nbd.NowaitBackend): always
-// on a memory file system, else a write without FUA that
+// on a memory file system (a copy into the mapping), else a write without FUA that
 // pwritev2(RWF_NOWAIT) takes whole. Anything else is left to WriteAt (a
 // prefix it may have written is written again).
 func (f *File) TryWriteAt(p []byte, off int64, flags nbd.CmdFlags) (done bool, err error) {
+	if m, ok := f.WritableView(off, len(p)); ok {
+		if err := f.copyMapped(m, p, "write", off); err != nil {
+			return true, err
+		}
+		return true, f.fua(flags, "write", off, int64(len(p)))
+	}
 	if f.memory {
 		return true, f.WriteAt(context.Background(), p, off, flags)
 	}

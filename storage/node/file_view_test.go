@@ -5,6 +5,7 @@ package node_test
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"testing"
@@ -57,4 +58,31 @@ func TestFileViewOnlyOnMemory(t *testing.T) {
 	}
 	_, ok := f.View(0, 4096)
 	require.False(t, ok, "a disk file is not mapped: a page not cached would block the reply's write")
+}
+
+// In-place reads and writes on a memory file go through the mapping; a
+// file another process shrank makes them fail, and the process lives.
+func TestFileTryOnShrunkMappedFile(t *testing.T) {
+	dir, err := os.MkdirTemp("/dev/shm", "dst-node-test")
+	if err != nil {
+		t.Skip("no /dev/shm")
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	p := filepath.Join(dir, "s.img")
+	f, err := node.OpenFile(p, node.FileOptions{Size: 1 << 20})
+	require.NoError(t, err)
+	defer f.Close()
+	done, err := f.TryWriteAt(pattern(0x33, 4096), 8192, 0)
+	require.True(t, done)
+	require.NoError(t, err)
+	v, _ := f.View(8192, 4096)
+	require.Equal(t, pattern(0x33, 4096), v, "written through the mapping")
+
+	require.NoError(t, os.Truncate(p, 0))
+	done, err = f.TryWriteAt(pattern(0x44, 4096), 512<<10, 0)
+	require.True(t, done)
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
+	done, err = f.TryReadAt(make([]byte, 4096), 512<<10)
+	require.True(t, done)
+	require.ErrorIs(t, err, io.ErrUnexpectedEOF)
 }
