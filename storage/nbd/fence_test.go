@@ -5,6 +5,7 @@
 package nbd_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -127,4 +128,58 @@ func TestFencedConnectionDropsLaterWrites(t *testing.T) {
 	_, _ = conn.Write(append(hdr[:], payload...))
 	time.Sleep(100 * time.Millisecond)
 	require.Equal(t, make([]byte, 512), m.Bytes(8192, 512), "a write of the fenced connection landed")
+}
+
+// The race the fence guards, forced on the ordinary path: a write the
+// old connection's reader holds buffered, waiting for a request slot
+// while every slot is held by writes in progress, must not run once the
+// fence that waited for those writes is through.
+func TestFenceDropsABufferedWrite(t *testing.T) {
+	m := stubborn{Memory: nbdtest.NewMemory(1 << 16), entered: make(chan struct{}, 4), release: make(chan struct{})}
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(m.release) }) }
+	t.Cleanup(unblock)
+	_, addr := startServer(t, ServerOptions{MaxInFlight: 2,
+		Exports: []*Export{{Name: "m", Size: 1 << 16, Flags: nbdtest.AllFlags, Backend: m}}})
+	ctx := testCtx(t)
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	c1, err := NewClient(ctx, conn, ClientOptions{Fence: &Fence{Session: 6, Generation: 1}})
+	require.NoError(t, err)
+	defer c1.Close()
+	for i := range 2 { // both request slots busy
+		op := &Op{Cmd: CmdWrite, Offset: int64(i) * 512, Length: 512, Data: make([]byte, 512), Done: func(*Op, error) {}}
+		require.NoError(t, c1.Submit(ctx, op))
+		<-m.entered
+	}
+	var hdr [28]byte
+	EncodeRequest(hdr[:], &Request{Cmd: CmdWrite, Cookie: 77, Offset: 8192, Length: 512})
+	_, err = conn.Write(append(hdr[:], bytes.Repeat([]byte{0xee}, 512)...))
+	require.NoError(t, err)
+	time.Sleep(100 * time.Millisecond) // the reader has it buffered, waiting for a slot
+	fenced := make(chan error, 1)
+	go func() {
+		c2, err := dialFenced(ctx, addr, &Fence{Session: 6, Generation: 2})
+		if err == nil {
+			c2.Close()
+		}
+		fenced <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // the fence waits for the two writes
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // the third write may reach the backend (the mutant): let it through
+		for {
+			select {
+			case <-m.entered:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	unblock()
+	require.NoError(t, <-fenced)
+	time.Sleep(100 * time.Millisecond)
+	require.Equal(t, make([]byte, 512), m.Bytes(8192, 512), "the buffered write of the fenced connection ran")
 }

@@ -8,10 +8,12 @@ package nbd_test
 
 import (
 	"bytes"
+	"context"
 	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -138,4 +140,97 @@ func TestMemoryFaultEndsTheConnectionNotTheProcess(t *testing.T) {
 	got := make([]byte, 1<<20)
 	require.NoError(t, c.ReadAt(ctx, got, 4<<20))
 	require.Equal(t, p, got)
+}
+
+// stubbornMapped is a mapped File whose ordinary writes, once started,
+// wait for release. It forwards the Backend and the view methods only —
+// not TryWriteAt — so small writes take a worker and hold their request
+// slot.
+type stubbornMapped struct {
+	f       *node.File
+	entered chan struct{}
+	release chan struct{}
+}
+
+func (s stubbornMapped) WriteAt(ctx context.Context, p []byte, off int64, f CmdFlags) error {
+	s.entered <- struct{}{}
+	<-s.release
+	return s.f.WriteAt(context.Background(), p, off, f)
+}
+
+func (s stubbornMapped) ReadAt(ctx context.Context, p []byte, off int64) error {
+	return s.f.ReadAt(ctx, p, off)
+}
+func (s stubbornMapped) Flush(ctx context.Context) error { return s.f.Flush(ctx) }
+func (s stubbornMapped) Trim(ctx context.Context, off, n int64, f CmdFlags) error {
+	return s.f.Trim(ctx, off, n, f)
+}
+func (s stubbornMapped) WriteZeroes(ctx context.Context, off, n int64, f CmdFlags) error {
+	return s.f.WriteZeroes(ctx, off, n, f)
+}
+func (s stubbornMapped) Cache(ctx context.Context, off, n int64) error { return s.f.Cache(ctx, off, n) }
+func (s stubbornMapped) View(off int64, n int) ([]byte, bool)          { return s.f.View(off, n) }
+func (s stubbornMapped) WritableView(off int64, n int) ([]byte, bool) {
+	return s.f.WritableView(off, n)
+}
+func (s stubbornMapped) WroteView(off int64, n int, f CmdFlags) error {
+	return s.f.WroteView(off, n, f)
+}
+
+// The race the fence guards, forced: the old connection's reader has a
+// large write's header and the start of its payload buffered while every
+// request slot is held by writes in progress; the fence closes the
+// connection and waits for those writes; when they end, the reader takes
+// a slot for the buffered write — which must not reach the file, not even
+// the part already buffered.
+func TestFenceDropsABufferedWriteIntoMemory(t *testing.T) {
+	dir, err := os.MkdirTemp("/dev/shm", "dst-nbd-view")
+	if err != nil {
+		t.Skip("no /dev/shm")
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	const size = 4 << 20
+	f, err := node.OpenFile(filepath.Join(dir, "v.img"), node.FileOptions{Size: size})
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	b := stubbornMapped{f: f, entered: make(chan struct{}, 4), release: make(chan struct{})}
+	var once sync.Once
+	unblock := func() { once.Do(func() { close(b.release) }) }
+	t.Cleanup(unblock)
+	_, addr := startServer(t, ServerOptions{MaxInFlight: 2,
+		Exports: []*Export{{Name: "v", Size: size, Flags: f.Flags(), Backend: b}}})
+	ctx := testCtx(t)
+
+	conn, err := net.Dial("tcp", addr)
+	require.NoError(t, err)
+	defer conn.Close()
+	c1, err := NewClient(ctx, conn, ClientOptions{ExportName: "v", Fence: &Fence{Session: 5, Generation: 1}})
+	require.NoError(t, err)
+	defer c1.Close()
+	for i := range 2 { // both request slots busy
+		op := &Op{Cmd: CmdWrite, Offset: int64(i) * 4096, Length: 4096, Data: make([]byte, 4096), Done: func(*Op, error) {}}
+		require.NoError(t, c1.Submit(ctx, op))
+		<-b.entered
+	}
+	const n = 96 << 10 // header and payload fit in the reader's buffer
+	var hdr [28]byte
+	EncodeRequest(hdr[:], &Request{Cmd: CmdWrite, Cookie: 77, Offset: 1 << 20, Length: n})
+	_, err = conn.Write(append(hdr[:], bytes.Repeat([]byte{0xee}, n)...))
+	require.NoError(t, err)
+	time.Sleep(100 * time.Millisecond) // the reader has it buffered, waiting for a slot
+
+	fenced := make(chan error, 1)
+	go func() {
+		c2, err := dialFenced(ctx, addr, &Fence{Session: 5, Generation: 2})
+		if err == nil {
+			c2.Close()
+		}
+		fenced <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // the fence waits for the two writes
+	unblock()
+	require.NoError(t, <-fenced)
+	time.Sleep(100 * time.Millisecond)
+	v, _ := f.View(1<<20, n)
+	require.Equal(t, make([]byte, n), v, "the buffered write of the fenced connection reached the file")
 }
