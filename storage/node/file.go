@@ -7,7 +7,6 @@ import (
 	"io"
 	"io/fs"
 	"os"
-	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -15,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"dst/internal/memfault"
 	"dst/storage/nbd"
 )
 
@@ -261,17 +261,10 @@ func (f *File) View(off int64, n int) ([]byte, bool) {
 
 // copyMapped copies src to dst where one of them is the mapping: a fault
 // (the file shrank under it) is an error, not a crash.
-func (f *File) copyMapped(dst, src []byte, op string, off int64) (err error) {
-	defer debug.SetPanicOnFault(debug.SetPanicOnFault(true))
-	defer func() {
-		if v := recover(); v != nil {
-			if _, ok := v.(interface{ Addr() uintptr }); !ok {
-				panic(v)
-			}
-			err = f.opErr(op, off, int64(len(dst)), fmt.Errorf("the mapped file shrank: %w", io.ErrUnexpectedEOF))
-		}
-	}()
-	copy(dst, src)
+func (f *File) copyMapped(dst, src []byte, op string, off int64) error {
+	if err := memfault.Do(func() { copy(dst, src) }); err != nil {
+		return f.opErr(op, off, int64(len(dst)), fmt.Errorf("the mapped file shrank: %w: %w", io.ErrUnexpectedEOF, err))
+	}
 	return nil
 }
 
