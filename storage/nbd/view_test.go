@@ -10,10 +10,8 @@ import (
 	"bytes"
 	"context"
 	"math/rand/v2"
-	"net"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -23,9 +21,9 @@ import (
 	"dst/storage/node"
 )
 
-// mappedExport serves a File of size bytes on tmpfs; it returns the file,
-// its path and the server's address.
-func mappedExport(t *testing.T, size int64) (*node.File, string, string) {
+// mappedFile opens a File of size bytes on tmpfs (so it is mapped) and
+// returns it with its path.
+func mappedFile(t *testing.T, size int64) (*node.File, string) {
 	dir, err := os.MkdirTemp("/dev/shm", "dst-nbd-view")
 	if err != nil {
 		t.Skip("no /dev/shm")
@@ -37,6 +35,13 @@ func mappedExport(t *testing.T, size int64) (*node.File, string, string) {
 	t.Cleanup(func() { f.Close() })
 	_, ok := f.WritableView(0, 4096)
 	require.True(t, ok, "a file on tmpfs is mapped")
+	return f, path
+}
+
+// mappedExport serves a mapped File of size bytes; it returns the file,
+// its path and the server's address.
+func mappedExport(t *testing.T, size int64) (*node.File, string, string) {
+	f, path := mappedFile(t, size)
 	_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "v", Size: size, Flags: f.Flags(), Backend: f}}})
 	return f, path, addr
 }
@@ -99,19 +104,12 @@ func TestReadsAndWritesThroughTheBackendsMemory(t *testing.T) {
 func TestFencedConnectionDropsLaterWritesIntoMemory(t *testing.T) {
 	f, _, addr := mappedExport(t, 1<<20)
 	ctx := testCtx(t)
-	conn, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	defer conn.Close()
-	c1, err := NewClient(ctx, conn, ClientOptions{ExportName: "v", Fence: &Fence{Session: 3, Generation: 1}})
-	require.NoError(t, err)
-	defer c1.Close()
+	conn, _ := rawFenced(t, ctx, addr, "v", 3)
 	c2, err := dialFenced(ctx, addr, &Fence{Session: 3, Generation: 2})
 	require.NoError(t, err)
 	defer c2.Close()
 	const n = 256 << 10
-	var hdr [28]byte
-	EncodeRequest(hdr[:], &Request{Cmd: CmdWrite, Cookie: 1, Offset: 0, Length: n})
-	_, _ = conn.Write(append(hdr[:], bytes.Repeat([]byte{0xee}, n)...)) // may fail: the server closed it
+	_ = writeRaw(conn, 1, 0, bytes.Repeat([]byte{0xee}, n)) // may fail: the server closed it
 	time.Sleep(100 * time.Millisecond)
 	v, _ := f.View(0, n)
 	require.Equal(t, make([]byte, n), v, "a write of the fenced connection landed")
@@ -142,19 +140,16 @@ func TestMemoryFaultEndsTheConnectionNotTheProcess(t *testing.T) {
 	require.Equal(t, p, got)
 }
 
-// stubbornMapped is a mapped File whose ordinary writes, once started,
-// wait for release. It forwards the Backend and the view methods only —
-// not TryWriteAt — so small writes take a worker and hold their request
-// slot.
+// stubbornMapped is a mapped File whose ordinary writes wait at a gate.
+// It forwards the Backend and the view methods only — not TryWriteAt — so
+// small writes take a worker and hold their request slot.
 type stubbornMapped struct {
-	f       *node.File
-	entered chan struct{}
-	release chan struct{}
+	f *node.File
+	*gate
 }
 
 func (s stubbornMapped) WriteAt(ctx context.Context, p []byte, off int64, f CmdFlags) error {
-	s.entered <- struct{}{}
-	<-s.release
+	s.pass()
 	return s.f.WriteAt(context.Background(), p, off, f)
 }
 
@@ -177,60 +172,17 @@ func (s stubbornMapped) WroteView(off int64, n int, f CmdFlags) error {
 	return s.f.WroteView(off, n, f)
 }
 
-// The race the fence guards, forced: the old connection's reader has a
-// large write's header and the start of its payload buffered while every
-// request slot is held by writes in progress; the fence closes the
-// connection and waits for those writes; when they end, the reader takes
-// a slot for the buffered write — which must not reach the file, not even
-// the part already buffered.
+// bufferedWriteAcrossFence for a write large enough to be received into
+// the mapping: not even the part of it the reader had buffered may reach
+// the file.
 func TestFenceDropsABufferedWriteIntoMemory(t *testing.T) {
-	dir, err := os.MkdirTemp("/dev/shm", "dst-nbd-view")
-	if err != nil {
-		t.Skip("no /dev/shm")
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
 	const size = 4 << 20
-	f, err := node.OpenFile(filepath.Join(dir, "v.img"), node.FileOptions{Size: size})
-	require.NoError(t, err)
-	t.Cleanup(func() { f.Close() })
-	b := stubbornMapped{f: f, entered: make(chan struct{}, 4), release: make(chan struct{})}
-	var once sync.Once
-	unblock := func() { once.Do(func() { close(b.release) }) }
-	t.Cleanup(unblock)
+	f, _ := mappedFile(t, size)
+	b := stubbornMapped{f: f, gate: newGate(t)}
 	_, addr := startServer(t, ServerOptions{MaxInFlight: 2,
 		Exports: []*Export{{Name: "v", Size: size, Flags: f.Flags(), Backend: b}}})
-	ctx := testCtx(t)
-
-	conn, err := net.Dial("tcp", addr)
-	require.NoError(t, err)
-	defer conn.Close()
-	c1, err := NewClient(ctx, conn, ClientOptions{ExportName: "v", Fence: &Fence{Session: 5, Generation: 1}})
-	require.NoError(t, err)
-	defer c1.Close()
-	for i := range 2 { // both request slots busy
-		op := &Op{Cmd: CmdWrite, Offset: int64(i) * 4096, Length: 4096, Data: make([]byte, 4096), Done: func(*Op, error) {}}
-		require.NoError(t, c1.Submit(ctx, op))
-		<-b.entered
-	}
 	const n = 96 << 10 // header and payload fit in the reader's buffer
-	var hdr [28]byte
-	EncodeRequest(hdr[:], &Request{Cmd: CmdWrite, Cookie: 77, Offset: 1 << 20, Length: n})
-	_, err = conn.Write(append(hdr[:], bytes.Repeat([]byte{0xee}, n)...))
-	require.NoError(t, err)
-	time.Sleep(100 * time.Millisecond) // the reader has it buffered, waiting for a slot
-
-	fenced := make(chan error, 1)
-	go func() {
-		c2, err := dialFenced(ctx, addr, &Fence{Session: 5, Generation: 2})
-		if err == nil {
-			c2.Close()
-		}
-		fenced <- err
-	}()
-	time.Sleep(100 * time.Millisecond) // the fence waits for the two writes
-	unblock()
-	require.NoError(t, <-fenced)
-	time.Sleep(100 * time.Millisecond)
+	bufferedWriteAcrossFence(t, addr, "v", 5, b.gate, 1<<20, bytes.Repeat([]byte{0xee}, n))
 	v, _ := f.View(1<<20, n)
 	require.Equal(t, make([]byte, n), v, "the buffered write of the fenced connection reached the file")
 }

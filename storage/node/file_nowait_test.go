@@ -17,13 +17,7 @@ import (
 )
 
 func TestFileTryOnTmpfs(t *testing.T) {
-	if _, err := os.Stat("/dev/shm"); err != nil {
-		t.Skip("no /dev/shm")
-	}
-	dir, err := os.MkdirTemp("/dev/shm", "dst-node-test")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	p := filepath.Join(dir, "m.img")
+	p := shmPath(t, "m.img")
 	require.NoError(t, os.WriteFile(p, pattern(0xee, 1<<20), 0o644))
 	f, err := node.OpenFile(p, node.FileOptions{})
 	require.NoError(t, err)
@@ -85,4 +79,15 @@ func TestFileTryOnDiskFileSystem(t *testing.T) {
 		want = pattern(0x44, 4096)
 	}
 	require.Equal(t, want, readBack(t, f, 0, 4096))
+}
+
+// shmPath returns a path for a file named name on tmpfs (/dev/shm), in a
+// directory removed when the test ends.
+func shmPath(t *testing.T, name string) string {
+	dir, err := os.MkdirTemp("/dev/shm", "dst-node-test")
+	if err != nil {
+		t.Skipf("no /dev/shm: %v", err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return filepath.Join(dir, name)
 }

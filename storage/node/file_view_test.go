@@ -16,13 +16,7 @@ import (
 )
 
 func TestFileViewOnTmpfs(t *testing.T) {
-	if _, err := os.Stat("/dev/shm"); err != nil {
-		t.Skip("no /dev/shm")
-	}
-	dir, err := os.MkdirTemp("/dev/shm", "dst-node-test")
-	require.NoError(t, err)
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	p := filepath.Join(dir, "v.img")
+	p := shmPath(t, "v.img")
 	require.NoError(t, os.WriteFile(p, pattern(0x5a, 1<<20), 0o644))
 	f, err := node.OpenFile(p, node.FileOptions{Size: 1<<20 - 512}) // a node shorter than its file
 	require.NoError(t, err)
@@ -63,12 +57,7 @@ func TestFileViewOnlyOnMemory(t *testing.T) {
 // In-place reads and writes on a memory file go through the mapping; a
 // file another process shrank makes them fail, and the process lives.
 func TestFileTryOnShrunkMappedFile(t *testing.T) {
-	dir, err := os.MkdirTemp("/dev/shm", "dst-node-test")
-	if err != nil {
-		t.Skip("no /dev/shm")
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	p := filepath.Join(dir, "s.img")
+	p := shmPath(t, "s.img")
 	f, err := node.OpenFile(p, node.FileOptions{Size: 1 << 20})
 	require.NoError(t, err)
 	defer f.Close()
