@@ -121,15 +121,24 @@ func (s *modelState) rejoin(i int) {
 		s.state[i] = Failed
 		return
 	}
-	// Back in sync, the member's superblock is written; an unreachable
-	// member fails that write and leaves service again when another
-	// replica stands in for it.
-	if !s.reachable(i) && s.otherServable(i) {
-		s.state[i] = Failed
-		return
-	}
 	s.state[i], s.written[i] = InSync, s.written[i] || copies
 	s.missed[i], s.full[i] = false, false
+	s.recordMembership()
+}
+
+// recordMembership applies the superblock write that records a member
+// back in sync (Storage.recordMembership): it goes to every in-sync
+// member in index order; the first that cannot take it (unreachable)
+// leaves service if another in-sync member stands in for it, and the
+// write is tried again; otherwise it stays and the error stands.
+func (s *modelState) recordMembership() {
+	for {
+		bad := slices.IndexFunc(s.members(), func(j int) bool { return s.inSync(j) && !s.reachable(j) })
+		if bad < 0 || !s.otherInSync(bad) {
+			return
+		}
+		s.state[bad] = Failed
+	}
 }
 
 // othersLost reports whether every member but i is out of service and
