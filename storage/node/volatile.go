@@ -33,11 +33,6 @@ type VolatileOptions struct {
 	// write would pass it, seeded units of the cache are written back
 	// first, as a disk destages on its own and in its own order.
 	MaxBytes int64
-	// TornPercent is the chance, per cached unit, that a power cut writes
-	// the unit back instead of losing it: 0 loses every unflushed write
-	// whole, values between keep a seeded subset of the sectors of
-	// unflushed multi-sector writes (torn writes), 100 loses nothing.
-	TornPercent int
 }
 
 // VolatileStats count what a Volatile node did.
@@ -48,7 +43,7 @@ type VolatileStats struct {
 	WrittenBack int64
 	// Flushed counts units written back by FLUSH, FUA or Close.
 	Flushed int64
-	// Kept and Lost count the units a power cut wrote back and dropped.
+	// Kept and Lost count the units a power cut wrote back and lost.
 	Kept, Lost int64
 }
 
@@ -61,8 +56,8 @@ type VolatileStats struct {
 //     before a FLUSH that was then acknowledged, is on the node below and
 //     survives a power cut.
 //   - Any other acknowledged write may be lost at a power cut, each
-//     VolatileUnit of it independently (with TornPercent a seeded subset
-//     of its units survives); a unit is never half old and half new.
+//     VolatileUnit of it independently (PowerCut's tornPercent keeps a
+//     seeded subset of its units); a unit is never half old and half new.
 //   - TRIM and WRITE_ZEROES go through to the node below at once (a cache
 //     may always write back early).
 //
@@ -91,9 +86,6 @@ var _ Node = (*Volatile)(nil)
 // NewVolatile puts a volatile cache in front of under. The cache starts
 // empty: what under holds is what is durable.
 func NewVolatile(under Node, opts VolatileOptions) (*Volatile, error) {
-	if opts.TornPercent < 0 || opts.TornPercent > 100 {
-		return nil, fmt.Errorf("node: torn percent %d is not within 0..100", opts.TornPercent)
-	}
 	if opts.MaxBytes < 0 {
 		return nil, fmt.Errorf("node: volatile cache size %d is negative", opts.MaxBytes)
 	}
@@ -382,10 +374,14 @@ func (v *Volatile) Cache(ctx context.Context, off, length int64) error {
 }
 
 // PowerCut takes the power away: each cached unit is written below with
-// probability TornPercent (seeded) and lost otherwise, and every later
-// request fails. It returns the counts of kept and lost units. The node
-// below is neither flushed nor closed: the caller closes it.
-func (v *Volatile) PowerCut(ctx context.Context) (kept, lost int64, err error) {
+// a seeded chance of tornPercent in 100 and lost otherwise (0 loses every
+// unflushed write whole; values between tear multi-unit writes), and every
+// later request fails. It returns the counts of kept and lost units. The
+// node below is neither flushed nor closed: the caller closes it.
+func (v *Volatile) PowerCut(ctx context.Context, tornPercent int) (kept, lost int64, err error) {
+	if tornPercent < 0 || tornPercent > 100 {
+		return 0, 0, fmt.Errorf("node: torn percent %d is not within 0..100", tornPercent)
+	}
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if v.cut {
@@ -395,7 +391,7 @@ func (v *Volatile) PowerCut(ctx context.Context) (kept, lost int64, err error) {
 	keys := slices.Clone(v.keys)
 	slices.Sort(keys)
 	for _, u := range keys {
-		if v.opts.TornPercent > 0 && v.rng.IntN(100) < v.opts.TornPercent {
+		if tornPercent > 0 && v.rng.IntN(100) < tornPercent {
 			off, _ := v.unitSpan(u)
 			if err := v.under.WriteAt(ctx, v.cache[u].data, off, 0); err != nil {
 				return kept, lost, err
@@ -409,6 +405,19 @@ func (v *Volatile) PowerCut(ctx context.Context) (kept, lost int64, err error) {
 	v.stats.Kept += kept
 	v.stats.Lost += lost
 	return kept, lost, nil
+}
+
+// Crash stands for the death of the process alone: the machine keeps its
+// power, so what the cache holds is written below (not flushed, as a page
+// cache survives a killed process) and every later request fails.
+func (v *Volatile) Crash(ctx context.Context) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.cut {
+		return nil
+	}
+	v.cut = true
+	return v.flushAll(ctx)
 }
 
 // Close writes the cache back (a disk flushes its cache at an orderly

@@ -37,7 +37,7 @@ func TestVolatileLosesUnflushedWritesAtPowerCut(t *testing.T) {
 	require.Equal(t, pattern(2, 4*unit), got, "reads see the cache")
 	require.Equal(t, int64(6*unit), v.Stats().Cached)
 
-	kept, lost, err := v.PowerCut(ctx)
+	kept, lost, err := v.PowerCut(ctx, 0)
 	require.NoError(t, err)
 	require.Zero(t, kept)
 	require.Equal(t, int64(6), lost)
@@ -59,7 +59,7 @@ func TestVolatileFUAMergesCachedUnits(t *testing.T) {
 	// A FUA write over the middle of the cached units: the units it
 	// touches go through whole, nothing of them is lost afterwards.
 	require.NoError(t, v.WriteAt(ctx, pattern(2, 512), unit-256, nbd.CmdFlagFUA))
-	_, lost, err := v.PowerCut(ctx)
+	_, lost, err := v.PowerCut(ctx, 0)
 	require.NoError(t, err)
 	require.Zero(t, lost)
 	want := pattern(1, 2*unit)
@@ -111,7 +111,7 @@ func TestVolatileBoundedCacheWritesBack(t *testing.T) {
 		require.NoError(t, v.ReadAt(ctx, got, int64(i)*unit))
 		require.Equal(t, pattern(byte(i+1), unit), got)
 	}
-	_, lost, err := v.PowerCut(ctx)
+	_, lost, err := v.PowerCut(ctx, 0)
 	require.NoError(t, err)
 	require.Equal(t, s.Cached/unit, lost)
 	written := 0
@@ -124,7 +124,9 @@ func TestVolatileBoundedCacheWritesBack(t *testing.T) {
 }
 
 func TestVolatileRejectsBadOptions(t *testing.T) {
-	_, err := node.NewVolatile(node.NewMemory(unit), node.VolatileOptions{TornPercent: 101})
+	v, err := node.NewVolatile(node.NewMemory(unit), node.VolatileOptions{})
+	require.NoError(t, err)
+	_, _, err = v.PowerCut(context.Background(), 101)
 	require.ErrorContains(t, err, "torn percent 101")
 	_, err = node.NewVolatile(node.NewMemory(unit), node.VolatileOptions{MaxBytes: -1})
 	require.ErrorContains(t, err, "negative")
@@ -139,7 +141,7 @@ func TestVolatileRandomPowerCuts(t *testing.T) {
 		ctx := context.Background()
 		const units = 24
 		size := units*unit - 700 // a short last unit
-		v, mem := newVolatile(t, size, node.VolatileOptions{Seed: seed, MaxBytes: 6 * unit, TornPercent: 50})
+		v, mem := newVolatile(t, size, node.VolatileOptions{Seed: seed, MaxBytes: 6 * unit})
 		rng := rand.New(rand.NewPCG(seed, 9))
 		latest := make([]byte, size)
 		// versions[u]: the contents unit u may hold after a cut: its last
@@ -198,7 +200,7 @@ func TestVolatileRandomPowerCuts(t *testing.T) {
 				require.Equal(t, latest[off:off+n], got, "seed %d", seed)
 			}
 		}
-		_, _, err := v.PowerCut(ctx)
+		_, _, err := v.PowerCut(ctx, 50)
 		require.NoError(t, err)
 		for u := range units {
 			lo, hi := span(u)
@@ -215,4 +217,14 @@ func containsBytes(vs [][]byte, b []byte) bool {
 		}
 	}
 	return false
+}
+
+func TestVolatileCrashKeepsTheCache(t *testing.T) {
+	ctx := testCtx(t, 10*time.Second)
+	v, mem := newVolatile(t, 8*unit, node.VolatileOptions{})
+	require.NoError(t, v.WriteAt(ctx, pattern(6, 3*unit), 100, 0))
+	require.NoError(t, v.Crash(ctx))
+	require.Equal(t, pattern(6, 3*unit), mem.Bytes(100, 3*unit))
+	require.ErrorIs(t, v.Flush(ctx), node.ErrPowerCut)
+	require.Zero(t, mem.Flushes(), "a crash of the process flushes nothing")
 }
