@@ -5,16 +5,63 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"math"
 	"net"
+	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/dustin/go-humanize"
 
 	"dst/storage/export"
+	"dst/storage/node"
 )
+
+// exitMachineLost is the exit status of dst export after a power cut or a
+// crash signal (see the help of dst export).
+const exitMachineLost = 3
+
+// handleMachineSignals turns the power-cut, crash and reload signals into
+// calls on srv (see the help of dst export) until stop is called.
+func handleMachineSignals(srv *export.Server, log *slog.Logger, tornPercent int) (stop func()) {
+	ch := make(chan os.Signal, 4)
+	signal.Notify(ch, syscall.SIGPWR, syscall.SIGUSR1, syscall.SIGUSR2, syscall.SIGHUP)
+	done := make(chan struct{})
+	go func() {
+		for {
+			var sig os.Signal
+			select {
+			case sig = <-ch:
+			case <-done:
+				return
+			}
+			switch sig {
+			case syscall.SIGHUP:
+				if err := srv.ReloadFaults(); err != nil {
+					log.Error("media fault rules not reloaded", "err", err)
+				}
+				continue
+			case syscall.SIGUSR1:
+				err := srv.Crash()
+				log.Warn("crash: the volatile cache was written back; exiting at once", "err", err)
+			default:
+				torn := 0
+				if sig == syscall.SIGUSR2 {
+					torn = tornPercent
+				}
+				kept, lost, err := srv.PowerCut(torn)
+				log.Warn("power cut: unflushed writes lost; exiting at once", "kept_units", kept, "lost_units", lost,
+					"torn_percent", torn, "err", err)
+			}
+			os.Exit(exitMachineLost)
+		}
+	}()
+	return func() { signal.Stop(ch); close(done) }
+}
 
 var exportCommand = command{
 	name:    "export",
@@ -27,6 +74,23 @@ When it listens, it prints one line "listening on ADDR" on standard output;
 logs go to standard error. SIGINT or SIGTERM shut it down gracefully:
 requests in flight complete, then connections close (at most
 --shutdown-timeout); a second signal kills it at once.
+
+Power loss and bad media, for torture runs (see dst torture): with
+--volatile-cache every export keeps writes that are neither FUA nor
+followed by a FLUSH in a volatile cache, as a disk's write cache does, and
+these signals stand for what can happen to its machine:
+  SIGPWR   power cut: unflushed writes are lost; exits at once (status 3)
+  SIGUSR2  torn power cut: --torn-percent of the unflushed 4 KiB units
+           survive, seeded, the rest are lost; exits at once (status 3)
+  SIGUSR1  crash of the process alone: the cache reaches the file (as a
+           page cache survives a killed process); exits at once (status 3)
+SIGTERM and SIGINT flush the cache before they shut down. Restart a node
+after a power cut with a new --boot-id, as a rebooted machine reports one.
+With --faults FILE, media faults are injected below the cache as the JSON
+rules in FILE say (EIO on reads, writes or flushes, a flipped bit, a lost
+write); SIGHUP reads FILE again. Example rules:
+  {"seed": 7, "rules": [{"op": "read", "offset": 1048576, "length": 65536,
+   "action": "eio"}, {"op": "write", "action": "flip", "count": 1}]}
 
 Sizes take SI suffixes (K, M, G, T: powers of 1000) and IEC suffixes
 (KiB, MiB, GiB, TiB: powers of 1024).
@@ -53,6 +117,11 @@ type exportFlags struct {
 	logLevel        string
 	shutdownTimeout time.Duration
 	maxConns        int
+	volatileCache   string
+	volatileSeed    uint64
+	tornPercent     int
+	bootID          string
+	faults          string
 }
 
 func setupExport(stdout, stderr io.Writer) (*flag.FlagSet, func(context.Context) error) {
@@ -71,6 +140,11 @@ func setupExport(stdout, stderr io.Writer) (*flag.FlagSet, func(context.Context)
 	fs.StringVar(&o.logLevel, "log-level", "info", "log `LEVEL`: debug, info, warn or error")
 	fs.DurationVar(&o.shutdownTimeout, "shutdown-timeout", export.DefaultShutdownTimeout, "how long a graceful shutdown waits for requests in flight (a `DURATION` like 10s)")
 	fs.IntVar(&o.maxConns, "max-conns", export.DefaultMaxConns, "serve at most `N` client connections at once")
+	fs.StringVar(&o.volatileCache, "volatile-cache", "", "keep unflushed writes in a volatile cache of at most `SIZE` bytes that a power cut\n(SIGPWR, SIGUSR2) loses; empty: write through")
+	fs.Uint64Var(&o.volatileSeed, "volatile-seed", 1, "`SEED` of the volatile cache's destaging and of torn power cuts")
+	fs.IntVar(&o.tornPercent, "torn-percent", 50, "`PERCENT` of unflushed 4 KiB units a torn power cut (SIGUSR2) keeps")
+	fs.StringVar(&o.bootID, "boot-id", "", "boot `ID` reported to clients (default: the kernel's); change it after a power cut")
+	fs.StringVar(&o.faults, "faults", "", "inject the media faults of the JSON rules in `FILE`; SIGHUP reads it again")
 	return fs, func(ctx context.Context) error { return runExport(ctx, o, stdout, stderr) }
 }
 
@@ -102,6 +176,10 @@ func runExport(ctx context.Context, o *exportFlags, stdout, stderr io.Writer) er
 		return err
 	}
 	defer srv.Close()
+	if o.volatileCache != "" || o.faults != "" {
+		stop := handleMachineSignals(srv, log, o.tornPercent)
+		defer stop()
+	}
 	return srv.Run(ctx, func(addr net.Addr) { fmt.Fprintf(stdout, "listening on %s\n", addr) })
 }
 
@@ -124,6 +202,19 @@ func (o *exportFlags) config() (export.Config, error) {
 		return cfg, usagef("--shutdown-timeout %v: must be positive", o.shutdownTimeout)
 	case o.maxConns <= 0:
 		return cfg, usagef("--max-conns %d: must be positive", o.maxConns)
+	case o.tornPercent < 0 || o.tornPercent > 100:
+		return cfg, usagef("--torn-percent %d: must be within 0..100", o.tornPercent)
+	case len(o.bootID) > 64:
+		return cfg, usagef("--boot-id %q: at most 64 bytes", o.bootID)
+	}
+	cfg.BootID = o.bootID
+	var volatile *node.VolatileOptions
+	if o.volatileCache != "" {
+		n, err := humanize.ParseBytes(o.volatileCache)
+		if err != nil || n < node.VolatileUnit || n > math.MaxInt64 {
+			return cfg, usagef("--volatile-cache %q: must be a size of at least %d bytes", o.volatileCache, node.VolatileUnit)
+		}
+		volatile = &node.VolatileOptions{Seed: o.volatileSeed, MaxBytes: int64(n)}
 	}
 	if _, _, err := net.SplitHostPort(o.listen); err != nil {
 		return cfg, usagef("--listen %q: %v", o.listen, err)
@@ -155,7 +246,8 @@ func (o *exportFlags) config() (export.Config, error) {
 			return cfg, usagef("--file %q: a second export named %q (write --file NAME=PATH)", v, name)
 		}
 		index[name] = len(cfg.Exports)
-		cfg.Exports = append(cfg.Exports, export.ExportConfig{Name: name, Path: path, ReadOnly: o.readOnly})
+		cfg.Exports = append(cfg.Exports, export.ExportConfig{Name: name, Path: path, ReadOnly: o.readOnly,
+			Volatile: volatile, Faults: o.faults})
 	}
 	if err := o.applySizes(&cfg, index); err != nil {
 		return cfg, err

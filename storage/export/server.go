@@ -7,12 +7,14 @@
 package export
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"sync"
 	"syscall"
 	"time"
@@ -56,6 +58,14 @@ type ExportConfig struct {
 	// are read once when the server is created. The caller owns it: the
 	// server never closes it, and the caller closes it only after Close.
 	Node node.Node
+	// Volatile, with Path, puts a volatile write cache in front of the
+	// file (node.Volatile): the export then stands for a disk whose
+	// machine can lose power (Server.PowerCut). nil writes through.
+	Volatile *node.VolatileOptions
+	// Faults, with Path, names a JSON file of media-fault rules
+	// (node.ParseFaultRules) injected between the cache and the file;
+	// Server.ReloadFaults reads it again. An empty file injects nothing.
+	Faults string
 	// Allow decides which peers may use the export and how. The zero ACL
 	// lets everyone read and write; a peer matching no rule is refused
 	// with NBD_REP_ERR_POLICY. ReadOnly overrides a rule's rw.
@@ -85,6 +95,9 @@ type Config struct {
 	// ShutdownTimeout bounds the graceful shutdown Serve performs when its
 	// context ends. Zero means DefaultShutdownTimeout.
 	ShutdownTimeout time.Duration
+	// BootID is the boot id sent to clients that ask (the engine's
+	// check for a restarted machine); empty sends the kernel's.
+	BootID string
 	// Logger receives the server's events; nil discards them.
 	Logger *slog.Logger
 }
@@ -96,7 +109,9 @@ type Server struct {
 	cfg   Config
 	log   *slog.Logger
 	nbd   *nbd.Server
-	files []*node.File                 // opened by New from ExportConfig.Path; closed by Close
+	files []node.Node                  // opened by New from ExportConfig.Path; closed by Close
+	power []*node.Volatile             // the volatile caches among files
+	media []mediaFaults                // the fault injectors among files
 	allow map[*nbd.Export]exportPolicy // read-only after New
 
 	connCtx    context.Context // ends every connection when cancelled
@@ -171,6 +186,7 @@ func New(cfg Config) (*Server, error) {
 		MaxPayload:  cfg.MaxPayload,
 		BufferBytes: cfg.BufferBytes,
 		Errno:       Errno,
+		BootID:      cfg.BootID,
 		Logger:      log,
 	})
 	if err != nil {
@@ -190,15 +206,43 @@ func (s *Server) open(ec ExportConfig) (node.Node, error) {
 		return nil, fmt.Errorf("%w: export %q has a node and a path or size", ErrConfig, ec.Name)
 	case ec.Node != nil:
 		return ec.Node, nil
+	case ec.Node != nil && (ec.Volatile != nil || ec.Faults != ""):
+		return nil, fmt.Errorf("%w: export %q: a volatile cache and media faults need a path", ErrConfig, ec.Name)
 	case ec.Path == "":
 		return nil, fmt.Errorf("%w: export %q has no path", ErrConfig, ec.Name)
+	}
+	var rules *node.FaultRules
+	if ec.Faults != "" {
+		var err error
+		if rules, err = readFaultRules(ec.Faults); err != nil {
+			return nil, fmt.Errorf("%w: export %q: %w", ErrConfig, ec.Name, err)
+		}
 	}
 	f, err := node.OpenFile(ec.Path, node.FileOptions{ReadOnly: ec.ReadOnly, Size: ec.Size})
 	if err != nil {
 		return nil, fmt.Errorf("export %q: %w", ec.Name, err)
 	}
-	s.files = append(s.files, f)
-	return f, nil
+	var n node.Node = f
+	if ec.Faults != "" {
+		fy := node.NewFaulty(n, nil, func(op node.Op, a node.Action) {
+			s.log.Warn("media fault injected", "export", ec.Name, "op", op.Kind.String(), "offset", op.Off,
+				"length", op.Len, "action", a.Kind.String(), "bit", a.Bit)
+		})
+		setRules(fy, rules)
+		s.media = append(s.media, mediaFaults{name: ec.Name, path: ec.Faults, node: fy})
+		n = fy
+	}
+	if ec.Volatile != nil {
+		v, err := node.NewVolatile(n, *ec.Volatile)
+		if err != nil {
+			f.Close()
+			return nil, fmt.Errorf("%w: export %q: %w", ErrConfig, ec.Name, err)
+		}
+		s.power = append(s.power, v)
+		n = v
+	}
+	s.files = append(s.files, n)
+	return n, nil
 }
 
 func aclText(a ACL) string {
@@ -401,6 +445,84 @@ func (s *Server) Close() error {
 		s.closeErr = s.closeFiles()
 	})
 	return s.closeErr
+}
+
+// PowerCut takes the power from every export with a volatile cache: each
+// keeps a seeded tornPercent in 100 of its unflushed units and loses the
+// rest, and fails every later request (node.Volatile.PowerCut). It
+// returns the units kept and lost over all exports. The process is meant
+// to exit at once afterwards, as a machine without power does.
+func (s *Server) PowerCut(tornPercent int) (kept, lost int64, err error) {
+	var errs []error
+	for _, v := range s.power {
+		k, l, err := v.PowerCut(context.Background(), tornPercent)
+		kept, lost = kept+k, lost+l
+		errs = append(errs, err)
+	}
+	return kept, lost, errors.Join(errs...)
+}
+
+// Crash stands for the death of the process on a machine that keeps
+// power: every volatile cache is written to its file, not flushed, and
+// fails later requests (node.Volatile.Crash). The process is meant to
+// exit at once afterwards.
+func (s *Server) Crash() error {
+	var errs []error
+	for _, v := range s.power {
+		errs = append(errs, v.Crash(context.Background()))
+	}
+	return errors.Join(errs...)
+}
+
+// mediaFaults is an export's fault injector and the file of its rules.
+type mediaFaults struct {
+	name, path string
+	node       *node.Faulty
+}
+
+// ReloadFaults reads every export's fault-rules file again and injects
+// what it now says (an empty file: nothing). On an error the export keeps
+// its previous rules and the error names the file.
+func (s *Server) ReloadFaults() error {
+	var errs []error
+	for _, m := range s.media {
+		rules, err := readFaultRules(m.path)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("export %q: %w", m.name, err))
+			continue
+		}
+		setRules(m.node, rules)
+		n := 0
+		if rules != nil {
+			n = len(rules.Rules)
+		}
+		s.log.Info("media fault rules loaded", "export", m.name, "file", m.path, "rules", n)
+	}
+	return errors.Join(errs...)
+}
+
+// readFaultRules reads a rules file; an empty one gives nil.
+func readFaultRules(path string) (*node.FaultRules, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, nil
+	}
+	rules, err := node.ParseFaultRules(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return rules, nil
+}
+
+func setRules(f *node.Faulty, rules *node.FaultRules) {
+	if rules == nil {
+		f.SetInjector(nil)
+		return
+	}
+	f.SetInjector(rules)
 }
 
 func (s *Server) closeFiles() error {
