@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -30,11 +31,25 @@ func Run(m *testing.M, path *string) int {
 	}
 	defer os.RemoveAll(dir)
 	*path = filepath.Join(dir, "dst")
-	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
-	defer cancel()
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", *path, "dst/cmd/dst").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build dst/cmd/dst: %v\n%s", err, out)
+	if err := Build(*path); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return m.Run()
+}
+
+// Build builds dst/cmd/dst into path with the given build tags (the
+// planted bugs of package bugs need "dstbugs").
+func Build(path string, tags ...string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), buildTimeout)
+	defer cancel()
+	args := []string{"build", "-o", path}
+	if len(tags) > 0 {
+		args = append(args, "-tags", strings.Join(tags, ","))
+	}
+	out, err := exec.CommandContext(ctx, "go", append(args, "dst/cmd/dst")...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sync"
 
+	"dst/internal/bugs"
 	"dst/storage/nbd"
 )
 
@@ -291,6 +292,9 @@ func (v *Volatile) Flush(ctx context.Context) error {
 	defer v.mu.Unlock()
 	if err := v.check(); err != nil {
 		return err
+	}
+	if bugs.On(bugs.FlushNoop) {
+		return nil
 	}
 	if err := v.flushAll(ctx); err != nil {
 		return err

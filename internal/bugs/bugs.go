@@ -1,0 +1,29 @@
+// Package bugs holds the durability bugs the torture harness must catch,
+// planted on purpose: a binary built with the build tag dstbugs turns on
+// the bug named by $DST_PLANTED_BUG; any other build has none (On is a
+// constant false and the compiler drops the planted code). The tests of
+// package torture build such a binary and check that each bug fails a
+// short run with the right diagnosis.
+//
+// The bugs:
+//
+//	flush-noop        a dst export with a volatile cache acknowledges FLUSH
+//	                  without writing its cache (a disk that lies)
+//	flush-one-member  the engine sends a client's FLUSH to the first member
+//	                  that needs one and forgets the others
+//	ignore-boot       the engine trusts a member whose machine restarted
+//	                  while it held unflushed writes
+package bugs
+
+// Names of the planted bugs.
+const (
+	FlushNoop      = "flush-noop"
+	FlushOneMember = "flush-one-member"
+	IgnoreBoot     = "ignore-boot"
+)
+
+// All lists the planted bugs.
+var All = []string{FlushNoop, FlushOneMember, IgnoreBoot}
+
+// Env names the environment variable that picks the planted bug.
+const Env = "DST_PLANTED_BUG"
