@@ -489,7 +489,12 @@ func (s *Storage) checkBoot(ctx context.Context, i int, boot string) error {
 	}
 	s.identMu.Unlock()
 	m := s.e.members[i]
-	if prev == "" || boot == "" || boot == prev || !m.written.Load() || bugs.On(bugs.IgnoreBoot) {
+	// A FLUSH in flight counts as writes not flushed: it began before the
+	// restart, so the writes it was to cover may be gone, and its replay
+	// on the new boot would succeed over nothing (m.written was cleared
+	// when it began).
+	unflushed := m.written.Load() || m.flushing.Load() > 0
+	if prev == "" || boot == "" || boot == prev || !unflushed || bugs.On(bugs.IgnoreBoot) {
 		return nil
 	}
 	err := fmt.Errorf("%w: member %d: its machine restarted (boot %s, before %s) with writes not flushed", node.ErrMediaChanged, i, boot, prev)
