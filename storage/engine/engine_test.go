@@ -16,6 +16,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/time/rate"
 
 	"dst/storage/layout"
 	"dst/storage/nbd"
@@ -342,4 +343,28 @@ func TestOverlappingWritesSameOrderOnEveryReplica(t *testing.T) {
 	for i, mem := range ms {
 		require.Equal(t, want, mem.Bytes(int(dataOffset), 150), "replica %d", i)
 	}
+}
+
+// TestMemberThatFailsDuringResyncIsNotInSync: a member that leaves
+// service while it is being copied (a failed flush, say) missed the
+// writes since; the copy must not end by declaring it in sync (the
+// torture harness's media errors found replicas that differed so).
+func TestMemberThatFailsDuringResyncIsNotInSync(t *testing.T) {
+	r := mirror2(t)
+	rng := rand.New(rand.NewPCG(11, 12))
+	ctx := ctxT(t)
+	r.write(t, rng, 0, r.l.Size())
+	require.NoError(t, r.e.Suspend(1))
+	m := r.e.members[1]
+	done := make(chan error, 1)
+	go func() { done <- r.e.Rejoin(ctx, 1, true, rate.NewLimiter(rate.Limit(2<<20), 64<<10)) }()
+	require.Eventually(t, func() bool { return m.resyncedBytes.Load() > 0 }, 10*time.Second, time.Millisecond)
+	r.e.fail(ctx, m, errors.New("flush failed"))
+	r.write(t, rng, 0, 4096) // skips member 1
+	err := <-done
+	require.ErrorContains(t, err, "left service")
+	require.Equal(t, "failed", r.e.Status()[1].State)
+	require.True(t, m.fullResync.Load(), "a whole copy that did not finish is still due")
+	require.NoError(t, r.e.Rejoin(ctx, 1, false, nil))
+	requireIdentical(t, r)
 }

@@ -81,7 +81,14 @@ func (e *Engine) Rejoin(ctx context.Context, i int, full bool, limit *rate.Limit
 		e.fail(ctx, m, err)
 		return fmt.Errorf("engine: resync of member %d stopped after %d bytes: %w", i, copied, err)
 	}
-	m.state.Store(int32(InSync))
+	if !m.state.CompareAndSwap(int32(Resyncing), int32(InSync)) {
+		// It left service during the copy (a failed write or flush): writes
+		// since skipped it, and what it holds is not the storage's.
+		if whole {
+			m.fullResync.Store(true)
+		}
+		return fmt.Errorf("engine: member %d left service (%v) during its resync after %d bytes", i, m.State(), copied)
+	}
 	m.log.Info("member in sync", "copied_bytes", copied, "took", time.Since(start))
 	if err := e.recordChange(ctx); err != nil {
 		return fmt.Errorf("engine: record member %d in sync: %w", i, err)
