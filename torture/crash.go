@@ -99,7 +99,7 @@ func (r *runner) crashFS(ctx context.Context, i int, fsys fsload.FS, rebuild boo
 	if err := write("write-unsynced", false); err != nil {
 		return err
 	}
-	if err := r.step("engine-kill", func() (string, error) { return r.killEngine(ctx) }); err != nil {
+	if err := r.step(r.crashName(), func() (string, error) { return r.crash(ctx, uint64(i)) }); err != nil {
 		return err
 	}
 	if err := r.ensureAttached(ctx); err != nil {
@@ -116,6 +116,23 @@ func (r *runner) crashFS(ctx context.Context, i int, fsys fsload.FS, rebuild boo
 		return err
 	}
 	return r.step(fsload.PhaseFsck, func() (string, error) { return fsload.Fsck(ctx, fsys, r.att.Device()) })
+}
+
+// crashName names the crash step: an engine kill, or with
+// workload.power_loss the power loss of the engine's host.
+func (r *runner) crashName() string {
+	if r.sc.Workload.PowerLoss {
+		return "power-loss"
+	}
+	return "engine-kill"
+}
+
+// crash is the crash of a crash cycle: killEngine, or powerLoss.
+func (r *runner) crash(ctx context.Context, seed uint64) (string, error) {
+	if r.sc.Workload.PowerLoss {
+		return r.powerLoss(ctx, r.seed^seed*0x2545f4914f6cdd1d)
+	}
+	return r.killEngine(ctx)
 }
 
 // killEngine kills the engine with SIGKILL, detaches the storage (its

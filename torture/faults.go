@@ -52,6 +52,14 @@ func (r *runner) fault(ctx context.Context, f Fault) {
 		return
 	}
 	member := r.memberIndex(f.Target)
+	r.mu.Lock()
+	r.active = f.String()
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.active = ""
+		r.mu.Unlock()
+	}()
 	rec := reports.Fault{Kind: f.Kind, Target: f.Target, Start: time.Now(), Note: f.String()}
 	r.event("fault", "", map[string]any{"detail": f.String(), "target": f.Target, "fault": f.Kind})
 	r.mu.Lock()
@@ -165,6 +173,10 @@ func (r *runner) applyFault(ctx context.Context, f Fault, member int) error {
 		return firstErr(n.Cont(), werr)
 	case "replace":
 		return n.ReplaceMedia(heal)
+	case "power-cut", "torn-write":
+		return r.applyPowerFault(ctx, f, n, wait)
+	case "media-error", "bit-flip", "lost-write":
+		return r.applyMediaFault(ctx, f, n, wait)
 	case "suspend":
 		if member < 0 {
 			return fmt.Errorf("node %q is no member", f.Target)
@@ -228,6 +240,15 @@ func (r *runner) fail(cycle int, phase, msg string, diagnosis []string) {
 	r.mu.Lock()
 	if cycle < 0 {
 		cycle = len(r.run.Cycles) - 1
+	}
+	// Name the fault that preceded the failure: the one in progress, else
+	// the last one injected.
+	switch {
+	case r.active != "":
+		diagnosis = append(diagnosis, "during "+r.active)
+	case len(r.run.Faults) > 0:
+		last := r.run.Faults[len(r.run.Faults)-1]
+		diagnosis = append(diagnosis, fmt.Sprintf("after %s (injected %s)", last.Note, last.Start.Format(time.TimeOnly)))
 	}
 	r.run.Failures = append(r.run.Failures, reports.Failure{Cycle: cycle, Phase: phase, Time: time.Now(), Message: msg, Diagnosis: diagnosis})
 	r.mu.Unlock()

@@ -90,7 +90,7 @@ func (r *runner) rawCrashPhase(ctx context.Context, i int) error {
 	// Write on while the engine dies at a seeded moment.
 	rng := rand.New(rand.NewPCG(r.rawSeed(i), 0xdead))
 	killAfter := 50*time.Millisecond + time.Duration(rng.Int64N(int64(400*time.Millisecond)))
-	err = r.step("raw-write-kill", func() (string, error) {
+	err = r.step("raw-write-"+r.crashName(), func() (string, error) {
 		o := r.rawOptions(i+1<<16, half)
 		done := make(chan struct{})
 		var st raw.Stats
@@ -103,7 +103,7 @@ func (r *runner) rawCrashPhase(ctx context.Context, i int) error {
 		case <-time.After(killAfter):
 		case <-done:
 		}
-		out, kerr := r.killEngine(ctx)
+		out, kerr := r.crash(ctx, r.rawSeed(i))
 		// Unflushed writes may be gone now; no flush can complete after
 		// this, the old connection is dead.
 		l.Loss()
@@ -116,7 +116,7 @@ func (r *runner) rawCrashPhase(ctx context.Context, i int) error {
 		return fmt.Sprintf("%s; killed after %v: %s", rawSummary(st), killAfter, out), kerr
 	})
 	if err != nil {
-		return r.rawFailed(ctx, i, "raw-write-kill", err, nil)
+		return r.rawFailed(ctx, i, "raw-write-"+r.crashName(), err, nil)
 	}
 	client2, dev2, err := r.rawClient(ctx)
 	if err != nil {

@@ -107,6 +107,8 @@ type runner struct {
 	// healing, and by the cycle loop while it needs the storage without
 	// faults (engine crash, convergence check).
 	quiet sync.Mutex
+	// active describes the fault being injected or healed, under mu.
+	active string
 
 	att    *attach.Attachment
 	attDev node.Node
@@ -202,7 +204,7 @@ func (r *runner) execute(ctx context.Context) (err error) {
 	if err := r.preflight(); err != nil {
 		return err
 	}
-	topo := clusterTopology(r.sc.Topology)
+	topo := clusterTopology(r.sc)
 	c, err := cluster.Start(ctx, cluster.Options{Binary: r.o.Binary, Dir: r.work, Topology: topo, Logger: r.log})
 	if err != nil {
 		return fmt.Errorf("torture: start the cluster: %w", err)
@@ -373,15 +375,26 @@ func topologyText(sc *scenario.Scenario) string {
 	return b.String()
 }
 
-// clusterTopology converts the scenario's topology.
-func clusterTopology(t scenario.Topology) cluster.Topology {
+// clusterTopology converts the scenario's topology; nodes that power
+// faults target (every node, with workload.power_loss) get a volatile
+// cache, nodes that media faults target a rules file.
+func clusterTopology(sc *scenario.Scenario) cluster.Topology {
+	t := sc.Topology
+	volatile, media := map[string]bool{}, map[string]bool{}
+	for _, k := range sc.Faults.Kinds {
+		for _, tg := range k.Targets {
+			volatile[tg] = volatile[tg] || scenario.PowerKinds[k.Kind]
+			media[tg] = media[tg] || scenario.MediaKinds[k.Kind]
+		}
+	}
 	out := cluster.Topology{Netns: t.Netns, Storage: clusterStorage(t.Storage), Engine: cluster.EngineSpec{
 		RequestTimeout: t.Engine.RequestTimeout, Retries: t.Engine.Retries, BackoffMax: t.Engine.BackoffMax,
 		PingInterval: t.Engine.PingInterval, ResyncRate: t.Engine.ResyncRate, ResyncInterval: t.Engine.ResyncInterval,
 		RegionSize: t.Engine.RegionSize,
 	}}
 	for _, n := range t.Nodes {
-		out.Nodes = append(out.Nodes, cluster.NodeSpec{Name: n.Name, Size: n.Size, Proxy: n.Proxy})
+		out.Nodes = append(out.Nodes, cluster.NodeSpec{Name: n.Name, Size: n.Size, Proxy: n.Proxy,
+			Volatile: volatile[n.Name] || sc.Workload.PowerLoss, MediaFaults: media[n.Name]})
 	}
 	return out
 }

@@ -22,6 +22,11 @@ type Fault struct {
 	Downtime time.Duration
 	// Delay is the latency a delay fault adds.
 	Delay time.Duration
+	// Partner (power faults) is the fault its mirror replicas get at the
+	// same time: "", hang or cut. Op is a media error's request kind.
+	Partner, Op string
+	// Seed seeds what the fault draws itself (a media fault's range).
+	Seed uint64
 }
 
 func (f Fault) String() string {
@@ -32,6 +37,12 @@ func (f Fault) String() string {
 		s += fmt.Sprintf(" +%v for %v", f.Delay, f.Downtime)
 	default:
 		s += fmt.Sprintf(" for %v", f.Downtime)
+	}
+	if f.Op != "" {
+		s += " on " + f.Op
+	}
+	if f.Partner != "" {
+		s += ", its replicas " + f.Partner
 	}
 	return s
 }
@@ -71,11 +82,14 @@ func (s *Schedule) Next() (Fault, bool) {
 		pick -= k.Weight
 	}
 	f := Fault{
-		Index:  s.n,
-		Gap:    s.f.Interval/2 + time.Duration(s.rng.Int64N(int64(s.f.Interval)+1)),
-		Kind:   k.Kind,
-		Target: k.Targets[s.rng.IntN(len(k.Targets))],
-		Delay:  k.Delay,
+		Index:   s.n,
+		Gap:     s.f.Interval/2 + time.Duration(s.rng.Int64N(int64(s.f.Interval)+1)),
+		Kind:    k.Kind,
+		Target:  k.Targets[s.rng.IntN(len(k.Targets))],
+		Delay:   k.Delay,
+		Partner: k.Partner,
+		Op:      k.Op,
+		Seed:    uint64(s.n+1) * 0x9e3779b97f4a7c15,
 	}
 	f.Downtime = k.DowntimeMin
 	if span := k.DowntimeMax - k.DowntimeMin; span > 0 {

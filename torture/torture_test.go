@@ -69,7 +69,11 @@ func run(t *testing.T, sc *scenario.Scenario, seed uint64, h hooks) (*Result, er
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	out := t.TempDir()
-	res, err := Run(ctx, Options{Scenario: sc, Seed: seed, Binary: dstBinary, Out: out, KeepWork: false,
+	if keep := os.Getenv("DST_TEST_OUT"); keep != "" {
+		// Keep the run folders (with the work tree) for a post-mortem.
+		out = filepath.Join(keep, t.Name())
+	}
+	res, err := Run(ctx, Options{Scenario: sc, Seed: seed, Binary: dstBinary, Out: out, KeepWork: os.Getenv("DST_TEST_OUT") != "",
 		Logger: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Replay: fmt.Sprintf("go test ./torture -run '%s'", t.Name()), hooks: h})
 	if res != nil {

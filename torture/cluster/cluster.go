@@ -132,6 +132,11 @@ func (c *Cluster) startNodes(ctx context.Context) error {
 		if err := createImage(n.file, spec.Size); err != nil {
 			return err
 		}
+		if spec.MediaFaults {
+			if err := os.WriteFile(n.faultsFile(), nil, 0o644); err != nil {
+				return fmt.Errorf("cluster: node %s: %w", spec.Name, err)
+			}
+		}
 		if err := n.Start(ctx); err != nil {
 			return err
 		}

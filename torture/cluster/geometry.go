@@ -220,3 +220,15 @@ func (c *Cluster) Locate(off int64) string {
 
 // leaf returns the node of member i.
 func (c *Cluster) leaf(i int) *Node { return c.nodes[c.geo.leaves[i]] }
+
+// DataArea returns where the data area of the named node's member lies
+// in its image (after the superblock and bitmap), or false when the node
+// is no member.
+func (c *Cluster) DataArea(name string) (off, size int64, ok bool) {
+	for i, leaf := range c.geo.leaves {
+		if leaf == name {
+			return c.geo.areas[i].DataOffset, c.geo.areas[i].DataSize, true
+		}
+	}
+	return 0, 0, false
+}

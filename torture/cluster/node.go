@@ -2,14 +2,17 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 
 	"dst/storage/nbd/nbdtest"
+	"dst/storage/node"
 )
 
 // Node is one node: a `dst export` process serving the node's image file.
@@ -32,7 +35,16 @@ type Node struct {
 
 	addrMu sync.Mutex // guards listen, so it is read while a start waits
 	listen string     // the export's address, fixed by the first start
+
+	boots int // power cuts so far, under mu: the boot id is NAME-boot-N
 }
+
+// VolatileCache is the volatile cache of a node with NodeSpec.Volatile.
+const VolatileCache = "64MiB"
+
+// TornPercent is the share of unflushed 4 KiB units a torn power cut
+// keeps (dst export --torn-percent).
+const TornPercent = 50
 
 // Name returns the node's name.
 func (n *Node) Name() string { return n.spec.Name }
@@ -103,6 +115,13 @@ func (n *Node) startLocked(ctx context.Context) error {
 	}
 	argv := []string{n.c.o.Binary, "export", "--listen", listen, "--file", n.file, "--name", n.spec.Name,
 		"--shutdown-timeout", "2s"}
+	if n.spec.Volatile {
+		argv = append(argv, "--volatile-cache", VolatileCache, "--torn-percent", fmt.Sprint(TornPercent),
+			"--volatile-seed", fmt.Sprint(n.boots+1), "--boot-id", n.BootID())
+	}
+	if n.spec.MediaFaults {
+		argv = append(argv, "--faults", n.faultsFile())
+	}
 	if n.ns != nil {
 		argv = n.ns.exec(argv)
 	}
@@ -132,9 +151,75 @@ func (n *Node) killLocked() error {
 	if n.p == nil || !n.p.alive() {
 		return nil
 	}
+	if n.spec.Volatile {
+		// A killed process on a machine that keeps power leaves its
+		// writes in the page cache: the volatile cache is written back.
+		err := n.p.exitOn(syscall.SIGUSR1)
+		n.lg.Info("node killed (cache kept, as a page cache survives a killed process)", "pid", n.p.pid())
+		return err
+	}
 	err := n.p.kill()
 	n.lg.Info("node killed", "pid", n.p.pid())
 	return err
+}
+
+// BootID is the boot id the node reports: it changes with every power
+// cut, as a restarted machine's does.
+func (n *Node) BootID() string { return fmt.Sprintf("%s-boot-%d", n.spec.Name, n.boots) }
+
+// PowerCut takes the power from the node's machine (NodeSpec.Volatile):
+// its unflushed writes are lost — or, with torn, a seeded half of their
+// 4 KiB units survive — and the export exits at once. The next Start
+// reports a new boot. It returns what the node logged of the cut.
+func (n *Node) PowerCut(torn bool) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.spec.Volatile {
+		return fmt.Errorf("cluster: node %s has no volatile cache to lose", n.spec.Name)
+	}
+	if n.p == nil || !n.p.alive() {
+		return fmt.Errorf("cluster: node %s is not running: no power to cut", n.spec.Name)
+	}
+	sig := syscall.SIGPWR
+	if torn {
+		sig = syscall.SIGUSR2
+	}
+	err := n.p.exitOn(sig)
+	n.boots++
+	n.lg.Info("node power cut", "pid", n.p.pid(), "torn", torn, "next_boot", n.BootID())
+	return err
+}
+
+// faultsFile is where the node's media-fault rules are.
+func (n *Node) faultsFile() string { return strings.TrimSuffix(n.file, ".img") + ".faults.json" }
+
+// SetMediaFaults makes the node (NodeSpec.MediaFaults) inject rules from
+// now on, replacing earlier ones; no rules heal the media. The rules
+// survive restarts of the node until changed.
+func (n *Node) SetMediaFaults(seed uint64, rules ...node.FaultRule) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if !n.spec.MediaFaults {
+		return fmt.Errorf("cluster: node %s takes no media faults", n.spec.Name)
+	}
+	var data []byte
+	if len(rules) > 0 {
+		var err error
+		if data, err = json.Marshal(node.FaultRules{Seed: seed, Rules: rules}); err != nil {
+			return err
+		}
+	}
+	if err := os.WriteFile(n.faultsFile(), data, 0o644); err != nil {
+		return fmt.Errorf("cluster: node %s: %w", n.spec.Name, err)
+	}
+	if n.p == nil || !n.p.alive() {
+		return nil // read at the next start
+	}
+	if err := n.p.signal(syscall.SIGHUP); err != nil {
+		return err
+	}
+	n.lg.Info("node media faults set", "rules", len(rules))
+	return nil
 }
 
 // Restart kills the export if it runs and starts it again.

@@ -189,6 +189,25 @@ func (p *proc) kill() error {
 	}
 }
 
+// exitOn sends sig (and SIGCONT, should the process be stopped) to a
+// process that exits on it at once, and waits until it was reaped; one
+// that does not exit within reapTimeout is killed.
+func (p *proc) exitOn(sig syscall.Signal) error {
+	if !p.alive() {
+		return nil
+	}
+	if err := p.cmd.Process.Signal(sig); err == nil {
+		p.cmd.Process.Signal(syscall.SIGCONT)
+	}
+	select {
+	case <-p.done:
+		return nil
+	case <-time.After(reapTimeout):
+		p.kill()
+		return fmt.Errorf("cluster: %s (pid %d) did not exit within %v of %v; killed", p.name, p.pid(), reapTimeout, sig)
+	}
+}
+
 // terminate sends SIGTERM (and SIGCONT, should it be stopped), waits for
 // the exit until ctx ends, then kills. It returns an error if the process
 // had to be killed or exited with a failure status.

@@ -74,6 +74,12 @@ type NodeSpec struct {
 	// Proxy puts a fault proxy (nbdtest.Proxy) between the engine and the
 	// node.
 	Proxy bool
+	// Volatile gives the node a volatile write cache (dst export
+	// --volatile-cache), so Node.PowerCut can lose its unflushed writes.
+	Volatile bool
+	// MediaFaults lets Node.SetMediaFaults inject media faults (dst export
+	// --faults).
+	MediaFaults bool
 }
 
 // StorageSpec is a node of the storage tree: a layout over Members, or a

@@ -37,6 +37,8 @@
 //	  rebuild_every: 3          # mkfs every N cycles (1: every cycle)
 //	  write_budget: 64MiB       # bytes of files written per cycle
 //	  engine_crash: false       # cycles kill -9 the engine after a sync (own oracle)
+//	  power_loss: false         # with engine_crash: the engine's host loses power too (every
+//	                            # node's unflushed writes are lost, some torn), all restart
 //	  raw:                      # self-describing sectors (omit for none)
 //	    every: 3                # run in every Nth cycle, before the filesystem is rebuilt
 //	    ops: 2000
@@ -48,10 +50,40 @@
 //	  interval: 20s             # pause between faults (drawn from interval/2 .. interval*3/2)
 //	  kinds:
 //	    - kind: kill            # kill | hang | replace | suspend | cut | delay | blackhole | reset
+//	                            # | power-cut | torn-write | media-error | bit-flip | lost-write
 //	      targets: [a, b]       # node names
 //	      weight: 3             # relative frequency (default 1)
 //	      downtime: 2s..8s      # how long the fault lasts ("3s" or "MIN..MAX")
 //	      delay: 300ms          # delay only: added latency
+//	      partner: hang         # power-cut, torn-write: hang (or cut: needs proxies) the target's
+//	                            # mirror replicas over the same downtime — two faults at once
+//	      op: read              # media-error: the failing request (read | write | flush)
+//
+// Power and media faults (the nodes they target get a volatile write
+// cache or a fault-rules file; every one needs a mirror replica):
+//
+//	power-cut    the node's machine loses power: writes it acknowledged but
+//	             that no FLUSH or FUA covered are lost; it restarts after the
+//	             downtime reporting a new boot. The engine must see the new
+//	             boot and copy the member whole from a replica.
+//	torn-write   a power cut that keeps a seeded half of the unflushed 4 KiB
+//	             units: multi-unit writes are torn. Same reaction.
+//	media-error  EIO from the node's media over a seeded 256 KiB range for
+//	             the downtime (op: read, a latent sector error; write), or on
+//	             every flush (op: flush). A read error is served from a
+//	             replica; a failed write or flush takes the member out of
+//	             service (copied back when the fault heals, whole after a
+//	             failed flush); the client sees no error.
+//	bit-flip     one bit silently flipped in a write the node stores, once
+//	             in the downtime. Nothing in the engine can see it: the run
+//	             must FAIL, and the replica compare or the verifier must
+//	             name the node (the proof that the checkers find it).
+//	lost-write   one write the node reports as made is not, once in the
+//	             downtime. Like bit-flip, the run must fail and say where.
+//
+// bit-flip and lost-write are detection faults: scenarios meant to pass
+// leave them out (there is no scrub to repair them yet).
+//
 //	checks:
 //	  resync_within: 2m         # a fault's members must be in sync again this long after it healed
 //
@@ -165,6 +197,7 @@ type Workload struct {
 	RebuildEvery int
 	WriteBudget  int64
 	EngineCrash  bool
+	PowerLoss    bool
 	Raw          *Raw
 }
 
@@ -192,6 +225,8 @@ type FaultKind struct {
 	DowntimeMin time.Duration
 	DowntimeMax time.Duration
 	Delay       time.Duration
+	Partner     string
+	Op          string
 	Line        int
 }
 
@@ -201,7 +236,19 @@ type Checks struct {
 }
 
 // Kinds of faults.
-var faultKinds = []string{"kill", "hang", "replace", "suspend", "cut", "delay", "blackhole", "reset"}
+var faultKinds = []string{"kill", "hang", "replace", "suspend", "cut", "delay", "blackhole", "reset",
+	"power-cut", "torn-write", "media-error", "bit-flip", "lost-write"}
+
+// PowerKinds lose a node's volatile cache; their targets run with one.
+var PowerKinds = map[string]bool{"power-cut": true, "torn-write": true}
+
+// MediaKinds inject media faults; their targets run with a rules file.
+var MediaKinds = map[string]bool{"media-error": true, "bit-flip": true, "lost-write": true}
+
+// needReplica are the kinds that lose data or fail I/O by design on a
+// node without a mirror replica.
+var needReplica = map[string]bool{"replace": true, "suspend": true, "power-cut": true, "torn-write": true,
+	"media-error": true, "bit-flip": true, "lost-write": true}
 
 // proxyKinds need a proxy in front of the target.
 var proxyKinds = map[string]bool{"cut": true, "delay": true, "blackhole": true, "reset": true}
@@ -423,7 +470,10 @@ func (p *parser) storage(s *storageYAML, field string, nodes map[string]int, use
 }
 
 func (p *parser) workload(w *workloadYAML) Workload {
-	out := Workload{EngineCrash: w.EngineCrash}
+	out := Workload{EngineCrash: w.EngineCrash, PowerLoss: w.PowerLoss}
+	if w.PowerLoss && !w.EngineCrash {
+		p.errorf(1, "workload.power_loss", "needs engine_crash: true (the engine's host loses power in the crash cycles)")
+	}
 	for i, fs := range w.Filesystems {
 		if !slices.Contains(filesystems, fs.Value) {
 			p.errorf(fs.Line, fmt.Sprintf("workload.filesystems[%d]", i), "%q is not a filesystem the harness runs (%s)", fs.Value, strings.Join(filesystems, ", "))
@@ -484,6 +534,25 @@ func (p *parser) faults(f *faultsYAML, t *Topology) Faults {
 			p.errorf(k.line, field+".downtime", "missing: how long the fault lasts")
 		}
 		fk.Delay = p.duration(k.Delay, field+".delay")
+		fk.Partner, fk.Op = k.Partner.Value, k.Op.Value
+		switch {
+		case fk.Partner != "" && !PowerKinds[fk.Kind]:
+			p.errorf(k.Partner.Line, field+".partner", "only power-cut and torn-write take a partner fault")
+		case fk.Partner != "" && fk.Partner != "hang" && fk.Partner != "cut":
+			p.errorf(k.Partner.Line, field+".partner", "%q is not hang or cut", fk.Partner)
+		case fk.Partner != "" && fk.DowntimeMax >= budget:
+			p.errorf(k.line, field+".downtime", "a partner fault of up to %v outlasts the engine's retry budget of %v: the replica would leave service and the power cut would lose data by design",
+				fk.DowntimeMax, budget)
+		}
+		if fk.Kind == "media-error" && fk.Op == "" {
+			fk.Op = "read"
+		}
+		switch {
+		case fk.Op != "" && fk.Kind != "media-error":
+			p.errorf(k.Op.Line, field+".op", "only media-error takes an op")
+		case fk.Op != "" && fk.Op != "read" && fk.Op != "write" && fk.Op != "flush":
+			p.errorf(k.Op.Line, field+".op", "%q is not read, write or flush", fk.Op)
+		}
 		if fk.Kind == "delay" && fk.Delay == 0 {
 			p.errorf(k.line, field+".delay", "missing: the latency a delay fault adds")
 		}
@@ -498,7 +567,9 @@ func (p *parser) faults(f *faultsYAML, t *Topology) Faults {
 				p.errorf(tg.Line, tf, "%q is not a node of topology.nodes", tg.Value)
 			case proxyKinds[fk.Kind] && !proxied[tg.Value]:
 				p.errorf(tg.Line, tf, "a %s fault needs a proxy in front of node %q (proxy: true)", fk.Kind, tg.Value)
-			case (fk.Kind == "replace" || fk.Kind == "suspend") && !redundant[tg.Value]:
+			case fk.Partner == "cut" && !allProxied(t.Storage.Partners(tg.Value), proxied):
+				p.errorf(tg.Line, tf, "partner: cut needs a proxy in front of every replica of node %q", tg.Value)
+			case needReplica[fk.Kind] && !redundant[tg.Value]:
 				p.errorf(tg.Line, tf, "node %q has no mirror replica: %s would lose its data by design", tg.Value, fk.Kind)
 			case !redundant[tg.Value] && fk.Kind != "delay" && fk.DowntimeMax >= budget:
 				p.errorf(tg.Line, tf, "node %q has no mirror replica and a %s of up to %v outlasts the engine's retry budget of %v: client I/O would fail by design",
@@ -512,6 +583,52 @@ func (p *parser) faults(f *faultsYAML, t *Topology) Faults {
 		p.errorf(f.line, "faults.kinds", "missing: at least one kind of fault")
 	}
 	return out
+}
+
+// Leaves returns the node names of the tree, left to right.
+func (s Storage) Leaves() []string {
+	if s.Node != "" {
+		return []string{s.Node}
+	}
+	var out []string
+	for _, m := range s.Members {
+		out = append(out, m.Leaves()...)
+	}
+	return out
+}
+
+func allProxied(nodes []string, proxied map[string]bool) bool {
+	for _, n := range nodes {
+		if !proxied[n] {
+			return false
+		}
+	}
+	return true
+}
+
+// Partners returns the leaves of the other children of the nearest
+// mirror above node: the replicas that hold its data. None when no mirror
+// is above it.
+func (s Storage) Partners(node string) []string {
+	if s.Node != "" {
+		return nil
+	}
+	for i, m := range s.Members {
+		if !slices.Contains(m.Leaves(), node) {
+			continue
+		}
+		if inner := m.Partners(node); len(inner) > 0 || s.Layout != "mirror" {
+			return inner
+		}
+		var out []string
+		for j, o := range s.Members {
+			if j != i {
+				out = append(out, o.Leaves()...)
+			}
+		}
+		return out
+	}
+	return nil
 }
 
 // markRedundant records the nodes that have a mirror replica above them.

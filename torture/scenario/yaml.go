@@ -115,6 +115,7 @@ type workloadYAML struct {
 	RebuildEvery scalar   `yaml:"rebuild_every"`
 	WriteBudget  scalar   `yaml:"write_budget"`
 	EngineCrash  bool     `yaml:"engine_crash"`
+	PowerLoss    bool     `yaml:"power_loss"`
 	Raw          *rawYAML `yaml:"raw"`
 }
 
@@ -148,6 +149,8 @@ type faultKindYAML struct {
 	Weight   scalar   `yaml:"weight"`
 	Downtime scalar   `yaml:"downtime"`
 	Delay    scalar   `yaml:"delay"`
+	Partner  scalar   `yaml:"partner"`
+	Op       scalar   `yaml:"op"`
 	line     int
 }
 

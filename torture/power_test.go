@@ -1,0 +1,202 @@
+package torture
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"dst/internal/bugs"
+	"dst/internal/dstbin"
+	"dst/reports"
+	"dst/torture/scenario"
+)
+
+// powerMirror is a mirror of two nodes with a fast-failing engine, the
+// topology of the power-cut runs.
+const powerMirror = `topology:
+  nodes:
+    - {name: a, size: 24MiB+512, proxy: true}
+    - {name: b, size: 24MiB+3584, proxy: true}
+  storage: {layout: mirror, members: [a, b]}
+  engine: {request_timeout: 1s, retries: 3, backoff_max: 200ms, ping_interval: 300ms, resync_interval: 200ms}
+`
+
+// TestPowerAndMediaFaultsPass cuts the power of mirror members (plain,
+// torn, and with the other replica hung or cut at the same time) and
+// fails their media (read, write and flush errors) under raw sectors and
+// ext4: an engine that honours FLUSH and boots loses nothing, every byte
+// verifies strictly and the replicas converge.
+func TestPowerAndMediaFaultsPass(t *testing.T) {
+	needRealPath(t)
+	sc := parse(t, `name: power
+description: power cuts, torn writes and media errors on the members of a mirror
+duration: 45s
+`+powerMirror+`workload:
+  filesystems: [ext4]
+  write_budget: 4MiB
+  raw: {every: 1, ops: 1500, concurrency: 4, flush_every: 40, fua_percent: 5}
+faults:
+  interval: 2s
+  kinds:
+    - {kind: power-cut, targets: [a, b], downtime: 300ms..1s, weight: 2}
+    - {kind: torn-write, targets: [a, b], downtime: 300ms..1s, weight: 2}
+    - {kind: torn-write, targets: [a, b], downtime: 1s..2s, partner: hang}
+    - {kind: power-cut, targets: [a, b], downtime: 1s..2s, partner: cut}
+    - {kind: media-error, targets: [a, b], downtime: 1s..2s, op: read}
+    - {kind: media-error, targets: [a, b], downtime: 1s..2s, op: write}
+    - {kind: media-error, targets: [a, b], downtime: 1s..2s, op: flush}
+checks:
+  resync_within: 40s
+`)
+	res, err := run(t, sc, 31, hooks{})
+	require.NoError(t, err)
+	require.Equal(t, reports.ResultPass, res.Run.Result)
+	kinds := map[string]int{}
+	for _, f := range res.Run.Faults {
+		kinds[f.Kind]++
+	}
+	t.Logf("faults: %v, bytes verified %d", kinds, res.Run.Counters.BytesVerified)
+	require.Positive(t, kinds["power-cut"]+kinds["torn-write"], "power cuts happened")
+	for _, ch := range res.Run.Checks {
+		require.True(t, ch.Passed, "%s: %s", ch.Name, ch.Message)
+	}
+	requireReports(t, res)
+}
+
+// TestEnginePowerLossShort makes the engine's host lose power in the
+// middle of raw writes and after an ext4 sync: every node's unflushed
+// writes are lost (some torn), all restart; flushed sectors and synced
+// files survive and ext4 fscks clean.
+func TestEnginePowerLossShort(t *testing.T) {
+	needRealPath(t)
+	res, err := run(t, powerLossScenario(t), 41, hooks{})
+	require.NoError(t, err)
+	require.Equal(t, reports.ResultPass, res.Run.Result)
+	n := 0
+	for _, f := range res.Run.Faults {
+		if f.Kind == "power-loss" {
+			n++
+		}
+	}
+	require.GreaterOrEqual(t, n, 3, "two filesystem power losses and one raw one")
+	requireReports(t, res)
+}
+
+func powerLossScenario(t *testing.T) *scenario.Scenario {
+	return parse(t, `name: power-loss
+description: the engine's host loses power mid-write and after a sync
+cycles: 2
+`+powerMirror+`workload:
+  filesystems: [ext4]
+  rebuild_every: 2
+  write_budget: 4MiB
+  engine_crash: true
+  power_loss: true
+  raw: {every: 1, ops: 800, concurrency: 4, flush_every: 25, fua_percent: 5}
+`)
+}
+
+// bugBinary is a dst binary built with the planted bugs (package bugs),
+// built once.
+var bugBinary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "dst-bugs-bin")
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "dst")
+	return path, dstbin.Build(path, "dstbugs")
+})
+
+// runPlanted runs sc with bug planted in every dst process; the run must
+// fail.
+func runPlanted(t *testing.T, bug string, sc *scenario.Scenario, seed uint64) *Result {
+	t.Helper()
+	bin, err := bugBinary()
+	require.NoError(t, err)
+	t.Setenv(bugs.Env, bug)
+	saved := dstBinary
+	dstBinary = bin
+	defer func() { dstBinary = saved }()
+	start := time.Now()
+	res, err := run(t, sc, seed, hooks{})
+	require.ErrorIs(t, err, ErrFailed, "planted bug %s was not caught", bug)
+	require.Less(t, time.Since(start), 2*time.Minute, "caught within two minutes")
+	require.Equal(t, reports.ResultFail, res.Run.Result)
+	require.NotEmpty(t, res.Run.Failures)
+	return res
+}
+
+// diagnosis joins the messages and diagnoses of a run's failures.
+func diagnosis(res *Result) string {
+	var b strings.Builder
+	for _, f := range res.Run.Failures {
+		fmt.Fprintf(&b, "%s: %s\n%s\n", f.Phase, f.Message, strings.Join(f.Diagnosis, "\n"))
+	}
+	return b.String()
+}
+
+// powerCutB is a raw run on a mirror whose member b loses power again and
+// again: the scenario of the engine's planted bugs.
+func powerCutB(t *testing.T) *scenario.Scenario {
+	return parse(t, `name: power-b
+description: b loses power under raw writes
+duration: 40s
+`+powerMirror+`workload:
+  raw: {every: 1, ops: 3000, concurrency: 4, flush_every: 30, fua_percent: 0}
+faults:
+  interval: 1s
+  kinds:
+    - {kind: power-cut, targets: [b], downtime: 200ms..500ms}
+checks:
+  resync_within: 30s
+`)
+}
+
+// TestPlantedNodeFlushNoop: nodes that acknowledge FLUSH without writing
+// their cache lose flushed sectors when the engine's host loses power; the
+// check after the loss names them.
+func TestPlantedNodeFlushNoop(t *testing.T) {
+	needRealPath(t)
+	sc := parse(t, `name: flush-noop
+description: the engine's host loses power mid-write
+cycles: 1
+`+powerMirror+`workload:
+  engine_crash: true
+  power_loss: true
+  raw: {every: 1, ops: 800, concurrency: 4, flush_every: 25}
+`)
+	res := runPlanted(t, bugs.FlushNoop, sc, 51)
+	f := res.Run.Failures[0]
+	require.Equal(t, "raw-verify-after-loss", f.Phase, diagnosis(res))
+	diag := diagnosis(res)
+	require.Contains(t, diag, "durable", diag)
+	require.Contains(t, diag, "power loss of the engine's host", diag)
+}
+
+// TestPlantedEngineFlushesOneMember: an engine that flushes only the first
+// member leaves b's writes in its cache; b's power cut loses them and the
+// engine, which thinks them flushed, serves and keeps b's stale sectors.
+func TestPlantedEngineFlushesOneMember(t *testing.T) {
+	needRealPath(t)
+	res := runPlanted(t, bugs.FlushOneMember, powerCutB(t), 52)
+	diag := diagnosis(res)
+	require.Contains(t, diag, "node b", diag)
+	require.Contains(t, diag, "power-cut b", diag)
+}
+
+// TestPlantedEngineIgnoresBoot: an engine that trusts a member whose
+// machine restarted with unflushed writes serves and keeps what the power
+// cut left on it.
+func TestPlantedEngineIgnoresBoot(t *testing.T) {
+	needRealPath(t)
+	res := runPlanted(t, bugs.IgnoreBoot, powerCutB(t), 53)
+	diag := diagnosis(res)
+	require.Contains(t, diag, "node b", diag)
+	require.Contains(t, diag, "power-cut b", diag)
+}
