@@ -200,3 +200,53 @@ func TestPlantedEngineIgnoresBoot(t *testing.T) {
 	require.Contains(t, diag, "node b", diag)
 	require.Contains(t, diag, "power-cut b", diag)
 }
+
+// silentFault is a raw run on a mirror whose member b silently corrupts
+// one write (kind bit-flip or lost-write) now and then: the node reports
+// success, so only the verifiers can find it. Small requests keep most
+// sectors from being written again before a verify (a later write over a
+// lost one hides it, as on a real disk).
+func silentFault(t *testing.T, kind string) *scenario.Scenario {
+	return parse(t, `name: `+kind+`
+description: b's media `+kind+`s under raw writes
+duration: 30s
+`+powerMirror+`workload:
+  raw: {every: 1, ops: 600, concurrency: 4, flush_every: 30, max_request: 16KiB}
+faults:
+  interval: 500ms
+  kinds:
+    - {kind: `+kind+`, targets: [b], downtime: 300ms..600ms}
+checks:
+  resync_within: 30s
+`)
+}
+
+// requireFound runs sc, which must fail, and checks that the failure
+// names node b and the fault.
+func requireFound(t *testing.T, sc *scenario.Scenario, kind string, seed uint64) {
+	t.Helper()
+	start := time.Now()
+	res, err := run(t, sc, seed, hooks{})
+	require.ErrorIs(t, err, ErrFailed, "a silent %s was not found", kind)
+	require.Less(t, time.Since(start), 2*time.Minute, "found within two minutes")
+	require.Equal(t, reports.ResultFail, res.Run.Result)
+	diag := diagnosis(res)
+	t.Logf("found:\n%s", diag)
+	require.Contains(t, diag, "node b", diag)
+	require.Contains(t, diag, kind+" b", diag)
+}
+
+// TestBitFlipIsFound: a bit that b's media flips on a write, acknowledged
+// as written, is found by the verifiers (the replicas differ, or a read
+// from b returns the wrong bytes) and the report names b and the fault.
+func TestBitFlipIsFound(t *testing.T) {
+	needRealPath(t)
+	requireFound(t, silentFault(t, "bit-flip"), "bit-flip", 61)
+}
+
+// TestLostWriteIsFound: a write b acknowledges but never makes is found
+// the same way.
+func TestLostWriteIsFound(t *testing.T) {
+	needRealPath(t)
+	requireFound(t, silentFault(t, "lost-write"), "lost-write", 62)
+}

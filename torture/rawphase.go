@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"dst/storage/nbd"
+	"dst/torture/cluster"
 	"dst/torture/raw"
 )
 
@@ -55,7 +56,12 @@ func (r *runner) rawPhase(ctx context.Context, i int) error {
 	if r.o.hooks.afterRawWrites != nil {
 		r.o.hooks.afterRawWrites(r.c, l)
 	}
-	return r.rawVerify(ctx, i, dev, l, raw.Strict)
+	if err := r.rawVerify(ctx, i, dev, l, raw.Strict); err != nil {
+		return err
+	}
+	r.quiet.Lock()
+	defer r.quiet.Unlock()
+	return r.rawVerifyReplicas(ctx, i, l)
 }
 
 // rawCrashPhase writes and flushes sectors, then keeps writing while the
@@ -127,8 +133,11 @@ func (r *runner) rawCrashPhase(ctx context.Context, i int) error {
 		return err
 	}
 	// What was read is now the truth; one more strict pass proves the
-	// storage keeps it.
-	return r.rawVerify(ctx, i, dev2, l, raw.Strict)
+	// storage keeps it, on every replica (the crash cycle holds quiet).
+	if err := r.rawVerify(ctx, i, dev2, l, raw.Strict); err != nil {
+		return err
+	}
+	return r.rawVerifyReplicas(ctx, i, l)
 }
 
 // rawVerify checks every written byte of the device under mode and
@@ -160,6 +169,73 @@ func (r *runner) rawVerify(ctx context.Context, i int, dev raw.Device, l *raw.Le
 	}
 	return nil
 }
+
+// rawVerifyReplicas checks every replica view of a mirrored storage
+// (child k of every mirror) strictly against the ledger, reading the
+// nodes' images directly once the storage is in sync and a FLUSH wrote
+// the nodes' caches back. The engine's verify reads one replica of each
+// piece; this one finds a bit the media of another flipped, or a write it
+// acknowledged and lost, and names that replica. Call it with quiet held
+// and no write in flight, after a strict verify settled the ledger.
+func (r *runner) rawVerifyReplicas(ctx context.Context, i int, l *raw.Ledger) error {
+	n := r.c.Replicas()
+	if n < 2 {
+		return nil
+	}
+	err := r.step("raw-verify-replicas", func() (string, error) {
+		wctx, cancel := context.WithTimeout(ctx, r.sc.Checks.ResyncWithin)
+		_, _, err := r.c.Engine().WaitInSync(wctx)
+		cancel()
+		if err == nil {
+			err = r.c.Flush(ctx)
+		}
+		if err != nil {
+			return "", err
+		}
+		var total int64
+		for k := range n {
+			chk, err := raw.Verify(ctx, replicaDevice{r.c, k}, l, raw.VerifyOptions{
+				Mode: raw.Strict, WrittenOnly: true,
+				Locate: func(off int64) string { return r.c.LocateReplica(k, off) },
+			})
+			if err != nil {
+				return "", err
+			}
+			total += chk.BytesVerified
+			r.mu.Lock()
+			r.run.Counters.BytesVerified += chk.BytesVerified
+			r.mu.Unlock()
+			if !chk.OK() {
+				r.rawSt.check = chk
+				return "", fmt.Errorf("replica %d of every mirror: %d runs of bad bytes and %d read errors", k, chk.BadTotal, chk.ReadErrorTotal)
+			}
+		}
+		return fmt.Sprintf("%d replicas, %d bytes verified (strict) on the nodes' images", n, total), nil
+	})
+	if err != nil {
+		return r.rawFailed(ctx, i, "raw-verify-replicas", err, nil)
+	}
+	return nil
+}
+
+// replicaDevice is replica view k of the cluster's storage, read from the
+// nodes' images: a raw.Device that can only be read.
+type replicaDevice struct {
+	c *cluster.Cluster
+	k int
+}
+
+func (d replicaDevice) Size() int64 { return d.c.Size() }
+
+func (d replicaDevice) ReadAt(_ context.Context, p []byte, off int64) error {
+	return d.c.ReadReplica(d.k, p, off)
+}
+
+func (d replicaDevice) WriteAt(context.Context, []byte, int64, bool) error {
+	return fmt.Errorf("torture: replica %d is read-only", d.k)
+}
+
+func (d replicaDevice) Flush(context.Context) error { return nil }
 
 // rawFailed records a failed raw phase with the decoded bad sectors and
 // writes the bundle.
