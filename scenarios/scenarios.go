@@ -1,7 +1,7 @@
 // Package scenarios holds the embedded scenario files of the torture
 // harness (see package dst/torture/scenario for their format): smoke (the
-// README's main job), linear-split, mirror-failover, engine-crash and
-// overnight (the make torture default).
+// README's main job), linear-split, mirror-failover, engine-crash,
+// power-loss and overnight (the make torture default).
 package scenarios
 
 import (

@@ -15,6 +15,17 @@
 // since its last flush and is acknowledged after all of them; FUA is passed
 // to every replica. The engine is shared by every client connection, so a
 // FLUSH covers writes from all of them and multi-conn is honest.
+//
+// A member whose node may hold writes that are acknowledged but not
+// flushed (a write since its last FLUSH, or a FLUSH still in flight) and
+// then reports a new boot (its machine restarted: the volatile cache is
+// gone) leaves service and is copied whole from an in-sync replica; a
+// failed FLUSH on a replica takes that replica out of service and the
+// client's FLUSH succeeds if an in-sync replica flushed; a read error on
+// a replica is retried on another. The torture harness breaks each of
+// these with power cuts, torn writes and media faults (dst export
+// --volatile-cache, --faults), and the planted bugs of package
+// dst/internal/bugs prove that it would notice.
 package engine
 
 import (

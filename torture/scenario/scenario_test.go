@@ -15,7 +15,7 @@ import (
 
 func TestEmbeddedScenariosParse(t *testing.T) {
 	names := scenarios.Names()
-	require.Subset(t, names, []string{"smoke", "linear-split", "mirror-failover", "engine-crash", "overnight"})
+	require.Subset(t, names, []string{"smoke", "linear-split", "mirror-failover", "engine-crash", "power-loss", "overnight"})
 	for _, name := range names {
 		s, err := scenarios.Lookup(name)
 		require.NoError(t, err, name)
@@ -31,6 +31,10 @@ func TestEmbeddedScenariosParse(t *testing.T) {
 	require.Equal(t, "kill", s.Faults.Kinds[0].Kind)
 	require.Equal(t, 5*time.Second, s.Faults.Kinds[0].DowntimeMin)
 	require.Equal(t, 8*time.Second, s.Faults.Kinds[0].DowntimeMax)
+	require.Equal(t, "torn-write", s.Faults.Kinds[1].Kind, "the main job cuts power too")
+	pl, err := scenarios.Lookup("power-loss")
+	require.NoError(t, err)
+	require.True(t, pl.Workload.PowerLoss)
 	_, err = scenarios.Lookup("nope")
 	require.ErrorContains(t, err, "no scenario \"nope\" (there are: ")
 }
