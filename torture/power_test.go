@@ -179,26 +179,25 @@ cycles: 1
 	require.Contains(t, diag, "power loss of the engine's host", diag)
 }
 
-// TestPlantedEngineFlushesOneMember: an engine that flushes only the first
-// member leaves b's writes in its cache; b's power cut loses them and the
-// engine, which thinks them flushed, serves and keeps b's stale sectors.
-func TestPlantedEngineFlushesOneMember(t *testing.T) {
+// TestPlantedEngineBugs plants, one at a time, an engine that flushes
+// only the first member (b's writes stay in its cache and b's power cut
+// loses them while the engine thinks them flushed) and one that trusts a
+// member whose machine restarted with unflushed writes (it serves and
+// keeps what the cut left on b). Each run must fail naming b and its
+// power cut.
+func TestPlantedEngineBugs(t *testing.T) {
 	needRealPath(t)
-	res := runPlanted(t, bugs.FlushOneMember, powerCutB(t), 52)
-	diag := diagnosis(res)
-	require.Contains(t, diag, "node b", diag)
-	require.Contains(t, diag, "power-cut b", diag)
-}
-
-// TestPlantedEngineIgnoresBoot: an engine that trusts a member whose
-// machine restarted with unflushed writes serves and keeps what the power
-// cut left on it.
-func TestPlantedEngineIgnoresBoot(t *testing.T) {
-	needRealPath(t)
-	res := runPlanted(t, bugs.IgnoreBoot, powerCutB(t), 53)
-	diag := diagnosis(res)
-	require.Contains(t, diag, "node b", diag)
-	require.Contains(t, diag, "power-cut b", diag)
+	for _, c := range []struct {
+		bug  string
+		seed uint64
+	}{{bugs.FlushOneMember, 52}, {bugs.IgnoreBoot, 53}} {
+		t.Run(c.bug, func(t *testing.T) {
+			res := runPlanted(t, c.bug, powerCutB(t), c.seed)
+			diag := diagnosis(res)
+			require.Contains(t, diag, "node b", diag)
+			require.Contains(t, diag, "power-cut b", diag)
+		})
+	}
 }
 
 // silentFault is a raw run on a mirror whose member b silently corrupts

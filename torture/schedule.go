@@ -53,6 +53,7 @@ func (f Fault) String() string {
 // stream; Next returns the next fault.
 type Schedule struct {
 	rng   *rand.Rand
+	seed  uint64 // seeds each fault's own draws (Fault.Seed)
 	f     scenario.Faults
 	total int
 	n     int
@@ -61,7 +62,7 @@ type Schedule struct {
 // NewSchedule returns the fault schedule of seed for f; f without kinds
 // yields no faults.
 func NewSchedule(seed uint64, f scenario.Faults) *Schedule {
-	s := &Schedule{rng: rand.New(rand.NewPCG(seed, 0xfa0175)), f: f}
+	s := &Schedule{rng: rand.New(rand.NewPCG(seed, 0xfa0175)), seed: seed, f: f}
 	for _, k := range f.Kinds {
 		s.total += k.Weight
 	}
@@ -89,7 +90,7 @@ func (s *Schedule) Next() (Fault, bool) {
 		Delay:   k.Delay,
 		Partner: k.Partner,
 		Op:      k.Op,
-		Seed:    uint64(s.n+1) * 0x9e3779b97f4a7c15,
+		Seed:    s.seed ^ uint64(s.n+1)*0x9e3779b97f4a7c15,
 	}
 	f.Downtime = k.DowntimeMin
 	if span := k.DowntimeMax - k.DowntimeMin; span > 0 {

@@ -48,21 +48,11 @@ func (c *Cluster) Converged(ctx context.Context) ([]Divergence, error) {
 	if err := c.flush(ctx); err != nil {
 		return nil, err
 	}
-	files := make([]*os.File, len(c.geo.leaves))
-	defer func() {
-		for _, f := range files {
-			if f != nil {
-				f.Close()
-			}
-		}
-	}()
-	for i := range files {
-		f, err := os.Open(c.leaf(i).file)
-		if err != nil {
-			return nil, fmt.Errorf("cluster: converged: %w", err)
-		}
-		files[i] = f
+	files, err := c.openImages()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: converged: %w", err)
 	}
+	defer files.close()
 	var out []Divergence
 	bufA, bufB := make([]byte, compareChunk), make([]byte, compareChunk)
 	for _, m := range c.geo.root.mirrors(nil) {
@@ -90,7 +80,7 @@ func (c *Cluster) Converged(ctx context.Context) ([]Divergence, error) {
 }
 
 // compare compares children a and b of mirror m.
-func (c *Cluster) compare(ctx context.Context, files []*os.File, m *tree, a, b int, bufA, bufB []byte) (*Divergence, error) {
+func (c *Cluster) compare(ctx context.Context, files images, m *tree, a, b int, bufA, bufB []byte) (*Divergence, error) {
 	size := m.l.Size()
 	ca, cb := m.children[a], m.children[b]
 	var extents []layout.Extent
@@ -100,10 +90,10 @@ func (c *Cluster) compare(ctx context.Context, files []*os.File, m *tree, a, b i
 		}
 		n := min(compareChunk, size-off)
 		var err error
-		if extents, err = readThrough(files, ca.l, off, bufA[:n], extents); err != nil {
+		if extents, err = readThrough(files, ca.l, off, bufA[:n], extents, layout.FirstReplica); err != nil {
 			return nil, err
 		}
-		if extents, err = readThrough(files, cb.l, off, bufB[:n], extents); err != nil {
+		if extents, err = readThrough(files, cb.l, off, bufB[:n], extents, layout.FirstReplica); err != nil {
 			return nil, err
 		}
 		if bytes.Equal(bufA[:n], bufB[:n]) {
@@ -122,28 +112,55 @@ func (c *Cluster) compare(ctx context.Context, files []*os.File, m *tree, a, b i
 		return &Divergence{
 			Mirror: m.spec.String(), A: ca.spec.String(), B: cb.spec.String(),
 			Offset: x, DeviceOffset: m.deviceOffset(x),
-			AWhere: c.locateIn(ca.l, x), BWhere: c.locateIn(cb.l, x), Differing: count,
+			AWhere: c.locateIn(ca.l, x, layout.FirstReplica), BWhere: c.locateIn(cb.l, x, layout.FirstReplica), Differing: count,
 		}, nil
 	}
 	return nil, nil
 }
 
+// images are the image files of the leaves, in leaf order, open for
+// reading.
+type images []*os.File
+
+// openImages opens every leaf's image file.
+func (c *Cluster) openImages() (images, error) {
+	files := make(images, len(c.geo.leaves))
+	for i := range files {
+		f, err := os.Open(c.leaf(i).file)
+		if err != nil {
+			files.close()
+			return nil, err
+		}
+		files[i] = f
+	}
+	return files, nil
+}
+
+func (files images) close() {
+	for _, f := range files {
+		if f != nil {
+			f.Close()
+		}
+	}
+}
+
 // readThrough reads logical range [off, off+len(p)) of l from the image
-// files, taking child 0 of any mirror on the way.
-func readThrough(files []*os.File, l layout.Layout, off int64, p []byte, extents []layout.Extent) ([]layout.Extent, error) {
-	extents = l.Map(extents[:0], off, int64(len(p)), 0, layout.FirstReplica)
+// files, taking the child pick picks of any mirror on the way.
+func readThrough(files images, l layout.Layout, off int64, p []byte, extents []layout.Extent, pick layout.Picker) ([]layout.Extent, error) {
+	extents = l.Map(extents[:0], off, int64(len(p)), 0, pick)
 	for _, e := range extents {
 		buf := p[e.BufOffset : e.BufOffset+e.Length]
 		if _, err := files[e.Member].ReadAt(buf, e.Offset); err != nil {
-			return extents, fmt.Errorf("cluster: converged: read member %d at %d+%d: %w", e.Member, e.Offset, e.Length, err)
+			return extents, fmt.Errorf("cluster: read member %d at %d+%d: %w", e.Member, e.Offset, e.Length, err)
 		}
 	}
 	return extents, nil
 }
 
-// locateIn returns where logical offset x of l lives (child 0 of mirrors).
-func (c *Cluster) locateIn(l layout.Layout, x int64) Location {
-	e := l.Map(nil, x, 1, 0, layout.FirstReplica)[0]
+// locateIn returns where logical offset x of l lives (the child pick
+// picks of mirrors).
+func (c *Cluster) locateIn(l layout.Layout, x int64, pick layout.Picker) Location {
+	e := l.Map(nil, x, 1, 0, pick)[0]
 	n := c.leaf(e.Member)
 	return Location{Leaf: e.Member, Node: n.spec.Name, URL: n.URL(), File: n.file, Offset: e.Offset}
 }

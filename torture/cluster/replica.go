@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"fmt"
-	"os"
 
 	"dst/storage/layout"
 )
@@ -27,37 +26,48 @@ func replicaPicker(k int) layout.Picker {
 	})
 }
 
-// ReadReplica reads device range [off, off+len(p)) of replica view k from
-// the nodes' image files, bypassing the engine. Only what the nodes wrote
-// back is there: Flush first.
-func (c *Cluster) ReadReplica(k int, p []byte, off int64) error {
-	if off < 0 || off > c.Size()-int64(len(p)) {
-		return fmt.Errorf("cluster: read replica %d: %#x+%d is outside the device of %#x bytes", k, off, len(p), c.Size())
+// ReplicaImages reads the replica views of the device from the nodes'
+// image files, bypassing the engine. Only what the nodes wrote back is
+// there: Flush first.
+type ReplicaImages struct {
+	c       *Cluster
+	files   images
+	extents []layout.Extent
+}
+
+// OpenReplicas opens the nodes' image files for ReadAt; Close them.
+func (c *Cluster) OpenReplicas() (*ReplicaImages, error) {
+	files, err := c.openImages()
+	if err != nil {
+		return nil, fmt.Errorf("cluster: open replicas: %w", err)
 	}
-	for _, e := range c.geo.root.l.Map(nil, off, int64(len(p)), 0, replicaPicker(k)) {
-		n := c.leaf(e.Member)
-		f, err := os.Open(n.file)
-		if err != nil {
-			return fmt.Errorf("cluster: read replica %d: %w", k, err)
-		}
-		_, err = f.ReadAt(p[e.BufOffset:e.BufOffset+e.Length], e.Offset)
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("cluster: read replica %d: node %s at %#x+%d: %w", k, n.spec.Name, e.Offset, e.Length, err)
-		}
+	return &ReplicaImages{c: c, files: files}, nil
+}
+
+// ReadAt reads device range [off, off+len(p)) of replica view k. Calls
+// must not overlap.
+func (r *ReplicaImages) ReadAt(k int, p []byte, off int64) error {
+	if off < 0 || off > r.c.Size()-int64(len(p)) {
+		return fmt.Errorf("cluster: read replica %d: %#x+%d is outside the device of %#x bytes", k, off, len(p), r.c.Size())
+	}
+	var err error
+	r.extents, err = readThrough(r.files, r.c.geo.root.l, off, p, r.extents, replicaPicker(k))
+	if err != nil {
+		return fmt.Errorf("cluster: read replica %d: %w", k, err)
 	}
 	return nil
 }
 
-// LocateReplica describes where device offset off of replica view k lives.
-func (c *Cluster) LocateReplica(k int, off int64) string {
-	if off < 0 || off >= c.Size() {
-		return fmt.Sprintf("offset %#x is outside the device of %#x bytes", off, c.Size())
+// Locate describes where device offset off of replica view k lives.
+func (r *ReplicaImages) Locate(k int, off int64) string {
+	if off < 0 || off >= r.c.Size() {
+		return fmt.Sprintf("offset %#x is outside the device of %#x bytes", off, r.c.Size())
 	}
-	e := c.geo.root.l.Map(nil, off, 1, 0, replicaPicker(k))[0]
-	n := c.leaf(e.Member)
-	return Location{Leaf: e.Member, Node: n.spec.Name, URL: n.URL(), File: n.file, Offset: e.Offset}.String()
+	return r.c.locateIn(r.c.geo.root.l, off, replicaPicker(k)).String()
 }
+
+// Close closes the image files.
+func (r *ReplicaImages) Close() { r.files.close() }
 
 // Flush sends a FLUSH through the engine: every member writes its cache
 // back.
