@@ -285,8 +285,10 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 	}
 	e := s.e
 	var copies []bool
+	logs := map[*mirrorInfo]*crashLog{}
+	var sources map[*mirrorInfo]int
 	if !as.Clean {
-		copies = uncleanCopies(e, as)
+		copies, sources = uncleanCopies(e, as)
 	}
 	for i, v := range as.Members {
 		m := e.members[i]
@@ -294,8 +296,12 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 		case meta.ActionServe:
 			if copies != nil && copies[i] {
 				// The engine stopped uncleanly: writes in flight then may
-				// have reached some replicas only. Copy from the source.
-				m.fullResync.Store(true)
+				// have reached some replicas only. Copy from the source
+				// what the activity log marked, or everything without one.
+				if !s.copyLogged(ctx, m, as, probes, sources, logs) {
+					m.fullResync.Store(true)
+					m.crashFull.Store(true)
+				}
 				m.state.Store(int32(Failed))
 			}
 		case meta.ActionResyncDirty:
@@ -324,14 +330,15 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 	return s.writeSupers(ctx, false)
 }
 
-// uncleanCopies says which members an unclean restart must copy whole:
-// writes in flight when the engine stopped may have reached some replicas
-// of a mirror and not others, so every mirror keeps one child as the
-// source — the one holding the assembly's source member, else the first
-// child whose members are all served as they are — and its other children
-// are copied from it. Members under no mirror have no replica to differ
-// from and are served as they are.
-func uncleanCopies(e *Engine, as meta.Assembly) []bool {
+// uncleanCopies says which members an unclean restart must copy from a
+// source (whole, or where the activity log says): writes in flight when
+// the engine stopped may have reached some replicas of a mirror and not
+// others, so every mirror keeps one child as the source — the one holding
+// the assembly's source member, else the first child whose members are
+// all served as they are — and its other children are copied from it; the
+// source child of each mirror is returned too. Members under no mirror
+// have no replica to differ from and are served as they are.
+func uncleanCopies(e *Engine, as meta.Assembly) ([]bool, map[*mirrorInfo]int) {
 	source := map[*mirrorInfo]int{}
 	for _, a := range e.members[as.Source].ancestors {
 		source[a.mi] = a.child
@@ -361,7 +368,88 @@ func uncleanCopies(e *Engine, as meta.Assembly) []bool {
 			}
 		}
 	}
-	return copies
+	return copies, source
+}
+
+// crashLog is what the members of a mirror recorded in their activity
+// logs before an unclean stop: union is the union of their bitmaps (nil
+// if it cannot be trusted), unreadable the members whose bitmap could not
+// be read.
+type crashLog struct {
+	union      *meta.Bitmap
+	unreadable map[int]bool
+}
+
+// copyLogged marks the regions member m must get from its mirror's source
+// after an unclean stop: the union of the bitmaps of every member served
+// (each holds every region a write may have been in flight to, see the
+// package doc). It reports false where that cannot be trusted (m is under
+// nested mirrors or a mirror without a log, a member's superblock does
+// not say its bitmap is an activity log, the source's bitmap or m's own
+// cannot be read): m is then copied whole.
+func (s *Storage) copyLogged(ctx context.Context, m *member, as meta.Assembly, probes []meta.Probe, sources map[*mirrorInfo]int, logs map[*mirrorInfo]*crashLog) bool {
+	if len(m.ancestors) != 1 || !m.logged() {
+		return false
+	}
+	a := m.ancestors[0]
+	cl, ok := logs[a.mi]
+	if !ok {
+		cl = s.readCrashLog(ctx, a.mi, sources[a.mi], as, probes)
+		logs[a.mi] = cl
+	}
+	if cl.union == nil || cl.unreadable[m.index] {
+		return false
+	}
+	n := 0
+	for r := cl.union.NextDirty(0); r >= 0; r = cl.union.NextDirty(r + 1) {
+		off, length := a.mi.span(r)
+		if length > 0 {
+			a.mi.mark(a.child, off, length)
+			n++
+		}
+	}
+	m.crashRegions.Store(int64(n))
+	s.log.Info("unclean stop: copying the regions the activity log marked", "member", m.index,
+		"regions", n, "of", cl.union.Regions())
+	return true
+}
+
+// readCrashLog reads the bitmaps of mi's served members and unites them;
+// source is the child the others are copied from.
+func (s *Storage) readCrashLog(ctx context.Context, mi *mirrorInfo, source int, as meta.Assembly, probes []meta.Probe) *crashLog {
+	cl := &crashLog{unreadable: map[int]bool{}}
+	union := meta.NewBitmap(mi.dirty[0].Regions())
+	for c, leaves := range mi.children {
+		for _, l := range leaves {
+			if as.Members[l].Action != meta.ActionServe {
+				continue
+			}
+			m := s.e.members[l]
+			if probes[l].Super.Flags&meta.FlagActivityLog == 0 || m.area.RegionSize != mi.regionSize {
+				s.log.Warn("unclean stop: a member's bitmap is not an activity log; its replicas are copied whole", "member", l)
+				return cl
+			}
+			buf := make([]byte, m.area.BitmapBytes)
+			if err := m.node.ReadAt(ctx, buf, m.area.BitmapOffset); err != nil {
+				s.log.Warn("unclean stop: cannot read a member's activity log; it is copied whole", "member", l, "err", err)
+				if c == source {
+					return cl
+				}
+				cl.unreadable[l] = true
+				continue
+			}
+			bm := meta.NewBitmap(m.area.Regions())
+			if err := bm.Unmarshal(buf); err != nil {
+				s.log.Warn("damaged bitmap pages read as all dirty", "member", l, "err", err)
+			}
+			if bm.Regions() != union.Regions() {
+				return cl
+			}
+			union.Merge(bm)
+		}
+	}
+	cl.union = union
+	return cl
 }
 
 // loadDirty merges the source's persisted bitmap into what member m missed.
@@ -428,6 +516,7 @@ func (s *Storage) build(areas []meta.Area) error {
 			}
 		}
 	}
+	e.enableActivity()
 	e.onChange = s.recordMembership
 	s.e = e
 	s.boots = make([]string, len(s.nodes))
@@ -498,9 +587,17 @@ func (s *Storage) checkBoot(ctx context.Context, i int, boot string) error {
 		return nil
 	}
 	err := fmt.Errorf("%w: member %d: its machine restarted (boot %s, before %s) with writes not flushed", node.ErrMediaChanged, i, boot, prev)
-	// Set before the member leaves service, so the monitor never rejoins
-	// it with a partial copy; put back if it stays.
-	before := m.fullResync.Swap(true)
+	// What it may have lost is marked before it leaves service, so the
+	// monitor never rejoins it with a partial copy: the regions active
+	// now (or, for a member out of service, active when it left; see
+	// noteLeaving), or everything without an activity log. The full
+	// copy is put back if it stays.
+	var before bool
+	if !s.e.markUnflushed(m) {
+		before = m.fullResync.Swap(true)
+	} else {
+		before = m.fullResync.Load()
+	}
 	if st := m.State(); st == Failed || st == Suspended {
 		return err
 	}
@@ -578,9 +675,12 @@ func (s *Storage) writeSupersOnce(ctx context.Context, clean bool) (int, error) 
 		}
 		sb := &s.supers[i]
 		sb.Generation, sb.InSync = s.gen, mask
-		sb.Flags &^= meta.FlagClean
+		sb.Flags &^= meta.FlagClean | meta.FlagActivityLog
 		if clean {
 			sb.Flags |= meta.FlagClean
+		}
+		if m.logged() {
+			sb.Flags |= meta.FlagActivityLog
 		}
 		if err := sb.MarshalTo(buf); err != nil {
 			panic(fmt.Sprintf("engine: superblock of member %d: %v", i, err))
@@ -675,6 +775,9 @@ func (s *Storage) Close(ctx context.Context) error {
 
 func (s *Storage) markClean(ctx context.Context) error {
 	if err := s.e.Flush(ctx); err != nil {
+		return err
+	}
+	if err := s.e.clearAllActive(ctx); err != nil {
 		return err
 	}
 	return s.writeSupers(ctx, true)

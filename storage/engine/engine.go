@@ -35,6 +35,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"dst/storage/layout"
 	"dst/storage/meta"
@@ -79,6 +80,14 @@ type Options struct {
 	// RegionSize is the granularity of a mirror's dirty map, in bytes.
 	// Zero means DefaultRegionSize.
 	RegionSize int64
+	// ActivityRegions bounds the active regions of each mirror's activity
+	// log (a mirror whose bitmap is persisted, see Assemble): zero means
+	// DefaultActivityRegions, negative keeps no log (an unclean stop then
+	// copies replicas whole).
+	ActivityRegions int
+	// ActivityQuiet is how long a region stays active after its last
+	// write. Zero means DefaultActivityQuiet.
+	ActivityQuiet time.Duration
 	// Logger receives state changes; nil discards them.
 	Logger *slog.Logger
 }
@@ -120,6 +129,9 @@ type Engine struct {
 	// of service one step.
 	failMu sync.Mutex
 
+	// stopActivity stops the activity logs' clearers; nil without logs.
+	stopActivity context.CancelFunc
+
 	closeOnce sync.Once
 	wg        sync.WaitGroup
 }
@@ -136,6 +148,9 @@ func New(root layout.Layout, nodes []node.Node, opts Options) (*Engine, error) {
 	}
 	if opts.RegionSize <= 0 {
 		opts.RegionSize = DefaultRegionSize
+	}
+	if opts.ActivityQuiet <= 0 {
+		opts.ActivityQuiet = DefaultActivityQuiet
 	}
 	e := &Engine{opts: opts, log: opts.Logger, root: root, mirrors: map[*layout.Mirror]*mirrorInfo{}}
 	if e.log == nil {
@@ -254,6 +269,9 @@ func (e *Engine) Layout() layout.Layout { return e.root }
 // closed (their owner closes them).
 func (e *Engine) Close() error {
 	e.closeOnce.Do(func() {
+		if e.stopActivity != nil {
+			e.stopActivity()
+		}
 		close(e.work)
 		e.wg.Wait()
 	})
@@ -308,6 +326,11 @@ type member struct {
 	// (its unflushed writes may be lost).
 	fullResync    atomic.Bool
 	resyncedBytes atomic.Int64
+	// crashRegions are the regions the start after an unclean stop marked
+	// to copy to the member from the activity log; crashFull is set if it
+	// had to be copied whole instead.
+	crashRegions atomic.Int64
+	crashFull    atomic.Bool
 	// completed counts the pieces the member finished (either way); the
 	// failover watchdog finds a stalled member by it not moving while
 	// pieces are pending.

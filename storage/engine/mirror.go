@@ -30,6 +30,8 @@ type mirrorInfo struct {
 	// persistMu serialises persisting, so a writer that set a bit either
 	// sees its page written by the persist in progress or writes it itself.
 	persistMu sync.Mutex
+	// al is the mirror's activity log; nil when it keeps none.
+	al *activity
 }
 
 const lockStripes = 64
@@ -70,14 +72,7 @@ func (mi *mirrorInfo) mark(c int, off, length int64) bool {
 	mi.mu.Lock()
 	defer mi.mu.Unlock()
 	for r := first; r <= last; r++ {
-		if !mi.dirty[c].Set(r) {
-			continue
-		}
-		for o := range mi.others {
-			if o != c && mi.others[o].Set(r) && mi.pending != nil {
-				mi.pending[o][mi.others[o].PageOf(r)] = struct{}{}
-			}
-		}
+		mi.markLocked(c, r)
 	}
 	for _, p := range mi.pending {
 		if len(p) > 0 {
@@ -85,6 +80,27 @@ func (mi *mirrorInfo) mark(c int, off, length int64) bool {
 		}
 	}
 	return false
+}
+
+// markLocked records that child c missed region r (under mu).
+func (mi *mirrorInfo) markLocked(c, r int) {
+	if !mi.dirty[c].Set(r) {
+		return
+	}
+	for o := range mi.others {
+		if o != c && mi.others[o].Set(r) && mi.pending != nil {
+			mi.pending[o][mi.others[o].PageOf(r)] = struct{}{}
+		}
+	}
+}
+
+// marshalPage encodes page i of what child c's members persist: the
+// regions the other children missed, and the active regions (under mu).
+func (mi *mirrorInfo) marshalPage(c, i int, dst []byte) error {
+	if mi.al != nil {
+		return mi.others[c].MarshalPageUnion(i, mi.al.bm, dst)
+	}
+	return mi.others[c].MarshalPage(i, dst)
 }
 
 // markAll records that child c must be copied whole.
@@ -211,6 +227,9 @@ func (p *writePicker) Pick(m *layout.Mirror, off, length int64) layout.ReplicaSe
 		if !set.Has(i) && mi.mark(i, off, length) {
 			p.r.persist = append(p.r.persist, mi)
 		}
+	}
+	if mi.al != nil {
+		p.r.noteActive(mi, off, length)
 	}
 	p.r.lock(mi, mi.stripesOf(off, length))
 	return set

@@ -2,16 +2,42 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 
 	"dst/storage/meta"
 	"dst/storage/nbd"
 )
 
+// persistError is a bitmap page write that failed on one member.
+type persistError struct {
+	m   *member
+	err error
+}
+
+func (e *persistError) Error() string { return e.err.Error() }
+func (e *persistError) Unwrap() error { return e.err }
+
+// persist writes mi's changed bitmap pages (persistDirty). A member whose
+// page write fails leaves service if a replica stands in for it, and the
+// pages are written to the others; otherwise the error is returned.
+func (e *Engine) persist(ctx context.Context, mi *mirrorInfo) error {
+	for range len(e.members) + 1 {
+		err := e.persistDirty(ctx, mi)
+		var pe *persistError
+		if err == nil || !errors.As(err, &pe) || ctx.Err() != nil || !e.failRedundant(ctx, pe.m, err) {
+			return err
+		}
+	}
+	return e.persistDirty(ctx, mi)
+}
+
 // persistDirty writes the bitmap pages of mi that changed to the writable
-// members that carry them, durably (FUA, or write and flush). A writer that
-// set a bit calls it before issuing its data writes: either the persist in
-// progress wrote its page (persistMu orders them) or this call does.
+// members that carry them, durably (FUA, or write and flush), each
+// member's pages in parallel with the others'. A writer that set a bit
+// calls it before issuing its data writes: either the persist in progress
+// wrote its page (persistMu orders them) or this call does.
 func (e *Engine) persistDirty(ctx context.Context, mi *mirrorInfo) error {
 	if mi.pending == nil {
 		return nil
@@ -27,7 +53,7 @@ func (e *Engine) persistDirty(ctx context.Context, mi *mirrorInfo) error {
 	for c, set := range mi.pending {
 		for i := range set {
 			buf := make([]byte, meta.PageSize)
-			if err := mi.others[c].MarshalPage(i, buf); err != nil {
+			if err := mi.marshalPage(c, i, buf); err != nil {
 				mi.mu.Unlock()
 				panic(fmt.Sprintf("engine: marshal bitmap page %d: %v", i, err))
 			}
@@ -36,24 +62,50 @@ func (e *Engine) persistDirty(ctx context.Context, mi *mirrorInfo) error {
 		clear(set)
 	}
 	mi.mu.Unlock()
-	for k, p := range pages {
-		for _, l := range mi.children[p.child] {
+	if len(pages) == 0 {
+		return nil
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(e.members))
+	for c, leaves := range mi.children {
+		for _, l := range leaves {
 			m := e.members[l]
 			if m.area == nil || !m.writable() {
 				continue
 			}
-			if err := writeDurably(ctx, m, p.buf, m.area.BitmapOffset+int64(p.index)*meta.PageSize); err != nil {
-				// Whatever was not written stays pending for the next try.
-				mi.mu.Lock()
-				for _, q := range pages[k:] {
-					mi.pending[q.child][q.index] = struct{}{}
+			wg.Go(func() {
+				for _, p := range pages {
+					if p.child != c {
+						continue
+					}
+					if err := writeDurably(ctx, m, p.buf, m.area.BitmapOffset+int64(p.index)*meta.PageSize); err != nil {
+						errs[l] = &persistError{m: m, err: fmt.Errorf("persist bitmap page %d on member %d (%v): %w", p.index, m.index, m.node, err)}
+						return
+					}
+					if mi.al != nil {
+						mi.al.metaWrites.Add(1)
+					}
 				}
-				mi.mu.Unlock()
-				return fmt.Errorf("persist bitmap page %d on member %d (%v): %w", p.index, m.index, m.node, err)
-			}
+			})
 		}
 	}
-	return nil
+	wg.Wait()
+	var first error
+	for _, err := range errs {
+		if err != nil && first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		// Every page stays pending for the next try (rewriting one that
+		// went through is harmless).
+		mi.mu.Lock()
+		for _, q := range pages {
+			mi.pending[q.child][q.index] = struct{}{}
+		}
+		mi.mu.Unlock()
+	}
+	return first
 }
 
 // writeDurably writes p at off on m's node and makes it durable.

@@ -1,7 +1,9 @@
 // A member whose machine restarted (its server reports another boot id at
 // the reconnect) while it held writes that were not flushed may have lost
-// them with its page cache: a mirror member then leaves service and is
-// copied whole, instead of serving reads it may no longer hold. After a
+// them with its page cache: a mirror member then leaves service and gets
+// the regions its mirror's activity log holds (every region with writes
+// not yet flushed everywhere) copied back, instead of serving reads it may
+// no longer hold. After a
 // flush, or when only the server process restarted (same boot), nothing
 // was lost and it stays in sync.
 package engine
@@ -46,7 +48,10 @@ func TestMemberMachineRestart(t *testing.T) {
 			if tc.wantFailed {
 				require.Equal(t, "failed", st[1].State)
 				require.Contains(t, st[1].LastError, "machine restarted")
-				require.True(t, m.st.e.members[1].fullResync.Load(), "it must be copied whole")
+				require.False(t, m.st.e.members[1].fullResync.Load(), "the activity log says what to copy")
+				require.Equal(t, 1, st[1].DirtyRegions, "the one region written since the last flush")
+				require.NoError(t, m.st.e.Rejoin(ctx, 1, false, nil))
+				require.Equal(t, int64(modelRegion), m.st.e.Status()[1].ResyncedBytes)
 			} else {
 				require.Equal(t, "in-sync", st[1].State)
 			}

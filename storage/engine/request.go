@@ -45,6 +45,11 @@ type request struct {
 	persistBuf [4]*mirrorInfo
 	persist    []*mirrorInfo
 
+	// active are the regions of mirrors with an activity log this write
+	// keeps active (see activate).
+	activeBuf [4]activeRange
+	active    []activeRange
+
 	// held are the mirror lock stripes this request holds (read side).
 	heldBuf [4]heldLocks
 	held    []heldLocks
@@ -125,6 +130,8 @@ func (e *Engine) put(r *request) {
 	clear(r.persistBuf[:])
 	r.persist = r.persistBuf[:0]
 	r.dp.persist = r.dp.persist[:0]
+	clear(r.activeBuf[:])
+	r.active = r.activeBuf[:0]
 	e.free <- r
 }
 
@@ -273,8 +280,14 @@ func (e *Engine) writeLike(ctx context.Context, cmd nbd.Command, flags nbd.CmdFl
 	if r.wp.noReplica {
 		return fmt.Errorf("engine: %v offset %d length %d: %w", cmd, off, length, ErrNoReplica)
 	}
+	if len(r.active) > 0 {
+		if err := e.activate(ctx, r); err != nil {
+			return fmt.Errorf("engine: %v offset %d length %d: %w", cmd, off, length, err)
+		}
+		defer e.deactivate(r)
+	}
 	for _, mi := range r.persist {
-		if err := e.persistDirty(ctx, mi); err != nil {
+		if err := e.persist(ctx, mi); err != nil {
 			return fmt.Errorf("engine: %v offset %d length %d: %w", cmd, off, length, err)
 		}
 	}
@@ -307,7 +320,7 @@ func (e *Engine) writeLike(ctx context.Context, cmd nbd.Command, flags nbd.CmdFl
 	}
 	// What failed members missed is on disk before the write is answered.
 	for _, mi := range r.dp.persist {
-		if err := e.persistDirty(ctx, mi); err != nil && firstErr == nil {
+		if err := e.persist(ctx, mi); err != nil && firstErr == nil {
 			firstErr = fmt.Errorf("engine: %v offset %d length %d: %w", cmd, off, length, err)
 		}
 	}
@@ -396,9 +409,20 @@ func (e *Engine) setFailed(m *member) bool {
 		if s == Failed || s == Suspended {
 			return false
 		}
+		e.noteLeaving(m)
 		if m.state.CompareAndSwap(int32(s), int32(Failed)) {
 			return true
 		}
+	}
+}
+
+// noteLeaving is called before m leaves service: if it holds writes not
+// yet flushed, the regions active now are recorded as missed by it, so
+// that if they are lost (its machine restarts) the return copies them;
+// without a log to say which, it is copied whole instead then.
+func (e *Engine) noteLeaving(m *member) {
+	if m.written.Load() || m.flushing.Load() > 0 {
+		e.markUnflushed(m)
 	}
 }
 

@@ -34,6 +34,7 @@ func (e *Engine) Suspend(i int) error {
 		e.failMu.Unlock()
 		return fmt.Errorf("engine: member %d has no in-sync replica to stand in for it", i)
 	}
+	e.noteLeaving(m)
 	m.state.Store(int32(Suspended))
 	e.failMu.Unlock()
 	m.log.Info("member suspended", "was", s)
@@ -63,6 +64,14 @@ func (e *Engine) Rejoin(ctx context.Context, i int, full bool, limit *rate.Limit
 		return fmt.Errorf("%w: member %d is %v", ErrBusy, i, s)
 	}
 	whole := full || m.fullResync.Swap(false)
+	// What its bitmap says from before it left is stale: rewrite it.
+	for _, a := range m.ancestors {
+		a.mi.rewriteBitmap(a.child)
+		if err := e.persist(ctx, a.mi); err != nil {
+			e.fail(ctx, m, err)
+			return fmt.Errorf("engine: member %d: rewrite its bitmap: %w", i, err)
+		}
+	}
 	if whole {
 		for _, a := range m.ancestors {
 			a.mi.markAll(a.child)
@@ -112,7 +121,7 @@ func (e *Engine) promote(ctx context.Context, m *member) error {
 		n := a.mi.clearAll(a.child)
 		m.log.Warn("no replica in service and every other replica lost its media: this member is the source now; writes acknowledged only by a lost replica are gone",
 			"regions_taken_as_they_are", n)
-		if err := e.persistDirty(ctx, a.mi); err != nil {
+		if err := e.persist(ctx, a.mi); err != nil {
 			return err
 		}
 	}
@@ -155,7 +164,7 @@ func (e *Engine) resync(ctx context.Context, m *member, limit *rate.Limiter) (in
 				}
 				copied += n
 				m.resyncedBytes.Add(n)
-				if err := e.persistDirty(ctx, a.mi); err != nil {
+				if err := e.persist(ctx, a.mi); err != nil {
 					return copied, err
 				}
 				if limit != nil {

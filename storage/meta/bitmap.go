@@ -151,6 +151,25 @@ func (b *Bitmap) MarshalPage(i int, dst []byte) error {
 	return nil
 }
 
+// MarshalPageUnion encodes page i of the union of b and o (same number of
+// regions) into dst[:PageSize]: what a member persists when its bitmap
+// holds two sets of regions (missed by others, and active). Errors and
+// panics as MarshalPage; bitmaps of a different size panic.
+func (b *Bitmap) MarshalPageUnion(i int, o *Bitmap, dst []byte) error {
+	if o.regions != b.regions {
+		panic(fmt.Sprintf("meta: MarshalPageUnion of %d regions with %d", o.regions, b.regions))
+	}
+	if err := b.MarshalPage(i, dst); err != nil {
+		return err
+	}
+	p := dst[:PageSize]
+	for j, w := range o.words[i*wordsPerPage : (i+1)*wordsPerPage] {
+		binary.LittleEndian.PutUint64(p[j*8:], binary.LittleEndian.Uint64(p[j*8:])|w)
+	}
+	binary.BigEndian.PutUint32(p[offPageCRC:], crc32.Checksum(p[:offPageCRC], castagnoli))
+	return nil
+}
+
 // MarshalTo encodes all pages into dst[:Bytes()]. Errors: ErrTruncated.
 func (b *Bitmap) MarshalTo(dst []byte) error {
 	if int64(len(dst)) < b.Bytes() {

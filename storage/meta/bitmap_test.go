@@ -112,6 +112,27 @@ func TestBitmapMerge(t *testing.T) {
 	assert.Equal(t, 2, b.Count(), "Merge changed its argument")
 }
 
+func TestBitmapMarshalPageUnion(t *testing.T) {
+	a, b := NewBitmap(RegionsPerPage+10), NewBitmap(RegionsPerPage+10)
+	a.Set(3)
+	b.Set(70)
+	b.Set(RegionsPerPage + 1)
+	page := make([]byte, PageSize)
+	require.NoError(t, a.MarshalPageUnion(0, b, page))
+	u := NewBitmap(RegionsPerPage + 10)
+	want := make([]byte, 2*PageSize)
+	u.Set(3)
+	u.Set(70)
+	require.NoError(t, u.MarshalPage(0, want))
+	assert.Equal(t, want[:PageSize], page, "page 0 of the union, checksum included")
+	require.NoError(t, a.MarshalPageUnion(1, b, page))
+	require.NoError(t, u.Unmarshal(append(want[:PageSize:PageSize], page...)), "the union page verifies")
+	assert.True(t, u.Test(RegionsPerPage+1))
+	assert.Equal(t, 1, a.Count(), "the union changes neither bitmap")
+	assert.Equal(t, 2, b.Count())
+	assert.Panics(t, func() { _ = a.MarshalPageUnion(0, NewBitmap(5), page) })
+}
+
 func TestBitmapPageFormat(t *testing.T) {
 	b := NewBitmap(RegionsPerPage + 10)
 	b.Set(0)

@@ -23,7 +23,7 @@
 //	offset  size  field
 //	0       8     magic "DSTSUPER"
 //	8       4     version (1)
-//	12      4     flags (bit 0: clean; other bits must be 0)
+//	12      4     flags (bit 0: clean; bit 1: activity log; other bits must be 0)
 //	16      16    storage id
 //	32      16    member id
 //	48      4     member index (< member count)
@@ -81,6 +81,12 @@
 // wrong offset. A page that was never written (zeros) fails its checksum
 // too, and is likewise all dirty. The cost is 8 bytes per page and a
 // divide by 32704 instead of a shift.
+//
+// The same bitmap is the mirror's activity log when the superblock has
+// FlagActivityLog: a region is also set while a write to it may be in
+// flight or not yet flushed on some member, so after an unclean stop the
+// union of the members' bitmaps covers every region where replicas may
+// differ (see package engine for the contract and its cost bound).
 //
 // Ordering the engine must keep: a page with a newly set bit is written
 // (and durable: FUA or flush) before any data write to the region is

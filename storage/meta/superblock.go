@@ -62,8 +62,18 @@ const (
 	// reached every member of InSync and no region is dirty because of an
 	// interrupted write.
 	FlagClean Flags = 1 << iota
+	// FlagActivityLog: the member's bitmap is also the mirror's activity
+	// log. Besides the regions other replicas missed, it holds every
+	// region a write may have been in flight to when the engine stopped:
+	// such a region is marked, durably, on every member in service before
+	// any data write to it is sent, and cleared only after its writes are
+	// stable on every replica. After an unclean stop the union of the
+	// members' bitmaps bounds where replicas may differ. Without the flag
+	// (a member written by an engine that kept no log) an unclean stop
+	// copies a replica whole.
+	FlagActivityLog
 
-	flagsKnown = FlagClean
+	flagsKnown = FlagClean | FlagActivityLog
 )
 
 // String lists the set flags, e.g. "clean", "0" for none.
@@ -74,6 +84,9 @@ func (f Flags) String() string {
 	var parts []string
 	if f&FlagClean != 0 {
 		parts = append(parts, "clean")
+	}
+	if f&FlagActivityLog != 0 {
+		parts = append(parts, "activity-log")
 	}
 	if rest := f &^ flagsKnown; rest != 0 {
 		parts = append(parts, "0x"+strconv.FormatUint(uint64(rest), 16))

@@ -60,7 +60,7 @@ func TestUnmarshalSuperblockErrors(t *testing.T) {
 		{"bit flip in layout", func(b []byte) []byte { b[offLayout+3] ^= 1; return b }, ErrChecksum, "crc32c"},
 		{"bit flip in checksum", func(b []byte) []byte { b[offChecksum] ^= 0x80; return b }, ErrChecksum, "crc32c"},
 		{"torn: second half zero", func(b []byte) []byte { clear(b[2048:]); return b }, ErrChecksum, "crc32c"},
-		{"unknown flag", func(b []byte) []byte { binary.BigEndian.PutUint32(b[offFlags:], 6); seal(b); return b }, ErrCorrupt, "flags 0x6"},
+		{"unknown flag", func(b []byte) []byte { binary.BigEndian.PutUint32(b[offFlags:], 12); seal(b); return b }, ErrCorrupt, "flags 0xc"},
 		{"zero storage id", func(b []byte) []byte { clear(b[offStorageID : offStorageID+16]); seal(b); return b }, ErrCorrupt, "storage id"},
 		{"zero member id", func(b []byte) []byte { clear(b[offMemberID : offMemberID+16]); seal(b); return b }, ErrCorrupt, "member id"},
 		{"index >= count", func(b []byte) []byte { binary.BigEndian.PutUint32(b[offMemberIndex:], 2); seal(b); return b }, ErrCorrupt, "member index 2"},
@@ -248,7 +248,8 @@ func TestID(t *testing.T) {
 func TestValueStrings(t *testing.T) {
 	assert.Equal(t, "0", Flags(0).String())
 	assert.Equal(t, "clean", FlagClean.String())
-	assert.Equal(t, "clean|0x6", (FlagClean | 6).String())
+	assert.Equal(t, "clean|activity-log", (FlagClean | FlagActivityLog).String())
+	assert.Equal(t, "clean|0xc", (FlagClean | 12).String())
 	m := Mask(0).With(0).With(2).With(63)
 	assert.Equal(t, "{0,2,63}", m.String())
 	assert.Equal(t, 3, m.Count())
