@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"time"
@@ -121,7 +122,7 @@ func runServe(ctx context.Context, o *serveFlags, stdout, stderr io.Writer) erro
 		RegionSize:    cfg.RegionSize,
 		AllowDegraded: cfg.AllowDegraded,
 		Replace:       cfg.Replace,
-		Engine:        engine.Options{Logger: log},
+		Engine:        withLogger(cfg.EngineOptions(), log),
 		Monitor:       cfg.MonitorOptions(),
 		Logger:        log,
 	})
@@ -197,4 +198,10 @@ func runServe(ctx context.Context, o *serveFlags, stdout, stderr io.Writer) erro
 		log.Info("shutting down")
 	}
 	return err
+}
+
+// withLogger returns o logging to log.
+func withLogger(o engine.Options, log *slog.Logger) engine.Options {
+	o.Logger = log
+	return o
 }

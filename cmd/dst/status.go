@@ -103,7 +103,16 @@ func printStatus(w io.Writer, st *admin.Status) error {
 	fmt.Fprintf(w, "listening   %s, export %q\n", st.Listen, st.Export)
 	fmt.Fprintf(w, "generation  %s\n", gen)
 	fmt.Fprintf(w, "uptime      %v\n", (time.Duration(st.UptimeSeconds * float64(time.Second))).Round(time.Second))
-	fmt.Fprintf(w, "in flight   %d\n\n", st.InFlight)
+	fmt.Fprintf(w, "in flight   %d\n", st.InFlight)
+	if a := st.Activity; a != nil {
+		fmt.Fprintf(w, "activity    %d of %d regions active (%s each), %d metadata writes (%.1f/s)\n",
+			a.ActiveRegions, a.MaxRegions, humanize.IBytes(uint64(max(a.RegionSize, 0))), a.MetadataWrites, a.MetadataWritesPerSec)
+		if a.CrashResyncRegions > 0 || a.CrashFullCopies > 0 {
+			fmt.Fprintf(w, "last start  unclean: %d regions (%s) copied from the activity log, %d members copied whole\n",
+				a.CrashResyncRegions, humanize.IBytes(uint64(max(int64(a.CrashResyncRegions)*a.RegionSize, 0))), a.CrashFullCopies)
+		}
+	}
+	fmt.Fprintln(w)
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "MEMBER\tSTATE\tCONNECTION\tIN FLIGHT\tDIRTY REGIONS\tRESYNCED\tRETRIES\tRECONNECTS\tURL")

@@ -49,6 +49,11 @@ type Storage interface {
 	Status() []engine.MemberStatus
 }
 
+// activityStorage is a Storage with activity logs (*engine.Engine).
+type activityStorage interface {
+	Activity() engine.ActivityStatus
+}
+
 // Member is what the server knows of member i beyond the engine's status.
 type Member struct {
 	// URL is the member as the configuration names it.
@@ -111,6 +116,9 @@ type Status struct {
 	InFlight int64                    `json:"in_flight"`
 	Members  []MemberStatus           `json:"members"`
 	Requests map[string]RequestStatus `json:"requests,omitempty"`
+	// Activity is the state of the mirrors' activity logs, if any keeps
+	// one.
+	Activity *engine.ActivityStatus `json:"activity,omitempty"`
 }
 
 // MemberStatus is one member in Status: the engine's view and the node's.
@@ -203,6 +211,11 @@ func (h *Handler) Status() Status {
 	}
 	if h.o.Generation != nil {
 		st.Generation = h.o.Generation()
+	}
+	if a, ok := h.o.Storage.(activityStorage); ok {
+		if as := a.Activity(); as.Mirrors > 0 {
+			st.Activity = &as
+		}
 	}
 	for _, ms := range h.o.Storage.Status() {
 		m := MemberStatus{MemberStatus: ms}

@@ -48,6 +48,11 @@
 //	resync:                   # mirror resync
 //	  rate: 100MiB            # bytes per second ("/s" may follow); 0 or "unlimited" lifts it
 //	  interval: 1s            # how often gone members are probed
+//	activity_log:             # mirrors mark the regions being written, so an unclean stop
+//	                          # recopies only those (see package engine)
+//	  regions: 1024           # active regions per mirror at most; "off" keeps no log (an
+//	                          # unclean stop then copies replicas whole)
+//	  quiet: 5s               # a region stays marked this long after its last write
 //	region_size: 1MiB         # bytes per write-intent bit: a power of two, 4KiB..1GiB
 //	allow_degraded: false     # start a mirror with members missing
 //	replace: [nbd://10.0.0.2:10809]  # members that may be overwritten although their superblock is
@@ -105,6 +110,8 @@ type Config struct {
 	Node Node
 	// Resync configures mirror resync.
 	Resync Resync
+	// Activity configures the mirrors' activity log.
+	Activity Activity
 	// RegionSize is the bytes per write-intent bit, a power of two in
 	// [4 KiB, 1 GiB].
 	RegionSize int64
@@ -188,6 +195,24 @@ type Resync struct {
 	// Failover is how long a mirror member may stall before it is taken
 	// out of service (engine.MonitorOptions.Failover); -1 is off.
 	Failover time.Duration
+}
+
+// Activity configures the mirrors' activity log (engine.Options).
+type Activity struct {
+	// Regions bounds the active regions of a mirror; -1 is off, 0 the
+	// engine's default.
+	Regions int
+	// Quiet is how long a region stays marked after its last write; 0 is
+	// the engine's default.
+	Quiet time.Duration
+}
+
+// MaxActivityRegions bounds activity_log.regions.
+const MaxActivityRegions = 1 << 20
+
+// EngineOptions returns the engine options the config sets.
+func (c *Config) EngineOptions() engine.Options {
+	return engine.Options{ActivityRegions: c.Activity.Regions, ActivityQuiet: c.Activity.Quiet}
 }
 
 // MonitorOptions returns the options of the engine's monitor.

@@ -92,6 +92,7 @@ node:
   backoff_max: 1s
   ping_interval: off
 resync: {rate: 64MiB/s, interval: 250ms, failover: 2s}
+activity_log: {regions: 64, quiet: 2s}
 region_size: 64KiB
 allow_degraded: true
 replace: [file:local.img, nbd://host.example:10809]
@@ -119,6 +120,8 @@ replace: [file:local.img, nbd://host.example:10809]
 	assert.Equal(t, time.Duration(-1), ro.PingInterval)
 	assert.Equal(t, time.Minute, c.Node.OpenOptions().ConnectTimeout)
 	assert.Equal(t, config.Resync{RateBytesPerSec: 64 << 20, Interval: 250 * time.Millisecond, Failover: 2 * time.Second}, c.Resync)
+	assert.Equal(t, config.Activity{Regions: 64, Quiet: 2 * time.Second}, c.Activity)
+	assert.Equal(t, engine.Options{ActivityRegions: 64, ActivityQuiet: 2 * time.Second}, c.EngineOptions())
 	assert.Equal(t, int64(64<<10), c.RegionSize)
 	assert.True(t, c.AllowDegraded)
 	assert.Equal(t, []string{local, "nbd://host.example"}, c.Replace, "replace entries name the members as the storage spells them")
@@ -149,7 +152,7 @@ func TestErrors(t *testing.T) {
 		{"two documents", head + "---\nlisten: x\n", "5: a second YAML document"},
 		{"missing storage", "listen: 127.0.0.1:1\n", "1: storage: missing"},
 		{"storage is a URL", "storage: file:/a\n", "1: storage: must be a layout mapping"},
-		{"unknown top field", head + "colour: blue\n", "4: colour: unknown field (known here: admin, allow_degraded"},
+		{"unknown top field", head + "colour: blue\n", "4: colour: unknown field (known here: activity_log, admin, allow_degraded"},
 		{"unknown storage field", "storage:\n  layout: linear\n  members: [file:/a]\n  raid: 5\n", "4: storage.raid: unknown field (known here: chunk, layout, members)"},
 		{"unknown nested field", "storage:\n  layout: linear\n  members:\n    - layout: mirror\n      mebmers: [file:/a]\n", "5: storage.members[0].mebmers: unknown field"},
 		{"repeated field", head + "listen: 127.0.0.1:1\nlisten: 127.0.0.1:2\n", "5: listen: given twice (first at line 4)"},
@@ -215,6 +218,9 @@ func TestErrors(t *testing.T) {
 		{"SI rate", head + "resync:\n  rate: 100MB/s\n", `5: resync.rate: "100MB/s" is not a size (use 100MiB)`},
 		{"bad rate", head + "resync: {rate: fast}\n", `4: resync.rate: "fast" is not a size`},
 		{"region not a power of two", head + "region_size: 3000\n", "4: region_size: 3000 is not a power of two from 4KiB to 1GiB"},
+		{"activity regions not a number", head + "activity_log: {regions: lots}\n", `4: activity_log.regions: "lots" is not a whole number from 1 to 1048576, or off`},
+		{"activity regions zero", head + "activity_log: {regions: 0}\n", `4: activity_log.regions: "0" is not a whole number from 1 to 1048576, or off`},
+		{"activity quiet not a duration", head + "activity_log: {quiet: 5}\n", `4: activity_log.quiet: "5" is not a duration (use 5s)`},
 		{"region too small", head + "region_size: 2KiB\n", "4: region_size: 2KiB is not a power of two"},
 		{"region too large", head + "region_size: 2GiB\n", "4: region_size: 2GiB is not a power of two"},
 		{"replace unknown member", head + "replace: [file:/c]\n", "4: replace[0]: file:/c is not a member of the storage"},

@@ -147,6 +147,7 @@ func (p *parser) parse(data []byte) {
 		"export": func(f string, v *yaml.Node) { p.export(v, f) },
 		"node":   func(f string, v *yaml.Node) { p.node(v, f) },
 		"resync": func(f string, v *yaml.Node) { p.resync(v, f) },
+		"activity_log": func(f string, v *yaml.Node) { p.activity(v, f) },
 		"region_size": func(f string, v *yaml.Node) {
 			n, ok := p.size(v, f)
 			if !ok {
@@ -494,6 +495,29 @@ func (p *parser) resync(v *yaml.Node, path string) {
 		},
 		"interval": func(f string, v *yaml.Node) { p.duration(v, f, &r.Interval, false) },
 		"failover": func(f string, v *yaml.Node) { p.duration(v, f, &r.Failover, true) },
+	})
+}
+
+func (p *parser) activity(v *yaml.Node, path string) {
+	a := &p.cfg.Activity
+	p.mapping(v, path, map[string]func(string, *yaml.Node){
+		"regions": func(f string, v *yaml.Node) {
+			s, ok := p.scalar(v, f)
+			if !ok {
+				return
+			}
+			if s == "off" {
+				a.Regions = -1
+				return
+			}
+			n, err := strconv.Atoi(s)
+			if err != nil || n < 1 || n > MaxActivityRegions {
+				p.errorf(v, f, "%q is not a whole number from 1 to %d, or off", s, MaxActivityRegions)
+				return
+			}
+			a.Regions = n
+		},
+		"quiet": func(f string, v *yaml.Node) { p.duration(v, f, &a.Quiet, false) },
 	})
 }
 

@@ -44,6 +44,11 @@ type activity struct {
 	room    chan struct{}
 	waiting int
 	kick    chan struct{}
+	// failures counts the clears that failed (a FLUSH failed on a member
+	// no replica stands in for), failure is the last one's error: a writer
+	// waiting for room when one fails gets it instead of waiting on.
+	failures uint64
+	failure  error
 	cand    []clearCandidate // the clearer's scratch
 
 	// Counters for status and metrics.
@@ -136,14 +141,15 @@ func (e *Engine) activate(ctx context.Context, r *request) error {
 	for {
 		var wait <-chan struct{}
 		var full *mirrorInfo
+		var failures uint64
 		done := 0
 		for i, a := range r.active {
 			if slices.ContainsFunc(r.active[:i], func(b activeRange) bool { return b.mi == a.mi }) {
 				continue
 			}
-			w, pages := a.mi.activate(r.active)
+			w, f, pages := a.mi.activate(r.active)
 			if w != nil {
-				wait, full = w, a.mi
+				wait, full, failures = w, a.mi, f
 				break
 			}
 			done = i + 1
@@ -165,9 +171,16 @@ func (e *Engine) activate(ctx context.Context, r *request) error {
 		}
 		full.mu.Lock()
 		full.al.waiting--
+		var failed error
+		if full.al.failures != failures {
+			failed = full.al.failure
+		}
 		full.mu.Unlock()
 		if err := ctx.Err(); err != nil {
 			return fmt.Errorf("engine: waiting for room in the activity log: %w", err)
+		}
+		if failed != nil {
+			return fmt.Errorf("engine: no room in the activity log: %w", failed)
 		}
 	}
 }
@@ -187,10 +200,11 @@ func (e *Engine) deactivateFirst(r *request, n int) {
 
 // activate takes the regions of mi's ranges in rs, or none of them: if
 // they do not fit in the log it returns the channel to wait on (counted
-// in waiting). A request that could never fit (more regions than the
-// bound) goes ahead and exceeds the bound while it runs. pages reports
-// whether bitmap pages must be persisted before the data goes out.
-func (mi *mirrorInfo) activate(rs []activeRange) (wait <-chan struct{}, pages bool) {
+// in waiting) and the count of failed clears so far. A request that could
+// never fit (more regions than the bound) goes ahead and exceeds the
+// bound while it runs. pages reports whether bitmap pages must be
+// persisted before the data goes out.
+func (mi *mirrorInfo) activate(rs []activeRange) (wait <-chan struct{}, failures uint64, pages bool) {
 	al := mi.al
 	mi.mu.Lock()
 	defer mi.mu.Unlock()
@@ -207,7 +221,7 @@ func (mi *mirrorInfo) activate(rs []activeRange) (wait <-chan struct{}, pages bo
 	}
 	if need > 0 && need <= al.max && len(al.use)+need > al.max {
 		al.waiting++
-		return al.room, false
+		return al.room, al.failures, false
 	}
 	ep := al.epoch.Load()
 	for _, a := range rs {
@@ -230,7 +244,7 @@ func (mi *mirrorInfo) activate(rs []activeRange) (wait <-chan struct{}, pages bo
 			pages = true
 		}
 	}
-	return nil, pages
+	return nil, 0, pages
 }
 
 // deactivate ends the writes of mi's ranges in rs.
@@ -293,12 +307,11 @@ func (e *Engine) runActivity(ctx context.Context, mi *mirrorInfo) {
 		}
 		if err != nil && ctx.Err() == nil {
 			e.log.Warn("activity log: regions stay marked until the next try", "err", err)
-			// Do not spin on a failing member: wait for the next tick.
+			// Do not spin on a failing member: pause before the next try.
 			select {
 			case <-ctx.Done():
 				return
-			case <-t.C:
-				al.epoch.Add(1)
+			case <-time.After(min(al.quiet/2, 200*time.Millisecond)):
 			}
 		}
 	}
@@ -329,6 +342,13 @@ func (e *Engine) clearActive(ctx context.Context, mi *mirrorInfo, mode clearMode
 		return nil
 	}
 	if err := e.flushMirror(ctx, mi); err != nil {
+		// Writers waiting for room fail with it rather than wait on.
+		mi.mu.Lock()
+		al.failures++
+		al.failure = err
+		close(al.room)
+		al.room = make(chan struct{})
+		mi.mu.Unlock()
 		return err
 	}
 	mi.mu.Lock()

@@ -33,7 +33,7 @@ const (
 )
 
 var modelOps = []string{"write", "read", "flush", "trim", "zeroes", "kill", "restart", "replace", "suspend", "resume",
-	"hang", "cut", "heal", "settle", "crash"}
+	"hang", "cut", "heal", "settle", "crash", "crashwrite"}
 
 func opClass(op string) int {
 	switch op {
@@ -43,7 +43,7 @@ func opClass(op string) int {
 		return classMember
 	case "hang", "cut", "heal":
 		return classLink
-	case "settle", "crash":
+	case "settle", "crash", "crashwrite":
 		return classSettle
 	}
 	panic(fmt.Sprintf("model: unknown op %q", op))
@@ -55,6 +55,10 @@ type modelCmd struct {
 	Member int    `json:"member,omitempty"`
 	Off    int64  `json:"off,omitempty"`
 	Len    int64  `json:"len,omitempty"`
+	// Ops is how many state-changing node operations (writes, trims,
+	// write-zeroes, of any member) a crashwrite lets through before the
+	// engine dies.
+	Ops int `json:"ops,omitempty"`
 }
 
 func (c *modelCmd) String() string {
@@ -65,8 +69,11 @@ func (c *modelCmd) String() string {
 		}
 		return fmt.Sprintf("%s(%d,+%d)", c.Op, c.Off, c.Len)
 	case classSettle:
-		if c.Op == "crash" {
+		switch c.Op {
+		case "crash":
 			return "crash-engine-and-settle"
+		case "crashwrite":
+			return fmt.Sprintf("crash-during-write(%d,+%d,after %d ops)-and-settle", c.Off, c.Len, c.Ops)
 		}
 		return c.Op
 	}
@@ -82,6 +89,12 @@ type cmdResult struct {
 	members [][]byte // heal, settle: every member's data area
 	// rejoinErr is what the rejoin after a heal returned.
 	rejoinErr error
+	// crashwrite: what the device holds in the write's range after the
+	// settle; crash, crashwrite: the regions the crash resync marked per
+	// member, and the members it copied whole.
+	read        []byte
+	crashMarked map[int][]int
+	crashFull   int
 }
 
 func (c *modelCmd) PreCondition(st commands.State) bool {
@@ -124,7 +137,7 @@ func (c *modelCmd) Run(sut commands.SystemUnderTest) commands.Result {
 		r.err = c.runMember(m)
 		r.rejoinErr = m.lastRejoinErr
 	default:
-		r.err = c.runSettle(m)
+		r.err = c.runSettle(m, r)
 	}
 	if m.st != nil {
 		for _, mb := range m.st.e.members {
@@ -246,7 +259,7 @@ func (m *modelSUT) rejoin(ctx context.Context, i int) error {
 	return m.st.e.Rejoin(ctx, i, full, nil)
 }
 
-func (c *modelCmd) runSettle(m *modelSUT) error {
+func (c *modelCmd) runSettle(m *modelSUT, r *cmdResult) error {
 	for i := range m.mems {
 		if m.down[i] {
 			if err := m.heal(i); err != nil {
@@ -265,14 +278,46 @@ func (c *modelCmd) runSettle(m *modelSUT) error {
 			}
 		}
 	}
-	if c.Op == "crash" {
+	if c.Op == "crash" || c.Op == "crashwrite" {
+		if c.Op == "crashwrite" {
+			r.data = c.crashWrite(m)
+		}
 		m.st.e.Close() // no clean shutdown: superblocks say unclean
 		m.st.closeNodes()
 		m.st = nil
+		m.dying.Store(false)
 		if err := m.assemble(); err != nil {
 			return fmt.Errorf("re-assemble: %w", err)
 		}
+		r.crashMarked = map[int][]int{}
+		for i, mb := range m.st.e.members {
+			if mb.crashRegions.Load() == 0 {
+				continue
+			}
+			a := mb.ancestors[0]
+			for reg := a.mi.next(a.child, 0); reg >= 0; reg = a.mi.next(a.child, reg+1) {
+				r.crashMarked[i] = append(r.crashMarked[i], reg)
+			}
+		}
+		r.crashFull = m.st.e.Activity().CrashFullCopies
 	}
+	defer func() {
+		if c.Op == "settle" && m.st != nil {
+			// A quiet point: what was written is flushed and its marks
+			// cleared.
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			if err := m.st.e.clearAllActive(ctx); err != nil && r.err == nil {
+				r.err = fmt.Errorf("clear the activity log: %w", err)
+			}
+		}
+		if c.Op == "crashwrite" && r.err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			r.read = make([]byte, c.Len)
+			r.err = m.st.e.ReadAt(ctx, r.read, c.Off)
+		}
+	}()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	// As the monitor does, which tries again every interval: a member
@@ -342,9 +387,63 @@ func (c *modelCmd) PostCondition(st commands.State, res commands.Result) *gopter
 		if r.err != nil {
 			return fail("%w", r.err)
 		}
+		if msg := c.checkCrash(s, r); msg != "" {
+			return fail("%s", msg)
+		}
 		return c.checkMembers(s, r, fail, s.members())
 	}
 	return &gopter.PropResult{Status: gopter.PropTrue}
+}
+
+// crashWrite writes c's range with the engine dying after c.Ops node
+// operations: the ones after are dropped unseen, as if its process were
+// killed between two steps. It returns what the write carried.
+func (c *modelCmd) crashWrite(m *modelSUT) []byte {
+	id := rand.Uint32() | 1
+	p := make([]byte, c.Len)
+	for i := range p {
+		p[i] = pattern(id, c.Off+int64(i))
+	}
+	m.budget.Store(int64(c.Ops))
+	m.dying.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_ = m.st.e.WriteAt(ctx, p, c.Off, 0) // it may or may not have gone through
+	return p
+}
+
+// checkCrash: after a crash, the crash resync copied a subset of the
+// regions written since the last quiet point, no more than the activity
+// log's bound (or the largest request's regions), and nothing whole; a
+// crashwrite left each byte of its range old or new, the same on every
+// member (checkMembers), which the model takes on.
+func (c *modelCmd) checkCrash(s *modelState, r *cmdResult) string {
+	if c.Op != "crash" && c.Op != "crashwrite" {
+		return ""
+	}
+	if r.crashFull != 0 {
+		return fmt.Sprintf("the crash resync copied %d members whole although their activity logs were readable", r.crashFull)
+	}
+	for i, regs := range r.crashMarked {
+		if len(regs) > max(modelActivityRegions, 5) {
+			return fmt.Sprintf("member %d: the crash resync marked %d regions %v, beyond the log's bound %d", i, len(regs), regs, modelActivityRegions)
+		}
+		for _, reg := range regs {
+			if !s.checkSince[reg] {
+				return fmt.Sprintf("member %d: the crash resync marked region %d (of %v), which no write touched since the last quiet point (%v)",
+					i, reg, regs, s.checkSince)
+			}
+		}
+	}
+	if c.Op == "crashwrite" {
+		for k, b := range r.read {
+			if off := c.Off + int64(k); b != s.data[off] && b != r.data[k] {
+				return fmt.Sprintf("device offset %d is %#x after the crash: neither the old %#x nor the new %#x", off, b, s.data[off], r.data[k])
+			}
+		}
+		copy(s.data[c.Off:], r.read)
+	}
+	return ""
 }
 
 // memberInError finds the member an engine error names.

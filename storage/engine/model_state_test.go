@@ -36,12 +36,18 @@ type modelState struct {
 	written, full, wiped, missed []bool
 	// expectOK is the model's prediction for the last I/O command.
 	expectOK bool
+	// since are the regions write-like requests went to since the last
+	// settle, crash or crashwrite (a quiet point: the activity log is
+	// empty after it); checkSince is since as it was before the last of
+	// them, what that command's crash resync may copy (mirror regions).
+	since, checkSince []bool
 }
 
 func newModelState(g *modelGeometry) *modelState {
 	n := g.members()
 	s := &modelState{g: g, data: make([]byte, g.size), server: make([]bool, n), link: make([]linkState, n),
-		state: make([]State, n), written: make([]bool, n), full: make([]bool, n), wiped: make([]bool, n), missed: make([]bool, n)}
+		state: make([]State, n), written: make([]bool, n), full: make([]bool, n), wiped: make([]bool, n), missed: make([]bool, n),
+		since: make([]bool, (g.size+modelRegion-1)/modelRegion)}
 	for i := range n {
 		s.server[i] = true
 	}
@@ -58,6 +64,7 @@ func (s *modelState) clone() *modelState {
 	c.data = slices.Clone(s.data)
 	c.server, c.link, c.state = slices.Clone(s.server), slices.Clone(s.link), slices.Clone(s.state)
 	c.written, c.full, c.wiped, c.missed = slices.Clone(s.written), slices.Clone(s.full), slices.Clone(s.wiped), slices.Clone(s.missed)
+	c.since, c.checkSince = slices.Clone(s.since), slices.Clone(s.checkSince)
 	return &c
 }
 
@@ -152,6 +159,12 @@ func (c *modelCmd) NextState(st commands.State) commands.State {
 	s := st.(*modelState).clone()
 	i := c.Member
 	switch c.Op {
+	case "write", "trim", "zeroes", "crashwrite":
+		for r := c.Off / modelRegion; c.Len > 0 && r <= (c.Off+c.Len-1)/modelRegion; r++ {
+			s.since[r] = true
+		}
+	}
+	switch c.Op {
 	case "write", "read", "flush", "trim", "zeroes":
 		if s.mirror() {
 			c.nextMirrorIO(s)
@@ -185,8 +198,9 @@ func (c *modelCmd) NextState(st commands.State) commands.State {
 				s.rejoin(i)
 			}
 		}
-	case "settle", "crash":
+	case "settle", "crash", "crashwrite":
 		c.nextSettle(s)
+		s.checkSince, s.since = s.since, make([]bool, len(s.since))
 	}
 	return s
 }
@@ -301,9 +315,9 @@ func (c *modelCmd) nextSettle(s *modelState) {
 	source := slices.IndexFunc(s.members(), s.inSync)
 	for i := range s.g.members() {
 		switch {
-		case c.Op == "crash" && s.mirror():
+		case (c.Op == "crash" || c.Op == "crashwrite") && s.mirror():
 			s.written[i] = i != source
-		case c.Op == "crash":
+		case c.Op == "crash" || c.Op == "crashwrite":
 			s.written[i] = false
 		case !s.inSync(i):
 			s.written[i] = s.written[i] || s.missed[i] || s.full[i]

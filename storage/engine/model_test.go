@@ -17,10 +17,12 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,6 +38,10 @@ import (
 )
 
 const modelRegion = 64 << 10
+
+// modelActivityRegions bounds the model mirror's activity log (of 8
+// regions).
+const modelActivityRegions = 4
 
 // modelGeometry is a storage the model runs on: its layout kind, the raw
 // size of each member and, derived without the engine, where every device
@@ -172,6 +178,10 @@ type modelSUT struct {
 	// boots, if set, are the boot ids member servers report (startServer);
 	// "" or missing: the kernel's.
 	boots []string
+	// dying, while set, lets budget more state-changing operations reach
+	// the members and drops the rest unseen: the engine dies (crashwrite).
+	dying  atomic.Bool
+	budget atomic.Int64
 
 	// ran are the commands run so far, failed whether a postcondition
 	// failed, busy whether a command is running (it panicked if still set
@@ -182,6 +192,43 @@ type modelSUT struct {
 	failed        bool
 	errMsg        string
 	busy          bool
+}
+
+// gate is a member's media as its server sees it: while the SUT is dying,
+// state-changing operations beyond the budget are dropped.
+type gate struct {
+	*node.Memory
+	m *modelSUT
+}
+
+var errEngineDied = errors.New("model: the engine died before this operation")
+
+func (g gate) pass() error {
+	if g.m.dying.Load() && g.m.budget.Add(-1) < 0 {
+		return errEngineDied
+	}
+	return nil
+}
+
+func (g gate) WriteAt(ctx context.Context, p []byte, off int64, flags nbd.CmdFlags) error {
+	if err := g.pass(); err != nil {
+		return err
+	}
+	return g.Memory.WriteAt(ctx, p, off, flags)
+}
+
+func (g gate) Trim(ctx context.Context, off, length int64, flags nbd.CmdFlags) error {
+	if err := g.pass(); err != nil {
+		return err
+	}
+	return g.Memory.Trim(ctx, off, length, flags)
+}
+
+func (g gate) WriteZeroes(ctx context.Context, off, length int64, flags nbd.CmdFlags) error {
+	if err := g.pass(); err != nil {
+		return err
+	}
+	return g.Memory.WriteZeroes(ctx, off, length, flags)
 }
 
 type memberServer struct {
@@ -228,7 +275,7 @@ func (m *modelSUT) startServer(i int) error {
 	if i < len(m.boots) {
 		boot = m.boots[i]
 	}
-	srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{Size: m.g.raw[i], Flags: m.mems[i].Flags(), Backend: m.mems[i]}},
+	srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{Size: m.g.raw[i], Flags: m.mems[i].Flags(), Backend: gate{m.mems[i], m}}},
 		BootID: boot})
 	if err != nil {
 		ln.Close()
@@ -313,6 +360,9 @@ func (m *modelSUT) assemble() error {
 			return n, nil
 		},
 		RegionSize: modelRegion,
+		// A small log that only pressure and settle clear, so crashes find
+		// it full and the clearer runs under the model's requests.
+		Engine: Options{ActivityRegions: modelActivityRegions, ActivityQuiet: time.Hour},
 	})
 	m.st = st
 	return err
@@ -354,7 +404,7 @@ func modelWeights(g *modelGeometry) map[string]int {
 	w := map[string]int{"write": 30, "read": 25, "flush": 6, "trim": 4, "zeroes": 4,
 		"kill": 4, "restart": 6, "hang": 2, "cut": 2, "heal": 5, "settle": 3, "crash": 2}
 	if g.kind == KindMirror {
-		w["replace"], w["suspend"], w["resume"] = 2, 3, 3
+		w["replace"], w["suspend"], w["resume"], w["crashwrite"] = 2, 3, 3, 3
 	}
 	return w
 }
@@ -399,6 +449,17 @@ func (r modelRun) commands(t testing.TB) *commands.ProtoCommands {
 					gn = g.genOffLen().Map(func(v [2]int64) commands.Command { return &modelCmd{Op: op, Off: v[0], Len: v[1]} })
 				case classMember, classLink:
 					gn = gen.IntRange(0, g.members()-1).Map(func(i int) commands.Command { return &modelCmd{Op: op, Member: i} })
+				case classSettle:
+					if op == "crashwrite" {
+						// Up to 7 operations: two mark pages, two data
+						// writes and what the clearer does between them.
+						gn = gopter.CombineGens(g.genOffLen(), gen.IntRange(0, 7)).Map(func(v []any) commands.Command {
+							ol := v[0].([2]int64)
+							return &modelCmd{Op: op, Off: ol[0], Len: ol[1], Ops: v[1].(int)}
+						})
+						break
+					}
+					gn = gen.Const(commands.Command(&modelCmd{Op: op}))
 				default:
 					gn = gen.Const(commands.Command(&modelCmd{Op: op}))
 				}
