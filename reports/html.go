@@ -155,6 +155,9 @@ func buildPage(run *Run) pageView {
 		{"failed phases", humanize.Comma(int64(failedPhases)), failClass(failedPhases > 0)},
 		{"failed checks", fmt.Sprintf("%d of %d", p.ChecksFailed, len(run.Checks)), failClass(p.ChecksFailed > 0)},
 	}
+	if c.CrashResyncBytes > 0 {
+		p.Counters = append(p.Counters, counterView{"crash resync", humanize.IBytes(nonNeg(c.CrashResyncBytes)), ""})
+	}
 	if d := run.Duration(); d > 0 && c.BytesWritten > 0 {
 		rate := float64(c.BytesWritten) / d.Seconds()
 		p.Counters = append(p.Counters, counterView{"mean write rate", humanize.Bytes(uint64(rate)) + "/s", ""})

@@ -93,6 +93,9 @@ type Counters struct {
 	BytesVerified  int64 `json:"bytes_verified"`
 	FaultsInjected int64 `json:"faults_injected"`
 	Ops            int64 `json:"ops"`
+	// CrashResyncBytes are the bytes the engine's restarts after kills
+	// and power losses marked to copy from the mirrors' activity logs.
+	CrashResyncBytes int64 `json:"crash_resync_bytes,omitempty"`
 }
 
 // Sample is one point of the time series: rates over the second before T

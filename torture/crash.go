@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/dustin/go-humanize"
+
 	"dst/reports"
 	"dst/torture/fsload"
 )
@@ -152,8 +154,38 @@ func (r *runner) killEngine(ctx context.Context) (string, error) {
 	if err := eng.Start(ctx); err != nil {
 		return "", fmt.Errorf("restart the engine: %w", err)
 	}
-	r.event("recovery", "", map[string]any{"detail": "engine restarted", "target": "engine", "duration": time.Since(start)})
+	took := time.Since(start)
+	resync, err := r.crashResync(ctx)
+	if err != nil {
+		return "", err
+	}
+	r.event("recovery", "", map[string]any{"detail": "engine restarted; " + resync, "target": "engine", "duration": took})
 	r.addFault(reports.Fault{Kind: "engine-kill", Target: "engine", Start: start, End: time.Now(), Recovered: time.Now(),
-		Note: "SIGKILL of dst serve, restart, re-attach"})
-	return fmt.Sprintf("engine killed and restarted in %v", time.Since(start).Round(time.Millisecond)), nil
+		Note: "SIGKILL of dst serve, restart, re-attach; " + resync})
+	return fmt.Sprintf("engine killed and restarted in %v; %s", took.Round(time.Millisecond), resync), nil
+}
+
+// crashResync reports what the restarted engine's crash resync copies:
+// the regions its mirrors' activity logs marked. A member under a log
+// that is copied whole fails the run: the logs are written by this dst
+// and must be readable after a kill or a power loss.
+func (r *runner) crashResync(ctx context.Context) (string, error) {
+	st, err := r.c.Engine().Status(ctx)
+	if err != nil {
+		return "", fmt.Errorf("status after the restart: %w", err)
+	}
+	a := st.Activity
+	if a == nil {
+		return "no activity log (no mirror persists a bitmap): replicas copied whole", nil
+	}
+	msg := fmt.Sprintf("crash resync copies %d regions (%s) of %s", a.CrashResyncRegions,
+		humanize.IBytes(uint64(int64(a.CrashResyncRegions)*a.RegionSize)), humanize.IBytes(uint64(st.Size)))
+	r.mu.Lock()
+	r.run.Counters.CrashResyncBytes += int64(a.CrashResyncRegions) * a.RegionSize
+	r.mu.Unlock()
+	if a.CrashFullCopies > 0 {
+		return "", fmt.Errorf("%w: the restart copies %d replicas whole although their mirrors keep an activity log (%s); see the engine log",
+			ErrFailed, a.CrashFullCopies, msg)
+	}
+	return msg, nil
 }

@@ -147,7 +147,12 @@ func (r *runner) powerLoss(ctx context.Context, seed uint64) (string, error) {
 	if err := eng.Start(ctx); err != nil {
 		return "", fmt.Errorf("restart the engine: %w", err)
 	}
-	r.event("recovery", "", map[string]any{"detail": "engine and nodes restarted after the power loss", "target": "engine", "duration": time.Since(start)})
-	r.addFault(reports.Fault{Kind: "power-loss", Target: "engine", Start: start, End: time.Now(), Recovered: time.Now(), Note: detail})
-	return fmt.Sprintf("%s; restarted in %v", detail, time.Since(start).Round(time.Millisecond)), nil
+	took := time.Since(start)
+	resync, err := r.crashResync(ctx)
+	if err != nil {
+		return "", err
+	}
+	r.event("recovery", "", map[string]any{"detail": "engine and nodes restarted after the power loss; " + resync, "target": "engine", "duration": took})
+	r.addFault(reports.Fault{Kind: "power-loss", Target: "engine", Start: start, End: time.Now(), Recovered: time.Now(), Note: detail + "; " + resync})
+	return fmt.Sprintf("%s; restarted in %v; %s", detail, took.Round(time.Millisecond), resync), nil
 }

@@ -85,6 +85,7 @@ func TestEnginePowerLossShort(t *testing.T) {
 		}
 	}
 	require.GreaterOrEqual(t, n, 3, "two filesystem power losses and one raw one")
+	requireCrashResyncs(t, res, "power-loss")
 	requireReports(t, res)
 }
 

@@ -233,7 +233,25 @@ workload:
 	require.Equal(t, reports.ResultPass, res.Run.Result)
 	require.EqualValues(t, 2, res.Run.Counters.Cycles)
 	require.GreaterOrEqual(t, res.Run.Counters.FaultsInjected, int64(3), "two filesystem kills and one raw kill")
+	requireCrashResyncs(t, res, "engine-kill")
 	requireReports(t, res)
+}
+
+// requireCrashResyncs: every crash of kind reports what its resync copied
+// from the activity log (a whole copy would have failed the run), and
+// some crash copied something.
+func requireCrashResyncs(t *testing.T, res *Result, kind string) {
+	t.Helper()
+	n := 0
+	for _, f := range res.Run.Faults {
+		if f.Kind == kind {
+			n++
+			require.Contains(t, f.Note, "crash resync copies", "%+v", f)
+			t.Logf("%s: %s", kind, f.Note)
+		}
+	}
+	require.Positive(t, n)
+	require.Positive(t, res.Run.Counters.CrashResyncBytes)
 }
 
 // TestPlantedCorruptionIsDiagnosed flips one byte in node b's image after

@@ -144,9 +144,9 @@ func (p *parser) parse(data []byte) {
 			sawStorage = true
 			p.storage(v, f)
 		},
-		"export": func(f string, v *yaml.Node) { p.export(v, f) },
-		"node":   func(f string, v *yaml.Node) { p.node(v, f) },
-		"resync": func(f string, v *yaml.Node) { p.resync(v, f) },
+		"export":       func(f string, v *yaml.Node) { p.export(v, f) },
+		"node":         func(f string, v *yaml.Node) { p.node(v, f) },
+		"resync":       func(f string, v *yaml.Node) { p.resync(v, f) },
 		"activity_log": func(f string, v *yaml.Node) { p.activity(v, f) },
 		"region_size": func(f string, v *yaml.Node) {
 			n, ok := p.size(v, f)

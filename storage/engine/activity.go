@@ -49,7 +49,7 @@ type activity struct {
 	// waiting for room when one fails gets it instead of waiting on.
 	failures uint64
 	failure  error
-	cand    []clearCandidate // the clearer's scratch
+	cand     []clearCandidate // the clearer's scratch
 
 	// Counters for status and metrics.
 	cleared    atomic.Uint64
@@ -498,8 +498,9 @@ type ActivityStatus struct {
 	MetadataWrites       uint64  `json:"metadata_writes"`
 	MetadataWritesPerSec float64 `json:"metadata_writes_per_sec"`
 	// CrashResyncRegions are the regions the start after an unclean stop
-	// marked to copy from each mirror's source (summed over members),
-	// CrashFullCopies the members it had to copy whole.
+	// marked to copy from each mirror's source (summed over members);
+	// CrashFullCopies the members under a log it copied whole all the
+	// same (a log unreadable or written without FlagActivityLog).
 	CrashResyncRegions int `json:"crash_resync_regions"`
 	CrashFullCopies    int `json:"crash_full_copies"`
 }

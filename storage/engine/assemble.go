@@ -300,7 +300,8 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 				// what the activity log marked, or everything without one.
 				if !s.copyLogged(ctx, m, as, probes, sources, logs) {
 					m.fullResync.Store(true)
-					m.crashFull.Store(true)
+					// Counted where a log should have said what to copy.
+					m.crashFull.Store(m.logged())
 				}
 				m.state.Store(int32(Failed))
 			}
