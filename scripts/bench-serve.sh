@@ -4,7 +4,10 @@
 # tmpfs files, interleaved per repetition; prints IOPS / MiB/s and the ratio
 # to the direct node. It reports, it does not gate (exit 0 when it measured).
 # Targets from the engine issue: linear and stripe >= 0.8x the direct node
-# on 4k QD32 and 1 MiB QD8; mirror-2 writes >= 0.45x.
+# on 4k QD32 and 1 MiB QD8; mirror-2 writes >= 0.45x. The mirror also runs
+# without its activity log (mirror-nolog; target: the log costs <= 10%,
+# mirror >= 0.9x mirror-nolog) and with a log of 64 regions, smaller than
+# the workload's 256 regions (mirror-log64: what a thrashing log costs).
 #   REPS=2 RUNTIME=3 scripts/bench-serve.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,14 +41,19 @@ setup() {
   start a export --listen 127.0.0.1:0 --file "$work/a.img"; local a=$addr
   if [ "$1" = direct ]; then uri="nbd://$a"; return; fi
   start b export --listen 127.0.0.1:0 --file "$work/b.img"; local b=$addr
-  local chunk=""; [ "$1" = stripe ] && chunk="  chunk: 64KiB"
-  printf 'listen: 127.0.0.1:0\nadmin: off\nstorage:\n  layout: %s\n%s\n  members: [nbd://%s, nbd://%s]\n' "$1" "$chunk" "$a" "$b" >"$work/s.yaml"
+  local chunk="" layout=$1 extra=""
+  [ "$1" = stripe ] && chunk="  chunk: 64KiB"
+  case $1 in
+    mirror-nolog) layout=mirror extra="activity_log: {regions: off}" ;;
+    mirror-log64) layout=mirror extra="activity_log: {regions: 64}" ;;
+  esac
+  printf 'listen: 127.0.0.1:0\nadmin: off\nstorage:\n  layout: %s\n%s\n  members: [nbd://%s, nbd://%s]\n%s\n' "$layout" "$chunk" "$a" "$b" "$extra" >"$work/s.yaml"
   start serve serve --config "$work/s.yaml"; uri="nbd://$addr"
 }
 workloads="randread:4k:32 randwrite:4k:32 read:1m:8 write:1m:8"
 declare -A res
 for rep in $(seq "$REPS"); do
-  for layout in direct linear stripe mirror; do
+  for layout in ${LAYOUTS:-direct linear stripe mirror mirror-nolog mirror-log64}; do
     setup "$layout"
     for w in $workloads; do
       IFS=: read -r rw bs qd <<<"$w"
@@ -60,12 +68,16 @@ python3 - "$workloads" <<PY
 import sys, statistics
 res = {}
 $(for k in "${!res[@]}"; do echo "res['$k'] = '${res[$k]}'"; done)
-def med(k, i): return statistics.median(int(x.split(':')[i]) for x in res[k].split())
-print(f"{'workload':<16}{'direct':>10}{'linear':>10}{'stripe':>10}{'mirror':>10}   ratios to direct (linear, stripe, mirror)")
+def med(k, i): return statistics.median(int(x.split(':')[i]) for x in res[k].split()) if k in res else 0
+layouts = [l for l in ('linear','stripe','mirror','mirror-nolog','mirror-log64') if any(k.startswith(l+',') for k in res)]
+print(f"{'workload':<16}{'direct':>10}" + ''.join(f"{l:>14}" for l in layouts) + "   ratios to direct; mirror to mirror-nolog")
 for w in sys.argv[1].split():
     i = 0 if ':4k:' in w else 1
     d = med('direct,'+w, i)
-    vals = [med(l+','+w, i) for l in ('linear','stripe','mirror')]
+    vals = [med(l+','+w, i) for l in layouts]
     unit = 'IOPS' if i == 0 else 'MiB/s'
-    print(f"{w+' '+unit:<16}{d:>10}" + ''.join(f"{v:>10}" for v in vals) + "   " + ', '.join(f"{v/d:.2f}x" for v in vals))
+    ratios = ', '.join(f"{v/d:.2f}x" if d else '-' for v in vals)
+    m, n = med('mirror,'+w, i), med('mirror-nolog,'+w, i)
+    log = f"; log {m/n:.2f}x" if n else ''
+    print(f"{w+' '+unit:<16}{d:>10}" + ''.join(f"{v:>14}" for v in vals) + "   " + ratios + log)
 PY

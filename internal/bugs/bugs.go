@@ -13,6 +13,9 @@
 //	                  that needs one and forgets the others
 //	ignore-boot       the engine trusts a member whose machine restarted
 //	                  while it held unflushed writes
+//	activity-no-mark  the engine sends mirror writes without marking their
+//	                  regions in the activity log, so a crash resync skips
+//	                  regions a write in flight reached on one replica only
 package bugs
 
 // Names of the planted bugs.
@@ -20,10 +23,11 @@ const (
 	FlushNoop      = "flush-noop"
 	FlushOneMember = "flush-one-member"
 	IgnoreBoot     = "ignore-boot"
+	ActivityNoMark = "activity-no-mark"
 )
 
 // All lists the planted bugs.
-var All = []string{FlushNoop, FlushOneMember, IgnoreBoot}
+var All = []string{FlushNoop, FlushOneMember, IgnoreBoot, ActivityNoMark}
 
 // Env names the environment variable that picks the planted bug.
 const Env = "DST_PLANTED_BUG"

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"dst/internal/bugs"
 	"dst/storage/meta"
 )
 
@@ -230,7 +231,7 @@ func (mi *mirrorInfo) activate(rs []activeRange) (wait <-chan struct{}, failures
 		}
 		for r := a.first; r <= a.last; r++ {
 			u, ok := al.use[r]
-			if !ok && al.bm.Set(r) {
+			if !ok && !bugs.On(bugs.ActivityNoMark) && al.bm.Set(r) {
 				mi.pendAll(al.bm.PageOf(r))
 			}
 			u.inflight++

@@ -16,10 +16,56 @@
 // to every replica. The engine is shared by every client connection, so a
 // FLUSH covers writes from all of them and multi-conn is honest.
 //
+// # Activity log
+//
+// A mirror whose children are single members with metadata (Assemble)
+// keeps an activity log in the members' write-intent bitmaps, so that an
+// unclean stop of the engine (SIGKILL, crash, its machine losing power)
+// recopies only the regions that were being written, not whole replicas:
+//
+//   - Before a WRITE, TRIM or WRITE_ZEROES goes out, every region it
+//     touches that is not active yet is set in the bitmap page of every
+//     member in service (in sync or resyncing), written with FUA (or write
+//     and FLUSH), and only then is any data write sent to any member.
+//     Requests that need new regions together share the page writes; a
+//     region already active costs no metadata write.
+//   - A region is cleared when it has had no write for Options.ActivityQuiet
+//     (or, when the log is full, the least recently used idle regions), and
+//     only after a FLUSH of every member in service that was issued after
+//     the region's last write completed; the page is then rewritten. A
+//     clean shutdown flushes and clears every region before it marks the
+//     superblocks clean.
+//   - At most Options.ActivityRegions regions are active per mirror; a
+//     write that needs more waits for room (a request larger than the
+//     bound goes ahead alone). A writer waiting when a clear fails gets the
+//     error instead of waiting on.
+//   - After an unclean stop, each mirror keeps one child as the source and
+//     copies to the others the union of the regions marked in the bitmaps
+//     of the members served: every region a write may have reached one
+//     replica and not another. A member whose bitmap cannot be read, or
+//     whose superblock lacks meta.FlagActivityLog (written before the
+//     log), is copied whole; so is every replica if the source's cannot.
+//   - A member leaving service with writes not flushed gets the regions
+//     active then recorded as missed (persisted with the rest of the
+//     bitmap); a member whose machine restarted while in service gets the
+//     regions active now. Either is copied back instead of the whole
+//     replica. The two compose with the dirty map: a returning member gets
+//     the regions it missed and those.
+//
+// The log's cost is one FUA page write per member per newly active page
+// batch, and one FLUSH per member and one page write per clear; the engine
+// model crashes the engine after any number of node operations of a write
+// and checks replicas agree and only written regions are copied, and the
+// torture harness's engine-kill and power-loss faults fail a run that
+// recopies a replica whole.
+//
+// # Members that lose unflushed writes
+//
 // A member whose node may hold writes that are acknowledged but not
 // flushed (a write since its last FLUSH, or a FLUSH still in flight) and
 // then reports a new boot (its machine restarted: the volatile cache is
-// gone) leaves service and is copied whole from an in-sync replica; a
+// gone) leaves service and is resynced from an in-sync replica over the
+// activity log's regions (whole, under a mirror without a log); a
 // failed FLUSH on a replica takes that replica out of service and the
 // client's FLUSH succeeds if an in-sync replica flushed; a read error on
 // a replica is retried on another. The torture harness breaks each of
