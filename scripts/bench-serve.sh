@@ -50,7 +50,7 @@ setup() {
   printf 'listen: 127.0.0.1:0\nadmin: off\nstorage:\n  layout: %s\n%s\n  members: [nbd://%s, nbd://%s]\n%s\n' "$layout" "$chunk" "$a" "$b" "$extra" >"$work/s.yaml"
   start serve serve --config "$work/s.yaml"; uri="nbd://$addr"
 }
-workloads="randread:4k:32 randwrite:4k:32 read:1m:8 write:1m:8"
+workloads=${WORKLOADS:-"randread:4k:32 randwrite:4k:32 read:1m:8 write:1m:8"}
 declare -A res
 for rep in $(seq "$REPS"); do
   for layout in ${LAYOUTS:-direct linear stripe mirror mirror-nolog mirror-log64}; do
