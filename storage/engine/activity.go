@@ -340,6 +340,9 @@ func (e *Engine) clearActive(ctx context.Context, mi *mirrorInfo, mode clearMode
 	n := len(al.cand)
 	mi.mu.Unlock()
 	if n == 0 {
+		if mode == clearAll {
+			return e.persist(ctx, mi) // pages waiting for a rewrite
+		}
 		return nil
 	}
 	if err := e.flushMirror(ctx, mi); err != nil {

@@ -64,13 +64,11 @@ func (e *Engine) Rejoin(ctx context.Context, i int, full bool, limit *rate.Limit
 		return fmt.Errorf("%w: member %d is %v", ErrBusy, i, s)
 	}
 	whole := full || m.fullResync.Swap(false)
-	// What its bitmap says from before it left is stale: rewrite it.
+	// What its bitmap says from before it left is stale: it is rewritten
+	// with the next bitmap write (stale marks only make a later crash
+	// resync copy more).
 	for _, a := range m.ancestors {
 		a.mi.rewriteBitmap(a.child)
-		if err := e.persist(ctx, a.mi); err != nil {
-			e.fail(ctx, m, err)
-			return fmt.Errorf("engine: member %d: rewrite its bitmap: %w", i, err)
-		}
 	}
 	if whole {
 		for _, a := range m.ancestors {
