@@ -201,27 +201,6 @@ func TestPlantedEngineBugs(t *testing.T) {
 	}
 }
 
-// TestPlantedActivityNoMark: an engine that writes to a mirror without
-// marking the regions in its activity log is killed under raw writes; a
-// write in flight then reaches one replica only, the restart does not copy
-// its region, and the replicas' check must find them differing.
-func TestPlantedActivityNoMark(t *testing.T) {
-	needRealPath(t)
-	sc := parse(t, `name: activity-no-mark
-description: the engine is killed under raw writes
-cycles: 12
-`+powerMirror+`workload:
-  engine_crash: true
-  raw: {every: 1, ops: 1500, concurrency: 8, flush_every: 40, max_request: 16KiB}
-`)
-	res := runPlanted(t, bugs.ActivityNoMark, sc, 54)
-	diag := diagnosis(res)
-	require.Equal(t, "raw-verify-replicas", res.Run.Failures[0].Phase, diag)
-	require.Contains(t, diag, "node b", diag)
-	require.Contains(t, diag, "SIGKILL of dst serve", diag)
-	require.Contains(t, diag, "crash resync copies", diag)
-}
-
 // silentFault is a raw run on a mirror whose member b silently corrupts
 // one write (kind bit-flip or lost-write) now and then: the node reports
 // success, so only the verifiers can find it. Small requests keep most
