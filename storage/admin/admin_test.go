@@ -34,12 +34,14 @@ import (
 
 // fakeStorage reports fixed member states.
 type fakeStorage struct {
-	size    int64
-	members []engine.MemberStatus
+	size     int64
+	members  []engine.MemberStatus
+	activity engine.ActivityStatus
 }
 
-func (f *fakeStorage) Size() int64                   { return f.size }
-func (f *fakeStorage) Status() []engine.MemberStatus { return f.members }
+func (f *fakeStorage) Size() int64                     { return f.size }
+func (f *fakeStorage) Status() []engine.MemberStatus   { return f.members }
+func (f *fakeStorage) Activity() engine.ActivityStatus { return f.activity }
 
 // fakeRemote is a node with a remote node's state and counters.
 type fakeRemote struct {
@@ -108,7 +110,8 @@ func fixture(t *testing.T) (*admin.Handler, *admin.Instrumented, *clock) {
 		{Index: 0, Node: "/srv/a.img", State: "in-sync"},
 		{Index: 1, Node: "nbd://b/x", State: "failed", Pending: 2, DirtyRegions: 7, ResyncedBytes: 4096,
 			LastError: "node unavailable: \"quoted\"\nline"},
-	}}
+	}, activity: engine.ActivityStatus{Mirrors: 1, ActiveRegions: 5, MaxRegions: 1024, RegionSize: 1 << 20,
+		ClearedRegions: 9, MetadataWrites: 30, CrashResyncRegions: 3}}
 	remote := &fakeRemote{Memory: node.NewMemory(4096), state: node.StateConnecting,
 		m: node.RemoteMetrics{Requests: 10, Bytes: 8192, Retries: 3, Connects: 2, Reconnects: 1, Fences: 1, Timeouts: 4, Pings: 5, Failures: 6, Unavailable: 2}}
 	dev := admin.Instrument(&slowDevice{Memory: node.NewMemory(1 << 20), c: c, delay: 3 * time.Millisecond}, "dev", admin.NewRequests(c.now))
@@ -333,6 +336,12 @@ func TestMetrics(t *testing.T) {
 	expect(7, "dst_member_dirty_regions", "member", "1", "url", "nbd://b/x")
 	expect(4096, "dst_member_resynced_bytes_total", "member", "1")
 	expect(4096, "dst_resync_bytes_total")
+	expect(5, "dst_activity_active_regions")
+	expect(1024, "dst_activity_max_regions")
+	expect(9, "dst_activity_cleared_regions_total")
+	expect(30, "dst_activity_metadata_writes_total")
+	expect(3, "dst_crash_resync_regions")
+	expect(0, "dst_crash_full_copies")
 	expect(0, "dst_node_connected", "member", "1")
 	expect(3, "dst_node_retries_total", "member", "1")
 	expect(1, "dst_node_reconnects_total", "member", "1")

@@ -116,18 +116,20 @@ func (h *Handler) WriteMetrics(b *bytes.Buffer) {
 	e.sample("dst_resync_bytes_total", float64(resynced))
 
 	if a := st.Activity; a != nil {
-		e.family("dst_activity_active_regions", "gauge", "Regions the mirrors' activity logs hold marked (an unclean stop recopies them).")
-		e.sample("dst_activity_active_regions", float64(a.ActiveRegions))
-		e.family("dst_activity_max_regions", "gauge", "Bound on the active regions, summed over mirrors.")
-		e.sample("dst_activity_max_regions", float64(a.MaxRegions))
-		e.family("dst_activity_cleared_regions_total", "counter", "Regions the activity logs cleared after they were quiet and flushed.")
-		e.sample("dst_activity_cleared_regions_total", float64(a.ClearedRegions))
-		e.family("dst_activity_metadata_writes_total", "counter", "Bitmap page writes of the activity logs (one per member per page).")
-		e.sample("dst_activity_metadata_writes_total", float64(a.MetadataWrites))
-		e.family("dst_crash_resync_regions", "gauge", "Regions the start after an unclean stop marked to copy, summed over members.")
-		e.sample("dst_crash_resync_regions", float64(a.CrashResyncRegions))
-		e.family("dst_crash_full_copies", "gauge", "Members the start after an unclean stop copied whole (no readable activity log).")
-		e.sample("dst_crash_full_copies", float64(a.CrashFullCopies))
+		for _, g := range []struct {
+			name, typ, help string
+			v               float64
+		}{
+			{"dst_activity_active_regions", "gauge", "Regions the mirrors' activity logs hold marked (an unclean stop recopies them).", float64(a.ActiveRegions)},
+			{"dst_activity_max_regions", "gauge", "Bound on the active regions, summed over mirrors.", float64(a.MaxRegions)},
+			{"dst_activity_cleared_regions_total", "counter", "Regions the activity logs cleared after they were quiet and flushed.", float64(a.ClearedRegions)},
+			{"dst_activity_metadata_writes_total", "counter", "Bitmap page writes of the activity logs (one per member per page).", float64(a.MetadataWrites)},
+			{"dst_crash_resync_regions", "gauge", "Regions the start after an unclean stop marked to copy, summed over members.", float64(a.CrashResyncRegions)},
+			{"dst_crash_full_copies", "gauge", "Members under an activity log the start after an unclean stop copied whole.", float64(a.CrashFullCopies)},
+		} {
+			e.family(g.name, g.typ, g.help)
+			e.sample(g.name, g.v)
+		}
 	}
 
 	var remotes []MemberStatus

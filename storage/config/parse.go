@@ -454,18 +454,7 @@ func (p *parser) node(v *yaml.Node, path string) {
 		"backoff_min":     dur(&n.BackoffMin, false),
 		"backoff_max":     dur(&n.BackoffMax, false),
 		"ping_interval":   dur(&n.PingInterval, true),
-		"retries": func(f string, v *yaml.Node) {
-			s, ok := p.scalar(v, f)
-			if !ok {
-				return
-			}
-			r, err := strconv.Atoi(s)
-			if err != nil || r < 0 || r > MaxRetries {
-				p.errorf(v, f, "%q is not a whole number from 0 to %d", s, MaxRetries)
-				return
-			}
-			n.Retries = r
-		},
+		"retries":         func(f string, v *yaml.Node) { p.wholeNumber(v, f, 0, MaxRetries, false, &n.Retries) },
 	})
 	if n.BackoffMin > n.BackoffMax {
 		p.errorf(v, join(path, "backoff_min"), "%v is longer than backoff_max %v", n.BackoffMin, n.BackoffMax)
@@ -501,23 +490,8 @@ func (p *parser) resync(v *yaml.Node, path string) {
 func (p *parser) activity(v *yaml.Node, path string) {
 	a := &p.cfg.Activity
 	p.mapping(v, path, map[string]func(string, *yaml.Node){
-		"regions": func(f string, v *yaml.Node) {
-			s, ok := p.scalar(v, f)
-			if !ok {
-				return
-			}
-			if s == "off" {
-				a.Regions = -1
-				return
-			}
-			n, err := strconv.Atoi(s)
-			if err != nil || n < 1 || n > MaxActivityRegions {
-				p.errorf(v, f, "%q is not a whole number from 1 to %d, or off", s, MaxActivityRegions)
-				return
-			}
-			a.Regions = n
-		},
-		"quiet": func(f string, v *yaml.Node) { p.duration(v, f, &a.Quiet, false) },
+		"regions": func(f string, v *yaml.Node) { p.wholeNumber(v, f, 1, MaxActivityRegions, true, &a.Regions) },
+		"quiet":   func(f string, v *yaml.Node) { p.duration(v, f, &a.Quiet, false) },
 	})
 }
 

@@ -6,6 +6,7 @@ import (
 	"math"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -85,6 +86,29 @@ func (p *parser) duration(v *yaml.Node, field string, dst *time.Duration, off bo
 	default:
 		*dst = d
 	}
+}
+
+// wholeNumber parses an integer in [lo, hi] into dst; with off, "off"
+// stores -1.
+func (p *parser) wholeNumber(v *yaml.Node, field string, lo, hi int, off bool, dst *int) {
+	s, ok := p.scalar(v, field)
+	if !ok {
+		return
+	}
+	if off && s == "off" {
+		*dst = -1
+		return
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < lo || n > hi {
+		orOff := ""
+		if off {
+			orOff = ", or off"
+		}
+		p.errorf(v, field, "%q is not a whole number from %d to %d%s", s, lo, hi, orOff)
+		return
+	}
+	*dst = n
 }
 
 func isDigits(s string) bool {
