@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"net"
 	"os"
 	"os/signal"
@@ -15,8 +14,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/dustin/go-humanize"
 
+	"dst/storage/config"
 	"dst/storage/export"
 	"dst/storage/node"
 )
@@ -210,11 +209,14 @@ func (o *exportFlags) config() (export.Config, error) {
 	cfg.BootID = o.bootID
 	var volatile *node.VolatileOptions
 	if o.volatileCache != "" {
-		n, err := humanize.ParseBytes(o.volatileCache)
-		if err != nil || n < node.VolatileUnit || n > math.MaxInt64 {
-			return cfg, usagef("--volatile-cache %q: must be a size of at least %d bytes", o.volatileCache, node.VolatileUnit)
+		n, err := config.ParseSize(o.volatileCache)
+		switch {
+		case err != nil:
+			return cfg, usagef("--volatile-cache: %v", err)
+		case n < node.VolatileUnit:
+			return cfg, usagef("--volatile-cache %q: must be at least %d bytes", o.volatileCache, node.VolatileUnit)
 		}
-		volatile = &node.VolatileOptions{Seed: o.volatileSeed, MaxBytes: int64(n)}
+		volatile = &node.VolatileOptions{Seed: o.volatileSeed, MaxBytes: n}
 	}
 	if _, _, err := net.SplitHostPort(o.listen); err != nil {
 		return cfg, usagef("--listen %q: %v", o.listen, err)
@@ -267,18 +269,20 @@ func (o *exportFlags) applySizes(cfg *export.Config, index map[string]int) error
 		if !forOne {
 			name, text = "", v
 		}
-		n, err := humanize.ParseBytes(text)
+		n, err := config.ParseSize(text)
 		switch {
-		case err != nil:
+		case err != nil && forOne:
 			return usagef("--size %q: %v", v, err)
-		case n == 0 || n > math.MaxInt64:
-			return usagef("--size %q: must be between 1 byte and 8 EiB", v)
+		case err != nil:
+			return usagef("--size: %v", err)
+		case n == 0:
+			return usagef("--size %q: must be at least 1 byte", v)
 		}
 		if !forOne {
 			if all != 0 {
 				return usagef("--size %q: a size for all exports was already given", v)
 			}
-			all = int64(n)
+			all = n
 			continue
 		}
 		if _, ok := index[name]; !ok {
@@ -287,7 +291,7 @@ func (o *exportFlags) applySizes(cfg *export.Config, index map[string]int) error
 		if _, dup := named[name]; dup {
 			return usagef("--size %q: export %q already has a size", v, name)
 		}
-		named[name] = int64(n)
+		named[name] = n
 	}
 	for i := range cfg.Exports {
 		e := &cfg.Exports[i]
