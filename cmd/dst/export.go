@@ -14,7 +14,6 @@ import (
 	"syscall"
 	"time"
 
-
 	"dst/storage/config"
 	"dst/storage/export"
 	"dst/storage/node"
