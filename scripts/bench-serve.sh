@@ -67,7 +67,7 @@ for rep in $(seq "$REPS"); do
     setup "$layout"
     for w in $workloads; do
       IFS=: read -r rw bs qd <<<"$w"
-      read -r iops mibs < <(fiojob "$uri" "$rw" "$bs" "$qd")
+      read -r iops mibs _ < <(fiojob "$uri" "$rw" "$bs" "$qd")
       res[$layout,$w]+="$iops:$mibs "
       echo "bench-serve: rep $rep $layout $rw $bs QD$qd: $iops IOPS $mibs MiB/s" >&2
       if [ "$bs" = 4k ] && [ "$RATE_IOPS" != 0 ]; then

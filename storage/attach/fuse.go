@@ -207,17 +207,19 @@ type errorLog struct {
 	suppressed int
 }
 
-// fail records a failed request and returns EIO.
+// fail records a failed request and returns its errno, mapped as every
+// NBD reply is (nbd.ErrnoOf): ENOSPC stays ENOSPC, the unknown is EIO.
 func (e *errorLog) fail(op string, off, length int64, err error) syscall.Errno {
+	errno := nbd.SyscallErrno(err)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.failing {
 		e.suppressed++
-		return syscall.EIO
+		return errno
 	}
 	e.failing = true
-	e.log.Error("node request failed; the file answers EIO", "op", op, "offset", off, "length", length, "err", err)
-	return syscall.EIO
+	e.log.Error("node request failed", "op", op, "offset", off, "length", length, "errno", errno.Error(), "err", err)
+	return errno
 }
 
 // ok records a successful request.

@@ -3,7 +3,7 @@
 // after a remount by child processes of the process that serves the FUSE
 // file; fsync of the file and of the loop device reaches node.Flush; reads
 // at the end are short, writes past it fail, fallocate zeroes, node
-// errors become EIO logged once, and a read-only attachment refuses
+// errors map as NBD replies do (ENOSPC stays ENOSPC) logged once, and a read-only attachment refuses
 // writes — each checked with real mounts, losetup, mkfs.ext4 and e2fsck.
 package attach
 
@@ -11,6 +11,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -182,6 +183,28 @@ func TestFileEdgesAndErrors(t *testing.T) {
 	require.Equal(t, 1, strings.Count(out, "node request failed"), out)
 	require.Contains(t, out, "op=read offset=0 length=4096")
 	require.Contains(t, out, "failed_requests_not_logged=4", out)
+
+	// Errors map as every NBD reply does (nbd.ErrnoOf): a full disk, a
+	// read-only or refusing node and an error a remote peer sent keep
+	// their meaning; everything else is EIO.
+	for _, c := range []struct {
+		err  error
+		want syscall.Errno
+	}{
+		{&os.PathError{Op: "write", Path: "/x", Err: syscall.ENOSPC}, syscall.ENOSPC},
+		{fmt.Errorf("engine: %w", syscall.EROFS), syscall.EPERM},
+		{fmt.Errorf("remote: %w", nbd.ENOSPC), syscall.ENOSPC},
+		{nbd.ENOTSUP, syscall.EOPNOTSUPP},
+		{errors.New("disk on fire"), syscall.EIO},
+	} {
+		mem.SetFail(c.err)
+		_, err = f.WriteAt(buf[:4096], 0)
+		require.ErrorIs(t, err, c.want, "write failing with %v", c.err)
+		_, err = f.ReadAt(buf[:4096], 0)
+		require.ErrorIs(t, err, c.want, "read failing with %v", c.err)
+		require.ErrorIs(t, f.Sync(), c.want, "fsync failing with %v", c.err)
+	}
+	mem.SetFail(nil)
 }
 
 func TestReadOnlyRefusesWrites(t *testing.T) {

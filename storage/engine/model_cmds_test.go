@@ -19,7 +19,6 @@ import (
 	"github.com/leanovate/gopter"
 	"github.com/leanovate/gopter/commands"
 
-	"dst/storage/export"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
@@ -452,7 +451,7 @@ var memberInError = regexp.MustCompile(`on member (\d+) `)
 // checkError: a request the model fails reaches an NBD client as EIO, and
 // a linear or stripe error names a gone member the request touches.
 func (c *modelCmd) checkError(s *modelState, err error) string {
-	if e := export.Errno(err); e != nbd.EIO {
+	if e := nbd.ErrnoOf(err); e != nbd.EIO {
 		return fmt.Sprintf("err %v goes out as %v, want EIO", err, e)
 	}
 	if s.mirror() {

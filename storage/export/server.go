@@ -2,8 +2,8 @@
 // block devices it opens itself (node.File), or any node.Node it is given
 // (a memory node, a remote node, later an assembled storage). It decides
 // who may use them (ACL), secures the link (LoadTLS) and runs the listener
-// (Server). It is the only place in dst where node, engine and operating
-// system errors become NBD error codes (Errno).
+// (Server). Node, engine and operating system errors become NBD error
+// codes in one place, nbd.ErrnoOf, which every nbd.Server applies.
 package export
 
 import (
@@ -185,7 +185,6 @@ func New(cfg Config) (*Server, error) {
 		MaxInFlight: cfg.MaxInFlight,
 		MaxPayload:  cfg.MaxPayload,
 		BufferBytes: cfg.BufferBytes,
-		Errno:       Errno,
 		BootID:      cfg.BootID,
 		Logger:      log,
 	})

@@ -1,8 +1,10 @@
 package nbd
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 // Errno is an error value of the transmission phase, as carried in replies.
@@ -71,15 +73,58 @@ func (e *OptionError) Error() string {
 	return fmt.Sprintf("nbd: option %v refused: %v", e.Option, e.Reply)
 }
 
-// ErrnoOf returns the Errno carried by err: an Errno found with errors.As,
-// or EIO for any other non-nil error, or 0 for nil.
+// ErrnoOf maps an error of a backend (an engine, a node, the operating
+// system) to the error code an NBD reply carries, and through
+// SyscallErrno to the errno a FUSE file answers. It is the only place in
+// dst where such errors become error codes: every Server uses it, so
+// `dst export`, `dst serve` and the kernel attach path answer alike, and
+// Go error strings never reach the wire.
+//
+// The mapping, first match wins:
+//
+//	nil                                  -> 0
+//	an Errno anywhere in the chain       -> that value (a backend or a peer chose it)
+//	context.Canceled, DeadlineExceeded   -> ESHUTDOWN (the server is stopping)
+//	ENOSPC, EDQUOT, EFBIG                -> ENOSPC
+//	EROFS, EPERM, EACCES                 -> EPERM
+//	EINVAL                               -> EINVAL
+//	ENOTSUP (= EOPNOTSUPP on Linux)      -> ENOTSUP
+//	ENOMEM                               -> ENOMEM
+//	anything else                        -> EIO
+//
+// Operating system errors are found with errors.As, so they may be wrapped
+// any number of times (os.PathError, fmt.Errorf with %w, ...).
 func ErrnoOf(err error) Errno {
 	if err == nil {
 		return 0
 	}
-	var e Errno
-	if errors.As(err, &e) {
-		return e
+	var ne Errno
+	if errors.As(err, &ne) {
+		return ne
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return ESHUTDOWN
+	}
+	var se syscall.Errno
+	if !errors.As(err, &se) {
+		return EIO
+	}
+	switch se {
+	case syscall.ENOSPC, syscall.EDQUOT, syscall.EFBIG:
+		return ENOSPC
+	case syscall.EROFS, syscall.EPERM, syscall.EACCES:
+		return EPERM
+	case syscall.EINVAL:
+		return EINVAL
+	case syscall.ENOTSUP:
+		return ENOTSUP
+	case syscall.ENOMEM:
+		return ENOMEM
 	}
 	return EIO
 }
+
+// SyscallErrno is ErrnoOf as a Linux errno, for paths that answer the
+// kernel directly (the FUSE file of an attachment): the protocol's values
+// are Linux's numbers, so the kernel sees what an NBD client would.
+func SyscallErrno(err error) syscall.Errno { return syscall.Errno(ErrnoOf(err)) }

@@ -12,7 +12,8 @@ import (
 // Offsets and lengths are already checked against the export size and block
 // constraints when a method is called. A method returns an error wrapping an
 // Errno to choose the reply (for example ENOSPC or ENOTSUP); any other
-// error is mapped by ServerOptions.Errno, by default to EIO.
+// error is mapped by ErrnoOf (operating system errors to their NBD code,
+// the rest to EIO).
 type Backend interface {
 	// ReadAt fills all of p from offset off.
 	ReadAt(ctx context.Context, p []byte, off int64) error

@@ -50,10 +50,6 @@ type ServerOptions struct {
 	// HandshakeTimeout bounds the handshake. Zero means
 	// DefaultHandshakeTimeout.
 	HandshakeTimeout time.Duration
-	// Errno maps a backend error to the reply's error; nil means ErrnoOf
-	// (an Errno found in the chain, else EIO). Go error strings never go
-	// on the wire.
-	Errno func(error) Errno
 	// Logger receives connection-level events; nil discards them.
 	Logger *slog.Logger
 	// BootID identifies the boot of the machine the server runs on; it is
@@ -71,7 +67,6 @@ type Server struct {
 	opts  ServerOptions
 	log   *slog.Logger
 	pool  *bufferPool
-	errno func(error) Errno
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
@@ -127,15 +122,11 @@ func NewServer(opts ServerOptions) (*Server, error) {
 		log:       opts.Logger,
 		pool:      newBufferPool(opts.BufferBytes),
 		bootID:    bootID(opts.BootID),
-		errno:     opts.Errno,
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*serverConn]struct{}{},
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
-	}
-	if s.errno == nil {
-		s.errno = ErrnoOf
 	}
 	return s, nil
 }

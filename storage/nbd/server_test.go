@@ -8,8 +8,11 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
+	"syscall"
 	"testing"
 	"time"
 
@@ -300,6 +303,16 @@ func TestTransmissionBadInput(t *testing.T) {
 	r.request(CmdWrite, 0, 102, 0, 512, make([]byte, 512))
 	errno, _ = r.simpleReply()
 	require.Equal(t, ENOSPC, errno)
+	// Operating system errors map in every server (ErrnoOf), whoever built
+	// it: dst export, dst serve and the kernel attach path alike.
+	m.SetFail(fmt.Errorf("backend: %w", &os.PathError{Op: "write", Path: "/x", Err: syscall.ENOSPC}))
+	r.request(CmdWrite, 0, 102, 0, 512, make([]byte, 512))
+	errno, _ = r.simpleReply()
+	require.Equal(t, ENOSPC, errno, "a wrapped ENOSPC")
+	m.SetFail(syscall.EROFS)
+	r.request(CmdWrite, 0, 102, 0, 512, make([]byte, 512))
+	errno, _ = r.simpleReply()
+	require.Equal(t, EPERM, errno, "EROFS")
 	m.SetFail(nil)
 	r.request(CmdRead, 0, 103, 0, 512, nil)
 	errno, _ = r.simpleReply()

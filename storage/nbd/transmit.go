@@ -251,7 +251,7 @@ func (t *transmitter) settle(sr *serverRequest, err error) {
 // outcome records a backend error as the request's NBD error.
 func (t *transmitter) outcome(sr *serverRequest, err error) {
 	if err != nil {
-		sr.errno = t.srv.errno(err)
+		sr.errno = ErrnoOf(err)
 		t.srv.log.Debug("request failed", "cmd", sr.Cmd, "offset", sr.Offset, "length", sr.Length, "errno", uint32(sr.errno), "err", err)
 	}
 }

@@ -1,6 +1,6 @@
 // Errno maps every class of backend and operating system error to the NBD
 // error the brief fixes, however deeply wrapped, checked by a table.
-package export_test
+package nbd_test
 
 import (
 	"context"
@@ -13,7 +13,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"dst/storage/export"
 	"dst/storage/nbd"
 )
 
@@ -48,7 +47,7 @@ func TestErrno(t *testing.T) {
 		{"joined: first match in the chain", errors.Join(syscall.ENOSPC, syscall.EIO), nbd.ENOSPC},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			require.Equal(t, tc.want, export.Errno(tc.err), "Errno(%v)", tc.err)
+			require.Equal(t, tc.want, nbd.ErrnoOf(tc.err), "ErrnoOf(%v)", tc.err)
 		})
 	}
 }
