@@ -64,9 +64,9 @@ type ServerOptions struct {
 // is accepted and ended with it; replies go out as requests complete, in any
 // order.
 type Server struct {
-	opts  ServerOptions
-	log   *slog.Logger
-	pool  *bufferPool
+	opts ServerOptions
+	log  *slog.Logger
+	pool *bufferPool
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
