@@ -22,7 +22,8 @@
 //
 // The kernel path uses /dev/nbdX where the nbd driver is loaded. The node
 // is served by an nbd.Server on one end of a Unix socket pair; this package
-// runs the client handshake (NBD_OPT_GO, no structured replies) on the
+// runs the client handshake (nbd.Negotiate: NBD_OPT_GO, no structured
+// replies, nothing read past the handshake) on the
 // other end and hands it to the driver with the NBD ioctls (NBD_SET_SOCK,
 // NBD_SET_BLKSIZE, NBD_SET_SIZE_BLOCKS, NBD_SET_TIMEOUT, NBD_SET_FLAGS with
 // the export's flush, FUA, trim and read-only flags, NBD_DO_IT on its own

@@ -156,7 +156,7 @@ func handshakeFile(ctx context.Context, f *os.File, name string) (nbd.ExportInfo
 	if err != nil {
 		return nbd.ExportInfo{}, err
 	}
-	info, err := Handshake(ctx, c, name)
+	info, _, err := nbd.Negotiate(ctx, c, nbd.ClientOptions{ExportName: name})
 	c.Close()
 	if err != nil {
 		return info, err

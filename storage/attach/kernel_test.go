@@ -181,20 +181,3 @@ func TestHandshakeLeavesSocketForTheDriver(t *testing.T) {
 	}
 }
 
-func TestHandshakeUnknownExport(t *testing.T) {
-	mem := node.NewMemory(1 << 20)
-	srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{
-		{Name: "a", Size: mem.Size(), Flags: mem.Flags(), Backend: mem},
-		{Name: "b", Size: mem.Size(), Flags: mem.Flags(), Backend: mem},
-	}})
-	require.NoError(t, err)
-	client, server := net.Pipe()
-	defer client.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	go func() { _ = srv.ServeConn(ctx, server) }()
-	_, err = Handshake(ctx, client, "nope")
-	var oe *nbd.OptionError
-	require.ErrorAs(t, err, &oe)
-	require.Equal(t, nbd.RepErrUnknown, oe.Reply)
-}

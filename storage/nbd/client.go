@@ -114,56 +114,20 @@ func Dial(ctx context.Context, network, addr string, opts ClientOptions) (*Clien
 	return c, nil
 }
 
-// NewClient runs the handshake on conn and starts the receive goroutine.
-// On error the caller still owns conn.
+// NewClient runs the handshake on conn (Negotiate) and starts the receive
+// goroutine. On error the caller still owns conn.
 func NewClient(ctx context.Context, conn net.Conn, opts ClientOptions) (*Client, error) {
 	if opts.MaxInFlight <= 0 {
 		opts.MaxInFlight = DefaultMaxInFlight
 	}
-	if opts.HandshakeTimeout <= 0 {
-		opts.HandshakeTimeout = DefaultHandshakeTimeout
-	}
-	deadline := time.Now().Add(opts.HandshakeTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	_ = conn.SetDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	h := &clientHandshake{conn: conn, r: bufio.NewReaderSize(conn, readBufferBytes)}
-	info, err := func() (ExportInfo, error) {
-		if err := h.greet(); err != nil {
-			return ExportInfo{}, err
-		}
-		if opts.TLS != nil {
-			if err := h.startTLS(opts.TLS); err != nil {
-				return ExportInfo{}, err
-			}
-		}
-		fenced, boot := false, ""
-		if opts.Fence != nil {
-			var err error
-			if fenced, boot, err = h.fence(*opts.Fence); err != nil {
-				return ExportInfo{}, err
-			}
-		}
-		info, err := h.goExport(opts.ExportName)
-		info.Fenced, info.BootID = fenced, boot
-		return info, err
-	}()
-	if !stop() && err == nil {
-		err = ctx.Err()
-	}
+	info, conn, err := Negotiate(ctx, conn, opts)
 	if err != nil {
-		return nil, fmt.Errorf("nbd: handshake with %v: %w", conn.RemoteAddr(), err)
-	}
-	_ = conn.SetDeadline(time.Time{})
-	if info.MaxBlock > DefaultMaxPayload {
-		info.MaxBlock = DefaultMaxPayload
+		return nil, err
 	}
 	c := &Client{
 		info:  info,
-		conn:  h.conn,
-		r:     h.r,
+		conn:  conn,
+		r:     bufio.NewReaderSize(conn, readBufferBytes),
 		slots: make([]clientSlot, opts.MaxInFlight),
 		free:  make(chan uint32, opts.MaxInFlight),
 		done:  make(chan struct{}),

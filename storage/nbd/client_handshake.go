@@ -2,10 +2,12 @@ package nbd
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
+	"time"
 )
 
 // ExportInfo is what the handshake learned about an export.
@@ -22,6 +24,67 @@ type ExportInfo struct {
 	// BootID is the boot id of the server's machine, sent with the
 	// OptFence acknowledgement; empty if unknown.
 	BootID string
+}
+
+// Negotiate runs the client side of the fixed-newstyle handshake on conn:
+// STARTTLS when opts.TLS is set, OptFence when opts.Fence is, then
+// NBD_OPT_GO for opts.ExportName (NBD_OPT_EXPORT_NAME with servers that do
+// not know GO). It asks for neither structured replies nor extended
+// headers, so the transmission phase is the simple one every NBD client
+// speaks, the Linux driver included. It returns what it learned and the
+// connection to transmit on (conn, or the TLS connection over it), left
+// at the start of the transmission phase with nothing read beyond the
+// handshake: NewClient starts its receiver there, the kernel attach path
+// hands the socket to the driver. The handshake is bounded by ctx and
+// opts.HandshakeTimeout; on error the caller still owns conn.
+func Negotiate(ctx context.Context, conn net.Conn, opts ClientOptions) (ExportInfo, net.Conn, error) {
+	if opts.HandshakeTimeout <= 0 {
+		opts.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	deadline := time.Now().Add(opts.HandshakeTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = conn.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
+	h := &clientHandshake{conn: conn, r: bufio.NewReaderSize(conn, readBufferBytes)}
+	info, err := h.run(opts)
+	if !stop() && err == nil {
+		err = ctx.Err()
+	}
+	if err == nil && h.r.Buffered() > 0 {
+		err = fmt.Errorf("%w: server sent %d bytes after the handshake, before any request", ErrProtocol, h.r.Buffered())
+	}
+	if err != nil {
+		return info, nil, fmt.Errorf("nbd: handshake with %v for export %q: %w", conn.RemoteAddr(), opts.ExportName, err)
+	}
+	_ = conn.SetDeadline(time.Time{})
+	if info.MaxBlock > DefaultMaxPayload {
+		info.MaxBlock = DefaultMaxPayload
+	}
+	return info, h.conn, nil
+}
+
+// run is the handshake's sequence of options.
+func (h *clientHandshake) run(opts ClientOptions) (ExportInfo, error) {
+	if err := h.greet(); err != nil {
+		return ExportInfo{}, err
+	}
+	if opts.TLS != nil {
+		if err := h.startTLS(opts.TLS); err != nil {
+			return ExportInfo{}, err
+		}
+	}
+	fenced, boot := false, ""
+	if opts.Fence != nil {
+		var err error
+		if fenced, boot, err = h.fence(*opts.Fence); err != nil {
+			return ExportInfo{}, err
+		}
+	}
+	info, err := h.goExport(opts.ExportName)
+	info.Fenced, info.BootID = fenced, boot
+	return info, err
 }
 
 // clientHandshake is the client side of the fixed-newstyle handshake.

@@ -7,7 +7,9 @@ package nbd_test
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -186,4 +188,48 @@ type slowBackend struct {
 func (s slowBackend) ReadAt(ctx context.Context, p []byte, off int64) error {
 	<-s.block
 	return s.Memory.ReadAt(ctx, p, off)
+}
+
+// TestNegotiate: the handshake alone, as the kernel attach path uses it —
+// an unknown export is refused with the server's reply, a known one leaves
+// the connection at the start of transmission, so a raw request written
+// next (as the driver would) is answered.
+func TestNegotiate(t *testing.T) {
+	mem := nbdtest.NewMemory(1 << 20)
+	require.NoError(t, mem.WriteAt(context.Background(), []byte("negotiated"), 4096, 0))
+	srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{
+		{Name: "a", Size: mem.Size(), Flags: mem.Flags(), Backend: mem},
+		{Name: "b", Size: mem.Size(), Flags: mem.Flags(), Backend: mem},
+	}})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+
+	client, server := net.Pipe()
+	go func() { _ = srv.ServeConn(ctx, server) }()
+	_, _, err = nbd.Negotiate(ctx, client, nbd.ClientOptions{ExportName: "nope"})
+	var oe *nbd.OptionError
+	require.ErrorAs(t, err, &oe)
+	require.Equal(t, nbd.RepErrUnknown, oe.Reply)
+	require.ErrorContains(t, err, `export "nope"`)
+	client.Close()
+
+	client, server = net.Pipe()
+	defer client.Close()
+	go func() { _ = srv.ServeConn(ctx, server) }()
+	info, conn, err := nbd.Negotiate(ctx, client, nbd.ClientOptions{ExportName: "b"})
+	require.NoError(t, err)
+	require.Equal(t, client, conn, "no TLS: the same connection")
+	require.Equal(t, int64(1<<20), info.Size)
+	require.NotZero(t, info.Flags&nbd.FlagSendFlush)
+	var hdr [28]byte
+	nbd.EncodeRequest(hdr[:], &nbd.Request{Cmd: nbd.CmdRead, Cookie: 7, Offset: 4096, Length: 10})
+	go func() { _, _ = conn.Write(hdr[:]) }()
+	reply := make([]byte, 16+10)
+	_, err = io.ReadFull(conn, reply)
+	require.NoError(t, err)
+	require.Equal(t, uint32(0x67446698), binary.BigEndian.Uint32(reply), "simple reply magic")
+	require.Zero(t, binary.BigEndian.Uint32(reply[4:]), "errno")
+	require.Equal(t, uint64(7), binary.BigEndian.Uint64(reply[8:]), "cookie")
+	require.Equal(t, "negotiated", string(reply[16:]))
 }
