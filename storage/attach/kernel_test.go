@@ -180,4 +180,3 @@ func TestHandshakeLeavesSocketForTheDriver(t *testing.T) {
 		t.Fatal("the server did not end after NBD_CMD_DISC")
 	}
 }
-
