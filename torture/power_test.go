@@ -13,6 +13,7 @@ import (
 
 	"dst/internal/bugs"
 	"dst/internal/dstbin"
+	"dst/internal/testkit"
 	"dst/reports"
 	"dst/torture/scenario"
 )
@@ -33,7 +34,7 @@ const powerMirror = `topology:
 // ext4: an engine that honours FLUSH and boots loses nothing, every byte
 // verifies strictly and the replicas converge.
 func TestPowerAndMediaFaultsPass(t *testing.T) {
-	needRealPath(t)
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
 	sc := parse(t, `name: power
 description: power cuts, torn writes and media errors on the members of a mirror
 duration: 45s
@@ -74,7 +75,7 @@ checks:
 // writes are lost (some torn), all restart; flushed sectors and synced
 // files survive and ext4 fscks clean.
 func TestEnginePowerLossShort(t *testing.T) {
-	needRealPath(t)
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
 	res, err := run(t, powerLossScenario(t), 41, hooks{})
 	require.NoError(t, err)
 	require.Equal(t, reports.ResultPass, res.Run.Result)
@@ -163,7 +164,7 @@ checks:
 // their cache lose flushed sectors when the engine's host loses power; the
 // check after the loss names them.
 func TestPlantedNodeFlushNoop(t *testing.T) {
-	needRealPath(t)
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
 	sc := parse(t, `name: flush-noop
 description: the engine's host loses power mid-write
 cycles: 1
@@ -187,7 +188,7 @@ cycles: 1
 // keeps what the cut left on b). Each run must fail naming b and its
 // power cut.
 func TestPlantedEngineBugs(t *testing.T) {
-	needRealPath(t)
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
 	for _, c := range []struct {
 		bug  string
 		seed uint64
@@ -240,13 +241,13 @@ func requireFound(t *testing.T, sc *scenario.Scenario, kind string, seed uint64)
 // as written, is found by the verifiers (the replicas differ, or a read
 // from b returns the wrong bytes) and the report names b and the fault.
 func TestBitFlipIsFound(t *testing.T) {
-	needRealPath(t)
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
 	requireFound(t, silentFault(t, "bit-flip"), "bit-flip", 61)
 }
 
 // TestLostWriteIsFound: a write b acknowledges but never makes is found
 // the same way.
 func TestLostWriteIsFound(t *testing.T) {
-	needRealPath(t)
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
 	requireFound(t, silentFault(t, "lost-write"), "lost-write", 62)
 }

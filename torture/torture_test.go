@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,31 +28,13 @@ import (
 	"dst/torture/scenario"
 
 	"dst/internal/dstbin"
+	"dst/internal/testkit"
 )
 
 // dstBinary is the dst binary the tests run: $DST_BINARY, or built once.
 var dstBinary string
 
 func TestMain(m *testing.M) { os.Exit(dstbin.Run(m, &dstBinary)) }
-
-// needRealPath skips the test unless it can run the real path.
-func needRealPath(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("runs dst processes, FUSE, loop devices and mkfs; skipped in -short mode")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (FUSE mount, losetup, mount)")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse")
-	}
-	for _, tool := range []string{"losetup", "mkfs.ext4", "e2fsck"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make deps installs util-linux and e2fsprogs)", tool)
-		}
-	}
-}
 
 func parse(t *testing.T, text string) *scenario.Scenario {
 	t.Helper()
@@ -74,7 +55,7 @@ func run(t *testing.T, sc *scenario.Scenario, seed uint64, h hooks) (*Result, er
 		out = filepath.Join(keep, t.Name())
 	}
 	res, err := Run(ctx, Options{Scenario: sc, Seed: seed, Binary: dstBinary, Out: out, KeepWork: os.Getenv("DST_TEST_OUT") != "",
-		Logger: slog.New(slog.NewTextHandler(testLog{t}, &slog.HandlerOptions{Level: slog.LevelInfo})),
+		Logger: slog.New(slog.NewTextHandler(testkit.LogWriter(t), &slog.HandlerOptions{Level: slog.LevelInfo})),
 		Replay: fmt.Sprintf("go test ./torture -run '%s'", t.Name()), hooks: h})
 	if res != nil {
 		t.Cleanup(func() {
@@ -87,13 +68,6 @@ func run(t *testing.T, sc *scenario.Scenario, seed uint64, h hooks) (*Result, er
 		})
 	}
 	return res, err
-}
-
-type testLog struct{ t *testing.T }
-
-func (w testLog) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimSuffix(string(p), "\n"))
-	return len(p), nil
 }
 
 // requireReports checks the run's report files: the HTML has its charts,
@@ -133,7 +107,7 @@ func requireReports(t *testing.T, res *Result) {
 // hung; every byte verifies, faults heal within the bound and the mirror
 // converges.
 func TestShortRunWithFaults(t *testing.T) {
-	needRealPath(t)
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
 	sc := parse(t, `name: short
 description: ext4 and raw sectors on linear(mirror(a,b),c) while a and b are killed and hung
 duration: 25s
@@ -183,12 +157,8 @@ checks:
 // smoke scenario for its full two minutes must pass, with at least one
 // node killed, degraded and resynced, and a report whose charts are there.
 func TestSmokeScenario(t *testing.T) {
-	needRealPath(t)
-	for _, tool := range []string{"mkfs.xfs", "mkfs.btrfs"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make deps installs xfsprogs and btrfs-progs)", tool)
-		}
-	}
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
+	testkit.Need(t, "mkfs.xfs", "mkfs.btrfs")
 	sc, err := scenarios.Lookup("smoke")
 	require.NoError(t, err)
 	res, err := run(t, sc, 20261125, hooks{})
@@ -208,7 +178,7 @@ func TestSmokeScenario(t *testing.T) {
 // survive, the rest is old or new, never other bytes, and ext4 fscks
 // clean after the restart.
 func TestEngineCrashShort(t *testing.T) {
-	needRealPath(t)
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
 	sc := parse(t, `name: crash
 description: engine SIGKILL mid-write and after a sync
 cycles: 2
@@ -258,7 +228,7 @@ func requireCrashResyncs(t *testing.T, res *Result, kind string) {
 // the raw writes: the run must fail, and the diagnosis must name node b,
 // the device sector and the write that belonged there.
 func TestPlantedCorruptionIsDiagnosed(t *testing.T) {
-	needRealPath(t)
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
 	sc := parse(t, `name: planted
 description: a byte flipped on one node behind the engine's back
 cycles: 1

@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/stretchr/testify/require"
+	"dst/internal/testkit"
 
-	"dst/storage/nbd/nbdtest"
+	"github.com/stretchr/testify/require"
 )
 
 // TestProofEngineKillResyncsOnlyActiveRegions: fio writes at random over
@@ -18,7 +18,7 @@ import (
 // most 64 MiB of 1 GiB, nothing whole), be redundant again within
 // seconds, and leave the two data areas byte-identical.
 func TestProofEngineKillResyncsOnlyActiveRegions(t *testing.T) {
-	nbdtest.Need(t, "fio")
+	testkit.Need(t, "fio")
 	start := time.Now()
 	r := newRig(t, 120*time.Second)
 	const memberBytes, bound, region = 1<<30 + 1<<20, 64, 1 << 20

@@ -24,28 +24,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/attach"
 )
-
-// needAttach skips unless this process may mount FUSE and bind loop
-// devices; with -short it skips.
-func needAttach(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("-short: skipping a test that mounts FUSE and binds loop devices")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (FUSE mount, losetup)")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse (FUSE)")
-	}
-	for _, tool := range []string{"losetup", "dd"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (apt-get install util-linux coreutils)", tool)
-		}
-	}
-}
 
 // runBinary runs the dst binary within 60 s and returns its exit status,
 // standard output and standard error.
@@ -117,7 +98,7 @@ func processGone(pid int, d time.Duration) bool {
 }
 
 func TestAttachExportThroughLoopDevice(t *testing.T) {
-	needAttach(t)
+	testkit.NeedAttach(t, "dd")
 	const size = 16 << 20
 	img := image(t, "disk.img", size)
 	exp := startExport(t, "127.0.0.1:0", img)
@@ -211,7 +192,7 @@ func TestAttachFailsCleanly(t *testing.T) {
 	require.Equal(t, exitRuntime, code)
 	require.Contains(t, stderr, "/dev/loop99: not attached")
 
-	needAttach(t)
+	testkit.NeedAttach(t, "dd")
 	for _, tc := range []struct {
 		url, want string
 	}{

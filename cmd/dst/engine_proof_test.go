@@ -35,9 +35,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/admin"
 	"dst/storage/engine"
-	"dst/storage/nbd/nbdtest"
 )
 
 // rig runs the processes of one proof. Each process's standard output and
@@ -398,7 +398,7 @@ type fioReport struct {
 // and after the export returns on the same port with the same file the
 // mirror resyncs it and the two data areas are byte-identical.
 func TestProofMirrorFioSurvivesKill9(t *testing.T) {
-	nbdtest.Need(t, "fio")
+	testkit.Need(t, "fio")
 	start := time.Now()
 	r := newRig(t, 80*time.Second)
 	const memberBytes, fioBytes, blockBytes = 36 << 20, 32 << 20, 4096
@@ -493,7 +493,7 @@ func TestProofMirrorFioSurvivesKill9(t *testing.T) {
 // although an idle mirror reads from member 0 first — copy the whole
 // storage to it, and end with identical data areas.
 func TestProofMirrorResyncsBlankMedia(t *testing.T) {
-	nbdtest.Need(t, "qemu-io")
+	testkit.Need(t, "qemu-io")
 	start := time.Now()
 	r := newRig(t, 60*time.Second)
 	const memberBytes = 16 << 20
@@ -541,7 +541,7 @@ func TestProofMirrorResyncsBlankMedia(t *testing.T) {
 // the other ranges keep working, and when the export returns on the same
 // port its range serves again with the same dst serve process.
 func TestProofLinearNodeLossIsLocal(t *testing.T) {
-	nbdtest.Need(t, "qemu-io")
+	testkit.Need(t, "qemu-io")
 	start := time.Now()
 	r := newRig(t, 60*time.Second)
 	const memberBytes = 8 << 20
@@ -637,7 +637,7 @@ func (r *rig) startQemuNBD(name, sock, file string) (*rigProc, string) {
 // resynced; and the qemu-nbd file's data area ends identical to the dst
 // export's.
 func TestProofQemuNBDMember(t *testing.T) {
-	nbdtest.Need(t, "qemu-io", "qemu-nbd", "nbdcopy")
+	testkit.Need(t, "qemu-io", "qemu-nbd", "nbdcopy")
 	start := time.Now()
 	r := newRig(t, 60*time.Second)
 	const memberBytes, imageBytes = 16 << 20, 8 << 20
@@ -707,7 +707,7 @@ func randomFile(t *testing.T, dir, name string, size int, seed uint64) string {
 // its members, comes back with the same sha256, and each byte sits where
 // the two layouts put it on the export files.
 func TestProofTreeStacking(t *testing.T) {
-	nbdtest.Need(t, "nbdcopy")
+	testkit.Need(t, "nbdcopy")
 	start := time.Now()
 	r := newRig(t, 60*time.Second)
 	const mirrorBytes, thirdBytes, imageBytes = 12 << 20, 8 << 20, 16 << 20

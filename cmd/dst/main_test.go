@@ -16,7 +16,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +25,7 @@ import (
 	"dst/storage/nbd"
 
 	"dst/internal/dstbin"
+	"dst/internal/testkit"
 )
 
 // dstBinary is the dst binary built by TestMain.
@@ -217,34 +217,16 @@ func TestExportServesInProcess(t *testing.T) {
 	require.Len(t, data, 2<<20, "the missing file was created with --size")
 }
 
-// syncBuffer is a bytes.Buffer safe for one writer and concurrent readers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // startBinary starts the dst binary and waits for its listening line. The
 // process is killed when the test ends if it is still running.
-func startBinary(t *testing.T, args ...string) (*exec.Cmd, string, *syncBuffer) {
+func startBinary(t *testing.T, args ...string) (*exec.Cmd, string, *testkit.Buffer) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	t.Cleanup(cancel)
 	cmd := exec.CommandContext(ctx, dstBinary, args...)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	stderr := &syncBuffer{}
+	stderr := &testkit.Buffer{}
 	cmd.Stderr = stderr
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
@@ -319,12 +301,7 @@ func TestBinarySignals(t *testing.T) {
 }
 
 func TestBinaryNbdinfo(t *testing.T) {
-	if testing.Short() {
-		t.Skip("-short: skipping a test that runs nbdinfo")
-	}
-	if _, err := exec.LookPath("nbdinfo"); err != nil {
-		t.Skip("needs nbdinfo (make deps, or apt-get install libnbd-bin)")
-	}
+	testkit.Need(t, "nbdinfo")
 	img := image(t, "disk.img", 1<<20)
 	cmd, addr, stderr := startBinary(t, "export", "--listen", "127.0.0.1:0", "--file", img, "--size", "64MiB", "--read-only=false")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -337,4 +314,24 @@ func TestBinaryNbdinfo(t *testing.T) {
 	var ee *exec.ExitError
 	require.ErrorAs(t, exec.CommandContext(ctx, dstBinary, "export", "--bogus").Run(), &ee)
 	require.Equal(t, exitUsage, ee.ExitCode(), "the binary exits 2 on a bad flag")
+}
+
+// TestBinaryLinksNoTestPackages: the dst binary carries no test code — the
+// fault proxy it runs in torture is a production package (nbdproxy), and
+// neither package testing nor a test-helper package is linked.
+func TestBinaryLinksNoTestPackages(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go tool on PATH")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, goTool, "list", "-deps", "dst/cmd/dst").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	deps := strings.Fields(string(out))
+	require.Contains(t, deps, "dst/storage/nbd/nbdproxy", "the sanity of the check: torture's proxy is linked")
+	for _, d := range deps {
+		require.NotEqual(t, "testing", d, "package testing is linked into dst")
+		require.False(t, strings.HasPrefix(d, "dst/") && strings.HasSuffix(d, "test"), "test package %s is linked into dst", d)
+	}
 }

@@ -27,32 +27,17 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/admin"
 	"dst/storage/engine"
 )
 
 // toolPackage names the Debian package of each tool these tests run.
-var toolPackage = map[string]string{"qemu-io": "qemu-utils", "nbdkit": "nbdkit"}
-
-// needTools skips the test, saying what to install, unless every tool is
-// on PATH; with -short it skips.
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	if testing.Short() {
-		t.Skipf("-short: skipping a test that runs %s", strings.Join(tools, ", "))
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (apt-get install %s)", tool, toolPackage[tool])
-		}
-	}
-}
-
 // proc is a process a test started; it is killed when the test ends if
 // it is still running.
 type proc struct {
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *testkit.Buffer
 	addrs  []string // what followed each wanted prefix
 }
 
@@ -63,7 +48,7 @@ func startProc(t *testing.T, prefixes []string, name string, args ...string) *pr
 	cmd := exec.Command(name, args...)
 	stdout, err := cmd.StdoutPipe()
 	require.NoError(t, err)
-	p := &proc{cmd: cmd, stderr: &syncBuffer{}}
+	p := &proc{cmd: cmd, stderr: &testkit.Buffer{}}
 	cmd.Stderr = p.stderr
 	require.NoError(t, cmd.Start())
 	t.Cleanup(func() {
@@ -195,7 +180,7 @@ resync:
 `
 
 func TestServeMirrorSurvivesNodeLoss(t *testing.T) {
-	needTools(t, "qemu-io")
+	testkit.Need(t, "qemu-io")
 	start := time.Now()
 	dir := t.TempDir()
 	fileA, fileB := image(t, "a.img", 32<<20), image(t, "b.img", 32<<20)
@@ -270,7 +255,7 @@ region_size: 64KiB
 }
 
 func TestServeLinearOverFileExportAndNbdkit(t *testing.T) {
-	needTools(t, "qemu-io", "nbdkit")
+	testkit.Need(t, "qemu-io", "nbdkit")
 	dir := t.TempDir()
 	// Odd sizes: data areas end inside a 4 KiB page and a region.
 	const sizeFile, sizeExport, sizeKit = 3<<20 + 1536, 2<<20 + 512, 4<<20 + 3584
@@ -280,7 +265,7 @@ func TestServeLinearOverFileExportAndNbdkit(t *testing.T) {
 	sock := filepath.Join(dir, "nbdkit.sock")
 	pidFile := filepath.Join(dir, "nbdkit.pid")
 	kit := exec.Command("nbdkit", "-f", "--exit-with-parent", "-U", sock, "-P", pidFile, "memory", fmt.Sprint(sizeKit))
-	kitErr := &syncBuffer{}
+	kitErr := &testkit.Buffer{}
 	kit.Stderr = kitErr
 	require.NoError(t, kit.Start())
 	t.Cleanup(func() {

@@ -24,6 +24,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"dst/internal/testkit"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
@@ -33,7 +34,7 @@ import (
 // NBD connection to an in-process nbd.Server), as the torture harness
 // does.
 func TestExt4RoundTripThroughLoopDevice(t *testing.T) {
-	needAttach(t, "mkfs.ext4", "e2fsck", "mount", "umount", "sync")
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck", "mount", "umount", "sync")
 	for _, remote := range []bool{false, true} {
 		t.Run(map[bool]string{false: "memory", true: "remote"}[remote], func(t *testing.T) {
 			mem := node.NewMemory(64 << 20)
@@ -104,7 +105,7 @@ func serveRemote(t *testing.T, mem *node.Memory) node.Node {
 }
 
 func TestFsyncReachesFlush(t *testing.T) {
-	needAttach(t)
+	testkit.NeedAttach(t)
 	mem, a := attachMemory(t, 4<<20, Options{})
 
 	f, err := os.OpenFile(a.File(), os.O_RDWR, 0)
@@ -131,10 +132,10 @@ func TestFsyncReachesFlush(t *testing.T) {
 }
 
 func TestFileEdgesAndErrors(t *testing.T) {
-	needAttach(t)
-	var logs logBuffer
+	testkit.NeedAttach(t)
+	var logs testkit.Buffer
 	const size = 1 << 20
-	mem, a := attachMemory(t, size, Options{Logger: logs.logger()})
+	mem, a := attachMemory(t, size, Options{Logger: logger(&logs)})
 	f, err := os.OpenFile(a.File(), os.O_RDWR, 0)
 	require.NoError(t, err)
 	defer f.Close()
@@ -208,7 +209,7 @@ func TestFileEdgesAndErrors(t *testing.T) {
 }
 
 func TestReadOnlyRefusesWrites(t *testing.T) {
-	needAttach(t)
+	testkit.NeedAttach(t)
 	mem, a := attachMemory(t, 1<<20, Options{ReadOnly: true})
 	_, err := os.OpenFile(a.File(), os.O_RDWR, 0)
 	require.ErrorIs(t, err, syscall.EROFS)
@@ -236,7 +237,7 @@ func TestReadOnlyRefusesWrites(t *testing.T) {
 }
 
 func TestAttachRefusesALiveMountpoint(t *testing.T) {
-	needAttach(t)
+	testkit.NeedAttach(t)
 	dir := filepath.Join(t.TempDir(), "mnt")
 	_, _ = attachMemory(t, 1<<20, Options{Dir: dir})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -247,7 +248,7 @@ func TestAttachRefusesALiveMountpoint(t *testing.T) {
 }
 
 func TestCloseAfterTheNodeDied(t *testing.T) {
-	needAttach(t)
+	testkit.NeedAttach(t)
 	dir := filepath.Join(t.TempDir(), "mnt")
 	mem := node.NewMemory(1 << 20)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -1,7 +1,6 @@
 package attach
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -10,12 +9,12 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/node"
 )
 
@@ -48,29 +47,6 @@ func TestMain(m *testing.M) {
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
-}
-
-// needAttach skips unless this process may mount FUSE and bind loop
-// devices, and the tools are installed; with -short it skips.
-func needAttach(t *testing.T, tools ...string) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("-short: skipping a test that mounts FUSE and binds loop devices")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root (FUSE mount, losetup)")
-	}
-	if _, err := os.Stat("/dev/fuse"); err != nil {
-		t.Skip("needs /dev/fuse (FUSE)")
-	}
-	if _, err := os.Stat("/dev/loop-control"); err != nil {
-		t.Skip("needs loop devices (/dev/loop-control)")
-	}
-	for _, tool := range append([]string{"losetup"}, tools...) {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (apt-get install util-linux e2fsprogs)", tool)
-		}
-	}
 }
 
 // attachMemory attaches a memory node of size bytes through FUSE and a
@@ -135,24 +111,7 @@ func mountFS(t *testing.T, dev string, opts ...string) string {
 	return dir
 }
 
-// logBuffer is a slog handler target safe for concurrent writes.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *logBuffer) logger() *slog.Logger {
+// logger is a debug-level text logger writing to b.
+func logger(b *testkit.Buffer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(b, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"dst/internal/testkit"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
@@ -107,7 +108,7 @@ func TestModesWithoutTheDriver(t *testing.T) {
 	require.ErrorIs(t, err, ErrNoNBDDriver)
 	require.Contains(t, err.Error(), "no nbd driver (no /sys/module/nbd")
 
-	needAttach(t)
+	testkit.NeedAttach(t)
 	_, a := attachMemory(t, 1<<20, Options{})
 	require.Equal(t, ModeFUSE, a.Mode(), "ModeAuto picks FUSE without the driver")
 }

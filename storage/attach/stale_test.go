@@ -20,11 +20,12 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"dst/internal/testkit"
 	"dst/storage/node"
 )
 
 func TestStaleAttachmentIsCleaned(t *testing.T) {
-	needAttach(t)
+	testkit.NeedAttach(t)
 	dir := filepath.Join(t.TempDir(), "mnt")
 	exe, err := os.Executable()
 	require.NoError(t, err)
@@ -32,7 +33,7 @@ func TestStaleAttachmentIsCleaned(t *testing.T) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, exe, "-test.run=^$")
 	cmd.Env = append(os.Environ(), childEnv+"="+dir)
-	var stderr logBuffer
+	var stderr testkit.Buffer
 	cmd.Stderr = &stderr
 	stdin, err := cmd.StdinPipe()
 	require.NoError(t, err)
@@ -78,11 +79,11 @@ func TestStaleAttachmentIsCleaned(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []string{oldDev}, loops, "the loop device stays bound to the dead file")
 
-	var logs logBuffer
+	var logs testkit.Buffer
 	mem := node.NewMemory(4 << 20)
 	actx, acancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer acancel()
-	a, err := Attach(actx, mem, Options{Dir: dir, Mode: ModeFUSE, Logger: logs.logger()})
+	a, err := Attach(actx, mem, Options{Dir: dir, Mode: ModeFUSE, Logger: logger(&logs)})
 	require.NoError(t, err)
 	require.Contains(t, logs.String(), "cleaning a stale attachment")
 	if a.Device() != oldDev {
@@ -104,7 +105,7 @@ func TestStaleAttachmentIsCleaned(t *testing.T) {
 }
 
 func TestFUSEDescriptorsAreCloseOnExec(t *testing.T) {
-	needAttach(t)
+	testkit.NeedAttach(t)
 	_, _ = attachMemory(t, 1<<20, Options{})
 	ents, err := os.ReadDir("/proc/self/fd")
 	require.NoError(t, err)

@@ -69,6 +69,7 @@ import (
 
 	"dst/storage/engine"
 	"dst/storage/export"
+	"dst/storage/meta"
 	"dst/storage/node"
 )
 
@@ -78,7 +79,7 @@ const (
 	DefaultAdmin          = "127.0.0.1:10810"
 	DefaultResyncRate     = 100 << 20 // bytes per second
 	DefaultResyncInterval = time.Second
-	DefaultRegionSize     = 1 << 20
+	DefaultRegionSize     = meta.DefaultRegionSize
 	// MaxBytes bounds the size of a config file Load reads.
 	MaxBytes = 1 << 20
 	// MaxMembers bounds the leaves of the storage tree (the superblock's

@@ -18,6 +18,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/meta"
 	"dst/storage/nbd"
 	"dst/storage/node"
@@ -172,7 +173,7 @@ func (c *cluster) assembleRecorded(t *testing.T, rec **alRecorder, opts Assemble
 
 func TestActivityLogOrdering(t *testing.T) {
 	c := newCluster(4<<20, "a", "b")
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	var rec *alRecorder
 	const bound = 4
 	s, err := c.assembleRecorded(t, &rec, AssembleOptions{Engine: Options{ActivityRegions: bound, ActivityQuiet: 10 * time.Millisecond}})
@@ -237,7 +238,7 @@ func TestActivityLogOrdering(t *testing.T) {
 
 func TestActivityLogHotRegionCostsNoMetadataWrite(t *testing.T) {
 	c := newCluster(4<<20, "a", "b")
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	s, err := c.assemble(t, AssembleOptions{Engine: Options{ActivityQuiet: time.Hour}})
 	require.NoError(t, err)
 	defer s.Close(ctx)
@@ -272,7 +273,7 @@ func inFlightOnly(t *testing.T, c *cluster, s *Storage, member string, i int, of
 
 func TestActivityLogUncleanRestartCopiesOnlyMarkedRegions(t *testing.T) {
 	c := newCluster(4<<20, "a", "b")
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	quick := AssembleOptions{Engine: Options{ActivityQuiet: 20 * time.Millisecond}}
 	s, err := c.assemble(t, quick)
 	require.NoError(t, err)
@@ -333,7 +334,7 @@ func TestActivityLogUnreadableOrMissingLogCopiesWhole(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := newCluster(4<<20, "a", "b")
-			ctx := ctxT(t)
+			ctx := testkit.Context(t, 60*time.Second)
 			s, err := c.assemble(t, AssembleOptions{})
 			require.NoError(t, err)
 			e := s.Engine()

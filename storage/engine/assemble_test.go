@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/meta"
 	"dst/storage/nbd"
 	"dst/storage/node"
@@ -69,7 +70,7 @@ func fill(rng *rand.Rand, n int) []byte {
 
 func TestAssembleCreateAndCleanRestart(t *testing.T) {
 	c := newCluster(4<<20, "a", "b")
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	s, err := c.assemble(t, AssembleOptions{})
 	require.NoError(t, err)
 	require.True(t, s.created)
@@ -92,7 +93,7 @@ func TestAssembleCreateAndCleanRestart(t *testing.T) {
 
 func TestAssembleStaleMemberResyncsFromBitmap(t *testing.T) {
 	c := newCluster(4<<20, "a", "b")
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	quick := AssembleOptions{Engine: Options{ActivityQuiet: 20 * time.Millisecond}}
 	s, err := c.assemble(t, quick)
 	require.NoError(t, err)
@@ -133,7 +134,7 @@ func TestAssembleStaleMemberResyncsFromBitmap(t *testing.T) {
 
 func TestAssembleWipedMemberCopiedWhole(t *testing.T) {
 	c := newCluster(2<<20, "a", "b")
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	s, err := c.assemble(t, AssembleOptions{})
 	require.NoError(t, err)
 	rng := rand.New(rand.NewPCG(3, 3))
@@ -154,7 +155,7 @@ func TestAssembleWipedMemberCopiedWhole(t *testing.T) {
 
 func TestAssembleRefusesForeignMember(t *testing.T) {
 	c := newCluster(2<<20, "a", "b", "c")
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	s, err := c.assemble(t, AssembleOptions{})
 	require.NoError(t, err)
 	require.NoError(t, s.Close(ctx))
@@ -178,7 +179,7 @@ func TestAssembleRefusesForeignMember(t *testing.T) {
 
 func TestAssembleUncleanRestartCopiesReplicas(t *testing.T) {
 	c := newCluster(2<<20, "a", "b")
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	s, err := c.assemble(t, AssembleOptions{})
 	require.NoError(t, err)
 	require.NoError(t, s.Engine().WriteAt(ctx, []byte("x"), 0, nbd.CmdFlagFUA))
@@ -214,7 +215,7 @@ func TestAssembleUncleanRestartComposite(t *testing.T) {
 			for _, u := range tc.spec.Leaves() {
 				c.mems[u] = node.NewMemory(2 << 20)
 			}
-			ctx := ctxT(t)
+			ctx := testkit.Context(t, 60*time.Second)
 			s, err := c.assemble(t, AssembleOptions{})
 			require.NoError(t, err)
 			p := make([]byte, s.Engine().Size())

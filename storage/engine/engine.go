@@ -105,9 +105,11 @@ func (e *Engine) recordChange(ctx context.Context) error {
 
 // Defaults of Options.
 const (
-	DefaultMaxInFlight = 256
+	// DefaultMaxInFlight is four NBD connections' worth of requests
+	// (nbd.DefaultMaxInFlight each), so a few clients keep every member busy.
+	DefaultMaxInFlight = 4 * nbd.DefaultMaxInFlight
 	DefaultWorkers     = 64
-	DefaultRegionSize  = 1 << 20
+	DefaultRegionSize  = meta.DefaultRegionSize
 	// inlineExtents is how many pieces a request holds without allocating
 	// at first; maxRetainedExtents is how many it keeps room for.
 	inlineExtents      = 16

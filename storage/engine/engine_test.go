@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.org/x/time/rate"
 
+	"dst/internal/testkit"
 	"dst/storage/layout"
 	"dst/storage/nbd"
 	"dst/storage/node"
@@ -57,19 +58,13 @@ func newRig(t testing.TB, l layout.Layout, mems []*node.Memory) *rig {
 	return &rig{e: e, mems: mems, l: l, model: make([]byte, l.Size())}
 }
 
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // write writes random bytes at [off, off+n) and records them in the model.
 func (r *rig) write(t testing.TB, rng *rand.Rand, off, n int64) {
 	p := make([]byte, n)
 	for i := range p {
 		p[i] = byte(rng.Uint32())
 	}
-	require.NoError(t, r.e.WriteAt(ctxT(t), p, off, 0), "write %d+%d", off, n)
+	require.NoError(t, r.e.WriteAt(testkit.Context(t, 60*time.Second), p, off, 0), "write %d+%d", off, n)
 	copy(r.model[off:], p)
 }
 
@@ -77,7 +72,7 @@ func (r *rig) write(t testing.TB, rng *rand.Rand, off, n int64) {
 // the model, and checks that each member holds what the layout maps to it.
 func (r *rig) verify(t testing.TB) {
 	got := make([]byte, len(r.model))
-	require.NoError(t, r.e.ReadAt(ctxT(t), got, 0))
+	require.NoError(t, r.e.ReadAt(testkit.Context(t, 60*time.Second), got, 0))
 	require.True(t, bytes.Equal(r.model, got), "device content differs from the model")
 	exts := r.l.Map(nil, 0, r.l.Size(), 0, layout.AllReplicas)
 	for _, x := range exts {
@@ -140,7 +135,7 @@ func TestLinearMemberGoneFailsOnlyItsRange(t *testing.T) {
 	require.NoError(t, err)
 	r := newRig(t, l, ms)
 	ms[1].SetFail(node.ErrUnavailable)
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	p := make([]byte, 8192)
 	require.NoError(t, r.e.WriteAt(ctx, p, 0, 0))
 	require.NoError(t, r.e.ReadAt(ctx, p, 2<<20))
@@ -161,7 +156,7 @@ func mirror2(t testing.TB) *rig {
 func TestMirrorDegradesAndResyncs(t *testing.T) {
 	r := mirror2(t)
 	rng := rand.New(rand.NewPCG(5, 6))
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	r.write(t, rng, 0, r.l.Size())
 	r.mems[1].SetFail(errors.New("disk pulled"))
 	// Writes go on without client errors; reads too.
@@ -202,14 +197,14 @@ func TestMirrorReadFailsOverToOtherReplica(t *testing.T) {
 	// The last replica is never failed by the engine: its error is the
 	// client's error.
 	r.mems[1].SetFail(errors.New("both gone"))
-	require.ErrorContains(t, r.e.ReadAt(ctxT(t), make([]byte, 10), 0), "both gone")
+	require.ErrorContains(t, r.e.ReadAt(testkit.Context(t, 60*time.Second), make([]byte, 10), 0), "both gone")
 	require.Equal(t, "in-sync", r.e.Status()[1].State)
 }
 
 func TestResyncWithConcurrentWrites(t *testing.T) {
 	r := mirror2(t)
 	rng := rand.New(rand.NewPCG(9, 10))
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	r.write(t, rng, 0, r.l.Size())
 	require.NoError(t, r.e.Suspend(1))
 	require.Error(t, r.e.Suspend(0), "the last in-sync replica cannot be suspended")
@@ -252,7 +247,7 @@ func TestFlushFansOutToWrittenMembers(t *testing.T) {
 	l, err := layout.NewLinear(ls...)
 	require.NoError(t, err)
 	r := newRig(t, l, ms)
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	require.NoError(t, r.e.Flush(ctx))
 	require.Equal(t, []int{0, 0}, []int{ms[0].Flushes(), ms[1].Flushes()}, "nothing written, nothing flushed")
 	require.NoError(t, r.e.WriteAt(ctx, []byte{1}, 1<<20+5, 0))
@@ -269,7 +264,7 @@ func TestFlushFansOutToWrittenMembers(t *testing.T) {
 func TestTrimAndZeroesSplitLikeWrites(t *testing.T) {
 	r := mirror2(t)
 	rng := rand.New(rand.NewPCG(11, 12))
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	r.write(t, rng, 0, r.l.Size())
 	require.NoError(t, r.e.WriteZeroes(ctx, 1000, 70000, 0))
 	clear(r.model[1000:71000])
@@ -292,7 +287,7 @@ func TestNewValidates(t *testing.T) {
 func TestReleaseHandsSuspendedMemberToMonitor(t *testing.T) {
 	r := mirror2(t)
 	rng := rand.New(rand.NewPCG(11, 12))
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	r.write(t, rng, 0, r.l.Size())
 	require.ErrorIs(t, r.e.Release(1), ErrBusy, "an in-sync member cannot be released")
 	require.NoError(t, r.e.Suspend(1))
@@ -328,7 +323,7 @@ func TestOverlappingWritesSameOrderOnEveryReplica(t *testing.T) {
 	block := make(chan struct{})
 	ms[1].Block, ms[1].Entered = block, make(chan struct{}, 16)
 	r := newRig(t, m, ms)
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	a, b := bytes.Repeat([]byte{0xaa}, 100), bytes.Repeat([]byte{0xbb}, 100)
 	errs := make(chan error, 3)
 	go func() { errs <- r.e.WriteAt(ctx, a, 0, 0) }()
@@ -352,7 +347,7 @@ func TestOverlappingWritesSameOrderOnEveryReplica(t *testing.T) {
 func TestMemberThatFailsDuringResyncIsNotInSync(t *testing.T) {
 	r := mirror2(t)
 	rng := rand.New(rand.NewPCG(11, 12))
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	r.write(t, rng, 0, r.l.Size())
 	require.NoError(t, r.e.Suspend(1))
 	m := r.e.members[1]

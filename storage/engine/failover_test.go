@@ -15,6 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/layout"
 	"dst/storage/nbd"
 	"dst/storage/node"
@@ -84,7 +85,7 @@ func runMonitor(t *testing.T, e *Engine, f time.Duration) {
 func TestFailoverTakesStalledMemberOut(t *testing.T) {
 	e, mems := remoteMirror2(t, time.Minute)
 	runMonitor(t, e, 200*time.Millisecond)
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	p := bytes.Repeat([]byte{0x5a}, 8192)
 	start := time.Now()
 	require.NoError(t, e.WriteAt(ctx, p, 65536, 0))
@@ -112,7 +113,7 @@ func TestFailoverOffWaitsForTheBudget(t *testing.T) {
 	e, _ := remoteMirror2(t, 2*time.Second)
 	runMonitor(t, e, -1)
 	start := time.Now()
-	require.NoError(t, e.WriteAt(ctxT(t), make([]byte, 4096), 0, 0))
+	require.NoError(t, e.WriteAt(testkit.Context(t, 60*time.Second), make([]byte, 4096), 0, 0))
 	require.GreaterOrEqual(t, time.Since(start), 2*time.Second)
 	require.Equal(t, "failed", e.Status()[1].State)
 }
@@ -135,7 +136,7 @@ func TestFailoverLeavesLongFlushAlone(t *testing.T) {
 	release := make(chan struct{})
 	e, _ := remoteMirror2With(t, time.Minute, func(m *node.Memory) nbd.Backend { return slowFlush{m, release} })
 	runMonitor(t, e, 100*time.Millisecond)
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	require.NoError(t, e.WriteAt(ctx, make([]byte, 4096), 0, 0))
 	flushed := make(chan error, 1)
 	go func() { flushed <- e.Flush(ctx) }()

@@ -33,7 +33,7 @@ import (
 	"dst/internal/proptest"
 	"dst/storage/meta"
 	"dst/storage/nbd"
-	"dst/storage/nbd/nbdtest"
+	"dst/storage/nbd/nbdproxy"
 	"dst/storage/node"
 )
 
@@ -167,7 +167,7 @@ type modelSUT struct {
 	addrs   []string
 	mems    []*node.Memory
 	servers []*memberServer
-	proxies []*nbdtest.Proxy
+	proxies []*nbdproxy.Proxy
 	proxyWG []chan error
 	down    []bool // the link is hung or cut
 	// connected[i] is signalled when member i's node installs a connection.
@@ -240,7 +240,7 @@ type memberServer struct {
 func newModelSUT(t testing.TB, g *modelGeometry, plant func(int, node.Node) node.Node) (*modelSUT, error) {
 	n := g.members()
 	m := &modelSUT{t: t, g: g, plant: plant, addrs: make([]string, n), mems: make([]*node.Memory, n),
-		servers: make([]*memberServer, n), proxies: make([]*nbdtest.Proxy, n), proxyWG: make([]chan error, n),
+		servers: make([]*memberServer, n), proxies: make([]*nbdproxy.Proxy, n), proxyWG: make([]chan error, n),
 		down: make([]bool, n), connected: make([]chan struct{}, n)}
 	for i := range n {
 		m.connected[i] = make(chan struct{}, 1)
@@ -250,7 +250,7 @@ func newModelSUT(t testing.TB, g *modelGeometry, plant func(int, node.Node) node
 			m.close()
 			return nil, err
 		}
-		p, err := nbdtest.NewProxy("tcp", m.addrs[i], nbdtest.ProxyOptions{DialTimeout: time.Second})
+		p, err := nbdproxy.New("tcp", m.addrs[i], nbdproxy.Options{DialTimeout: time.Second})
 		if err != nil {
 			m.close()
 			return nil, err

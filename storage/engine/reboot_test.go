@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"dst/internal/testkit"
 )
 
 func TestMemberMachineRestart(t *testing.T) {
@@ -31,7 +33,7 @@ func TestMemberMachineRestart(t *testing.T) {
 			m, err := newModelSUT(t, modelGeometries["mirror"], nil)
 			require.NoError(t, err)
 			defer m.close()
-			ctx := ctxT(t)
+			ctx := testkit.Context(t, 60*time.Second)
 			p := bytes.Repeat([]byte{0x6b}, 8192)
 			require.NoError(t, m.st.e.WriteAt(ctx, p, 4096, 0))
 			if tc.flush {
@@ -72,7 +74,7 @@ func TestMemberMachineRestartDuringFlush(t *testing.T) {
 	m, err := newModelSUT(t, modelGeometries["mirror"], nil)
 	require.NoError(t, err)
 	defer m.close()
-	ctx := ctxT(t)
+	ctx := testkit.Context(t, 60*time.Second)
 	p := bytes.Repeat([]byte{0x5d}, 8192)
 	require.NoError(t, m.st.e.WriteAt(ctx, p, 4096, 0))
 	m.expectConnect(1)

@@ -165,7 +165,7 @@ func (t *task) run() {
 	}
 	m.pending.Add(-1)
 	m.completed.Add(1)
-	if t.err == nil && isWrite(r.cmd) {
+	if t.err == nil && r.cmd.IsWrite() {
 		// Set after completion, so a FLUSH that follows the client's
 		// acknowledgement of this write is sure to see it.
 		m.written.Store(true)
@@ -177,10 +177,6 @@ func (t *task) run() {
 
 // errLeftService fails a read whose member left service while it ran.
 var errLeftService = errors.New("engine: member left service during the read")
-
-func isWrite(c nbd.Command) bool {
-	return c == nbd.CmdWrite || c == nbd.CmdTrim || c == nbd.CmdWriteZeroes
-}
 
 // dispatch runs tasks: all but the first on the workers, the first on the
 // calling goroutine, and waits for all of them.

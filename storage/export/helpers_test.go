@@ -22,8 +22,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"dst/storage/nbd/nbdtest"
-
 	"dst/storage/export"
 	"dst/storage/nbd"
 )
@@ -32,13 +30,6 @@ import (
 const toolTimeout = 60 * time.Second
 
 const mib = 1 << 20
-
-// needTools skips the test, saying what to install, unless every tool is
-// on PATH. With -short (make test-short: no external tools) it skips.
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	nbdtest.Need(t, tools...)
-}
 
 // runTool runs a tool with a timeout and returns its combined output and
 // error. env entries are added to the environment.
@@ -194,10 +185,3 @@ func dialFrom(ctx context.Context, src, addr string, opts nbd.ClientOptions) (*n
 
 // pattern returns n bytes of b.
 func pattern(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
-
-// testCtx returns a context that ends after d or with the test.
-func testCtx(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}

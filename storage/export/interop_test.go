@@ -19,6 +19,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/export"
 )
 
@@ -77,7 +78,7 @@ func qemuIO(t *testing.T, uri string, cmds ...string) (string, error) {
 }
 
 func TestNbdinfoFlags(t *testing.T) {
-	needTools(t, "nbdinfo")
+	testkit.Need(t, "nbdinfo")
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{
 		{Name: "rw", Path: tempImage(t, 64*mib)},
 		{Name: "ro", Path: tempImage(t, 3*mib), ReadOnly: true},
@@ -95,7 +96,7 @@ func TestNbdinfoFlags(t *testing.T) {
 }
 
 func TestQemuIO(t *testing.T) {
-	needTools(t, "qemu-io")
+	testkit.Need(t, "qemu-io")
 	p := tempImage(t, 32*mib)
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "d", Path: p}}})
 	uri := nbdURI(srv, "")
@@ -135,7 +136,7 @@ func TestQemuIO(t *testing.T) {
 }
 
 func TestNbdcopy(t *testing.T) {
-	needTools(t, "nbdcopy")
+	testkit.Need(t, "nbdcopy")
 	src := randomFile(t, 32*mib)
 	img := tempImage(t, 32*mib)
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "d", Path: img}}})
@@ -148,7 +149,7 @@ func TestNbdcopy(t *testing.T) {
 }
 
 func TestFio(t *testing.T) {
-	needTools(t, "fio")
+	testkit.Need(t, "fio")
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "d", Path: tempImage(t, 16*mib)}}})
 	out := mustRunTool(t, "fio", "--name=verify", "--ioengine=nbd", "--uri="+nbdURI(srv, "d"),
 		"--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=16M",
@@ -174,7 +175,7 @@ func TestFio(t *testing.T) {
 }
 
 func TestReadOnlyExportRefusesWrites(t *testing.T) {
-	needTools(t, "qemu-io", "nbdinfo")
+	testkit.Need(t, "qemu-io", "nbdinfo")
 	p := tempImage(t, mib)
 	require.NoError(t, os.WriteFile(p, pattern(0x42, mib), 0o644))
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "d", Path: p, ReadOnly: true}}})
@@ -193,7 +194,7 @@ func TestReadOnlyExportRefusesWrites(t *testing.T) {
 }
 
 func TestDisallowedPeer(t *testing.T) {
-	needTools(t, "qemu-io", "nbdinfo")
+	testkit.Need(t, "qemu-io", "nbdinfo")
 	acl, err := export.ParseACL("127.0.0.2/32=rw")
 	require.NoError(t, err)
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "x", Path: tempImage(t, mib), Allow: acl}}})
@@ -210,7 +211,7 @@ func TestDisallowedPeer(t *testing.T) {
 }
 
 func TestUnknownExport(t *testing.T) {
-	needTools(t, "qemu-io", "nbdinfo")
+	testkit.Need(t, "qemu-io", "nbdinfo")
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "x", Path: tempImage(t, mib)}}})
 	out, err := runTool(t, nil, "nbdinfo", nbdURI(srv, "nope"))
 	require.Error(t, err, out)

@@ -18,13 +18,14 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/export"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
 
 func TestClientRoundTrip(t *testing.T) {
-	ctx := testCtx(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	p := tempImage(t, 64*mib)
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "disk", Path: p}}})
 	c := dial(t, srv.Addr, nbd.ClientOptions{}) // the lone export answers to ""
@@ -71,7 +72,7 @@ func TestClientRoundTrip(t *testing.T) {
 }
 
 func TestServeNodes(t *testing.T) {
-	ctx := testCtx(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	// Stack two servers: "file" on the lower one, served again by the
 	// upper one through a remote node; and a memory node beside it.
 	img := tempImage(t, 4*mib)
@@ -112,7 +113,7 @@ func TestServeNodes(t *testing.T) {
 }
 
 func TestExportNames(t *testing.T) {
-	ctx := testCtx(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	a, b := tempImage(t, mib), tempImage(t, 2*mib)
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{
 		{Name: "a", Path: a, Description: "first"},
@@ -138,7 +139,7 @@ func TestExportNames(t *testing.T) {
 }
 
 func TestAccessRules(t *testing.T) {
-	ctx := testCtx(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	acl, err := export.ParseACL("127.0.0.2/32=rw,127.0.0.0/8=ro,127.0.0.4=rw")
 	require.NoError(t, err)
 	only2, err := export.ParseACL("127.0.0.2/32=rw")
@@ -198,7 +199,7 @@ func TestShutdownWithClients(t *testing.T) {
 	go func() { served <- srv.Serve(ctx, ln) }()
 
 	c := dial(t, ln.Addr().String(), nbd.ClientOptions{})
-	wctx := testCtx(t, 10*time.Second)
+	wctx := testkit.Context(t, 10*time.Second)
 	require.NoError(t, c.WriteAt(wctx, pattern(1, 4096), 0, 0))
 
 	start := time.Now()
@@ -221,7 +222,7 @@ func TestShutdownWithClients(t *testing.T) {
 }
 
 func TestMaxConns(t *testing.T) {
-	ctx := testCtx(t, 20*time.Second)
+	ctx := testkit.Context(t, 20*time.Second)
 	srv := startServer(t, export.Config{MaxConns: 1, Exports: []export.ExportConfig{{Name: "d", Path: tempImage(t, mib)}}})
 	c := dial(t, srv.Addr, nbd.ClientOptions{})
 	_, err := nbd.Dial(ctx, "tcp", srv.Addr, nbd.ClientOptions{})

@@ -24,6 +24,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/export"
 	"dst/storage/nbd"
 )
@@ -169,7 +170,7 @@ func startTLSServer(t *testing.T, fx *tlsFixture, requireClientCert bool) *testS
 }
 
 func TestTLSQemuIO(t *testing.T) {
-	needTools(t, "qemu-io")
+	testkit.Need(t, "qemu-io")
 	fx := newTLSFixture(t)
 	srv := startTLSServer(t, fx, true)
 	qemu := func(dir string, cmds ...string) (string, error) {
@@ -204,7 +205,7 @@ func TestTLSQemuIO(t *testing.T) {
 }
 
 func TestTLSNbdinfo(t *testing.T) {
-	needTools(t, "nbdinfo")
+	testkit.Need(t, "nbdinfo")
 	fx := newTLSFixture(t)
 	srv := startTLSServer(t, fx, true)
 	uri := "nbds://127.0.0.1:" + srv.Port + "/d?tls-certificates=" + fx.goodDir
@@ -222,7 +223,7 @@ func TestTLSNbdinfo(t *testing.T) {
 }
 
 func TestTLSGoClient(t *testing.T) {
-	ctx := testCtx(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	fx := newTLSFixture(t)
 	srv := startTLSServer(t, fx, true)
 
@@ -270,7 +271,7 @@ func TestTLSGoClient(t *testing.T) {
 }
 
 func TestTLSWithoutClientCertificates(t *testing.T) {
-	ctx := testCtx(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	fx := newTLSFixture(t)
 	srv := startTLSServer(t, fx, false)
 	c := dial(t, srv.Addr, nbd.ClientOptions{ExportName: "d", TLS: fx.clientTLS()})

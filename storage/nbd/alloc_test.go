@@ -11,7 +11,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	. "dst/storage/nbd"
-	"dst/storage/nbd/nbdtest"
+
+	"dst/storage/node"
+	"dst/storage/node/nodetest"
 )
 
 func benchPair(tb testing.TB, size int) *Client {
@@ -21,8 +23,8 @@ func benchPair(tb testing.TB, size int) *Client {
 
 // benchPairInPlace is benchPair over a backend with the in-place path.
 func benchPairInPlace(tb testing.TB, size int) *Client {
-	m := nbdtest.NewNowait(size)
-	_, addr := startServer(tb, ServerOptions{Exports: []*Export{{Name: "mem", Size: int64(size), Flags: nbdtest.AllFlags, Backend: m}}})
+	m := nodetest.NewNowait(size)
+	_, addr := startServer(tb, ServerOptions{Exports: []*Export{{Name: "mem", Size: int64(size), Flags: node.MemoryFlags, Backend: m}}})
 	return dial(tb, addr, ClientOptions{})
 }
 

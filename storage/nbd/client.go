@@ -51,7 +51,7 @@ type Op struct {
 	Done func(op *Op, err error)
 
 	cookie uint64
-	hdr    [requestHeaderBytes]byte // the encoded request, while queued or sent
+	hdr    [RequestHeaderBytes]byte // the encoded request, while queued or sent
 }
 
 // Client is a pipelined NBD client: many requests in flight on one
@@ -166,7 +166,7 @@ func (c *Client) Close() error {
 	// DISC is a courtesy: skip it when a send is stuck on a peer that
 	// stopped reading, rather than wait for that send.
 	if !c.closed.Load() && c.wmu.TryLock() {
-		var hdr [requestHeaderBytes]byte
+		var hdr [RequestHeaderBytes]byte
 		EncodeRequest(hdr[:], &Request{Cmd: CmdDisc})
 		_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
 		_, _ = c.conn.Write(hdr[:])
@@ -343,7 +343,7 @@ func (c *Client) receive() {
 }
 
 func (c *Client) receiveLoop() error {
-	var hdr [simpleReplyBytes]byte
+	var hdr [SimpleReplyBytes]byte
 	var rep Reply
 	for {
 		if _, err := io.ReadFull(c.r, hdr[:]); err != nil {

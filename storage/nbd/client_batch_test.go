@@ -13,6 +13,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	. "dst/storage/nbd"
+
+	"dst/internal/testkit"
 )
 
 // gatedConn holds every Write, once gated, until open is closed, and
@@ -45,7 +47,7 @@ func TestClientSweepWaitsForTheSendInProgress(t *testing.T) {
 	raw, err := net.Dial("tcp", addr)
 	require.NoError(t, err)
 	g := &gatedConn{Conn: raw, open: make(chan struct{}), blocked: make(chan struct{})}
-	c, err := NewClient(testCtx(t), g, ClientOptions{})
+	c, err := NewClient(testkit.Context(t, 30*time.Second), g, ClientOptions{})
 	require.NoError(t, err)
 	defer c.Close()
 
@@ -61,14 +63,14 @@ func TestClientSweepWaitsForTheSendInProgress(t *testing.T) {
 	}
 	g.gated.Store(true)
 	a, b := newOp(0), newOp(4096)
-	go func() { _ = c.Submit(testCtx(t), a) }() // becomes the sender and waits in Write
+	go func() { _ = c.Submit(testkit.Context(t, 30*time.Second), a) }() // becomes the sender and waits in Write
 	select {
 	case <-g.blocked:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the first submit never wrote")
 	}
-	require.NoError(t, c.Submit(testCtx(t), b)) // queued behind the send in progress
-	raw.(*net.TCPConn).CloseRead()              // the connection breaks under the send
+	require.NoError(t, c.Submit(testkit.Context(t, 30*time.Second), b)) // queued behind the send in progress
+	raw.(*net.TCPConn).CloseRead()                                      // the connection breaks under the send
 	raw.Close()
 	select {
 	case r := <-results:

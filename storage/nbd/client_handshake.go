@@ -92,7 +92,7 @@ type clientHandshake struct {
 	conn     net.Conn
 	r        *bufio.Reader
 	noZeroes bool
-	hdr      [optionReplyBytes]byte
+	hdr      [OptionReplyBytes]byte
 }
 
 func (h *clientHandshake) greet() error {
@@ -100,19 +100,19 @@ func (h *clientHandshake) greet() error {
 	if _, err := io.ReadFull(h.r, b); err != nil {
 		return fmt.Errorf("read greeting: %w", err)
 	}
-	if m := be.Uint64(b[0:]); m != magicNBD {
+	if m := be.Uint64(b[0:]); m != MagicNBD {
 		return fmt.Errorf("%w: greeting magic %#x", ErrProtocol, m)
 	}
-	if m := be.Uint64(b[8:]); m != magicOption {
+	if m := be.Uint64(b[8:]); m != MagicOption {
 		return fmt.Errorf("%w: server speaks oldstyle or unknown handshake (magic %#x)", ErrProtocol, m)
 	}
 	flags := be.Uint16(b[16:])
-	if flags&handshakeFixedNewstyle == 0 {
+	if flags&HandshakeFixedNewstyle == 0 {
 		return fmt.Errorf("%w: server does not speak fixed newstyle", ErrProtocol)
 	}
-	cf := clientFixedNewstyle
-	if flags&handshakeNoZeroes != 0 {
-		cf |= clientNoZeroes
+	cf := ClientFixedNewstyle
+	if flags&HandshakeNoZeroes != 0 {
+		cf |= ClientNoZeroes
 		h.noZeroes = true
 	}
 	be.PutUint32(b[:4], cf)
@@ -123,8 +123,8 @@ func (h *clientHandshake) greet() error {
 }
 
 func (h *clientHandshake) send(opt Option, data []byte) error {
-	b := h.hdr[:optionHeaderBytes]
-	be.PutUint64(b[0:], magicOption)
+	b := h.hdr[:OptionHeaderBytes]
+	be.PutUint64(b[0:], MagicOption)
 	be.PutUint32(b[8:], uint32(opt))
 	be.PutUint32(b[12:], uint32(len(data)))
 	bufs := net.Buffers{b, data}
@@ -136,11 +136,11 @@ func (h *clientHandshake) send(opt Option, data []byte) error {
 
 // recv reads one option reply to opt.
 func (h *clientHandshake) recv(opt Option) (ReplyType, []byte, error) {
-	b := h.hdr[:optionReplyBytes]
+	b := h.hdr[:OptionReplyBytes]
 	if _, err := io.ReadFull(h.r, b); err != nil {
 		return 0, nil, fmt.Errorf("read reply to %v: %w", opt, err)
 	}
-	if m := be.Uint64(b[0:]); m != magicOptionReply {
+	if m := be.Uint64(b[0:]); m != MagicOptionReply {
 		return 0, nil, fmt.Errorf("%w: option reply magic %#x", ErrProtocol, m)
 	}
 	if o := Option(be.Uint32(b[8:])); o != opt {
@@ -269,9 +269,9 @@ func (h *clientHandshake) exportName(name string) (ExportInfo, error) {
 	if err := h.send(OptExportName, []byte(name)); err != nil {
 		return info, err
 	}
-	n := exportNameReplyBytes
+	n := ExportNameReplyBytes
 	if !h.noZeroes {
-		n += exportNameZeroesBytes
+		n += ExportNameZeroesBytes
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(h.r, b); err != nil {

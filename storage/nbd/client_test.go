@@ -21,6 +21,7 @@ import (
 
 	"dst/storage/nbd"
 	"dst/storage/nbd/nbdtest"
+	"dst/storage/node"
 )
 
 const peerSize = 16 << 20
@@ -107,7 +108,7 @@ func conformance(t *testing.T, c *nbd.Client) {
 }
 
 func TestClientAgainstDst(t *testing.T) {
-	m := nbdtest.NewMemory(peerSize)
+	m := node.NewMemory(peerSize)
 	srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{Name: "mem", Size: peerSize,
 		Flags: nbd.FlagSendFlush | nbd.FlagSendFUA | nbd.FlagSendTrim | nbd.FlagSendWriteZero | nbd.FlagCanMultiConn, Backend: m}}})
 	require.NoError(t, err)
@@ -163,7 +164,7 @@ func TestClientServerDies(t *testing.T) {
 // A request whose context ends is abandoned by closing the connection:
 // the caller's buffer is never written after the call returned.
 func TestClientContextAbandons(t *testing.T) {
-	m := nbdtest.NewMemory(4096)
+	m := node.NewMemory(4096)
 	block := make(chan struct{})
 	srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{Size: 4096, Backend: slowBackend{m, block}}}})
 	require.NoError(t, err)
@@ -181,7 +182,7 @@ func TestClientContextAbandons(t *testing.T) {
 }
 
 type slowBackend struct {
-	*nbdtest.Memory
+	*node.Memory
 	block chan struct{}
 }
 
@@ -195,7 +196,7 @@ func (s slowBackend) ReadAt(ctx context.Context, p []byte, off int64) error {
 // the connection at the start of transmission, so a raw request written
 // next (as the driver would) is answered.
 func TestNegotiate(t *testing.T) {
-	mem := nbdtest.NewMemory(1 << 20)
+	mem := node.NewMemory(1 << 20)
 	require.NoError(t, mem.WriteAt(context.Background(), []byte("negotiated"), 4096, 0))
 	srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{
 		{Name: "a", Size: mem.Size(), Flags: mem.Flags(), Backend: mem},

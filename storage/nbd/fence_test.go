@@ -16,7 +16,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	. "dst/storage/nbd"
-	"dst/storage/nbd/nbdtest"
+
+	"dst/internal/testkit"
+	"dst/storage/node"
 )
 
 func dialFenced(ctx context.Context, addr string, f *Fence) (*Client, error) {
@@ -48,7 +50,7 @@ func (g *gate) open() { g.once.Do(func() { close(g.release) }) }
 
 // stubborn is a memory backend whose writes wait at a gate.
 type stubborn struct {
-	*nbdtest.Memory
+	*node.Memory
 	*gate
 }
 
@@ -87,7 +89,7 @@ func writeRaw(conn net.Conn, cookie uint64, off int64, payload []byte) error {
 // the reader takes a slot for the buffered write — which must be
 // dropped. It returns when the fence is through and the reader had time.
 func bufferedWriteAcrossFence(t *testing.T, addr, export string, session uint64, g *gate, off int64, payload []byte) {
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 	conn, c1 := rawFenced(t, ctx, addr, export, session)
 	for i := range 2 { // both request slots busy
 		op := &Op{Cmd: CmdWrite, Offset: int64(i) * 4096, Length: 4096, Data: make([]byte, 4096), Done: func(*Op, error) {}}
@@ -111,10 +113,10 @@ func bufferedWriteAcrossFence(t *testing.T, addr, export string, session uint64,
 }
 
 func TestFenceWaitsForOlderConnectionsWrites(t *testing.T) {
-	m := stubborn{Memory: nbdtest.NewMemory(1 << 16), gate: newGate(t)}
-	_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "m", Size: 1 << 16, Flags: nbdtest.AllFlags, Backend: m}},
+	m := stubborn{Memory: node.NewMemory(1 << 16), gate: newGate(t)}
+	_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "m", Size: 1 << 16, Flags: node.MemoryFlags, Backend: m}},
 		BootID: "boot-1"})
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 
 	c1, err := dialFenced(ctx, addr, &Fence{Session: 7, Generation: 1})
 	require.NoError(t, err)
@@ -172,9 +174,9 @@ func TestFenceWaitsForOlderConnectionsWrites(t *testing.T) {
 // A fenced connection drops the writes it reads after the fence, even
 // ones the client sent long before (a peer held them).
 func TestFencedConnectionDropsLaterWrites(t *testing.T) {
-	m := nbdtest.NewMemory(1 << 16)
-	_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "m", Size: 1 << 16, Flags: nbdtest.AllFlags, Backend: m}}})
-	ctx := testCtx(t)
+	m := node.NewMemory(1 << 16)
+	_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "m", Size: 1 << 16, Flags: node.MemoryFlags, Backend: m}}})
+	ctx := testkit.Context(t, 30*time.Second)
 	conn, _ := rawFenced(t, ctx, addr, "", 9)
 	c2, err := dialFenced(ctx, addr, &Fence{Session: 9, Generation: 2})
 	require.NoError(t, err)
@@ -191,9 +193,9 @@ func TestFencedConnectionDropsLaterWrites(t *testing.T) {
 // while every slot is held by writes in progress, must not run once the
 // fence that waited for those writes is through.
 func TestFenceDropsABufferedWrite(t *testing.T) {
-	m := stubborn{Memory: nbdtest.NewMemory(1 << 16), gate: newGate(t)}
+	m := stubborn{Memory: node.NewMemory(1 << 16), gate: newGate(t)}
 	_, addr := startServer(t, ServerOptions{MaxInFlight: 2,
-		Exports: []*Export{{Name: "m", Size: 1 << 16, Flags: nbdtest.AllFlags, Backend: m}}})
+		Exports: []*Export{{Name: "m", Size: 1 << 16, Flags: node.MemoryFlags, Backend: m}}})
 	bufferedWriteAcrossFence(t, addr, "", 6, m.gate, 16384, bytes.Repeat([]byte{0xee}, 512))
 	require.Equal(t, make([]byte, 512), m.Bytes(16384, 512), "the buffered write of the fenced connection ran")
 }

@@ -23,32 +23,32 @@ func (zeroBackend) WriteZeroes(context.Context, int64, int64, CmdFlags) error { 
 func (zeroBackend) Cache(context.Context, int64, int64) error                 { return nil }
 
 func FuzzDecodeRequest(f *testing.F) {
-	b := make([]byte, requestHeaderBytes)
+	b := make([]byte, RequestHeaderBytes)
 	EncodeRequest(b, &Request{Cmd: CmdWrite, Flags: CmdFlagFUA, Cookie: 7, Offset: 4096, Length: 512})
 	f.Add(b)
-	f.Add(make([]byte, requestHeaderBytes))
+	f.Add(make([]byte, RequestHeaderBytes))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if len(b) < requestHeaderBytes {
+		if len(b) < RequestHeaderBytes {
 			return
 		}
 		var r Request
 		if DecodeRequest(b, &r) != nil {
 			return
 		}
-		out := make([]byte, requestHeaderBytes)
+		out := make([]byte, RequestHeaderBytes)
 		EncodeRequest(out, &r)
-		if string(out) != string(b[:requestHeaderBytes]) {
-			t.Fatalf("round trip: %x -> %+v -> %x", b[:requestHeaderBytes], r, out)
+		if string(out) != string(b[:RequestHeaderBytes]) {
+			t.Fatalf("round trip: %x -> %+v -> %x", b[:RequestHeaderBytes], r, out)
 		}
 	})
 }
 
 func FuzzDecodeReply(f *testing.F) {
-	b := make([]byte, structuredReplyBytes)
-	encodeChunk(b, chunkFlagDone, chunkOffsetData, 9, 8)
+	b := make([]byte, StructuredReplyBytes)
+	encodeChunk(b, ChunkFlagDone, ChunkOffsetData, 9, 8)
 	f.Add(b)
 	encodeSimpleReply(b, EIO, 3)
-	f.Add(b[:simpleReplyBytes])
+	f.Add(b[:SimpleReplyBytes])
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if len(b) < 4 {
 			return
@@ -92,9 +92,9 @@ func fuzzExports() []*Export {
 
 // clientPrologue is what a client sends to reach transmission on "a".
 func clientPrologue(structured bool) []byte {
-	b := be.AppendUint32(nil, clientFixedNewstyle|clientNoZeroes)
+	b := be.AppendUint32(nil, ClientFixedNewstyle|ClientNoZeroes)
 	opt := func(o Option, data []byte) {
-		b = be.AppendUint64(b, magicOption)
+		b = be.AppendUint64(b, MagicOption)
 		b = be.AppendUint32(b, uint32(o))
 		b = be.AppendUint32(b, uint32(len(data)))
 		b = append(b, data...)
@@ -119,7 +119,7 @@ func FuzzServerHandshake(f *testing.F) {
 
 func FuzzServerTransmission(f *testing.F) {
 	req := func(cmd Command, flags CmdFlags, off uint64, length uint32, payload bool) []byte {
-		b := make([]byte, requestHeaderBytes)
+		b := make([]byte, RequestHeaderBytes)
 		EncodeRequest(b, &Request{Cmd: cmd, Flags: flags, Cookie: 1, Offset: off, Length: length})
 		if payload {
 			b = append(b, make([]byte, length)...)
@@ -140,11 +140,11 @@ func FuzzServerTransmission(f *testing.F) {
 // FuzzClient plays a server that sends arbitrary bytes after a valid
 // greeting; the client must fail cleanly, never panic or hang.
 func FuzzClient(f *testing.F) {
-	greeting := be.AppendUint64(nil, magicNBD)
-	greeting = be.AppendUint64(greeting, magicOption)
-	greeting = be.AppendUint16(greeting, handshakeFixedNewstyle|handshakeNoZeroes)
+	greeting := be.AppendUint64(nil, MagicNBD)
+	greeting = be.AppendUint64(greeting, MagicOption)
+	greeting = be.AppendUint16(greeting, HandshakeFixedNewstyle|HandshakeNoZeroes)
 	info := func(payload []byte) []byte {
-		b := be.AppendUint64(nil, magicOptionReply)
+		b := be.AppendUint64(nil, MagicOptionReply)
 		b = be.AppendUint32(b, uint32(OptGo))
 		b = be.AppendUint32(b, uint32(RepInfo))
 		b = be.AppendUint32(b, uint32(len(payload)))
@@ -153,12 +153,12 @@ func FuzzClient(f *testing.F) {
 	exp := be.AppendUint16(nil, uint16(InfoExport))
 	exp = be.AppendUint64(exp, 1<<20)
 	exp = be.AppendUint16(exp, uint16(FlagHasFlags|FlagSendFlush))
-	ack := be.AppendUint64(nil, magicOptionReply)
+	ack := be.AppendUint64(nil, MagicOptionReply)
 	ack = be.AppendUint32(ack, uint32(OptGo))
 	ack = be.AppendUint32(ack, uint32(RepAck))
 	ack = be.AppendUint32(ack, 0)
 	good := append(info(exp), ack...)
-	reply := make([]byte, simpleReplyBytes)
+	reply := make([]byte, SimpleReplyBytes)
 	encodeSimpleReply(reply, 0, 0)
 	f.Add(good)
 	f.Add(append(append([]byte{}, good...), reply...))

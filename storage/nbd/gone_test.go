@@ -15,12 +15,14 @@ import (
 	"github.com/stretchr/testify/require"
 
 	. "dst/storage/nbd"
-	"dst/storage/nbd/nbdtest"
+
+	"dst/internal/testkit"
+	"dst/storage/node"
 )
 
 // ctxProbe records the context error a backend write returned with.
 type ctxProbe struct {
-	*nbdtest.Memory
+	*node.Memory
 	ended chan error
 }
 
@@ -32,19 +34,19 @@ func (p ctxProbe) WriteAt(ctx context.Context, b []byte, off int64, f CmdFlags) 
 
 func TestClientGoneCancelsItsRequests(t *testing.T) {
 	for _, disc := range []bool{false, true} {
-		m := nbdtest.NewMemory(1 << 16)
+		m := node.NewMemory(1 << 16)
 		m.Block, m.Entered = make(chan struct{}), make(chan struct{}, 4)
 		probe := ctxProbe{Memory: m, ended: make(chan error, 4)}
-		_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "m", Size: 1 << 16, Flags: nbdtest.AllFlags, Backend: probe}}})
+		_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "m", Size: 1 << 16, Flags: node.MemoryFlags, Backend: probe}}})
 		var release sync.Once
 		unblock := func() { release.Do(func() { close(m.Block) }) }
 		t.Cleanup(unblock) // runs before the server's shutdown, which waits for the write
 		conn, err := net.Dial("tcp", addr)
 		require.NoError(t, err)
-		c, err := NewClient(testCtx(t), conn, ClientOptions{})
+		c, err := NewClient(testkit.Context(t, 30*time.Second), conn, ClientOptions{})
 		require.NoError(t, err)
 		op := &Op{Cmd: CmdWrite, Length: 512, Data: make([]byte, 512), Done: func(*Op, error) {}}
-		require.NoError(t, c.Submit(testCtx(t), op))
+		require.NoError(t, c.Submit(testkit.Context(t, 30*time.Second), op))
 		<-m.Entered // the write waits in the backend
 		if disc {
 			go c.Close() // DISC, then close

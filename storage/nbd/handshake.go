@@ -23,7 +23,7 @@ type session struct {
 	fixed      bool // client speaks fixed newstyle
 	noZeroes   bool
 	structured bool
-	buf        [optionReplyBytes + 16]byte
+	buf        [OptionReplyBytes + 16]byte
 }
 
 // negotiation is the result of a successful handshake.
@@ -38,9 +38,9 @@ type negotiation struct {
 // handshake runs the server side of the fixed-newstyle handshake.
 func (s *session) handshake() (*negotiation, error) {
 	b := s.buf[:18]
-	be.PutUint64(b[0:], magicNBD)
-	be.PutUint64(b[8:], magicOption)
-	be.PutUint16(b[16:], handshakeFixedNewstyle|handshakeNoZeroes)
+	be.PutUint64(b[0:], MagicNBD)
+	be.PutUint64(b[8:], MagicOption)
+	be.PutUint16(b[16:], HandshakeFixedNewstyle|HandshakeNoZeroes)
 	if _, err := s.conn.Write(b); err != nil {
 		return nil, fmt.Errorf("send greeting: %w", err)
 	}
@@ -51,8 +51,8 @@ func (s *session) handshake() (*negotiation, error) {
 	if flags&^clientKnownFlags != 0 {
 		return nil, fmt.Errorf("%w: unknown client flags %#x", ErrProtocol, flags)
 	}
-	s.fixed = flags&clientFixedNewstyle != 0
-	s.noZeroes = flags&clientNoZeroes != 0
+	s.fixed = flags&ClientFixedNewstyle != 0
+	s.noZeroes = flags&ClientNoZeroes != 0
 	for {
 		n, err := s.option()
 		if err != nil || n != nil {
@@ -71,11 +71,11 @@ func eofAbort(err error) error {
 // option reads and answers one option. It returns a negotiation when the
 // client moves to the transmission phase.
 func (s *session) option() (*negotiation, error) {
-	h := s.buf[:optionHeaderBytes]
+	h := s.buf[:OptionHeaderBytes]
 	if _, err := io.ReadFull(s.r, h); err != nil {
 		return nil, fmt.Errorf("read option: %w", eofAbort(err))
 	}
-	if m := be.Uint64(h[0:]); m != magicOption {
+	if m := be.Uint64(h[0:]); m != MagicOption {
 		return nil, fmt.Errorf("%w: option magic %#x", ErrProtocol, m)
 	}
 	opt := Option(be.Uint32(h[8:]))
@@ -155,8 +155,8 @@ func (s *session) readOption(length, max uint32) ([]byte, error) {
 }
 
 func (s *session) reply(opt Option, typ ReplyType, data []byte) error {
-	b := s.buf[:optionReplyBytes]
-	be.PutUint64(b[0:], magicOptionReply)
+	b := s.buf[:OptionReplyBytes]
+	be.PutUint64(b[0:], MagicOptionReply)
 	be.PutUint32(b[8:], uint32(opt))
 	be.PutUint32(b[12:], uint32(typ))
 	be.PutUint32(b[16:], uint32(len(data)))
@@ -252,9 +252,9 @@ func (s *session) exportName(name string) (*negotiation, error) {
 	if err != nil || access == AccessDenied {
 		return nil, fmt.Errorf("peer refused for export %q: %v", name, err)
 	}
-	n := exportNameReplyBytes
+	n := ExportNameReplyBytes
 	if !s.noZeroes {
-		n += exportNameZeroesBytes
+		n += ExportNameZeroesBytes
 	}
 	b := make([]byte, n)
 	be.PutUint64(b[0:], uint64(e.Size))

@@ -11,7 +11,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	. "dst/storage/nbd"
-	"dst/storage/nbd/nbdtest"
+
+	"dst/storage/node"
 )
 
 // startServer serves exps on a loopback port and returns its address; the
@@ -36,9 +37,9 @@ func startServer(t testing.TB, opts ServerOptions) (*Server, string) {
 }
 
 // singleExport is the usual test server: one export over a memory backend.
-func singleExport(t testing.TB, size int) (*nbdtest.Memory, string) {
-	m := nbdtest.NewMemory(size)
-	_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "mem", Size: int64(size), Flags: nbdtest.AllFlags, Backend: m}}})
+func singleExport(t testing.TB, size int) (*node.Memory, string) {
+	m := node.NewMemory(size)
+	_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "mem", Size: int64(size), Flags: node.MemoryFlags, Backend: m}}})
 	return m, addr
 }
 
@@ -50,10 +51,4 @@ func dial(t testing.TB, addr string, opts ClientOptions) *Client {
 	require.NoError(t, err)
 	t.Cleanup(func() { c.Close() })
 	return c
-}
-
-func testCtx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
 }

@@ -13,16 +13,20 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	. "dst/storage/nbd"
-	"dst/storage/nbd/nbdtest"
+
+	"dst/internal/testkit"
+	"dst/storage/node"
+	"dst/storage/node/nodetest"
 )
 
 func TestInPlaceMixedWithWorkers(t *testing.T) {
 	const size = 8 << 20
-	m := nbdtest.NewNowait(size)
+	m := nodetest.NewNowait(size)
 	var rmu sync.Mutex
 	var mixing atomic.Bool
 	mixing.Store(true)
@@ -32,9 +36,9 @@ func TestInPlaceMixedWithWorkers(t *testing.T) {
 		defer rmu.Unlock()
 		return mixing.Load() && rng.IntN(3) == 0
 	}
-	_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "m", Size: size, Flags: nbdtest.AllFlags, Backend: m}}})
+	_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "m", Size: size, Flags: node.MemoryFlags, Backend: m}}})
 	c := dial(t, addr, ClientOptions{})
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 
 	// 16 writers, each owning a 512 KiB region: write, read back, compare,
 	// with sizes on both sides of the in-place limit and some FUA.
@@ -94,10 +98,10 @@ func TestInPlaceMixedWithWorkers(t *testing.T) {
 // held and sent together; a shutdown then still drains cleanly.
 func TestInPlaceBurstThenShutdown(t *testing.T) {
 	const size = 1 << 20
-	m := nbdtest.NewNowait(size)
-	srv, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "m", Size: size, Flags: nbdtest.AllFlags, Backend: m}}})
+	m := nodetest.NewNowait(size)
+	srv, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "m", Size: size, Flags: node.MemoryFlags, Backend: m}}})
 	c := dial(t, addr, ClientOptions{})
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 	var wg sync.WaitGroup
 	for i := range 64 {
 		wg.Go(func() {

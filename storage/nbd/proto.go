@@ -18,25 +18,34 @@ import (
 	"github.com/pojntfx/go-nbd/pkg/protocol"
 )
 
-// Magic numbers of the handshake and transmission phases.
+// Magic numbers of the handshake and transmission phases. These, the
+// sizes below and the header codecs of wire.go are the one definition of
+// the wire format in dst: the client, the server and the fault proxy
+// (storage/nbd/nbdproxy) all parse with them.
 const (
-	magicNBD            = protocol.NEGOTIATION_MAGIC_OLDSTYLE // "NBDMAGIC"
-	magicOption         = protocol.NEGOTIATION_MAGIC_OPTION   // "IHAVEOPT"
-	magicOptionReply    = protocol.NEGOTIATION_MAGIC_REPLY
-	magicRequest        = protocol.TRANSMISSION_MAGIC_REQUEST
-	magicSimpleReply    = protocol.TRANSMISSION_MAGIC_REPLY
-	magicStructuredRply = uint32(0x668e33ef)
+	MagicNBD             = protocol.NEGOTIATION_MAGIC_OLDSTYLE // "NBDMAGIC"
+	MagicOption          = protocol.NEGOTIATION_MAGIC_OPTION   // "IHAVEOPT"
+	MagicOptionReply     = protocol.NEGOTIATION_MAGIC_REPLY
+	MagicRequest         = protocol.TRANSMISSION_MAGIC_REQUEST
+	MagicSimpleReply     = protocol.TRANSMISSION_MAGIC_REPLY
+	MagicStructuredReply = uint32(0x668e33ef)
+	// MagicOldstyle follows NBDMAGIC in an oldstyle greeting (instead of
+	// IHAVEOPT); dst does not speak oldstyle but the proxy passes it on.
+	MagicOldstyle = uint64(0x00420281861253)
 )
 
 // Sizes of fixed wire structures, in bytes.
 const (
-	requestHeaderBytes    = 28
-	simpleReplyBytes      = 16
-	structuredReplyBytes  = 20
-	optionHeaderBytes     = 16
-	optionReplyBytes      = 20
-	exportNameReplyBytes  = 10  // size + transmission flags
-	exportNameZeroesBytes = 124 // padding unless NO_ZEROES was agreed
+	RequestHeaderBytes    = 28
+	SimpleReplyBytes      = 16
+	StructuredReplyBytes  = 20
+	OptionHeaderBytes     = 16
+	OptionReplyBytes      = 20
+	ExportNameReplyBytes  = 10  // size + transmission flags
+	ExportNameZeroesBytes = 124 // padding unless NO_ZEROES was agreed
+	// OldstyleRestBytes follow the 16-byte oldstyle greeting: size, flags,
+	// zeroes.
+	OldstyleRestBytes = 8 + 4 + 124
 	// maxStringBytes bounds export names, descriptions and error messages
 	// (the protocol says they MUST be no longer than 4096 bytes).
 	maxStringBytes = 4096
@@ -47,15 +56,15 @@ const (
 
 // Handshake flags sent by the server.
 const (
-	handshakeFixedNewstyle = uint16(1 << 0)
-	handshakeNoZeroes      = uint16(1 << 1)
+	HandshakeFixedNewstyle = uint16(1 << 0)
+	HandshakeNoZeroes      = uint16(1 << 1)
 )
 
 // Client flags sent by the client after the server's greeting.
 const (
-	clientFixedNewstyle = uint32(1 << 0)
-	clientNoZeroes      = uint32(1 << 1)
-	clientKnownFlags    = clientFixedNewstyle | clientNoZeroes
+	ClientFixedNewstyle = uint32(1 << 0)
+	ClientNoZeroes      = uint32(1 << 1)
+	clientKnownFlags    = ClientFixedNewstyle | ClientNoZeroes
 )
 
 // Option is an option code of the handshake phase.
@@ -231,6 +240,13 @@ const (
 	CmdResize      Command = 8
 )
 
+// IsWrite reports whether c changes the export's bytes: WRITE, TRIM and
+// WRITE_ZEROES (what a read-only export refuses, what a node orders by
+// range and what a mirror sends to every replica and marks in its log).
+func (c Command) IsWrite() bool {
+	return c == CmdWrite || c == CmdTrim || c == CmdWriteZeroes
+}
+
 func (c Command) String() string {
 	switch c {
 	case CmdRead:
@@ -273,12 +289,12 @@ func (f CmdFlags) String() string { return flagString(uint64(f), cmdFlagNames[:]
 
 // Structured reply chunk types and flags.
 const (
-	chunkFlagDone   = uint16(1 << 0)
-	chunkNone       = uint16(0)
-	chunkOffsetData = uint16(1)
-	chunkOffsetHole = uint16(2)
-	chunkError      = uint16(1<<15 | 1)
-	chunkErrorOff   = uint16(1<<15 | 2)
+	ChunkFlagDone    = uint16(1 << 0)
+	ChunkNone        = uint16(0)
+	ChunkOffsetData  = uint16(1)
+	ChunkOffsetHole  = uint16(2)
+	ChunkError       = uint16(1<<15 | 1)
+	ChunkErrorOffset = uint16(1<<15 | 2)
 )
 
 func flagString(v uint64, names []string) string {

@@ -19,7 +19,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	. "dst/storage/nbd"
-	"dst/storage/nbd/nbdtest"
+
+	"dst/internal/testkit"
+	"dst/storage/node"
 )
 
 var be = binary.BigEndian
@@ -130,7 +132,7 @@ func TestHandshakeGoInfoFlags(t *testing.T) {
 	require.Len(t, exp, 10)
 	require.Equal(t, uint64(1<<20), be.Uint64(exp))
 	flags := TransmissionFlags(be.Uint16(exp[8:]))
-	require.Equal(t, nbdtest.AllFlags|FlagHasFlags, flags, "flags %v", flags)
+	require.Equal(t, node.MemoryFlags|FlagHasFlags, flags, "flags %v", flags)
 	bs := info[InfoBlockSize]
 	require.Equal(t, []uint32{1, 4096, DefaultMaxPayload}, []uint32{be.Uint32(bs), be.Uint32(bs[4:]), be.Uint32(bs[8:])})
 	require.Equal(t, "mem", string(info[InfoName]))
@@ -141,7 +143,7 @@ func TestHandshakeGoInfoFlags(t *testing.T) {
 }
 
 func TestHandshakeOptions(t *testing.T) {
-	m := nbdtest.NewMemory(4096)
+	m := node.NewMemory(4096)
 	_, addr := startServer(t, ServerOptions{Exports: []*Export{
 		{Name: "a", Size: 4096, Backend: m, Description: "first"},
 		{Name: "b", Size: 8192, Backend: m},
@@ -252,7 +254,7 @@ func TestHandshakeRejects(t *testing.T) {
 }
 
 func TestTransmissionBadInput(t *testing.T) {
-	m := nbdtest.NewMemory(1 << 16)
+	m := node.NewMemory(1 << 16)
 	_, addr := startServer(t, ServerOptions{MaxPayload: 1 << 20, Exports: []*Export{
 		{Name: "x", Size: 1 << 16, Flags: FlagSendFlush | FlagSendTrim, MinBlock: 512, Backend: m}}})
 	r := dialRaw(t, addr, ClientFixedNewstyle|ClientNoZeroes)
@@ -332,15 +334,15 @@ func TestTransmissionBadInput(t *testing.T) {
 }
 
 func TestReadOnlyAccess(t *testing.T) {
-	m := nbdtest.NewMemory(4096)
+	m := node.NewMemory(4096)
 	_, addr := startServer(t, ServerOptions{
-		Exports:   []*Export{{Name: "x", Size: 4096, Flags: nbdtest.AllFlags, Backend: m}},
+		Exports:   []*Export{{Name: "x", Size: 4096, Flags: node.MemoryFlags, Backend: m}},
 		Authorize: func(*Export, Peer) (Access, error) { return AccessReadOnly, nil },
 	})
 	c := dial(t, addr, ClientOptions{})
 	require.NotZero(t, c.Info().Flags&FlagReadOnly)
 	require.Zero(t, c.Info().Flags&FlagSendTrim, "trim is not offered to read-only peers")
-	require.ErrorIs(t, c.WriteAt(testCtx(t), []byte{1}, 0, 0), ErrUnsupported)
+	require.ErrorIs(t, c.WriteAt(testkit.Context(t, 30*time.Second), []byte{1}, 0, 0), ErrUnsupported)
 
 	r := dialRaw(t, addr, ClientFixedNewstyle|ClientNoZeroes)
 	_, typ := r.goExport(OptGo, "x")
@@ -356,7 +358,7 @@ func TestReadOnlyAccess(t *testing.T) {
 
 func TestDeniedPeer(t *testing.T) {
 	_, addr := startServer(t, ServerOptions{
-		Exports: []*Export{{Name: "x", Size: 4096, Backend: nbdtest.NewMemory(4096)}},
+		Exports: []*Export{{Name: "x", Size: 4096, Backend: node.NewMemory(4096)}},
 		Authorize: func(e *Export, p Peer) (Access, error) {
 			return AccessDenied, errors.New("peer not in the allow list")
 		},
@@ -367,17 +369,17 @@ func TestDeniedPeer(t *testing.T) {
 	require.Equal(t, RepErrPolicy, typ)
 	require.Equal(t, "peer not in the allow list", string(msg))
 
-	_, err := Dial(testCtx(t), "tcp", addr, ClientOptions{})
+	_, err := Dial(testkit.Context(t, 30*time.Second), "tcp", addr, ClientOptions{})
 	var oe *OptionError
 	require.ErrorAs(t, err, &oe)
 	require.Equal(t, RepErrPolicy, oe.Reply)
 }
 
 func TestShutdownDrains(t *testing.T) {
-	m := nbdtest.NewMemory(4096)
+	m := node.NewMemory(4096)
 	m.Block = make(chan struct{})
 	m.Entered = make(chan struct{}, 1)
-	srv, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "x", Size: 4096, Flags: nbdtest.AllFlags, Backend: m}}})
+	srv, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "x", Size: 4096, Flags: node.MemoryFlags, Backend: m}}})
 	r := dialRaw(t, addr, ClientFixedNewstyle|ClientNoZeroes)
 	_, typ := r.goExport(OptGo, "x")
 	require.Equal(t, RepAck, typ)
@@ -411,7 +413,7 @@ func TestShutdownDrains(t *testing.T) {
 }
 
 func TestNewServerValidates(t *testing.T) {
-	m := nbdtest.NewMemory(1)
+	m := node.NewMemory(1)
 	for name, opts := range map[string]ServerOptions{
 		"no exports":     {},
 		"nil backend":    {Exports: []*Export{{Name: "a"}}},

@@ -22,7 +22,7 @@ type serverRequest struct {
 	bufp  *[]byte
 	data  []byte
 	view  bool // data aliases the backend's memory (ViewBackend)
-	hdr   [structuredReplyBytes + 8]byte
+	hdr   [StructuredReplyBytes + 8]byte
 	vec   [2][]byte
 	bufs  net.Buffers
 }
@@ -120,9 +120,9 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 // protocol. Bad requests that keep the stream in sync get an error reply
 // and the connection stays up; anything that loses sync ends it.
 func (t *transmitter) readLoop(ctx context.Context) error {
-	var hdr [requestHeaderBytes]byte
+	var hdr [RequestHeaderBytes]byte
 	for {
-		if t.held > 0 && t.r.Buffered() < requestHeaderBytes {
+		if t.held > 0 && t.r.Buffered() < RequestHeaderBytes {
 			t.releaseHeld()
 		}
 		if _, err := io.ReadFull(t.r, hdr[:]); err != nil {
@@ -380,11 +380,6 @@ func readFullFaulting(r io.Reader, p []byte) error {
 	return readErr(err)
 }
 
-// writeLike reports whether cmd changes the export's bytes.
-func writeLike(cmd Command) bool {
-	return cmd == CmdWrite || cmd == CmdTrim || cmd == CmdWriteZeroes
-}
-
 // check validates a request against the export and the peer's access.
 func (t *transmitter) check(r *Request) Errno {
 	size := uint64(t.export.Size)
@@ -399,7 +394,7 @@ func (t *transmitter) check(r *Request) Errno {
 		return EINVAL
 	}
 	readOnly := t.srv.flagsFor(t.export, t.access)&FlagReadOnly != 0
-	if readOnly && writeLike(r.Cmd) {
+	if readOnly && r.Cmd.IsWrite() {
 		return EPERM
 	}
 	if r.Offset > size || uint64(r.Length) > size-r.Offset {
@@ -432,7 +427,7 @@ func (t *transmitter) serve(ctx context.Context, sr *serverRequest) {
 	off, n := int64(sr.Offset), int64(sr.Length)
 	var err error
 	switch {
-	case !writeLike(sr.Cmd):
+	case !sr.Cmd.IsWrite():
 		err = t.run(ctx, b, sr, off, n)
 	case ctx.Err() != nil || !t.c.beginWrite():
 		err = ESHUTDOWN // the connection is lost or fenced: do not let it write late
@@ -543,17 +538,17 @@ func (t *transmitter) encode(sr *serverRequest) {
 	var payload []byte
 	switch {
 	case t.structured && sr.Cmd == CmdRead && sr.errno == 0:
-		hdr = sr.hdr[:structuredReplyBytes+8]
-		encodeChunk(hdr, chunkFlagDone, chunkOffsetData, sr.Cookie, 8+sr.Length)
-		be.PutUint64(hdr[structuredReplyBytes:], sr.Offset)
+		hdr = sr.hdr[:StructuredReplyBytes+8]
+		encodeChunk(hdr, ChunkFlagDone, ChunkOffsetData, sr.Cookie, 8+sr.Length)
+		be.PutUint64(hdr[StructuredReplyBytes:], sr.Offset)
 		payload = sr.data
 	case t.structured && sr.Cmd == CmdRead:
-		hdr = sr.hdr[:structuredReplyBytes+6]
-		encodeChunk(hdr, chunkFlagDone, chunkError, sr.Cookie, 6)
-		be.PutUint32(hdr[structuredReplyBytes:], uint32(sr.errno))
-		be.PutUint16(hdr[structuredReplyBytes+4:], 0)
+		hdr = sr.hdr[:StructuredReplyBytes+6]
+		encodeChunk(hdr, ChunkFlagDone, ChunkError, sr.Cookie, 6)
+		be.PutUint32(hdr[StructuredReplyBytes:], uint32(sr.errno))
+		be.PutUint16(hdr[StructuredReplyBytes+4:], 0)
 	default:
-		hdr = sr.hdr[:simpleReplyBytes]
+		hdr = sr.hdr[:SimpleReplyBytes]
 		encodeSimpleReply(hdr, sr.errno, sr.Cookie)
 		if sr.Cmd == CmdRead && sr.errno == 0 {
 			payload = sr.data

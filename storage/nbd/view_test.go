@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	. "dst/storage/nbd"
 	"dst/storage/node"
 )
@@ -50,7 +51,7 @@ func TestReadsAndWritesThroughTheBackendsMemory(t *testing.T) {
 	const size = 8 << 20
 	f, _, addr := mappedExport(t, size)
 	c := dial(t, addr, ClientOptions{ExportName: "v"})
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 
 	model := make([]byte, size)
 	rng := rand.New(rand.NewPCG(7, 7))
@@ -103,7 +104,7 @@ func TestReadsAndWritesThroughTheBackendsMemory(t *testing.T) {
 // received into the mapping.
 func TestFencedConnectionDropsLaterWritesIntoMemory(t *testing.T) {
 	f, _, addr := mappedExport(t, 1<<20)
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 	conn, _ := rawFenced(t, ctx, addr, "v", 3)
 	c2, err := dialFenced(ctx, addr, &Fence{Session: 3, Generation: 2})
 	require.NoError(t, err)
@@ -118,7 +119,7 @@ func TestFencedConnectionDropsLaterWritesIntoMemory(t *testing.T) {
 func TestMemoryFaultEndsTheConnectionNotTheProcess(t *testing.T) {
 	const size = 8 << 20
 	_, path, addr := mappedExport(t, size)
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 	require.NoError(t, os.Truncate(path, 0)) // another process shrinks the file
 	for _, read := range []bool{false, true} {
 		c := dial(t, addr, ClientOptions{ExportName: "v"})

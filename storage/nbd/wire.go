@@ -19,8 +19,8 @@ type Request struct {
 
 // EncodeRequest writes r into b, which must hold at least 28 bytes.
 func EncodeRequest(b []byte, r *Request) {
-	_ = b[requestHeaderBytes-1]
-	be.PutUint32(b[0:], magicRequest)
+	_ = b[RequestHeaderBytes-1]
+	be.PutUint32(b[0:], MagicRequest)
 	be.PutUint16(b[4:], uint16(r.Flags))
 	be.PutUint16(b[6:], uint16(r.Cmd))
 	be.PutUint64(b[8:], r.Cookie)
@@ -32,9 +32,9 @@ func EncodeRequest(b []byte, r *Request) {
 // ErrProtocol, only on a bad magic; the meaning of the fields is checked by
 // the server.
 func DecodeRequest(b []byte, r *Request) error {
-	_ = b[requestHeaderBytes-1]
-	if m := be.Uint32(b[0:]); m != magicRequest {
-		return fmt.Errorf("%w: request magic %#08x, want %#08x", ErrProtocol, m, magicRequest)
+	_ = b[RequestHeaderBytes-1]
+	if m := be.Uint32(b[0:]); m != MagicRequest {
+		return fmt.Errorf("%w: request magic %#08x, want %#08x", ErrProtocol, m, MagicRequest)
 	}
 	r.Flags = CmdFlags(be.Uint16(b[4:]))
 	r.Cmd = Command(be.Uint16(b[6:]))
@@ -46,16 +46,16 @@ func DecodeRequest(b []byte, r *Request) error {
 
 // encodeSimpleReply writes a 16-byte simple reply header.
 func encodeSimpleReply(b []byte, errno Errno, cookie uint64) {
-	_ = b[simpleReplyBytes-1]
-	be.PutUint32(b[0:], magicSimpleReply)
+	_ = b[SimpleReplyBytes-1]
+	be.PutUint32(b[0:], MagicSimpleReply)
 	be.PutUint32(b[4:], uint32(errno))
 	be.PutUint64(b[8:], cookie)
 }
 
 // encodeChunk writes a 20-byte structured reply chunk header.
 func encodeChunk(b []byte, flags, typ uint16, cookie uint64, length uint32) {
-	_ = b[structuredReplyBytes-1]
-	be.PutUint32(b[0:], magicStructuredRply)
+	_ = b[StructuredReplyBytes-1]
+	be.PutUint32(b[0:], MagicStructuredReply)
 	be.PutUint16(b[4:], flags)
 	be.PutUint16(b[6:], typ)
 	be.PutUint64(b[8:], cookie)
@@ -76,10 +76,10 @@ type Reply struct {
 // decodeReplyMagic reports how many header bytes follow the 4-byte magic.
 func decodeReplyMagic(b []byte) (rest int, structured bool, err error) {
 	switch m := be.Uint32(b); m {
-	case magicSimpleReply:
-		return simpleReplyBytes - 4, false, nil
-	case magicStructuredRply:
-		return structuredReplyBytes - 4, true, nil
+	case MagicSimpleReply:
+		return SimpleReplyBytes - 4, false, nil
+	case MagicStructuredReply:
+		return StructuredReplyBytes - 4, true, nil
 	default:
 		return 0, false, fmt.Errorf("%w: reply magic %#08x", ErrProtocol, m)
 	}

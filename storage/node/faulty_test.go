@@ -6,12 +6,13 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
 
 func TestFaultyInjectsByRange(t *testing.T) {
-	ctx := testCtx(t, 10*time.Second)
+	ctx := testkit.Context(t, 10*time.Second)
 	mem := node.NewMemory(64 << 10)
 	require.NoError(t, mem.WriteAt(ctx, pattern(9, 64<<10), 0, 0))
 	rules, err := node.ParseFaultRules([]byte(`{"seed": 3, "rules": [

@@ -19,6 +19,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
@@ -53,7 +54,7 @@ func readBack(t *testing.T, f *node.File, off int64, n int) []byte {
 }
 
 func TestFileReadWrite(t *testing.T) {
-	ctx := testCtx(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	f, p := openTemp(t, 4*mib)
 	require.Equal(t, int64(4*mib), f.Size())
 	require.False(t, f.IsBlockDevice())
@@ -83,7 +84,7 @@ func TestFileFlags(t *testing.T) {
 }
 
 func TestFileTrimPunchesHoles(t *testing.T) {
-	ctx := testCtx(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	f, p := openTemp(t, 4*mib)
 	require.NoError(t, f.Flush(ctx))
 	before := allocated(t, p)
@@ -97,7 +98,7 @@ func TestFileTrimPunchesHoles(t *testing.T) {
 }
 
 func TestFileWriteZeroes(t *testing.T) {
-	ctx := testCtx(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	t.Run("may punch", func(t *testing.T) {
 		f, p := openTemp(t, 4*mib)
 		require.NoError(t, f.Flush(ctx))
@@ -134,7 +135,7 @@ func TestFileWriteZeroes(t *testing.T) {
 }
 
 func TestFileReadOnly(t *testing.T) {
-	ctx := testCtx(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	p := tempImage(t, mib)
 	require.NoError(t, os.WriteFile(p, pattern(0x42, mib), 0o644))
 	f, err := node.OpenFile(p, node.FileOptions{ReadOnly: true})
@@ -216,7 +217,7 @@ func TestOpenFileSize(t *testing.T) {
 // loopDevice attaches a new loop device to a file of size bytes, or skips.
 func loopDevice(t *testing.T, size int64) string {
 	t.Helper()
-	needTools(t, "losetup")
+	testkit.Need(t, "losetup")
 	img := tempImage(t, size)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -236,7 +237,7 @@ func loopDevice(t *testing.T, size int64) string {
 }
 
 func TestFileBlockDevice(t *testing.T) {
-	ctx := testCtx(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	dev := loopDevice(t, 8*mib)
 
 	_, err := node.OpenFile(dev, node.FileOptions{Size: 16 * mib})

@@ -5,23 +5,12 @@ package node_test
 
 import (
 	"bytes"
-	"context"
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
-
-	"dst/storage/nbd/nbdtest"
 )
-
-// needTools skips the test, saying what to install, unless every tool is
-// on PATH. With -short (no external tools) it skips.
-func needTools(t *testing.T, tools ...string) {
-	t.Helper()
-	nbdtest.Need(t, tools...)
-}
 
 // tempImage returns the path of a new sparse file of size bytes.
 func tempImage(t *testing.T, size int64) string {
@@ -36,10 +25,3 @@ func tempImage(t *testing.T, size int64) string {
 
 // pattern returns n bytes of b.
 func pattern(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
-
-// testCtx returns a context that ends after d or with the test.
-func testCtx(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}

@@ -5,10 +5,8 @@
 package node_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"sync"
 	"testing"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
@@ -131,22 +130,6 @@ func isState(st node.State, target error) func(stateEvent) bool {
 	}
 }
 
-// logSink hands log lines to t until the test ends.
-type logSink struct {
-	mu   sync.Mutex
-	t    testing.TB
-	done bool
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.done {
-		s.t.Logf("%s", bytes.TrimSpace(p))
-	}
-	return len(p), nil
-}
-
 // newRemote makes a remote node for url with opts (its Logger and, if
 // unset, OnState filled in), runs it, and closes it when the test ends,
 // checking that Run returned.
@@ -154,8 +137,7 @@ func newRemote(t testing.TB, url string, opts node.RemoteOptions) *node.Remote {
 	t.Helper()
 	addr, err := node.ParseURL(url)
 	require.NoError(t, err)
-	sink := &logSink{t: t}
-	opts.Logger = slog.New(slog.NewTextHandler(sink, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	opts.Logger = testkit.Logger(t)
 	r, err := node.NewRemote(addr, opts)
 	require.NoError(t, err)
 	ran := make(chan error, 1)
@@ -177,9 +159,6 @@ func newRemote(t testing.TB, url string, opts node.RemoteOptions) *node.Remote {
 		case <-time.After(5 * time.Second):
 			t.Errorf("Run did not return after Close")
 		}
-		sink.mu.Lock()
-		sink.done = true
-		sink.mu.Unlock()
 	})
 	return r
 }

@@ -11,13 +11,14 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/nbd"
 	"dst/storage/nbd/nbdtest"
 	"dst/storage/node"
 )
 
 func TestRemoteAgainstNbdkit(t *testing.T) {
-	needTools(t, "nbdkit")
+	testkit.Need(t, "nbdkit")
 	const size = 4 << 20
 	p := nbdtest.Nbdkit(t, size)
 	st := newStates()

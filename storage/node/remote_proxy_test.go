@@ -21,16 +21,17 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"dst/storage/nbd"
+	"dst/storage/nbd/nbdproxy"
 	"dst/storage/nbd/nbdtest"
 	"dst/storage/node"
 )
 
 // proxied serves a memory node of size bytes behind a fault proxy and
 // returns a remote node connected through the proxy.
-func proxied(t *testing.T, size int, opts node.RemoteOptions) (*node.Memory, *nbdtest.Proxy, *node.Remote) {
+func proxied(t *testing.T, size int, opts node.RemoteOptions) (*node.Memory, *nbdproxy.Proxy, *node.Remote) {
 	t.Helper()
 	m, p := startMemory(t, size)
-	px := nbdtest.StartProxy(t, "tcp", p.addr, nbdtest.ProxyOptions{})
+	px := nbdtest.StartProxy(t, "tcp", p.addr, nbdproxy.Options{})
 	r := newRemote(t, "nbd://"+px.Addr()+"/mem", opts)
 	ready(t, r)
 	return m, px, r
@@ -155,7 +156,7 @@ func TestProxyCutsDuringWrites(t *testing.T) {
 // resent and acknowledged on a new connection, then lets fence (the
 // network's part) happen and writes 0xbb over the same range. It returns
 // the memory node and the proxy's release function.
-func heldWrite(t *testing.T, afterFence func(px *nbdtest.Proxy)) (*node.Memory, *nbdtest.Proxy, func()) {
+func heldWrite(t *testing.T, afterFence func(px *nbdproxy.Proxy)) (*node.Memory, *nbdproxy.Proxy, func()) {
 	st := newStates()
 	opts := fastOptions(st)
 	opts.RequestTimeout = 200 * time.Millisecond
@@ -176,12 +177,12 @@ func heldWrite(t *testing.T, afterFence func(px *nbdtest.Proxy)) (*node.Memory, 
 }
 
 func TestProxyHeldWriteDiesWithItsConnection(t *testing.T) {
-	m, px, release := heldWrite(t, func(px *nbdtest.Proxy) {
+	m, px, release := heldWrite(t, func(px *nbdproxy.Proxy) {
 		px.Cut() // the network drops what it held on the fenced connection
 	})
 	release()
 	ctx := ctxFor(t, 10*time.Second)
-	require.NoError(t, px.Wait(ctx, func(s nbdtest.ProxyStats) bool { return s.HeldDropped+s.Released >= 1 }))
+	require.NoError(t, px.Wait(ctx, func(s nbdproxy.Stats) bool { return s.HeldDropped+s.Released >= 1 }))
 	st := px.Stats()
 	require.Equal(t, int64(1), st.HeldDropped, "the held old write died with its connection")
 	require.Zero(t, st.Released)
@@ -196,10 +197,10 @@ func TestProxyHeldWriteDiesWithItsConnection(t *testing.T) {
 // (nbd.OptFence), so the server closed the old connection and drops what
 // arrives on it.
 func TestProxyStaleWriteFencedByServer(t *testing.T) {
-	m, px, release := heldWrite(t, func(*nbdtest.Proxy) {})
+	m, px, release := heldWrite(t, func(*nbdproxy.Proxy) {})
 	release()
 	ctx := ctxFor(t, 10*time.Second)
-	require.NoError(t, px.Wait(ctx, func(s nbdtest.ProxyStats) bool { return s.Released+s.HeldDropped >= 1 }))
+	require.NoError(t, px.Wait(ctx, func(s nbdproxy.Stats) bool { return s.Released+s.HeldDropped >= 1 }))
 	require.Never(t, func() bool { return !bytes.Equal(m.Bytes(65536, 4096), pattern(0xbb, 4096)) },
 		500*time.Millisecond, time.Millisecond, "the stale write landed after the newer one")
 }

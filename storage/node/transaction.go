@@ -76,10 +76,6 @@ func (r *Remote) Cache(ctx context.Context, off, length int64) error {
 	return r.do(ctx, nbd.CmdCache, 0, off, length, nil)
 }
 
-func writeLike(cmd nbd.Command) bool {
-	return cmd == nbd.CmdWrite || cmd == nbd.CmdTrim || cmd == nbd.CmdWriteZeroes
-}
-
 // do runs one call as a transaction: a waiter (bounding the calls in
 // flight), the range of a write-like request, then each part of it
 // (see transact).
@@ -100,7 +96,7 @@ func (r *Remote) do(ctx context.Context, cmd nbd.Command, flags nbd.CmdFlags, of
 	w.abortGen = gen
 	w.id = r.ids.Add(1)
 	w.startGen = r.m.connects.Load()
-	if writeLike(cmd) && !r.noRanges {
+	if cmd.IsWrite() && !r.noRanges {
 		slot, err := r.ranges.Acquire(ctx, r.stopped, w.wake, off, off+length)
 		if errors.Is(err, rangelock.ErrStopped) {
 			err = fmt.Errorf("%w: node closed", ErrUnavailable)
@@ -194,7 +190,7 @@ func (r *Remote) transact(ctx context.Context, w *waiter, cmd nbd.Command, flags
 		if g := r.mediaGen.Load(); g > w.startGen && c.gen >= g {
 			return 0, fmt.Errorf("%w: since %v began (connection %d)", ErrMediaChanged, cmd, g)
 		}
-		if writeLike(cmd) && c.info.Flags&nbd.FlagReadOnly != 0 {
+		if cmd.IsWrite() && c.info.Flags&nbd.FlagReadOnly != 0 {
 			return 0, fmt.Errorf("%w: the export is read-only", nbd.EPERM)
 		}
 		n := length

@@ -9,6 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
@@ -24,7 +25,7 @@ func newVolatile(t *testing.T, size int, opts node.VolatileOptions) (*node.Volat
 }
 
 func TestVolatileLosesUnflushedWritesAtPowerCut(t *testing.T) {
-	ctx := testCtx(t, 10*time.Second)
+	ctx := testkit.Context(t, 10*time.Second)
 	v, mem := newVolatile(t, 64*unit+100, node.VolatileOptions{Seed: 1})
 	require.NoError(t, v.WriteAt(ctx, pattern(1, 4*unit), 0, 0))
 	require.NoError(t, v.Flush(ctx))
@@ -53,7 +54,7 @@ func TestVolatileLosesUnflushedWritesAtPowerCut(t *testing.T) {
 }
 
 func TestVolatileFUAMergesCachedUnits(t *testing.T) {
-	ctx := testCtx(t, 10*time.Second)
+	ctx := testkit.Context(t, 10*time.Second)
 	v, mem := newVolatile(t, 16*unit, node.VolatileOptions{})
 	require.NoError(t, v.WriteAt(ctx, pattern(1, 2*unit), 0, 0))
 	// A FUA write over the middle of the cached units: the units it
@@ -68,7 +69,7 @@ func TestVolatileFUAMergesCachedUnits(t *testing.T) {
 }
 
 func TestVolatilePartialUnitKeepsTheRestOfTheUnit(t *testing.T) {
-	ctx := testCtx(t, 10*time.Second)
+	ctx := testkit.Context(t, 10*time.Second)
 	v, mem := newVolatile(t, 4*unit, node.VolatileOptions{})
 	require.NoError(t, mem.WriteAt(ctx, pattern(7, 4*unit), 0, 0))
 	require.NoError(t, v.WriteAt(ctx, pattern(8, 512), 1000, 0))
@@ -82,7 +83,7 @@ func TestVolatilePartialUnitKeepsTheRestOfTheUnit(t *testing.T) {
 }
 
 func TestVolatileZeroesAndTrimGoThrough(t *testing.T) {
-	ctx := testCtx(t, 10*time.Second)
+	ctx := testkit.Context(t, 10*time.Second)
 	v, mem := newVolatile(t, 8*unit, node.VolatileOptions{})
 	require.NoError(t, v.WriteAt(ctx, pattern(5, 4*unit), 0, 0))
 	require.NoError(t, v.WriteZeroes(ctx, 100, 2*unit, 0))
@@ -98,7 +99,7 @@ func TestVolatileZeroesAndTrimGoThrough(t *testing.T) {
 }
 
 func TestVolatileBoundedCacheWritesBack(t *testing.T) {
-	ctx := testCtx(t, 10*time.Second)
+	ctx := testkit.Context(t, 10*time.Second)
 	v, mem := newVolatile(t, 64*unit, node.VolatileOptions{Seed: 3, MaxBytes: 8 * unit})
 	for i := range 20 {
 		require.NoError(t, v.WriteAt(ctx, pattern(byte(i+1), unit), int64(i)*unit, 0))
@@ -220,7 +221,7 @@ func containsBytes(vs [][]byte, b []byte) bool {
 }
 
 func TestVolatileCrashKeepsTheCache(t *testing.T) {
-	ctx := testCtx(t, 10*time.Second)
+	ctx := testkit.Context(t, 10*time.Second)
 	v, mem := newVolatile(t, 8*unit, node.VolatileOptions{})
 	require.NoError(t, v.WriteAt(ctx, pattern(6, 3*unit), 100, 0))
 	require.NoError(t, v.Crash(ctx))

@@ -11,7 +11,7 @@ import (
 	"sync"
 	"time"
 
-	"dst/storage/nbd/nbdtest"
+	"dst/storage/nbd/nbdproxy"
 )
 
 // closeTimeout bounds Close when its context has no deadline.
@@ -141,7 +141,7 @@ func (c *Cluster) startNodes(ctx context.Context) error {
 			return err
 		}
 		if spec.Proxy {
-			p, err := nbdtest.NewProxy("tcp", n.Addr(), nbdtest.ProxyOptions{Logger: n.lg.With("proxy", true)})
+			p, err := nbdproxy.New("tcp", n.Addr(), nbdproxy.Options{Logger: n.lg.With("proxy", true)})
 			if err != nil {
 				return fmt.Errorf("cluster: proxy of node %s: %w", spec.Name, err)
 			}

@@ -21,6 +21,7 @@ import (
 	"dst/storage/nbd"
 
 	"dst/internal/dstbin"
+	"dst/internal/testkit"
 )
 
 // dstBinary is the dst binary TestMain built.
@@ -42,15 +43,6 @@ var fastEngine = EngineSpec{
 	RegionSize:     64 << 10,
 }
 
-// testWriter sends slog output to the test log.
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(p[:len(p)-1]))
-	return len(p), nil
-}
-
 // startCluster starts topo for the test; it is closed when the test ends,
 // and its logs are printed if the test failed.
 func startCluster(t *testing.T, ctx context.Context, topo Topology) *Cluster {
@@ -59,7 +51,7 @@ func startCluster(t *testing.T, ctx context.Context, topo Topology) *Cluster {
 		t.Skip("starts dst processes; skipped in -short mode")
 	}
 	dir := t.TempDir()
-	lg := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	lg := slog.New(slog.NewTextHandler(testkit.LogWriter(t), &slog.HandlerOptions{Level: slog.LevelInfo}))
 	c, err := Start(ctx, Options{Binary: dstBinary, Dir: dir, Topology: topo, Logger: lg})
 	require.NoError(t, err, "start %s", topo)
 	t.Cleanup(func() {

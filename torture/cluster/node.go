@@ -11,7 +11,7 @@ import (
 	"sync"
 	"syscall"
 
-	"dst/storage/nbd/nbdtest"
+	"dst/storage/nbd/nbdproxy"
 	"dst/storage/node"
 )
 
@@ -27,7 +27,7 @@ type Node struct {
 	ns   *netns // nil unless netns mode
 	lg   *slog.Logger
 
-	proxy     *nbdtest.Proxy
+	proxy     *nbdproxy.Proxy
 	proxyDone chan error
 
 	mu sync.Mutex // serialises starts and stops; guards p
@@ -75,7 +75,7 @@ func (n *Node) URL() string {
 }
 
 // Proxy returns the node's fault proxy, or nil if it has none.
-func (n *Node) Proxy() *nbdtest.Proxy { return n.proxy }
+func (n *Node) Proxy() *nbdproxy.Proxy { return n.proxy }
 
 // Alive reports whether the export process runs (a stopped one counts).
 func (n *Node) Alive() bool {

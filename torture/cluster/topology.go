@@ -71,7 +71,7 @@ type NodeSpec struct {
 	// Size of the node's image in bytes; any count from
 	// meta.MinRawSize on (it need not be a multiple of 512).
 	Size int64
-	// Proxy puts a fault proxy (nbdtest.Proxy) between the engine and the
+	// Proxy puts a fault proxy (nbdproxy.Proxy) between the engine and the
 	// node.
 	Proxy bool
 	// Volatile gives the node a volatile write cache (dst export

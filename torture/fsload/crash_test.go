@@ -10,13 +10,15 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"dst/internal/testkit"
 )
 
 func TestCrashShutdown(t *testing.T) {
 	for i, f := range AllFS {
 		t.Run(f.String(), func(t *testing.T) {
 			requireKernel(t, f)
-			ctx := testCtx(t, 90*time.Second)
+			ctx := testkit.Context(t, 90*time.Second)
 			dev, _ := loopDevice(t, sizeFor(f))
 			dir := mountPoint(t)
 			w := New(uint64(300 + i))

@@ -5,20 +5,15 @@
 package fsload
 
 import (
-	"context"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
-)
 
-func testCtx(t *testing.T, d time.Duration) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), d)
-	t.Cleanup(cancel)
-	return ctx
-}
+	"dst/internal/testkit"
+)
 
 func dirPlan() WriteOptions {
 	return WriteOptions{Plan: PlanOptions{WriteBytes: 3 << 20, LiveBytesMax: 6 << 20, OpsMax: 60, FileBytesMax: 512 << 10}}
@@ -27,7 +22,7 @@ func dirPlan() WriteOptions {
 // writtenDir returns a workload that wrote and synced two phases into a
 // fresh directory.
 func writtenDir(t *testing.T, seed uint64) (*Workload, string) {
-	ctx := testCtx(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	dir := t.TempDir()
 	w := New(seed)
 	for range 2 {
@@ -61,7 +56,7 @@ func TestDirVerifyDetectsFlippedByte(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, f.Close())
 
-	err = w.Verify(testCtx(t, 30*time.Second), dir)
+	err = w.Verify(testkit.Context(t, 30*time.Second), dir)
 	var mm *Mismatch
 	require.ErrorAs(t, err, &mm)
 	require.Equal(t, p, mm.Path)
@@ -79,7 +74,7 @@ func TestDirVerifyDetectsMissingAndExtra(t *testing.T) {
 	require.NoError(t, os.MkdirAll(filepath.Join(dir, "lost+found"), 0o755))
 	require.NoError(t, os.WriteFile(filepath.Join(dir, "lost+found", "#12"), []byte("y"), 0o644))
 
-	err := w.Verify(testCtx(t, 30*time.Second), dir)
+	err := w.Verify(testkit.Context(t, 30*time.Second), dir)
 	require.ErrorIs(t, err, ErrMissing)
 	require.ErrorIs(t, err, ErrExtra)
 	require.ErrorContains(t, err, victim)
@@ -91,7 +86,7 @@ func TestDirVerifyDetectsWrongSize(t *testing.T) {
 	w, dir := writtenDir(t, 23)
 	p := fileAtLeast(t, w, 2)
 	require.NoError(t, os.Truncate(filepath.Join(dir, p), w.Manifest().Files[p].Size-1))
-	err := w.Verify(testCtx(t, 30*time.Second), dir)
+	err := w.Verify(testkit.Context(t, 30*time.Second), dir)
 	require.ErrorIs(t, err, ErrSize)
 	require.ErrorContains(t, err, p)
 }
@@ -99,7 +94,7 @@ func TestDirVerifyDetectsWrongSize(t *testing.T) {
 // crashSetup returns a workload with synced files plus two pending
 // changes: old (a synced file rewritten longer) and d0/new (never synced).
 func crashSetup(t *testing.T) (w *Workload, dir, old string, oldVersion, newVersion Version) {
-	ctx := testCtx(t, 30*time.Second)
+	ctx := testkit.Context(t, 30*time.Second)
 	w, dir = writtenDir(t, 24)
 	m := w.Manifest()
 	old = fileAtLeast(t, w, 3*BlockSize)
@@ -118,7 +113,7 @@ func crashSetup(t *testing.T) (w *Workload, dir, old string, oldVersion, newVers
 
 func TestDirVerifyAfterCrash(t *testing.T) {
 	t.Run("new versions", func(t *testing.T) {
-		ctx := testCtx(t, 30*time.Second)
+		ctx := testkit.Context(t, 30*time.Second)
 		w, dir, old, _, newVersion := crashSetup(t)
 		require.NoError(t, w.VerifyAfterCrash(ctx, dir))
 		require.Zero(t, w.Manifest().PendingCount(), "settled")
@@ -127,7 +122,7 @@ func TestDirVerifyAfterCrash(t *testing.T) {
 		require.NoError(t, w.Verify(ctx, dir))
 	})
 	t.Run("old version and lost new file", func(t *testing.T) {
-		ctx := testCtx(t, 30*time.Second)
+		ctx := testkit.Context(t, 30*time.Second)
 		w, dir, old, oldVersion, _ := crashSetup(t)
 		writeVersion(t, w, dir, old, &oldVersion)
 		require.NoError(t, os.Remove(filepath.Join(dir, "d0/new")))
@@ -140,7 +135,7 @@ func TestDirVerifyAfterCrash(t *testing.T) {
 	t.Run("blocks of both versions and zeros", func(t *testing.T) {
 		// Allowed: pages are written back independently, the on-disk size
 		// follows write-back, unwritten extents read as zeros.
-		ctx := testCtx(t, 30*time.Second)
+		ctx := testkit.Context(t, 30*time.Second)
 		w, dir, old, oldVersion, newVersion := crashSetup(t)
 		mixed := make([]byte, newVersion.Size-1)
 		newVersion.ReadAt(w.Manifest().Seed, mixed[:BlockSize], 0)
@@ -154,7 +149,7 @@ func TestDirVerifyAfterCrash(t *testing.T) {
 		require.NoError(t, w.Verify(ctx, dir))
 	})
 	t.Run("longer than every version rejected", func(t *testing.T) {
-		ctx := testCtx(t, 30*time.Second)
+		ctx := testkit.Context(t, 30*time.Second)
 		w, dir, old, _, newVersion := crashSetup(t)
 		require.NoError(t, os.Truncate(filepath.Join(dir, old), newVersion.Size+1))
 		err := w.VerifyAfterCrash(ctx, dir)
@@ -162,7 +157,7 @@ func TestDirVerifyAfterCrash(t *testing.T) {
 		require.ErrorContains(t, err, old)
 	})
 	t.Run("third content rejected", func(t *testing.T) {
-		ctx := testCtx(t, 30*time.Second)
+		ctx := testkit.Context(t, 30*time.Second)
 		w, dir, old, oldVersion, _ := crashSetup(t)
 		// Another generation of the same file, never written by the workload.
 		third := Version{ID: oldVersion.ID, Gen: 77, Size: oldVersion.Size, Layers: []Layer{{Gen: 77, Len: oldVersion.Size}}}
@@ -177,7 +172,7 @@ func TestDirVerifyAfterCrash(t *testing.T) {
 		require.Equal(t, 2, w.Manifest().PendingCount(), "a failed check leaves the manifest for the bundle")
 	})
 	t.Run("synced file must be exact", func(t *testing.T) {
-		ctx := testCtx(t, 30*time.Second)
+		ctx := testkit.Context(t, 30*time.Second)
 		w, dir, _, _, _ := crashSetup(t)
 		m := w.Manifest()
 		var synced string

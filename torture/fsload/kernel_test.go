@@ -17,6 +17,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"dst/internal/testkit"
 )
 
 const kernelBudget = 16 << 20
@@ -35,7 +37,7 @@ func TestCycleEachFS(t *testing.T) {
 	for i, f := range AllFS {
 		t.Run(f.String(), func(t *testing.T) {
 			requireKernel(t, f)
-			ctx := testCtx(t, 90*time.Second)
+			ctx := testkit.Context(t, 90*time.Second)
 			dev, _ := loopDevice(t, sizeFor(f))
 			dir := mountPoint(t)
 			w := New(uint64(100 + i))
@@ -69,7 +71,7 @@ func TestCycleEachFS(t *testing.T) {
 
 func TestRebuildResets(t *testing.T) {
 	requireKernel(t, Ext4)
-	ctx := testCtx(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	dev, _ := loopDevice(t, sizeFor(Ext4))
 	dir := mountPoint(t)
 	w := New(7)
@@ -107,7 +109,7 @@ func TestPlantedDeviceCorruption(t *testing.T) {
 }
 
 func plantDeviceCorruption(t *testing.T, f FS) {
-	ctx := testCtx(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	// A seed per filesystem: the ext4 subtest's superblock (same UUID for
 	// the same seed) can linger in the cache of a reused loop device, and
 	// mkfs.btrfs then refuses the UUID as non-unique.
@@ -188,7 +190,7 @@ func findBlock(t *testing.T, img string, hdr []byte) int64 {
 }
 
 func TestPlantedFsckDamage(t *testing.T) {
-	ctx := testCtx(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	w, dev, _, _ := cycleToUmounted(t, ctx, Ext4, 32)
 	out, err := Fsck(ctx, Ext4, dev)
 	require.NoError(t, err, "clean before the damage: %s", out)
@@ -211,7 +213,7 @@ func TestPlantedFsckDamage(t *testing.T) {
 
 func TestUmountBusyNamesHolder(t *testing.T) {
 	requireKernel(t, Ext4)
-	ctx := testCtx(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	dev, _ := loopDevice(t, sizeFor(Ext4))
 	dir := mountPoint(t)
 	_, err := Mkfs(ctx, Ext4, dev, 1)
@@ -230,7 +232,7 @@ func TestUmountBusyNamesHolder(t *testing.T) {
 func TestMkfsChecksSizeAndTools(t *testing.T) {
 	img := filepath.Join(t.TempDir(), "small.img")
 	require.NoError(t, os.WriteFile(img, make([]byte, 1<<20), 0o644))
-	ctx := testCtx(t, 10*time.Second)
+	ctx := testkit.Context(t, 10*time.Second)
 	for _, f := range AllFS {
 		if CheckTools(f) != nil {
 			continue
@@ -246,7 +248,7 @@ func TestMkfsChecksSizeAndTools(t *testing.T) {
 
 func TestCycleFailureStopsAndUnmounts(t *testing.T) {
 	requireKernel(t, Btrfs)
-	ctx := testCtx(t, 60*time.Second)
+	ctx := testkit.Context(t, 60*time.Second)
 	dev, _ := loopDevice(t, sizeFor(Btrfs))
 	dir := mountPoint(t)
 	w := New(41)
@@ -277,7 +279,7 @@ func requireIdentity(t *testing.T, dev string, seed uint64) {
 	if lookTool(tool{"blkid", "util-linux"}) != nil {
 		return
 	}
-	ctx := testCtx(t, 10*time.Second)
+	ctx := testkit.Context(t, 10*time.Second)
 	for tag, want := range map[string]string{"UUID": UUID(seed), "LABEL": Label(seed)} {
 		out, err := exec.CommandContext(ctx, "blkid", "-p", "-o", "value", "-s", tag, dev).CombinedOutput()
 		require.NoError(t, err, "blkid %s: %s", tag, out)

@@ -9,8 +9,11 @@ import (
 	"fmt"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"dst/internal/testkit"
 )
 
 const plantedOps = 60
@@ -76,11 +79,11 @@ func (d *planted) WriteAt(ctx context.Context, p []byte, off int64, fua bool) er
 // with its run-wide id.
 func plantedRun(t *testing.T, o Options, v Write, dev *planted) (*Ledger, Write) {
 	l := NewLedger(testSeed, memSize)
-	first, err := Run(testCtx(t), dev.Memory, l, testOptions(o.Seed+1000, 300))
+	first, err := Run(testkit.Context(t, 30*time.Second), dev.Memory, l, testOptions(o.Seed+1000, 300))
 	require.NoError(t, err)
 	v.ID += uint64(first.Writes)
 	dev.victim = v.ID
-	st, err := Run(testCtx(t), dev, l, o)
+	st, err := Run(testkit.Context(t, 30*time.Second), dev, l, o)
 	require.NoError(t, err)
 	require.Equal(t, int64(plantedOps), st.Ops)
 	w, ok := l.Write(dev.victim)
@@ -118,7 +121,7 @@ func TestPlantedCorruptByte(t *testing.T) {
 		return m.WriteAt(ctx, q, off, fua)
 	}}
 	l, v := plantedRun(t, o, v, dev)
-	c, err := Verify(testCtx(t), dev, l, VerifyOptions{Locate: locate})
+	c, err := Verify(testkit.Context(t, 30*time.Second), dev, l, VerifyOptions{Locate: locate})
 	require.NoError(t, err)
 	require.Equal(t, 1, c.BadTotal)
 	b := blame(t, c, v)[0]
@@ -136,7 +139,7 @@ func TestPlantedDroppedWrite(t *testing.T) {
 		return nil // acknowledged, never written
 	}}
 	l, v := plantedRun(t, o, v, dev)
-	c, err := Verify(testCtx(t), dev, l, VerifyOptions{Locate: locate})
+	c, err := Verify(testkit.Context(t, 30*time.Second), dev, l, VerifyOptions{Locate: locate})
 	require.NoError(t, err)
 	var wrong int64
 	for _, b := range blame(t, c, v) {
@@ -154,7 +157,7 @@ func TestPlantedMisdirectedWrite(t *testing.T) {
 		return m.WriteAt(ctx, p, off+shift, fua)
 	}}
 	l, v := plantedRun(t, o, v, dev)
-	c, err := Verify(testCtx(t), dev, l, VerifyOptions{Locate: locate})
+	c, err := Verify(testkit.Context(t, 30*time.Second), dev, l, VerifyOptions{Locate: locate})
 	require.NoError(t, err)
 	blame(t, c, v) // the target kept its old bytes
 	landed := 0
@@ -183,7 +186,7 @@ func TestPlantedLostFlushedWrite(t *testing.T) {
 		return m.WriteAt(ctx, p, off, fua)
 	}}
 	l, v := plantedRun(t, o, v, dev)
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 	flush(ctx, t, dev, l)
 	w, _ := l.Write(v.ID)
 	require.True(t, w.Durable)

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"dst/internal/testkit"
 )
 
 const memSize = 2 << 20
@@ -36,12 +38,6 @@ func locate(off int64) string {
 		start = b
 	}
 	return fmt.Sprintf("member %d (mem://%d) +%#x", len(testBoundaries), len(testBoundaries), off-start)
-}
-
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
 }
 
 func testOptions(seed uint64, ops int) Options {
@@ -76,7 +72,7 @@ func requireClean(t *testing.T, c *Check) {
 }
 
 func TestUnalignedWritesVerify(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 	dev := NewMemory(64 << 10)
 	l := NewLedger(testSeed, dev.Size())
 	for _, w := range [][2]int64{{1, 1}, {511, 2}, {510, 515}, {1000, 4097}, {4095, 1}, {8191, 513}, {0, 512}, {700, 30000}, {65535, 1}} {
@@ -91,7 +87,7 @@ func TestUnalignedWritesVerify(t *testing.T) {
 }
 
 func TestConcurrentOverlappingWritesVerifyStrict(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 	dev := NewMemory(memSize)
 	l := NewLedger(testSeed, memSize)
 	o := testOptions(1, 2000)
@@ -130,7 +126,7 @@ func TestConcurrentOverlappingWritesVerifyStrict(t *testing.T) {
 }
 
 func TestAfterLossAcceptsDurableOrSince(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 	dev := NewMemory(memSize)
 	l := NewLedger(testSeed, memSize)
 	o := testOptions(3, 800)
@@ -171,7 +167,7 @@ func TestAfterLossAcceptsDurableOrSince(t *testing.T) {
 }
 
 func TestAfterLossRejectsOlderThanDurable(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 	dev := NewMemory(64 << 10)
 	l := NewLedger(testSeed, dev.Size())
 	a := write(ctx, t, dev, l, 4096, 8192, false)
@@ -217,7 +213,7 @@ func (f *failing) WriteAt(ctx context.Context, p []byte, off int64, fua bool) er
 }
 
 func TestFailedWritesAreRecordedAndMayLandInPart(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 	dev := &failing{Memory: NewMemory(memSize)}
 	l := NewLedger(testSeed, memSize)
 	st, err := Run(ctx, dev, l, testOptions(5, 600))
@@ -268,7 +264,7 @@ func TestSameSeedSameOps(t *testing.T) {
 	dev := NewMemory(memSize)
 	l := NewLedger(testSeed, memSize)
 	o := testOptions(9, 300)
-	st, err := Run(testCtx(t), dev, l, o)
+	st, err := Run(testkit.Context(t, 30*time.Second), dev, l, o)
 	require.NoError(t, err)
 	log := slices.Clone(st.Log)
 	slices.SortFunc(log, func(x, y OpRecord) int { return int(x.Index - y.Index) })
@@ -284,7 +280,7 @@ func TestSameSeedSameOps(t *testing.T) {
 }
 
 func TestDumpIsBoundedJSON(t *testing.T) {
-	ctx := testCtx(t)
+	ctx := testkit.Context(t, 30*time.Second)
 	dev := NewMemory(memSize)
 	l := NewLedger(testSeed, memSize)
 	o := testOptions(11, 1000)

@@ -108,6 +108,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"dst/storage/config"
+	"dst/storage/node"
 )
 
 // MaxBytes bounds a scenario file.
@@ -183,10 +184,10 @@ type Engine struct {
 func (e Engine) RetryBudget() time.Duration {
 	t, r := e.RequestTimeout, e.Retries
 	if t == 0 {
-		t = 5 * time.Second
+		t = node.DefaultRequestTimeout
 	}
 	if r == 0 {
-		r = 5
+		r = node.DefaultRetries
 	}
 	return t * time.Duration(r+1)
 }

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"dst/internal/testkit"
 )
 
 // Peer is a running NBD server.
@@ -26,34 +28,11 @@ type Peer struct {
 	File    string // backing file, if any
 }
 
-// debianPackage names the Debian package that ships each tool the tests
-// run, for the skip message.
-var debianPackage = map[string]string{
-	"nbdinfo": "libnbd-bin", "nbdcopy": "libnbd-bin", "nbdsh": "libnbd-bin",
-	"qemu-io": "qemu-utils", "qemu-img": "qemu-utils", "qemu-nbd": "qemu-utils",
-	"nbdkit": "nbdkit", "nbd-server": "nbd-server", "fio": "fio", "losetup": "mount",
-}
-
-// Need skips the test, saying what to install, unless every tool is on
-// PATH; with -short (make test-short: no external tools) it skips too. CI
-// installs every tool (make deps), so there the test runs.
-func Need(t testing.TB, tools ...string) {
-	t.Helper()
-	if testing.Short() {
-		t.Skipf("-short: skipping a test that runs %s", strings.Join(tools, ", "))
-	}
-	for _, tool := range tools {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make deps, or apt-get install %s)", tool, debianPackage[tool])
-		}
-	}
-}
-
 // start runs cmd until the test ends and waits until addr accepts
 // connections.
 func start(t testing.TB, p *Peer, name string, args ...string) *Peer {
 	t.Helper()
-	Need(t, name)
+	testkit.Need(t, name)
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, name, args...)
 	var out strings.Builder
@@ -138,7 +117,7 @@ func NBDServer(t testing.TB, size int64) *Peer {
 	// With -d nbd-server serves a single connection, so it runs as the
 	// daemon it wants to be, and its PID file says what to stop.
 	pidFile := filepath.Join(dir, "nbd-server.pid")
-	Need(t, "nbd-server")
+	testkit.Need(t, "nbd-server")
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "nbd-server", "-C", conf, "-p", pidFile).CombinedOutput()

@@ -1,10 +1,10 @@
 // The fault proxy is transparent when no fault is on, and each fault does
 // what it promises: every test drives nbd.Client (or qemu-io and nbdinfo,
 // or a hand-written handshake) through a Proxy to nbd.Server over
-// nbdtest.Memory on loopback, turns one fault on, and observes its effect
+// node.Memory on loopback, turns one fault on, and observes its effect
 // on the client, on the backend's bytes and in the proxy's stats, waiting
 // on channels and contexts, never on sleeps.
-package nbdtest_test
+package nbdproxy_test
 
 import (
 	"bytes"
@@ -25,8 +25,11 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/nbd"
+	"dst/storage/nbd/nbdproxy"
 	"dst/storage/nbd/nbdtest"
+	"dst/storage/node"
 )
 
 const memBytes = 1 << 20
@@ -45,10 +48,10 @@ func seed(t *testing.T) uint64 {
 }
 
 // serve serves m as export "mem" on a loopback port until the test ends.
-func serve(t *testing.T, m *nbdtest.Memory) string {
+func serve(t *testing.T, m *node.Memory) string {
 	t.Helper()
 	srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{
-		{Name: "mem", Size: m.Size(), Flags: nbdtest.AllFlags, Backend: m}}})
+		{Name: "mem", Size: m.Size(), Flags: node.MemoryFlags, Backend: m}}})
 	require.NoError(t, err)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
@@ -64,16 +67,16 @@ func serve(t *testing.T, m *nbdtest.Memory) string {
 }
 
 // proxied serves a fresh memory behind a proxy listening on network.
-func proxied(t *testing.T, network string) (*nbdtest.Memory, *nbdtest.Proxy) {
-	m := nbdtest.NewMemory(memBytes)
-	return m, nbdtest.StartProxy(t, network, serve(t, m), nbdtest.ProxyOptions{UpstreamNetwork: "tcp"})
+func proxied(t *testing.T, network string) (*node.Memory, *nbdproxy.Proxy) {
+	m := node.NewMemory(memBytes)
+	return m, nbdtest.StartProxy(t, network, serve(t, m), nbdproxy.Options{UpstreamNetwork: "tcp"})
 }
 
-func dialCtx(ctx context.Context, p *nbdtest.Proxy) (*nbd.Client, error) {
+func dialCtx(ctx context.Context, p *nbdproxy.Proxy) (*nbd.Client, error) {
 	return nbd.Dial(ctx, p.Network(), p.Addr(), nbd.ClientOptions{ExportName: "mem"})
 }
 
-func dial(t *testing.T, p *nbdtest.Proxy) *nbd.Client {
+func dial(t *testing.T, p *nbdproxy.Proxy) *nbd.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -83,19 +86,13 @@ func dial(t *testing.T, p *nbdtest.Proxy) *nbd.Client {
 	return c
 }
 
-func testCtx(t *testing.T) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	t.Cleanup(cancel)
-	return ctx
-}
-
 // submit sends an op without waiting; its outcome arrives on the channel.
 func submit(t *testing.T, c *nbd.Client, cmd nbd.Command, data []byte, off int64) <-chan error {
 	t.Helper()
 	done := make(chan error, 1)
 	op := &nbd.Op{Cmd: cmd, Offset: off, Length: uint32(len(data)), Data: data,
 		Done: func(_ *nbd.Op, err error) { done <- err }}
-	require.NoError(t, c.Submit(testCtx(t), op))
+	require.NoError(t, c.Submit(testkit.Context(t, 30*time.Second), op))
 	return done
 }
 
@@ -125,7 +122,7 @@ func TestProxyPassThrough(t *testing.T) {
 			errs := make(chan error, workers)
 			for w := range workers {
 				wg.Go(func() {
-					errs <- randomIO(testCtx(t), c, model, w*memBytes/workers, memBytes/workers, seed+uint64(w), ops)
+					errs <- randomIO(testkit.Context(t, 30*time.Second), c, model, w*memBytes/workers, memBytes/workers, seed+uint64(w), ops)
 				})
 			}
 			wg.Wait()
@@ -134,7 +131,7 @@ func TestProxyPassThrough(t *testing.T) {
 				require.NoError(t, err, "seed %d", seed)
 			}
 			got := make([]byte, memBytes)
-			require.NoError(t, c.ReadAt(testCtx(t), got, 0))
+			require.NoError(t, c.ReadAt(testkit.Context(t, 30*time.Second), got, 0))
 			require.True(t, bytes.Equal(model, got), "seed %d: read back differs from the model", seed)
 			require.True(t, bytes.Equal(model, m.Bytes(0, memBytes)), "seed %d: backend differs from the model", seed)
 			st := p.Stats()
@@ -176,32 +173,32 @@ func randomIO(ctx context.Context, c *nbd.Client, model []byte, base, n int, see
 }
 
 func TestProxyCut(t *testing.T) {
-	m := nbdtest.NewMemory(memBytes)
+	m := node.NewMemory(memBytes)
 	m.Block, m.Entered = make(chan struct{}), make(chan struct{}, 16)
 	var unblock sync.Once
 	t.Cleanup(func() { unblock.Do(func() { close(m.Block) }) })
-	p := nbdtest.StartProxy(t, "tcp", serve(t, m), nbdtest.ProxyOptions{})
+	p := nbdtest.StartProxy(t, "tcp", serve(t, m), nbdproxy.Options{})
 	c := dial(t, p)
 
 	done := submit(t, c, nbd.CmdWrite, fill('x', 4096), 0)
 	<-m.Entered // the server is executing it
 	p.Cut()
 	require.ErrorIs(t, <-done, nbd.ErrClosed)
-	require.ErrorIs(t, c.ReadAt(testCtx(t), make([]byte, 512), 0), nbd.ErrClosed)
+	require.ErrorIs(t, c.ReadAt(testkit.Context(t, 30*time.Second), make([]byte, 512), 0), nbd.ErrClosed)
 	require.Equal(t, int64(1), p.Stats().Cuts)
 
 	unblock.Do(func() { close(m.Block) })
 	c2 := dial(t, p)
-	require.NoError(t, c2.WriteAt(testCtx(t), fill('y', 512), 8192, 0))
+	require.NoError(t, c2.WriteAt(testkit.Context(t, 30*time.Second), fill('y', 512), 8192, 0))
 	got := make([]byte, 512)
-	require.NoError(t, c2.ReadAt(testCtx(t), got, 8192))
+	require.NoError(t, c2.ReadAt(testkit.Context(t, 30*time.Second), got, 8192))
 	require.Equal(t, fill('y', 512), got)
 }
 
 func TestProxyBlackhole(t *testing.T) {
 	m, p := proxied(t, "tcp")
 	c := dial(t, p)
-	require.NoError(t, c.WriteAt(testCtx(t), fill('z', 4096), 0, 0))
+	require.NoError(t, c.WriteAt(testkit.Context(t, 30*time.Second), fill('z', 4096), 0, 0))
 
 	p.Blackhole(true)
 	got := make([]byte, 4096)
@@ -216,18 +213,18 @@ func TestProxyBlackhole(t *testing.T) {
 	p.Blackhole(false)
 	require.NoError(t, <-done, "the held request is delivered once the blackhole ends")
 	require.Equal(t, fill('z', 4096), got)
-	require.NoError(t, c.WriteAt(testCtx(t), fill('w', 512), 4096, 0), "a fresh request")
+	require.NoError(t, c.WriteAt(testkit.Context(t, 30*time.Second), fill('w', 512), 4096, 0), "a fresh request")
 	require.Equal(t, fill('w', 512), m.Bytes(4096, 512))
 }
 
 // holdFirst holds the first write at off, and only that one.
-func holdFirst(p *nbdtest.Proxy, off uint64) (release func()) {
+func holdFirst(p *nbdproxy.Proxy, off uint64) (release func()) {
 	var taken atomic.Bool
 	return p.HoldWrites(func(r nbd.Request) bool { return r.Offset == off && taken.CompareAndSwap(false, true) })
 }
 
-func heldIs(n int64) func(nbdtest.ProxyStats) bool {
-	return func(s nbdtest.ProxyStats) bool { return s.Held == n }
+func heldIs(n int64) func(nbdproxy.Stats) bool {
+	return func(s nbdproxy.Stats) bool { return s.Held == n }
 }
 
 // TestProxyHoldWritesReorders produces the hazard the engine must avoid: an
@@ -237,9 +234,9 @@ func TestProxyHoldWritesReorders(t *testing.T) {
 	c := dial(t, p)
 	release := holdFirst(p, 0)
 	doneA := submit(t, c, nbd.CmdWrite, fill('a', 4096), 0)
-	require.NoError(t, p.Wait(testCtx(t), heldIs(1)))
+	require.NoError(t, p.Wait(testkit.Context(t, 30*time.Second), heldIs(1)))
 
-	require.NoError(t, c.WriteAt(testCtx(t), fill('b', 4096), 0, 0), "B passes the held A")
+	require.NoError(t, c.WriteAt(testkit.Context(t, 30*time.Second), fill('b', 4096), 0, 0), "B passes the held A")
 	require.Equal(t, fill('b', 4096), m.Bytes(0, 4096))
 	stalls(t, doneA, 50*time.Millisecond, "the held write")
 
@@ -260,16 +257,16 @@ func TestProxyHoldOutlivesClient(t *testing.T) {
 	old := dial(t, p)
 	release := holdFirst(p, 0)
 	doneA := submit(t, old, nbd.CmdWrite, fill('a', 4096), 0)
-	require.NoError(t, p.Wait(testCtx(t), heldIs(1)))
+	require.NoError(t, p.Wait(testkit.Context(t, 30*time.Second), heldIs(1)))
 	old.Close() // NBD_CMD_DISC waits behind the held write
 	require.ErrorIs(t, <-doneA, nbd.ErrClosed)
 
 	c := dial(t, p)
-	require.NoError(t, c.WriteAt(testCtx(t), fill('b', 4096), 0, 0))
+	require.NoError(t, c.WriteAt(testkit.Context(t, 30*time.Second), fill('b', 4096), 0, 0))
 	require.Equal(t, fill('b', 4096), m.Bytes(0, 4096))
 	release()
 	// The server closes the old connection once it executed what it got.
-	require.NoError(t, p.Wait(testCtx(t), func(s nbdtest.ProxyStats) bool { return s.Active == 1 }))
+	require.NoError(t, p.Wait(testkit.Context(t, 30*time.Second), func(s nbdproxy.Stats) bool { return s.Active == 1 }))
 	require.Equal(t, fill('a', 4096), m.Bytes(0, 4096), "the stale write landed after the newer one")
 	require.Equal(t, int64(1), p.Stats().Released)
 }
@@ -279,46 +276,46 @@ func TestProxyHoldDroppedByCut(t *testing.T) {
 	c := dial(t, p)
 	release := holdFirst(p, 0)
 	done := submit(t, c, nbd.CmdWrite, fill('a', 4096), 0)
-	require.NoError(t, p.Wait(testCtx(t), heldIs(1)))
+	require.NoError(t, p.Wait(testkit.Context(t, 30*time.Second), heldIs(1)))
 	p.Cut()
 	require.ErrorIs(t, <-done, nbd.ErrClosed)
 	release()
 	st := p.Stats()
 	require.Equal(t, int64(1), st.HeldDropped)
 	require.Zero(t, st.Released)
-	require.NoError(t, p.Wait(testCtx(t), func(s nbdtest.ProxyStats) bool { return s.Active == 0 }))
+	require.NoError(t, p.Wait(testkit.Context(t, 30*time.Second), func(s nbdproxy.Stats) bool { return s.Active == 0 }))
 	require.Equal(t, make([]byte, 4096), m.Bytes(0, 4096), "a held write dies with its connection")
 }
 
 func TestProxyHoldLimits(t *testing.T) {
-	m := nbdtest.NewMemory(memBytes)
-	p := nbdtest.StartProxy(t, "tcp", serve(t, m), nbdtest.ProxyOptions{MaxHeldRequests: 1})
+	m := node.NewMemory(memBytes)
+	p := nbdtest.StartProxy(t, "tcp", serve(t, m), nbdproxy.Options{MaxHeldRequests: 1})
 	c := dial(t, p)
 	release := p.HoldWrites(func(nbd.Request) bool { return true })
 	defer release()
 	done := submit(t, c, nbd.CmdWrite, fill('a', 512), 0)
-	require.NoError(t, p.Wait(testCtx(t), heldIs(1)))
-	require.NoError(t, c.WriteAt(testCtx(t), fill('b', 512), 512, 0), "over the limit: forwarded")
+	require.NoError(t, p.Wait(testkit.Context(t, 30*time.Second), heldIs(1)))
+	require.NoError(t, c.WriteAt(testkit.Context(t, 30*time.Second), fill('b', 512), 512, 0), "over the limit: forwarded")
 	require.Equal(t, int64(1), p.Stats().HoldOverflows)
 	release()
 	require.NoError(t, <-done)
 }
 
 func TestProxyDuplicate(t *testing.T) {
-	m := nbdtest.NewMemory(memBytes)
+	m := node.NewMemory(memBytes)
 	m.Entered = make(chan struct{}, 16)
-	p := nbdtest.StartProxy(t, "tcp", serve(t, m), nbdtest.ProxyOptions{})
+	p := nbdtest.StartProxy(t, "tcp", serve(t, m), nbdproxy.Options{})
 	c := dial(t, p)
 	p.Duplicate(func(r nbd.Request) bool { return r.Cmd == nbd.CmdWrite })
-	require.NoError(t, c.WriteAt(testCtx(t), fill('d', 4096), 8192, 0))
-	require.NoError(t, p.Wait(testCtx(t), func(s nbdtest.ProxyStats) bool { return s.DuplicateReplies == 1 }))
+	require.NoError(t, c.WriteAt(testkit.Context(t, 30*time.Second), fill('d', 4096), 8192, 0))
+	require.NoError(t, p.Wait(testkit.Context(t, 30*time.Second), func(s nbdproxy.Stats) bool { return s.DuplicateReplies == 1 }))
 	require.Len(t, m.Entered, 2, "the backend executed the write twice")
 	p.Duplicate(nil)
 
 	// One reply reached the client: a second one would have carried an
 	// unknown cookie and broken the connection.
 	got := make([]byte, 4096)
-	require.NoError(t, c.ReadAt(testCtx(t), got, 8192))
+	require.NoError(t, c.ReadAt(testkit.Context(t, 30*time.Second), got, 8192))
 	require.Equal(t, fill('d', 4096), got)
 	require.NoError(t, c.Err())
 	st := p.Stats()
@@ -328,11 +325,11 @@ func TestProxyDuplicate(t *testing.T) {
 
 	// Reads are duplicated with their payload and deduplicated too.
 	p.Duplicate(func(r nbd.Request) bool { return r.Cmd == nbd.CmdRead })
-	require.NoError(t, c.ReadAt(testCtx(t), got, 8192))
+	require.NoError(t, c.ReadAt(testkit.Context(t, 30*time.Second), got, 8192))
 	require.Equal(t, fill('d', 4096), got)
-	require.NoError(t, p.Wait(testCtx(t), func(s nbdtest.ProxyStats) bool { return s.DuplicateReplies == 2 }))
+	require.NoError(t, p.Wait(testkit.Context(t, 30*time.Second), func(s nbdproxy.Stats) bool { return s.DuplicateReplies == 2 }))
 	p.Duplicate(nil)
-	require.NoError(t, c.Flush(testCtx(t)))
+	require.NoError(t, c.Flush(testkit.Context(t, 30*time.Second)))
 }
 
 func TestProxyDropReplies(t *testing.T) {
@@ -343,12 +340,12 @@ func TestProxyDropReplies(t *testing.T) {
 	err := c.WriteAt(ctx, fill('r', 4096), 0, 0)
 	cancel()
 	require.ErrorIs(t, err, context.DeadlineExceeded)
-	require.NoError(t, p.Wait(testCtx(t), func(s nbdtest.ProxyStats) bool { return s.RepliesDropped == 1 }))
+	require.NoError(t, p.Wait(testkit.Context(t, 30*time.Second), func(s nbdproxy.Stats) bool { return s.RepliesDropped == 1 }))
 	require.Equal(t, fill('r', 4096), m.Bytes(0, 4096), "the server executed the write whose reply was lost")
 
 	p.DropReplies(nil)
 	c2 := dial(t, p)
-	require.NoError(t, c2.WriteAt(testCtx(t), fill('s', 4096), 0, 0), "the resend")
+	require.NoError(t, c2.WriteAt(testkit.Context(t, 30*time.Second), fill('s', 4096), 0, 0), "the resend")
 	require.Equal(t, fill('s', 4096), m.Bytes(0, 4096))
 }
 
@@ -358,12 +355,12 @@ func TestProxyDelay(t *testing.T) {
 	const d = 40 * time.Millisecond
 	p.Delay(d)
 	start := time.Now()
-	require.NoError(t, c.ReadAt(testCtx(t), make([]byte, 4096), 0))
+	require.NoError(t, c.ReadAt(testkit.Context(t, 30*time.Second), make([]byte, 4096), 0))
 	elapsed := time.Since(start)
 	require.GreaterOrEqual(t, elapsed, 2*d, "the request and its reply are each delayed")
 	require.Less(t, elapsed, 2*d+5*time.Second)
 	p.Delay(0)
-	require.NoError(t, c.ReadAt(testCtx(t), make([]byte, 4096), 0))
+	require.NoError(t, c.ReadAt(testkit.Context(t, 30*time.Second), make([]byte, 4096), 0))
 }
 
 func TestProxyReset(t *testing.T) {
@@ -372,14 +369,14 @@ func TestProxyReset(t *testing.T) {
 	before := p.Stats().BytesToServer
 	const after = 28 + 100 // the header and 100 bytes of payload
 	p.Reset(after)
-	require.ErrorIs(t, c.WriteAt(testCtx(t), fill('t', 4096), 0, 0), nbd.ErrClosed)
+	require.ErrorIs(t, c.WriteAt(testkit.Context(t, 30*time.Second), fill('t', 4096), 0, 0), nbd.ErrClosed)
 	st := p.Stats()
 	require.Equal(t, int64(1), st.Resets)
 	require.Equal(t, before+after, st.BytesToServer, "exactly `after` bytes went upstream")
 
 	c2 := dial(t, p) // Reset is one-shot
 	got := make([]byte, 4096)
-	require.NoError(t, c2.ReadAt(testCtx(t), got, 0))
+	require.NoError(t, c2.ReadAt(testkit.Context(t, 30*time.Second), got, 0))
 	require.Equal(t, make([]byte, 4096), got, "a torn write never lands")
 	require.Equal(t, make([]byte, 4096), m.Bytes(0, 4096))
 }
@@ -388,9 +385,9 @@ func TestProxyRefuse(t *testing.T) {
 	_, p := proxied(t, "unix")
 	c := dial(t, p)
 	p.Refuse(true)
-	_, err := dialCtx(testCtx(t), p)
+	_, err := dialCtx(testkit.Context(t, 30*time.Second), p)
 	require.Error(t, err)
-	require.NoError(t, c.ReadAt(testCtx(t), make([]byte, 512), 0), "current connections stay")
+	require.NoError(t, c.ReadAt(testkit.Context(t, 30*time.Second), make([]byte, 512), 0), "current connections stay")
 	p.Refuse(false)
 	dial(t, p)
 	st := p.Stats()
@@ -449,10 +446,10 @@ func TestProxyExportName(t *testing.T) {
 // TestProxyStructuredReplies runs qemu-io and nbdinfo, which negotiate
 // structured replies, through the proxy.
 func TestProxyStructuredReplies(t *testing.T) {
-	nbdtest.Need(t, "qemu-io", "nbdinfo")
+	testkit.Need(t, "qemu-io", "nbdinfo")
 	m, p := proxied(t, "tcp")
 	c := dial(t, p)
-	require.NoError(t, c.WriteAt(testCtx(t), fill('a', 8192), 0, 0))
+	require.NoError(t, c.WriteAt(testkit.Context(t, 30*time.Second), fill('a', 8192), 0, 0))
 	uri := "nbd://" + p.Addr() + "/mem"
 
 	out, err := run(t, "qemu-io", "-f", "raw", uri, "-c", "read -P 0x61 0 8k", "-c", "write -P 0x62 8k 4k",
@@ -490,12 +487,12 @@ func run(t *testing.T, name string, args ...string) (string, error) {
 // TestProxyCloseWhileBlackholed proves Close ends every goroutine even
 // while connections are stalled, and that Run returns.
 func TestProxyCloseWhileBlackholed(t *testing.T) {
-	m := nbdtest.NewMemory(memBytes)
-	p, err := nbdtest.NewProxy("tcp", serve(t, m), nbdtest.ProxyOptions{})
+	m := node.NewMemory(memBytes)
+	p, err := nbdproxy.New("tcp", serve(t, m), nbdproxy.Options{})
 	require.NoError(t, err)
 	ran := make(chan error, 1)
 	go func() { ran <- p.Run(context.Background()) }()
-	c, err := dialCtx(testCtx(t), p)
+	c, err := dialCtx(testkit.Context(t, 30*time.Second), p)
 	require.NoError(t, err)
 	defer c.Close()
 	p.Blackhole(true)
@@ -523,8 +520,8 @@ func TestProxyThirdPartyServers(t *testing.T) {
 		t.Run("", func(t *testing.T) {
 			peer := start(t, size)
 			t.Logf("upstream %s", peer.Name)
-			p := nbdtest.StartProxy(t, "tcp", peer.Addr, nbdtest.ProxyOptions{UpstreamNetwork: peer.Network})
-			ctx := testCtx(t)
+			p := nbdtest.StartProxy(t, "tcp", peer.Addr, nbdproxy.Options{UpstreamNetwork: peer.Network})
+			ctx := testkit.Context(t, 30*time.Second)
 			c, err := nbd.Dial(ctx, p.Network(), p.Addr(), nbd.ClientOptions{ExportName: peer.Export})
 			require.NoError(t, err)
 			defer c.Close()
@@ -570,7 +567,7 @@ func FuzzProxyStreams(f *testing.F) {
 			go io.Copy(io.Discard, conn) //nolint:errcheck // ends when conn closes
 			_, _ = conn.Write(fromServer)
 		}()
-		p := nbdtest.StartProxy(t, "unix", ln.Addr().String(), nbdtest.ProxyOptions{Dir: t.TempDir()})
+		p := nbdtest.StartProxy(t, "unix", ln.Addr().String(), nbdproxy.Options{Dir: t.TempDir()})
 		p.Duplicate(func(r nbd.Request) bool { return r.Cookie%2 == 1 })
 		p.DropReplies(func(r nbd.Request) bool { return r.Cookie%3 == 0 })
 		conn, err := net.Dial("unix", p.Addr())
@@ -587,8 +584,8 @@ func FuzzProxyStreams(f *testing.F) {
 }
 
 func TestProxyMaxInFlight(t *testing.T) {
-	m := nbdtest.NewMemory(memBytes)
-	p := nbdtest.StartProxy(t, "tcp", serve(t, m), nbdtest.ProxyOptions{MaxInFlight: 2})
+	m := node.NewMemory(memBytes)
+	p := nbdtest.StartProxy(t, "tcp", serve(t, m), nbdproxy.Options{MaxInFlight: 2})
 	c := dial(t, p)
 	release := p.Hold(func(nbd.Request) bool { return true })
 	defer release()

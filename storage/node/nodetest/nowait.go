@@ -1,13 +1,16 @@
-package nbdtest
+// Package nodetest holds node backends that only tests use: a memory node
+// that also offers the NBD server's in-place path (Nowait).
+package nodetest
 
 import (
 	"context"
 	"sync/atomic"
 
 	"dst/storage/nbd"
+	"dst/storage/node"
 )
 
-// Nowait is a Memory that also offers the server's in-place path
+// Nowait is a node.Memory that also offers the server's in-place path
 // (nbd.NowaitBackend). Memory itself does not, on purpose: test backends
 // embed it to override ReadAt or WriteAt, and a promoted TryReadAt would
 // silently bypass their overrides.
@@ -16,7 +19,7 @@ import (
 // (the request then goes to a worker); nil takes every one. Served and
 // Refused count the tries.
 type Nowait struct {
-	*Memory
+	*node.Memory
 	Refuse  func(write bool, off int64, n int) bool
 	Served  atomic.Int64
 	Refused atomic.Int64
@@ -24,8 +27,8 @@ type Nowait struct {
 
 var _ nbd.NowaitBackend = (*Nowait)(nil)
 
-// NewNowait returns a Nowait over a new Memory of size bytes.
-func NewNowait(size int) *Nowait { return &Nowait{Memory: NewMemory(size)} }
+// NewNowait returns a Nowait over a new node.Memory of size bytes.
+func NewNowait(size int) *Nowait { return &Nowait{Memory: node.NewMemory(size)} }
 
 // TryReadAt implements nbd.NowaitBackend.
 func (m *Nowait) TryReadAt(p []byte, off int64) (bool, error) {

@@ -1,4 +1,4 @@
-package nbdtest
+package nbdproxy
 
 import (
 	"bufio"
@@ -14,7 +14,7 @@ import (
 )
 
 // errKilled ends a pump whose connection was cut, reset or closed.
-var errKilled = errors.New("nbdtest: proxy connection closed")
+var errKilled = errors.New("nbdproxy: proxy connection closed")
 
 // proxyConn is one proxied connection: a client, its upstream, and the
 // two pumps between them. The client->server pump (c2s) parses requests
@@ -29,8 +29,8 @@ type proxyConn struct {
 	sr     *bufio.Reader
 	cbuf   [copyBytes]byte // c2s's copy buffer
 	sbuf   [copyBytes]byte // s2c's copy buffer
-	chdr   [requestBytes]byte
-	shdr   [chunkBytes]byte
+	chdr   [nbd.RequestHeaderBytes]byte
+	shdr   [nbd.StructuredReplyBytes]byte
 	done   chan struct{} // closed by kill
 	pumps  atomic.Int32
 	killed atomic.Bool

@@ -1,4 +1,4 @@
-package nbdtest
+package nbdproxy
 
 import (
 	"encoding/binary"
@@ -9,28 +9,8 @@ import (
 	"dst/storage/nbd"
 )
 
-// Wire constants of doc/proto.md that package nbd keeps unexported.
-const (
-	magicNBD        = 0x4e42444d41474943 // "NBDMAGIC"
-	magicOption     = 0x49484156454f5054 // "IHAVEOPT"
-	magicOldstyle   = 0x00420281861253
-	magicOptReply   = 0x0003e889045565a9
-	magicRequest    = 0x25609513
-	magicSimple     = 0x67446698
-	magicStructured = 0x668e33ef
-
-	requestBytes        = 28
-	simpleReplyBytes    = 16
-	chunkBytes          = 20
-	optionBytes         = 16
-	optReplyBytes       = 20
-	oldstyleRestBytes   = 8 + 4 + 124 // size, flags, zeroes
-	exportNameRestBytes = 2           // after the 8-byte size: flags
-	zeroesBytes         = 124
-	clientNoZeroes      = 1 << 1
-	chunkFlagDone       = 1 << 0
-	copyBytes           = 64 << 10
-)
+// copyBytes is the chunk a byte-for-byte forward reads at once.
+const copyBytes = 64 << 10
 
 var be = binary.BigEndian
 
@@ -55,16 +35,16 @@ func (c *proxyConn) c2s() {
 }
 
 // errLimit ends a connection that exceeded a limit of the proxy.
-var errLimit = errors.New("nbdtest: proxy limit")
+var errLimit = errors.New("nbdproxy: proxy limit")
 
 func (c *proxyConn) c2sLoop() error {
 	h := c.chdr[:]
 	if err := c.readClient(h[:4]); err != nil {
 		return err
 	}
-	if be.Uint32(h) != magicRequest { // newstyle: the client flags
+	if be.Uint32(h) != nbd.MagicRequest { // newstyle: the client flags
 		c.mu.Lock()
-		c.noZeroes = be.Uint32(h)&clientNoZeroes != 0
+		c.noZeroes = be.Uint32(h)&nbd.ClientNoZeroes != 0
 		c.mu.Unlock()
 		if err := c.forward(h[:4], 0); err != nil {
 			return err
@@ -76,9 +56,9 @@ func (c *proxyConn) c2sLoop() error {
 	for {
 		var err error
 		switch be.Uint32(h) {
-		case magicRequest:
+		case nbd.MagicRequest:
 			err = c.request(h)
-		case magicOption >> 32:
+		case uint32(nbd.MagicOption >> 32):
 			err = c.option(h)
 		default:
 			return c.rawToServer(h[:4])
@@ -94,25 +74,25 @@ func (c *proxyConn) c2sLoop() error {
 
 // option forwards a handshake option whose first 4 bytes are in h.
 func (c *proxyConn) option(h []byte) error {
-	if err := c.readClient(h[4:optionBytes]); err != nil {
+	if err := c.readClient(h[4:nbd.OptionHeaderBytes]); err != nil {
 		return err
 	}
-	if be.Uint64(h) != magicOption {
-		return c.rawToServer(h[:optionBytes])
+	if be.Uint64(h) != nbd.MagicOption {
+		return c.rawToServer(h[:nbd.OptionHeaderBytes])
 	}
 	if nbd.Option(be.Uint32(h[8:])) == nbd.OptExportName {
 		c.mu.Lock()
 		c.exportNameSent = true
 		c.mu.Unlock()
 	}
-	return c.forward(h[:optionBytes], int64(be.Uint32(h[12:])))
+	return c.forward(h[:nbd.OptionHeaderBytes], int64(be.Uint32(h[12:])))
 }
 
 // request forwards, holds or duplicates a request whose first 4 bytes are
 // in h.
 func (c *proxyConn) request(h []byte) error {
 	p := c.p
-	if err := c.readClient(h[4:requestBytes]); err != nil {
+	if err := c.readClient(h[4:nbd.RequestHeaderBytes]); err != nil {
 		return err
 	}
 	var req nbd.Request
@@ -144,9 +124,9 @@ func (c *proxyConn) request(h []byte) error {
 	if rule == nil && !dup {
 		return c.forward(h, payload)
 	}
-	buf := make([]byte, requestBytes+payload)
+	buf := make([]byte, nbd.RequestHeaderBytes+payload)
 	copy(buf, h)
-	if err := c.readClient(buf[requestBytes:]); err != nil {
+	if err := c.readClient(buf[nbd.RequestHeaderBytes:]); err != nil {
 		return err
 	}
 	if rule != nil {
@@ -216,11 +196,11 @@ func (c *proxyConn) s2cLoop() error {
 	if err := c.readServer(h[:16]); err != nil {
 		return err
 	}
-	if be.Uint64(h) != magicNBD {
+	if be.Uint64(h) != nbd.MagicNBD {
 		return c.rawToClient(h[:16])
 	}
 	switch be.Uint64(h[8:]) {
-	case magicOption:
+	case nbd.MagicOption:
 		if err := c.readServer(h[16:18]); err != nil {
 			return err
 		}
@@ -230,8 +210,8 @@ func (c *proxyConn) s2cLoop() error {
 		if err := c.optionReplies(); err != nil {
 			return err
 		}
-	case magicOldstyle:
-		if err := c.toClientFrame(h[:16], oldstyleRestBytes, false); err != nil {
+	case nbd.MagicOldstyle:
+		if err := c.toClientFrame(h[:16], nbd.OldstyleRestBytes, false); err != nil {
 			return err
 		}
 	default:
@@ -243,10 +223,10 @@ func (c *proxyConn) s2cLoop() error {
 		}
 		var err error
 		switch be.Uint32(h) {
-		case magicSimple:
-			err = c.reply(h[:simpleReplyBytes])
-		case magicStructured:
-			err = c.reply(h[:chunkBytes])
+		case nbd.MagicSimpleReply:
+			err = c.reply(h[:nbd.SimpleReplyBytes])
+		case nbd.MagicStructuredReply:
+			err = c.reply(h[:nbd.StructuredReplyBytes])
 		default:
 			err = c.rawToClient(h[:4])
 		}
@@ -264,7 +244,7 @@ func (c *proxyConn) optionReplies() error {
 		if err := c.readServer(h[:8]); err != nil {
 			return err
 		}
-		if be.Uint64(h) != magicOptReply {
+		if be.Uint64(h) != nbd.MagicOptionReply {
 			// The reply to NBD_OPT_EXPORT_NAME has no magic: size, flags
 			// and, unless the client asked for none, zeroes.
 			c.mu.Lock()
@@ -273,17 +253,17 @@ func (c *proxyConn) optionReplies() error {
 			if !exportName {
 				return c.rawToClient(h[:8])
 			}
-			rest := int64(exportNameRestBytes)
+			rest := int64(nbd.ExportNameReplyBytes - 8) // after the 8-byte size: the flags
 			if !noZeroes {
-				rest += zeroesBytes
+				rest += nbd.ExportNameZeroesBytes
 			}
 			return c.toClientFrame(h[:8], rest, false)
 		}
-		if err := c.readServer(h[8:optReplyBytes]); err != nil {
+		if err := c.readServer(h[8:nbd.OptionReplyBytes]); err != nil {
 			return err
 		}
 		opt, typ := nbd.Option(be.Uint32(h[8:])), nbd.ReplyType(be.Uint32(h[12:]))
-		if err := c.toClientFrame(h[:optReplyBytes], int64(be.Uint32(h[16:])), false); err != nil {
+		if err := c.toClientFrame(h[:nbd.OptionReplyBytes], int64(be.Uint32(h[16:])), false); err != nil {
 			return err
 		}
 		switch {
@@ -307,7 +287,7 @@ func (c *proxyConn) reply(h []byte) error {
 	if err := nbd.DecodeReply(h, &rep); err != nil {
 		panic(err) // the magic was checked
 	}
-	done := !rep.Structured || rep.Flags&chunkFlagDone != 0
+	done := !rep.Structured || rep.Flags&nbd.ChunkFlagDone != 0
 	if rep.Structured {
 		p.st.chunks.Add(1)
 	}
