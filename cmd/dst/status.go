@@ -1,13 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -17,9 +14,6 @@ import (
 	"dst/storage/admin"
 	"dst/storage/config"
 )
-
-// maxStatusBytes bounds the status document dst status reads.
-const maxStatusBytes = 4 << 20
 
 var statusCommand = command{
 	name:    "status",
@@ -59,31 +53,15 @@ func runStatus(ctx context.Context, o *statusFlags, stdout io.Writer) error {
 	if o.timeout <= 0 {
 		return usagef("--timeout %v: must be positive", o.timeout)
 	}
-	url := strings.TrimSuffix(o.admin, "/")
-	if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") {
-		url = "http://" + url
-	}
-	ctx, cancel := context.WithTimeout(ctx, o.timeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+"/status", nil)
+	c, err := admin.NewClient(o.admin, nil)
 	if err != nil {
 		return usagef("--admin %q: %v", o.admin, err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	st, body, err := c.Status(ctx)
 	if err != nil {
 		return fmt.Errorf("no status from %s: %w", o.admin, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStatusBytes))
-	if err != nil {
-		return fmt.Errorf("reading the status from %s: %w", o.admin, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("status from %s: %s: %s", o.admin, resp.Status, bytes.TrimSpace(body))
-	}
-	var st admin.Status
-	if err := json.Unmarshal(body, &st); err != nil {
-		return fmt.Errorf("status from %s is not a dst status: %w", o.admin, err)
 	}
 	if o.json {
 		_, err := stdout.Write(body)

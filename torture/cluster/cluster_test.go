@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/storage/admin"
 	"dst/storage/engine"
 )
 
@@ -204,7 +205,7 @@ func TestClusterFaults(t *testing.T) {
 	w.start(ctx)
 	w.waitWrites(t, 20, "with member 0 suspended")
 	w.halt(t)
-	var herr *HTTPError
+	var herr *admin.HTTPError
 	require.ErrorAs(t, eng.Suspend(ctx, 2), &herr, "c has no replica to stand in for it")
 	require.NoError(t, eng.Resume(ctx, 0))
 	requireConverged(t, ctx, c)

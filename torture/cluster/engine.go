@@ -2,10 +2,8 @@ package cluster
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net/http"
 	"os"
@@ -26,8 +24,6 @@ const (
 	waitInSyncTimeout = time.Minute
 	// pollInterval is how often WaitInSync polls the status.
 	pollInterval = 50 * time.Millisecond
-	// maxStatusBytes bounds a status body.
-	maxStatusBytes = 4 << 20
 	// httpTimeout bounds one admin request.
 	httpTimeout = 5 * time.Second
 )
@@ -159,68 +155,48 @@ func (e *Engine) Stop(ctx context.Context) error {
 
 // Status returns the engine's GET /status.
 func (e *Engine) Status(ctx context.Context) (admin.Status, error) {
-	var st admin.Status
-	body, err := e.request(ctx, http.MethodGet, "/status")
+	c, err := e.adminClient()
 	if err != nil {
-		return st, err
+		return admin.Status{}, err
 	}
-	if err := json.Unmarshal(body, &st); err != nil {
-		return st, fmt.Errorf("cluster: engine status: %w", err)
-	}
-	return st, nil
+	ctx, cancel := context.WithTimeout(ctx, httpTimeout)
+	defer cancel()
+	st, _, err := c.Status(ctx)
+	return st, err
 }
 
 // Suspend takes member i out of service for maintenance (POST
-// /members/{i}/suspend).
+// /members/{i}/suspend); a refusal is an *admin.HTTPError.
 func (e *Engine) Suspend(ctx context.Context, i int) error {
-	_, err := e.request(ctx, http.MethodPost, fmt.Sprintf("/members/%d/suspend", i))
-	return err
+	c, err := e.adminClient()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, httpTimeout)
+	defer cancel()
+	return c.Suspend(ctx, i)
 }
 
 // Resume brings suspended member i back (POST /members/{i}/resume); it
 // returns once the rejoin started: poll Status or WaitInSync for the end
 // of its resync.
 func (e *Engine) Resume(ctx context.Context, i int) error {
-	_, err := e.request(ctx, http.MethodPost, fmt.Sprintf("/members/%d/resume", i))
-	return err
+	c, err := e.adminClient()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, httpTimeout)
+	defer cancel()
+	return c.Resume(ctx, i)
 }
 
-// HTTPError is an admin answer other than 2xx.
-type HTTPError struct {
-	Method, Path string
-	Code         int
-	Body         string
-}
-
-func (e *HTTPError) Error() string {
-	return fmt.Sprintf("cluster: engine admin %s %s: %d %s: %s", e.Method, e.Path, e.Code,
-		http.StatusText(e.Code), strings.TrimSpace(e.Body))
-}
-
-func (e *Engine) request(ctx context.Context, method, path string) ([]byte, error) {
+// adminClient is a client of the engine's admin endpoint.
+func (e *Engine) adminClient() (*admin.Client, error) {
 	addr := e.AdminAddr()
 	if addr == "" {
 		return nil, errors.New("cluster: engine was never started")
 	}
-	ctx, cancel := context.WithTimeout(ctx, httpTimeout)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+addr+path, nil)
-	if err != nil {
-		return nil, fmt.Errorf("cluster: engine admin: %w", err)
-	}
-	resp, err := e.http.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("cluster: engine admin %s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxStatusBytes))
-	if err != nil {
-		return nil, fmt.Errorf("cluster: engine admin %s %s: %w", method, path, err)
-	}
-	if resp.StatusCode/100 != 2 {
-		return nil, &HTTPError{Method: method, Path: path, Code: resp.StatusCode, Body: string(body)}
-	}
-	return body, nil
+	return admin.NewClient(addr, e.http)
 }
 
 // InSync reports whether every member of st is in sync with nothing

@@ -1,0 +1,105 @@
+package admin
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+)
+
+// MaxStatusBytes bounds an answer Client reads.
+const MaxStatusBytes = 4 << 20
+
+// Client speaks to a storage's admin endpoint: what `dst status` and the
+// torture harness use. Its methods are safe for concurrent use; each call
+// is bounded by its context.
+type Client struct {
+	base string
+	http *http.Client
+}
+
+// NewClient returns a client for the admin endpoint at addr, HOST:PORT or
+// an http:// or https:// URL; hc nil means http.DefaultClient.
+func NewClient(addr string, hc *http.Client) (*Client, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("admin: empty address")
+	}
+	base := addr
+	if !strings.HasPrefix(base, "http://") && !strings.HasPrefix(base, "https://") {
+		base = "http://" + base
+	}
+	base = strings.TrimSuffix(base, "/")
+	u, err := url.Parse(base)
+	if err != nil || u.Host == "" {
+		return nil, fmt.Errorf("admin: address %q is neither HOST:PORT nor an http URL", addr)
+	}
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	return &Client{base: base, http: hc}, nil
+}
+
+// Addr is the base URL the client speaks to.
+func (c *Client) Addr() string { return c.base }
+
+// Status returns GET /status, decoded and as the raw JSON body.
+func (c *Client) Status(ctx context.Context) (Status, []byte, error) {
+	var st Status
+	body, err := c.do(ctx, http.MethodGet, "/status")
+	if err != nil {
+		return st, nil, err
+	}
+	if err := json.Unmarshal(body, &st); err != nil {
+		return st, body, fmt.Errorf("admin: the answer is not a dst status: %w", err)
+	}
+	return st, body, nil
+}
+
+// Suspend takes member i out of service for maintenance (POST
+// /members/{i}/suspend).
+func (c *Client) Suspend(ctx context.Context, i int) error {
+	_, err := c.do(ctx, http.MethodPost, fmt.Sprintf("/members/%d/suspend", i))
+	return err
+}
+
+// Resume brings suspended member i back (POST /members/{i}/resume); it
+// returns once the rejoin started: poll Status for the end of its resync.
+func (c *Client) Resume(ctx context.Context, i int) error {
+	_, err := c.do(ctx, http.MethodPost, fmt.Sprintf("/members/%d/resume", i))
+	return err
+}
+
+// HTTPError is an admin answer other than 2xx.
+type HTTPError struct {
+	Method, URL string
+	Code        int
+	Body        string
+}
+
+func (e *HTTPError) Error() string {
+	return fmt.Sprintf("admin: %s %s: %d %s: %s", e.Method, e.URL, e.Code, http.StatusText(e.Code), strings.TrimSpace(e.Body))
+}
+
+func (c *Client) do(ctx context.Context, method, path string) ([]byte, error) {
+	req, err := http.NewRequestWithContext(ctx, method, c.base+path, nil)
+	if err != nil {
+		return nil, fmt.Errorf("admin: %w", err)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("admin: no answer: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxStatusBytes))
+	if err != nil {
+		return nil, fmt.Errorf("admin: reading %s %s: %w", method, c.base+path, err)
+	}
+	if resp.StatusCode/100 != 2 {
+		return nil, &HTTPError{Method: method, URL: c.base + path, Code: resp.StatusCode, Body: string(bytes.TrimSpace(body))}
+	}
+	return body, nil
+}
