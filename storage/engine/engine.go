@@ -90,19 +90,6 @@ import (
 	"dst/storage/rangelock"
 )
 
-// recordChange records the current membership with onChange. A failure
-// leaves changePending set until a later record succeeds.
-func (e *Engine) recordChange(ctx context.Context) error {
-	if e.onChange == nil {
-		return nil
-	}
-	err := e.onChange(ctx)
-	// Records are serialised by onChange and each writes the state of its
-	// own moment, so the outcome of the last one decides.
-	e.changePending.Store(err != nil)
-	return err
-}
-
 // Defaults of Options.
 const (
 	// DefaultMaxInFlight is four NBD connections' worth of requests

@@ -168,19 +168,6 @@ func (mi *mirrorInfo) span(r int) (off, length int64) {
 	return off, min(mi.regionSize, mi.m.Size()-off)
 }
 
-// childReady reports whether every leaf under child i passes ok and none is
-// excluded; load is the sum of their pending pieces.
-func (e *Engine) childReady(mi *mirrorInfo, i int, ok func(*member) bool, excluded []bool) (ready bool, load int) {
-	for _, l := range mi.children[i] {
-		m := e.members[l]
-		if !ok(m) || (excluded != nil && excluded[l]) {
-			return false, 0
-		}
-		load += int(m.pending.Load())
-	}
-	return true, load
-}
-
 // readPicker sends a mirror read to the ready child with the least load.
 type readPicker struct {
 	e         *Engine

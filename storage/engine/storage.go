@@ -1,0 +1,133 @@
+// The life of an assembled storage after Assemble: its accessors, the
+// resync monitor (Run, probe), and Close, which marks the superblocks
+// clean when every member is in sync.
+package engine
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+
+	"dst/storage/meta"
+	"dst/storage/node"
+)
+
+// Storage is an assembled storage: the engine over its members, with the
+// superblocks kept up to date as members leave and rejoin.
+type Storage struct {
+	e     *Engine
+	nodes []node.Node
+	spec  Spec
+	log   *slog.Logger
+	opts  AssembleOptions
+
+	mu sync.Mutex // guards the fields below and superblock writes
+	// identMu guards the StorageID and MemberID fields of supers too (they
+	// are written under both locks): the reconnect verifier reads them
+	// under identMu alone, since mu is held across superblock writes that
+	// may wait for that very reconnect.
+	identMu sync.Mutex
+	supers  []meta.Superblock
+	// boots are the boot ids of the members' machines as last seen (under
+	// identMu); "" where unknown (a peer that does not send one).
+	boots   []string
+	gen     uint64
+	created bool
+}
+
+// Engine returns the storage's engine (an nbd.Backend).
+func (s *Storage) Engine() *Engine { return s.e }
+
+// Generation returns the generation of the last superblocks written.
+func (s *Storage) Generation() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen
+}
+
+// DataOffset returns where member i's data area starts.
+func (s *Storage) DataOffset(i int) int64 { return s.e.members[i].area.DataOffset }
+
+// Run runs the resync monitor until ctx ends: failed members are probed
+// and, when back, checked (same storage and member: incremental copy; new
+// or wiped media: full copy) and resynced.
+func (s *Storage) Run(ctx context.Context) error {
+	mo := s.opts.Monitor
+	mo.Probe = s.probe
+	return s.e.Run(ctx, mo)
+}
+
+// probe reads a failed member's superblock to decide how it returns.
+func (s *Storage) probe(ctx context.Context, i int) (back, full bool) {
+	p := readSuper(ctx, s.nodes[i])
+	s.mu.Lock()
+	want := s.supers[i]
+	s.mu.Unlock()
+	switch {
+	case p.Err == nil && p.Super.StorageID == want.StorageID && p.Super.MemberID == want.MemberID:
+		return true, false
+	case p.Err == nil || errors.Is(p.Err, meta.ErrBlank):
+		// Other media than the member had: copy everything, and give it a
+		// fresh identity in this storage.
+		if p.Err == nil && p.Super.StorageID != want.StorageID && !s.replaceable(i) {
+			s.log.Warn("member returned with a foreign superblock; not touching it", "member", i, "storage", p.Super.StorageID)
+			return false, false
+		}
+		a, err := meta.Plan(s.nodes[i].Size(), want.RegionSize)
+		if err != nil || a != want.Area {
+			s.log.Warn("member returned with media of another size; not using it", "member", i, "size", s.nodes[i].Size())
+			return false, false
+		}
+		mid, err := meta.NewID(s.opts.Rand)
+		if err != nil {
+			return false, false
+		}
+		s.mu.Lock()
+		s.identMu.Lock()
+		s.supers[i].MemberID = mid
+		s.identMu.Unlock()
+		s.mu.Unlock()
+		return true, true
+	default:
+		return false, false
+	}
+}
+
+func (s *Storage) replaceable(i int) bool {
+	u := s.spec.Leaves()[i]
+	for _, r := range s.opts.Replace {
+		if r == u {
+			return true
+		}
+	}
+	return false
+}
+
+// Close marks the superblocks clean when every member is in sync, stops
+// the engine and closes the members.
+func (s *Storage) Close(ctx context.Context) error {
+	var err error
+	if s.e != nil {
+		err = s.markClean(ctx)
+		s.e.Close()
+	}
+	s.closeNodes()
+	return err
+}
+
+func (s *Storage) markClean(ctx context.Context) error {
+	if err := s.e.Flush(ctx); err != nil {
+		return err
+	}
+	if err := s.e.clearAllActive(ctx); err != nil {
+		return err
+	}
+	return s.writeSupers(ctx, true)
+}
+
+func (s *Storage) closeNodes() {
+	for _, n := range s.nodes {
+		n.Close()
+	}
+}
