@@ -387,7 +387,7 @@ func clusterTopology(sc *scenario.Scenario) cluster.Topology {
 			media[tg] = media[tg] || scenario.MediaKinds[k.Kind]
 		}
 	}
-	out := cluster.Topology{Netns: t.Netns, Storage: clusterStorage(t.Storage), Engine: cluster.EngineSpec{
+	out := cluster.Topology{Netns: t.Netns, Storage: t.Storage, Engine: cluster.EngineSpec{
 		RequestTimeout: t.Engine.RequestTimeout, Retries: t.Engine.Retries, BackoffMax: t.Engine.BackoffMax,
 		PingInterval: t.Engine.PingInterval, ResyncRate: t.Engine.ResyncRate, ResyncInterval: t.Engine.ResyncInterval,
 		RegionSize: t.Engine.RegionSize,
@@ -395,14 +395,6 @@ func clusterTopology(sc *scenario.Scenario) cluster.Topology {
 	for _, n := range t.Nodes {
 		out.Nodes = append(out.Nodes, cluster.NodeSpec{Name: n.Name, Size: n.Size, Proxy: n.Proxy,
 			Volatile: volatile[n.Name] || sc.Workload.PowerLoss, MediaFaults: media[n.Name]})
-	}
-	return out
-}
-
-func clusterStorage(s scenario.Storage) cluster.StorageSpec {
-	out := cluster.StorageSpec{Layout: s.Layout, Chunk: s.Chunk, Node: s.Node}
-	for _, m := range s.Members {
-		out.Members = append(out.Members, clusterStorage(m))
 	}
 	return out
 }

@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"dst/storage/config"
+	"dst/internal/size"
 	"dst/storage/export"
 	"dst/storage/node"
 )
@@ -208,7 +208,7 @@ func (o *exportFlags) config() (export.Config, error) {
 	cfg.BootID = o.bootID
 	var volatile *node.VolatileOptions
 	if o.volatileCache != "" {
-		n, err := config.ParseSize(o.volatileCache)
+		n, err := size.Parse(o.volatileCache)
 		switch {
 		case err != nil:
 			return cfg, usagef("--volatile-cache: %v", err)
@@ -268,7 +268,7 @@ func (o *exportFlags) applySizes(cfg *export.Config, index map[string]int) error
 		if !forOne {
 			name, text = "", v
 		}
-		n, err := config.ParseSize(text)
+		n, err := size.Parse(text)
 		switch {
 		case err != nil && forOne:
 			return usagef("--size %q: %v", v, err)

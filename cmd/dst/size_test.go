@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/size"
 	"dst/storage/config"
 	"dst/torture/scenario"
 )
@@ -36,7 +37,7 @@ func TestSizesAgree(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.in, func(t *testing.T) {
-			n, err := config.ParseSize(c.in)
+			n, err := size.Parse(c.in)
 			if c.wantErr != "" {
 				require.ErrorContains(t, err, c.wantErr)
 			} else {

@@ -71,6 +71,7 @@ import (
 	"dst/storage/export"
 	"dst/storage/meta"
 	"dst/storage/node"
+	"dst/storage/spec"
 )
 
 // Defaults of Config.
@@ -82,11 +83,6 @@ const (
 	DefaultRegionSize     = meta.DefaultRegionSize
 	// MaxBytes bounds the size of a config file Load reads.
 	MaxBytes = 1 << 20
-	// MaxMembers bounds the leaves of the storage tree (the superblock's
-	// member mask has 64 bits).
-	MaxMembers = 64
-	// MaxDepth bounds how deep layouts nest.
-	MaxDepth = 8
 	// MaxRetries bounds node.retries.
 	MaxRetries = 100
 	// maxErrors bounds the errors reported for one file.
@@ -104,7 +100,7 @@ type Config struct {
 	Admin string
 	// Storage is the layout tree; it passed Validate. Each node's Where
 	// is "FILE:LINE".
-	Storage engine.Spec
+	Storage spec.Tree
 	// Export says how the storage is served.
 	Export Export
 	// Node configures remote members.

@@ -1,4 +1,4 @@
-// Parse turns every documented field into the Config and engine.Spec it
+// Parse turns every documented field into the Config and spec.Tree it
 // describes, fills the documented defaults, and rejects each kind of
 // mistake with an error naming the file, the line and the field; checked
 // by table tests over small YAML documents.
@@ -20,6 +20,7 @@ import (
 	"dst/storage/engine"
 	"dst/storage/nbd"
 	"dst/storage/node"
+	"dst/storage/spec"
 )
 
 func TestExampleFromTheBrief(t *testing.T) {
@@ -27,7 +28,7 @@ func TestExampleFromTheBrief(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "127.0.0.1:10809", c.Listen)
 	assert.Equal(t, "127.0.0.1:10810", c.Admin)
-	require.Equal(t, "mirror(nbd://10.0.0.2:10809, file:/srv/dst/local.img, stripe/65536(nbd://10.0.0.3:10809, nbd://10.0.0.4:10809))",
+	require.Equal(t, "mirror(nbd://10.0.0.2:10809, file:/srv/dst/local.img, stripe/64KiB(nbd://10.0.0.3:10809, nbd://10.0.0.4:10809))",
 		c.Storage.String())
 	require.NoError(t, c.Storage.Validate())
 	assert.Equal(t, "testdata/example.yaml:4", c.Storage.Where)
@@ -105,7 +106,7 @@ replace: [file:local.img, nbd://host.example:10809]
 	assert.Equal(t, []string{local, "nbd://127.0.0.1:10809/one", "nbd+unix:///two?socket=/run/two.sock",
 		"file:///srv/m1.img", "nbd://[::1]:10809", "nbd://host.example"}, c.Storage.Leaves())
 	st := c.Storage.Members[3].Members[1]
-	assert.Equal(t, engine.KindStripe, st.Kind)
+	assert.Equal(t, spec.KindStripe, st.Kind)
 	assert.Equal(t, int64(1536), st.Chunk)
 	assert.Equal(t, "disk", c.Export.Name)
 	assert.Equal(t, "a test disk", c.Export.Description)

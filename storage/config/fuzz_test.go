@@ -1,5 +1,5 @@
 // Parse never panics and either returns a config whose storage passes
-// engine.Spec.Validate with at most MaxMembers members, or config.Errors
+// spec.Tree.Validate with at most MaxMembers members, or config.Errors
 // that each carry a line; checked by FuzzConfig, seeded with the YAML files
 // in testdata and the corpus in testdata/fuzz/FuzzConfig.
 package config_test
@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"dst/storage/config"
+	"dst/storage/spec"
 )
 
 func FuzzConfig(f *testing.F) {
@@ -45,7 +46,7 @@ func FuzzConfig(f *testing.F) {
 		if err := c.Storage.Validate(); err != nil {
 			t.Fatalf("parsed storage does not validate: %v\n%s", err, data)
 		}
-		if n := len(c.Storage.Leaves()); n == 0 || n > config.MaxMembers {
+		if n := len(c.Storage.Leaves()); n == 0 || n > spec.MaxMembers {
 			t.Fatalf("%d members", n)
 		}
 		if c.RegionSize < 4096 || c.RegionSize&(c.RegionSize-1) != 0 {

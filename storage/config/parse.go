@@ -16,8 +16,9 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"dst/storage/engine"
+	"dst/internal/size"
 	"dst/storage/export"
+	"dst/storage/spec"
 )
 
 // Load reads and parses the config file at path; relative paths in it are
@@ -84,7 +85,7 @@ func (p *parser) errorf(n *yaml.Node, field, format string, args ...any) {
 	p.errs = append(p.errs, &Error{File: p.file, Line: line, Field: field, Msg: fmt.Sprintf(format, args...)})
 }
 
-// where names node n for engine.Spec.Where.
+// where names node n for spec.Tree.Where.
 func (p *parser) where(n *yaml.Node) string { return p.file + ":" + strconv.Itoa(n.Line) }
 
 var syntaxLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
@@ -475,7 +476,7 @@ func (p *parser) resync(v *yaml.Node, path string) {
 				return
 			}
 			bare := strings.TrimSuffix(s, "/s")
-			n, err := ParseSize(bare)
+			n, err := size.Parse(bare)
 			if err != nil {
 				p.errorf(v, f, "%s", strings.Replace(err.Error(), strconv.Quote(bare), strconv.Quote(s), 1))
 				return
@@ -524,25 +525,25 @@ func (p *parser) storage(v *yaml.Node, field string) {
 		return
 	}
 	p.cfg.Storage = p.spec(v, field, 1)
-	if n := len(p.members); n > MaxMembers {
-		p.errorf(v, field, "%d members; at most %d", n, MaxMembers)
+	if n := len(p.members); n > spec.MaxMembers {
+		p.errorf(v, field, "%d members; at most %d", n, spec.MaxMembers)
 	}
 }
 
 // spec parses one node of the storage tree: a member URL or a layout.
-func (p *parser) spec(v *yaml.Node, field string, depth int) engine.Spec {
-	s := engine.Spec{Where: p.where(v)}
+func (p *parser) spec(v *yaml.Node, field string, depth int) spec.Tree {
+	s := spec.Tree{Where: p.where(v)}
 	switch {
 	case v.Kind == yaml.ScalarNode && !isNull(v):
-		s.Kind = engine.KindMember
-		s.URL = p.member(v, field)
+		s.Kind = spec.KindMember
+		s.Leaf = p.member(v, field)
 		return s
 	case v.Kind != yaml.MappingNode:
 		p.errorf(v, field, "a member is a URL (file:/PATH, nbd://HOST:PORT/EXPORT) or a layout mapping, not %s", kindOf(v))
 		return s
 	}
-	if depth > MaxDepth {
-		p.errorf(v, field, "layouts nest more than %d deep", MaxDepth)
+	if depth > spec.MaxDepth {
+		p.errorf(v, field, "layouts nest more than %d deep", spec.MaxDepth)
 		return s
 	}
 	var chunkNode, membersNode, layoutNode *yaml.Node
@@ -554,10 +555,9 @@ func (p *parser) spec(v *yaml.Node, field string, depth int) engine.Spec {
 			if !ok {
 				return
 			}
-			switch k := engine.Kind(l); k {
-			case engine.KindLinear, engine.KindStripe, engine.KindMirror:
+			if k, ok := spec.ParseKind(l); ok {
 				s.Kind = k
-			default:
+			} else {
 				p.errorf(v, f, "%q is not a layout (linear, stripe or mirror)", l)
 			}
 		},
@@ -591,9 +591,9 @@ func (p *parser) spec(v *yaml.Node, field string, depth int) engine.Spec {
 		p.errorf(membersNode, membersField, "empty: a layout needs at least one member")
 	}
 	switch {
-	case s.Kind == engine.KindStripe && chunkNode == nil:
+	case s.Kind == spec.KindStripe && chunkNode == nil:
 		p.errorf(v, join(field, "chunk"), "missing: a stripe needs a chunk size (for example chunk: 64KiB)")
-	case s.Kind != "" && s.Kind != engine.KindStripe && chunkNode != nil:
+	case s.Kind != "" && s.Kind != spec.KindStripe && chunkNode != nil:
 		p.errorf(chunkNode, chunkField, "only a stripe has a chunk, not a %s", s.Kind)
 	}
 	return s

@@ -3,28 +3,15 @@ package config
 import (
 	"errors"
 	"fmt"
-	"math"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/dustin/go-humanize"
 	"go.yaml.in/yaml/v3"
 
+	"dst/internal/size"
 	"dst/storage/node"
-)
-
-// sizeSyntax splits a size into its number and its unit.
-var sizeSyntax = regexp.MustCompile(`^([0-9]+(?:\.[0-9]+)?) ?([A-Za-z]*)$`)
-
-// iecUnits are the units a size may carry (lower case), and siHint the IEC
-// unit to suggest for an SI one.
-var (
-	iecUnits = map[string]bool{"": true, "b": true, "kib": true, "mib": true, "gib": true, "tib": true, "pib": true, "eib": true}
-	siHint   = map[string]string{"k": "KiB", "kb": "KiB", "m": "MiB", "mb": "MiB", "g": "GiB", "gb": "GiB",
-		"t": "TiB", "tb": "TiB", "p": "PiB", "pb": "PiB", "e": "EiB", "eb": "EiB"}
 )
 
 // size parses a byte count with an optional IEC unit.
@@ -33,36 +20,12 @@ func (p *parser) size(v *yaml.Node, field string) (int64, bool) {
 	if !ok {
 		return 0, false
 	}
-	n, err := ParseSize(s)
+	n, err := size.Parse(s)
 	if err != nil {
 		p.errorf(v, field, "%v", err)
 		return 0, false
 	}
 	return n, true
-}
-
-// ParseSize parses a size as dst files write it: "65536", "64KiB", "1.5 GiB"; SI units are refused with a
-// hint, since storage people read 64KB as 64KiB and humanize as 64000.
-func ParseSize(s string) (int64, error) {
-	m := sizeSyntax.FindStringSubmatch(strings.TrimSpace(s))
-	if m == nil {
-		return 0, fmt.Errorf("%q is not a size (write bytes, or a number with KiB, MiB, GiB or TiB)", s)
-	}
-	num, unit := m[1], strings.ToLower(m[2])
-	if hint, si := siHint[unit]; si {
-		return 0, fmt.Errorf("%q is not a size (use %s%s)", s, num, hint)
-	}
-	if !iecUnits[unit] {
-		return 0, fmt.Errorf("%q is not a size: unknown unit %q (B, KiB, MiB, GiB, TiB, PiB)", s, m[2])
-	}
-	if (unit == "" || unit == "b") && strings.Contains(num, ".") {
-		return 0, fmt.Errorf("%q is not a whole number of bytes", s)
-	}
-	n, err := humanize.ParseBytes(num + unit)
-	if err != nil || n > math.MaxInt64 {
-		return 0, fmt.Errorf("%q is not a size: too large", s)
-	}
-	return int64(n), nil
 }
 
 // duration parses a Go duration into *dst; with off, "off" stores -1.

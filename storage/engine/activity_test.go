@@ -154,8 +154,8 @@ func (n recNode) Flush(ctx context.Context) error {
 // assembleRecorded assembles c's mirror with every member behind rec.
 func (c *cluster) assembleRecorded(t *testing.T, rec **alRecorder, opts AssembleOptions) (*Storage, error) {
 	index := map[string]int{}
-	for i, m := range c.spec.Members {
-		index[m.URL] = i
+	for i, m := range c.tree.Members {
+		index[m.Leaf] = i
 	}
 	opts.Open = func(_ context.Context, u string) (node.Node, error) {
 		if *rec == nil {
@@ -163,12 +163,12 @@ func (c *cluster) assembleRecorded(t *testing.T, rec **alRecorder, opts Assemble
 			if err != nil {
 				return nil, err
 			}
-			*rec = newALRecorder(len(c.spec.Members), a)
+			*rec = newALRecorder(len(c.tree.Members), a)
 		}
 		return recNode{kept{c.mems[u]}, *rec, index[u]}, nil
 	}
 	opts.RegionSize = 64 << 10
-	return Assemble(context.Background(), c.spec, opts)
+	return Assemble(context.Background(), c.tree, opts)
 }
 
 func TestActivityLogOrdering(t *testing.T) {
@@ -353,7 +353,7 @@ func TestActivityLogUnreadableOrMissingLogCopiesWhole(t *testing.T) {
 				}
 				return kept{c.mems[u]}, nil
 			}, RegionSize: 64 << 10}
-			s, err = Assemble(context.Background(), c.spec, opts)
+			s, err = Assemble(context.Background(), c.tree, opts)
 			require.NoError(t, err)
 			defer s.Engine().Close()
 			st := s.Engine().Status()

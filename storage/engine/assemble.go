@@ -15,6 +15,7 @@ import (
 	"dst/storage/meta"
 	"dst/storage/nbd"
 	"dst/storage/node"
+	"dst/storage/spec"
 )
 
 // AssembleOptions configure Assemble; zero values are documented per field.
@@ -39,16 +40,16 @@ type AssembleOptions struct {
 	Logger *slog.Logger
 }
 
-// Assemble opens the members of spec and either creates the storage (all
+// Assemble opens the members of tree and either creates the storage (all
 // members blank: superblocks and clean bitmaps are written) or assembles it
 // from their superblocks: members that are in sync serve, stale ones are
 // resynced from the dirty regions the bitmaps recorded, blank or replaced
 // ones are copied whole — by Run, without operator steps. Foreign or
 // mismatched members are refused with an error naming them, unless listed
 // in Replace.
-func Assemble(ctx context.Context, spec Spec, opts AssembleOptions) (*Storage, error) {
-	if err := spec.Validate(); err != nil {
-		return nil, err
+func Assemble(ctx context.Context, tree spec.Tree, opts AssembleOptions) (*Storage, error) {
+	if err := tree.Validate(); err != nil {
+		return nil, fmt.Errorf("engine: storage %s: %w", tree.String(), err)
 	}
 	if opts.Open == nil {
 		return nil, errors.New("engine: Assemble needs an Open function")
@@ -59,11 +60,11 @@ func Assemble(ctx context.Context, spec Spec, opts AssembleOptions) (*Storage, e
 	if opts.Rand == nil {
 		opts.Rand = rand.Reader
 	}
-	s := &Storage{spec: spec, log: opts.Logger, opts: opts}
+	s := &Storage{tree: tree, log: opts.Logger, opts: opts}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
-	urls := spec.Leaves()
+	urls := tree.Leaves()
 	if len(urls) > meta.MaxMembers {
 		return nil, fmt.Errorf("engine: %d members, at most %d", len(urls), meta.MaxMembers)
 	}
@@ -82,7 +83,7 @@ func Assemble(ctx context.Context, spec Spec, opts AssembleOptions) (*Storage, e
 		s.nodes = append(s.nodes, n)
 		probes[i] = readSuper(ctx, n)
 	}
-	shape := shapeOf(&spec)
+	shape := tree.Shape()
 	replace := make([]bool, len(urls))
 	for i, u := range urls {
 		for _, r := range opts.Replace {
@@ -94,7 +95,7 @@ func Assemble(ctx context.Context, spec Spec, opts AssembleOptions) (*Storage, e
 	case errors.Is(err, meta.ErrUnformatted) && allBlank(probes):
 		err = s.create(ctx, shape)
 	case err != nil:
-		return nil, fmt.Errorf("engine: assemble %s: %w%s", spec.String(), err, verdicts(urls, as))
+		return nil, fmt.Errorf("engine: assemble %s: %w%s", tree.String(), err, verdicts(urls, as))
 	default:
 		err = s.assemble(ctx, as, probes)
 	}
@@ -133,60 +134,6 @@ func readSuper(ctx context.Context, n node.Node) meta.Probe {
 	}
 	sb, _, err := meta.Newest(buf[:meta.SuperblockSize], buf[meta.SuperblockSize:])
 	return meta.Probe{Super: sb, Err: err}
-}
-
-// shapeOf describes the layout without member addresses, so a member may
-// move to another host or path without becoming a mismatch.
-func shapeOf(s *Spec) string {
-	idx := 0
-	var walk func(s *Spec) string
-	walk = func(s *Spec) string {
-		if s.Kind == KindMember {
-			idx++
-			return fmt.Sprintf("#%d", idx-1)
-		}
-		parts := make([]string, len(s.Members))
-		for i := range s.Members {
-			parts[i] = walk(&s.Members[i])
-		}
-		k := string(s.Kind)
-		if s.Kind == KindStripe {
-			k += fmt.Sprintf("/%d", s.Chunk)
-		}
-		return k + "(" + strings.Join(parts, ",") + ")"
-	}
-	return walk(s)
-}
-
-// buildLayout turns the spec into a layout whose leaves use the areas.
-func buildLayout(s *Spec, areas []meta.Area, next *int) (layout.Layout, error) {
-	if s.Kind == KindMember {
-		i := *next
-		*next++
-		return layout.NewLeaf(i, areas[i].DataOffset, areas[i].DataSize)
-	}
-	children := make([]layout.Layout, len(s.Members))
-	for i := range s.Members {
-		c, err := buildLayout(&s.Members[i], areas, next)
-		if err != nil {
-			return nil, err
-		}
-		children[i] = c
-	}
-	var l layout.Layout
-	var err error
-	switch s.Kind {
-	case KindLinear:
-		l, err = layout.NewLinear(children...)
-	case KindStripe:
-		l, err = layout.NewStripe(s.Chunk, children...)
-	case KindMirror:
-		l, err = layout.NewMirror(children...)
-	}
-	if err != nil && s.Where != "" {
-		err = fmt.Errorf("%s: %w", s.Where, err)
-	}
-	return l, err
 }
 
 // create writes superblocks and clean bitmaps to blank members.
@@ -310,8 +257,9 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 // build makes the layout and the engine and enables bitmap persistence on
 // mirrors whose children are all members with metadata.
 func (s *Storage) build(areas []meta.Area) error {
-	next := 0
-	l, err := buildLayout(&s.spec, areas, &next)
+	l, err := s.tree.Build(func(i int) (layout.Layout, error) {
+		return layout.NewLeaf(i, areas[i].DataOffset, areas[i].DataSize)
+	})
 	if err != nil {
 		return fmt.Errorf("engine: %w", err)
 	}

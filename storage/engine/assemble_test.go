@@ -19,6 +19,7 @@ import (
 	"dst/storage/meta"
 	"dst/storage/nbd"
 	"dst/storage/node"
+	"dst/storage/spec"
 )
 
 // kept is a member that survives Close, like a disk across engine restarts.
@@ -28,14 +29,14 @@ func (kept) Close() error { return nil }
 
 type cluster struct {
 	mems map[string]*node.Memory
-	spec Spec
+	tree spec.Tree
 }
 
 func newCluster(size int, urls ...string) *cluster {
-	c := &cluster{mems: map[string]*node.Memory{}, spec: Spec{Kind: KindMirror}}
+	c := &cluster{mems: map[string]*node.Memory{}, tree: spec.Mirror()}
 	for _, u := range urls {
 		c.mems[u] = node.NewMemory(size)
-		c.spec.Members = append(c.spec.Members, Spec{Kind: KindMember, URL: u})
+		c.tree.Members = append(c.tree.Members, spec.Member(u))
 	}
 	return c
 }
@@ -45,7 +46,7 @@ func (c *cluster) withMembers(mems ...*node.Memory) *cluster {
 	for i, m := range mems {
 		u := string(rune('0' + i))
 		c.mems["m"+u] = m
-		c.spec.Members = append(c.spec.Members, Spec{Kind: KindMember, URL: "m" + u})
+		c.tree.Members = append(c.tree.Members, spec.Member("m"+u))
 	}
 	return c
 }
@@ -53,7 +54,7 @@ func (c *cluster) withMembers(mems ...*node.Memory) *cluster {
 func (c *cluster) assemble(t *testing.T, opts AssembleOptions) (*Storage, error) {
 	opts.Open = func(_ context.Context, u string) (node.Node, error) { return kept{c.mems[u]}, nil }
 	opts.RegionSize = 64 << 10
-	return Assemble(context.Background(), c.spec, opts)
+	return Assemble(context.Background(), c.tree, opts)
 }
 
 func (c *cluster) data(s *Storage, i int, u string) []byte {
@@ -196,23 +197,21 @@ func TestAssembleUncleanRestartCopiesReplicas(t *testing.T) {
 // a linear member without replica does not stop the restart, and a mirror
 // of a stripe keeps the stripe whole.
 func TestAssembleUncleanRestartComposite(t *testing.T) {
-	leaf := func(u string) Spec { return Spec{Kind: KindMember, URL: u} }
+	leaf := spec.Member
 	cases := []struct {
 		name string
-		spec Spec
+		tree spec.Tree
 		want []string
 	}{
-		{"linear(mirror(a,b),c)", Spec{Kind: KindLinear, Members: []Spec{
-			{Kind: KindMirror, Members: []Spec{leaf("a"), leaf("b")}}, leaf("c")}},
+		{"linear(mirror(a,b),c)", spec.Linear(spec.Mirror(leaf("a"), leaf("b")), leaf("c")),
 			[]string{"in-sync", "failed", "in-sync"}},
-		{"mirror(stripe(a,b),c)", Spec{Kind: KindMirror, Members: []Spec{
-			{Kind: KindStripe, Chunk: 64 << 10, Members: []Spec{leaf("a"), leaf("b")}}, leaf("c")}},
+		{"mirror(stripe(a,b),c)", spec.Mirror(spec.Stripe(64<<10, leaf("a"), leaf("b")), leaf("c")),
 			[]string{"in-sync", "in-sync", "failed"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			c := &cluster{mems: map[string]*node.Memory{}, spec: tc.spec}
-			for _, u := range tc.spec.Leaves() {
+			c := &cluster{mems: map[string]*node.Memory{}, tree: tc.tree}
+			for _, u := range tc.tree.Leaves() {
 				c.mems[u] = node.NewMemory(2 << 20)
 			}
 			ctx := testkit.Context(t, 60*time.Second)

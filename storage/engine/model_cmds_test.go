@@ -21,6 +21,7 @@ import (
 
 	"dst/storage/nbd"
 	"dst/storage/node"
+	"dst/storage/spec"
 )
 
 // Ops and their classes.
@@ -217,7 +218,7 @@ func (c *modelCmd) runMember(m *modelSUT) error {
 		if err := m.heal(i); err != nil {
 			return err
 		}
-		if m.g.kind == KindMirror && m.servers[i] != nil && m.st.e.members[i].State() == Failed {
+		if m.g.kind == spec.KindMirror && m.servers[i] != nil && m.st.e.members[i].State() == Failed {
 			// What the monitor does when it finds the member back. Its
 			// error may be only that the membership could not be recorded
 			// on another member that is gone: the state is what counts,

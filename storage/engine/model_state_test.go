@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"slices"
 
+	"dst/storage/spec"
+
 	"github.com/leanovate/gopter/commands"
 )
 
@@ -68,7 +70,7 @@ func (s *modelState) clone() *modelState {
 	return &c
 }
 
-func (s *modelState) mirror() bool             { return s.g.kind == KindMirror }
+func (s *modelState) mirror() bool             { return s.g.kind == spec.KindMirror }
 func (s *modelState) inSync(i int) bool        { return s.state[i] == InSync }
 func (s *modelState) reachable(i int) bool     { return s.server[i] && s.link[i] == linkUp }
 func (s *modelState) servesAny() bool          { return slices.ContainsFunc(s.members(), s.servable) }

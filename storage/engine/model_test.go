@@ -35,6 +35,7 @@ import (
 	"dst/storage/nbd"
 	"dst/storage/nbd/nbdproxy"
 	"dst/storage/node"
+	"dst/storage/spec"
 )
 
 const modelRegion = 64 << 10
@@ -48,7 +49,7 @@ const modelActivityRegions = 4
 // byte lives.
 type modelGeometry struct {
 	name  string
-	kind  Kind
+	kind  spec.Kind
 	raw   []int64
 	chunk int64 // stripe only
 
@@ -62,12 +63,12 @@ type modelGeometry struct {
 // members have odd data sizes and the stripe an odd chunk, so member and
 // chunk boundaries fall inside pages.
 var modelGeometries = map[string]*modelGeometry{
-	"mirror": newGeometry("mirror", KindMirror, 0, 512<<10, 512<<10),
-	"linear": newGeometry("linear", KindLinear, 0, 200003, 151557, 180225),
-	"stripe": newGeometry("stripe", KindStripe, 12289, 190003, 170001, 181237),
+	"mirror": newGeometry("mirror", spec.KindMirror, 0, 512<<10, 512<<10),
+	"linear": newGeometry("linear", spec.KindLinear, 0, 200003, 151557, 180225),
+	"stripe": newGeometry("stripe", spec.KindStripe, 12289, 190003, 170001, 181237),
 }
 
-func newGeometry(name string, kind Kind, chunk int64, raw ...int64) *modelGeometry {
+func newGeometry(name string, kind spec.Kind, chunk int64, raw ...int64) *modelGeometry {
 	g := &modelGeometry{name: name, kind: kind, raw: raw, chunk: chunk}
 	g.starts = []int64{0}
 	for i, r := range raw {
@@ -82,11 +83,11 @@ func newGeometry(name string, kind Kind, chunk int64, raw ...int64) *modelGeomet
 		}
 	}
 	switch kind {
-	case KindMirror:
+	case spec.KindMirror:
 		g.size = g.perChild
-	case KindLinear:
+	case spec.KindLinear:
 		g.size = g.starts[len(raw)]
-	case KindStripe:
+	case spec.KindStripe:
 		g.perChild = g.perChild / chunk * chunk
 		g.size = int64(len(raw)) * g.perChild
 	}
@@ -108,18 +109,18 @@ func (g *modelGeometry) pieces(off, n int64) []piece {
 	var out []piece
 	end := off + n
 	switch g.kind {
-	case KindMirror:
+	case spec.KindMirror:
 		for i := range g.raw {
 			out = append(out, piece{i, off, off, n})
 		}
-	case KindLinear:
+	case spec.KindLinear:
 		for i := range g.raw {
 			b, e := max(off, g.starts[i]), min(end, g.starts[i+1])
 			if b < e {
 				out = append(out, piece{i, b - g.starts[i], b, e - b})
 			}
 		}
-	case KindStripe:
+	case spec.KindStripe:
 		for b := off; b < end; {
 			k, within := b/g.chunk, b%g.chunk
 			l := min(g.chunk-within, end-b)
@@ -136,9 +137,9 @@ func (g *modelGeometry) pieces(off, n int64) []piece {
 func (g *modelGeometry) anchors() []int64 {
 	a := []int64{0, 4096, modelRegion, 2*modelRegion + 4096, g.size / 2, g.size - 4096, g.size}
 	switch g.kind {
-	case KindLinear:
+	case spec.KindLinear:
 		a = append(a, g.starts[1:len(g.raw)]...)
-	case KindStripe:
+	case spec.KindStripe:
 		for k := int64(1); k <= 2*int64(len(g.raw))+1; k++ {
 			a = append(a, k*g.chunk)
 		}
@@ -328,14 +329,14 @@ var modelRemote = node.RemoteOptions{RequestTimeout: 300 * time.Millisecond, Ret
 	BackoffMin: 2 * time.Millisecond, BackoffMax: 10 * time.Millisecond, PingInterval: -1, DialTimeout: time.Second}
 
 func (m *modelSUT) assemble() error {
-	spec := Spec{Kind: m.g.kind, Chunk: m.g.chunk}
+	tree := spec.Tree{Kind: m.g.kind, Chunk: m.g.chunk}
 	index := map[string]int{}
 	for i := range m.g.raw {
 		u := "nbd://" + m.proxies[i].Addr()
 		index[u] = i
-		spec.Members = append(spec.Members, Spec{Kind: KindMember, URL: u})
+		tree.Members = append(tree.Members, spec.Member(u))
 	}
-	st, err := Assemble(context.Background(), spec, AssembleOptions{
+	st, err := Assemble(context.Background(), tree, AssembleOptions{
 		Open: func(ctx context.Context, u string) (node.Node, error) {
 			i := index[u]
 			ro := modelRemote
@@ -403,7 +404,7 @@ type modelRun struct {
 func modelWeights(g *modelGeometry) map[string]int {
 	w := map[string]int{"write": 30, "read": 25, "flush": 6, "trim": 4, "zeroes": 4,
 		"kill": 4, "restart": 6, "hang": 2, "cut": 2, "heal": 5, "settle": 3, "crash": 2}
-	if g.kind == KindMirror {
+	if g.kind == spec.KindMirror {
 		w["replace"], w["suspend"], w["resume"], w["crashwrite"] = 2, 3, 3, 3
 	}
 	return w

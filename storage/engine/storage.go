@@ -11,6 +11,7 @@ import (
 
 	"dst/storage/meta"
 	"dst/storage/node"
+	"dst/storage/spec"
 )
 
 // Storage is an assembled storage: the engine over its members, with the
@@ -18,7 +19,7 @@ import (
 type Storage struct {
 	e     *Engine
 	nodes []node.Node
-	spec  Spec
+	tree  spec.Tree
 	log   *slog.Logger
 	opts  AssembleOptions
 
@@ -95,7 +96,7 @@ func (s *Storage) probe(ctx context.Context, i int) (back, full bool) {
 }
 
 func (s *Storage) replaceable(i int) bool {
-	u := s.spec.Leaves()[i]
+	u := s.tree.Leaves()[i]
 	for _, r := range s.opts.Replace {
 		if r == u {
 			return true

@@ -19,6 +19,7 @@ import (
 
 	"dst/storage/admin"
 	"dst/storage/engine"
+	"dst/storage/spec"
 )
 
 // oddSize is a node size that is a multiple of neither 512 nor 4096.
@@ -27,9 +28,9 @@ const oddSize = 3<<20 + 123
 func linearOfMirror() Topology {
 	return Topology{
 		Nodes: []NodeSpec{{Name: "a", Size: oddSize}, {Name: "b", Size: oddSize}, {Name: "c", Size: 2<<20 + 77, Proxy: true}},
-		Storage: StorageSpec{Layout: Linear, Members: []StorageSpec{
-			{Layout: Mirror, Members: []StorageSpec{{Node: "a"}, {Node: "b"}}},
-			{Node: "c"},
+		Storage: spec.Tree{Kind: spec.KindLinear, Members: []spec.Tree{
+			{Kind: spec.KindMirror, Members: []spec.Tree{spec.Member("a"), spec.Member("b")}},
+			spec.Member("c"),
 		}},
 		Engine: fastEngine,
 	}
@@ -233,8 +234,8 @@ func TestClusterFaults(t *testing.T) {
 func TestClusterEngineKill(t *testing.T) {
 	mirrorOfStripe := Topology{
 		Nodes: []NodeSpec{{Name: "a", Size: oddSize}, {Name: "b", Size: oddSize}, {Name: "c", Size: 2*oddSize + 5}},
-		Storage: StorageSpec{Layout: Mirror, Members: []StorageSpec{
-			{Layout: Stripe, Chunk: 64 << 10, Members: []StorageSpec{{Node: "a"}, {Node: "b"}}}, {Node: "c"},
+		Storage: spec.Tree{Kind: spec.KindMirror, Members: []spec.Tree{
+			{Kind: spec.KindStripe, Chunk: 64 << 10, Members: []spec.Tree{spec.Member("a"), spec.Member("b")}}, spec.Member("c"),
 		}},
 		Engine: fastEngine,
 	}
@@ -244,7 +245,7 @@ func TestClusterEngineKill(t *testing.T) {
 	}{
 		{name: "mirror", topo: Topology{
 			Nodes:   []NodeSpec{{Name: "a", Size: oddSize}, {Name: "b", Size: oddSize + 4096}},
-			Storage: StorageSpec{Layout: Mirror, Members: []StorageSpec{{Node: "a"}, {Node: "b"}}},
+			Storage: spec.Tree{Kind: spec.KindMirror, Members: []spec.Tree{spec.Member("a"), spec.Member("b")}},
 			Engine:  fastEngine,
 		}},
 		// A linear leaf has no replica and a stripe is a whole mirror
@@ -284,9 +285,9 @@ func TestClusterCompositeMirror(t *testing.T) {
 	defer cancel()
 	topo := Topology{
 		Nodes: []NodeSpec{{Name: "a", Size: 1<<20 + 333}, {Name: "b", Size: 1<<20 + 4097}, {Name: "c", Size: 2<<20 + 999}},
-		Storage: StorageSpec{Layout: Mirror, Members: []StorageSpec{
-			{Layout: Stripe, Chunk: 64 << 10, Members: []StorageSpec{{Node: "a"}, {Node: "b"}}},
-			{Node: "c"},
+		Storage: spec.Tree{Kind: spec.KindMirror, Members: []spec.Tree{
+			{Kind: spec.KindStripe, Chunk: 64 << 10, Members: []spec.Tree{spec.Member("a"), spec.Member("b")}},
+			spec.Member("c"),
 		}},
 		Engine: fastEngine,
 	}
@@ -336,7 +337,7 @@ func TestClusterCompositeMirror(t *testing.T) {
 	require.Len(t, div, 1, "%v", div)
 	d := div[0]
 	t.Logf("found: %v", d)
-	require.Equal(t, "mirror(stripe/64KiB(a,b),c)", d.Mirror)
+	require.Equal(t, "mirror(stripe/64KiB(a, b), c)", d.Mirror)
 	require.Equal(t, "c", d.B)
 	require.Equal(t, off, d.DeviceOffset)
 	require.Equal(t, off, d.Offset)

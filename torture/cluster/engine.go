@@ -13,6 +13,7 @@ import (
 
 	"dst/storage/admin"
 	"dst/storage/engine"
+	"dst/storage/spec"
 )
 
 // Bounds of the engine handle.
@@ -322,16 +323,16 @@ func writeSection(b *strings.Builder, name string, lines []string) {
 }
 
 // writeSpec writes the fields of a layout node at indent.
-func (c *Cluster) writeSpec(b *strings.Builder, s *StorageSpec, indent string) {
-	fmt.Fprintf(b, "%slayout: %s\n", indent, s.Layout)
+func (c *Cluster) writeSpec(b *strings.Builder, s *spec.Tree, indent string) {
+	fmt.Fprintf(b, "%slayout: %s\n", indent, s.Kind)
 	if s.Chunk > 0 {
 		fmt.Fprintf(b, "%schunk: %d\n", indent, s.Chunk)
 	}
 	fmt.Fprintf(b, "%smembers:\n", indent)
 	for i := range s.Members {
 		m := &s.Members[i]
-		if m.Layout == "" {
-			fmt.Fprintf(b, "%s  - %s\n", indent, c.nodes[m.Node].URL())
+		if m.IsLeaf() {
+			fmt.Fprintf(b, "%s  - %s\n", indent, c.nodes[m.Leaf].URL())
 			continue
 		}
 		// "- " then the nested fields, aligned two columns in.

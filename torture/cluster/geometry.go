@@ -7,6 +7,7 @@ import (
 
 	"dst/storage/layout"
 	"dst/storage/meta"
+	"dst/storage/spec"
 )
 
 // maxBoundaries bounds what Boundaries returns.
@@ -29,7 +30,7 @@ type geometry struct {
 // tree is a node of the layout with the spec it came from and its place
 // in the parent, so that logical offsets map back up to the device.
 type tree struct {
-	spec     *StorageSpec
+	spec     *spec.Tree
 	l        layout.Layout
 	parent   *tree
 	index    int // child index in parent
@@ -50,45 +51,26 @@ func (t Topology) build() (*geometry, error) {
 		}
 		g.areas = append(g.areas, a)
 	}
-	next := 0
-	root, err := g.buildTree(&t.Storage, nil, 0, &next)
+	l, err := t.Storage.Build(func(i int) (layout.Layout, error) {
+		return layout.NewLeaf(i, g.areas[i].DataOffset, g.areas[i].DataSize)
+	})
 	if err != nil {
 		return nil, err
 	}
-	g.root = root
+	g.root = newTree(&t.Storage, l, nil, 0)
 	return g, nil
 }
 
-func (g *geometry) buildTree(s *StorageSpec, parent *tree, index int, next *int) (*tree, error) {
-	tr := &tree{spec: s, parent: parent, index: index}
-	if s.Layout == "" {
-		i := *next
-		*next++
-		l, err := layout.NewLeaf(i, g.areas[i].DataOffset, g.areas[i].DataSize)
-		tr.l = l
-		return tr, err
-	}
-	ls := make([]layout.Layout, len(s.Members))
-	for i := range s.Members {
-		c, err := g.buildTree(&s.Members[i], tr, i, next)
-		if err != nil {
-			return nil, err
+// newTree pairs the spec node s with the layout l built from it, and their
+// children likewise.
+func newTree(s *spec.Tree, l layout.Layout, parent *tree, index int) *tree {
+	tr := &tree{spec: s, l: l, parent: parent, index: index}
+	if p, ok := l.(interface{ Child(int) layout.Layout }); ok {
+		for i := range s.Members {
+			tr.children = append(tr.children, newTree(&s.Members[i], p.Child(i), tr, i))
 		}
-		tr.children = append(tr.children, c)
-		ls[i] = c.l
 	}
-	var err error
-	switch s.Layout {
-	case Linear:
-		tr.l, err = layout.NewLinear(ls...)
-	case Stripe:
-		tr.l, err = layout.NewStripe(s.Chunk, ls...)
-	case Mirror:
-		tr.l, err = layout.NewMirror(ls...)
-	default:
-		err = fmt.Errorf("%w: layout %q", ErrTopology, s.Layout)
-	}
-	return tr, err
+	return tr
 }
 
 // deviceOffset maps logical offset x of tr up to the device.

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"dst/storage/spec"
+
 	"github.com/stretchr/testify/require"
 )
 
@@ -23,7 +25,7 @@ func TestClusterNetns(t *testing.T) {
 	}
 	topo := Topology{
 		Nodes:   []NodeSpec{{Name: "a", Size: oddSize, Proxy: true}, {Name: "b", Size: oddSize}},
-		Storage: StorageSpec{Layout: Mirror, Members: []StorageSpec{{Node: "a"}, {Node: "b"}}},
+		Storage: spec.Tree{Kind: spec.KindMirror, Members: []spec.Tree{spec.Member("a"), spec.Member("b")}},
 		Netns:   true,
 		Engine:  fastEngine,
 	}

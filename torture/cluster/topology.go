@@ -34,16 +34,10 @@ import (
 	"strings"
 	"time"
 
+	"dst/internal/size"
 	"dst/storage/config"
-	"dst/storage/layout"
 	"dst/storage/meta"
-)
-
-// Layouts of StorageSpec.Layout.
-const (
-	Linear = "linear"
-	Stripe = "stripe"
-	Mirror = "mirror"
+	"dst/storage/spec"
 )
 
 // ErrTopology is wrapped by every error of Topology.Validate.
@@ -55,7 +49,7 @@ type Topology struct {
 	// Nodes are the exports, each backed by its own image file.
 	Nodes []NodeSpec
 	// Storage is the layout tree; its leaves name nodes, each exactly once.
-	Storage StorageSpec
+	Storage spec.Tree
 	// Netns runs every node in its own network namespace, reached over a
 	// veth pair at its own address (root and iproute2 needed).
 	Netns bool
@@ -80,19 +74,6 @@ type NodeSpec struct {
 	// MediaFaults lets Node.SetMediaFaults inject media faults (dst export
 	// --faults).
 	MediaFaults bool
-}
-
-// StorageSpec is a node of the storage tree: a layout over Members, or a
-// leaf naming a node.
-type StorageSpec struct {
-	// Layout is Linear, Stripe or Mirror; empty for a leaf.
-	Layout string
-	// Chunk is the stripe chunk in bytes (stripes only, required there).
-	Chunk int64
-	// Members are the children of a layout.
-	Members []StorageSpec
-	// Node is the node name of a leaf.
-	Node string
 }
 
 // EngineSpec tunes `dst serve`. A zero field leaves dst's default.
@@ -138,8 +119,8 @@ func (t Topology) Validate() error {
 	if len(t.Nodes) == 0 {
 		bad("no nodes")
 	}
-	if len(t.Nodes) > config.MaxMembers {
-		bad("%d nodes, at most %d", len(t.Nodes), config.MaxMembers)
+	if len(t.Nodes) > spec.MaxMembers {
+		bad("%d nodes, at most %d", len(t.Nodes), spec.MaxMembers)
 	}
 	sizes := map[string]int64{}
 	for i, n := range t.Nodes {
@@ -155,11 +136,19 @@ func (t Topology) Validate() error {
 		}
 		sizes[n.Name] = max(n.Size, 1)
 	}
-	if t.Storage.Layout == "" {
-		bad("storage: the root must be a layout (write linear(%s) for a single node)", t.Storage.Node)
+	if t.Storage.IsLeaf() {
+		bad("storage: the root must be a layout (write linear(%s) for a single node)", t.Storage.Leaf)
+	}
+	if err := t.Storage.Validate(); err != nil {
+		bad("storage %s: %v", t.Storage.String(), err)
 	}
 	used := map[string]bool{}
-	t.Storage.validate("storage", sizes, used, 1, bad)
+	for _, l := range t.Storage.Leaves() {
+		if l != "" && sizes[l] == 0 {
+			bad("storage: unknown node %q", l)
+		}
+		used[l] = true
+	}
 	for _, n := range t.Nodes {
 		if sizes[n.Name] != 0 && !used[n.Name] {
 			bad("node %q is not used by the storage", n.Name)
@@ -186,75 +175,6 @@ func (t Topology) Validate() error {
 	return errors.Join(errs...)
 }
 
-func (s *StorageSpec) validate(field string, sizes map[string]int64, used map[string]bool, depth int,
-	bad func(string, ...any)) {
-	if depth > config.MaxDepth {
-		bad("%s: nested deeper than %d", field, config.MaxDepth)
-		return
-	}
-	if s.Layout == "" {
-		switch {
-		case s.Node == "":
-			bad("%s: a leaf needs a node name (or give a layout)", field)
-		case len(s.Members) != 0 || s.Chunk != 0:
-			bad("%s: leaf %q cannot have members or a chunk", field, s.Node)
-		case sizes[s.Node] == 0:
-			bad("%s: unknown node %q", field, s.Node)
-		case used[s.Node]:
-			bad("%s: node %q used twice", field, s.Node)
-		}
-		used[s.Node] = true
-		return
-	}
-	switch {
-	case s.Layout != Linear && s.Layout != Stripe && s.Layout != Mirror:
-		bad("%s: layout %q is not linear, stripe or mirror", field, s.Layout)
-	case s.Node != "":
-		bad("%s: a %s layout cannot name a node (%q); make it a member", field, s.Layout, s.Node)
-	case len(s.Members) == 0:
-		bad("%s: empty %s", field, s.Layout)
-	case s.Layout == Stripe && s.Chunk <= 0:
-		bad("%s: stripe without a chunk size", field)
-	case s.Layout != Stripe && s.Chunk != 0:
-		bad("%s: chunk is for stripes only, not %s", field, s.Layout)
-	case s.Layout == Mirror && len(s.Members) > layout.MaxReplicas:
-		bad("%s: %d replicas, at most %d", field, len(s.Members), layout.MaxReplicas)
-	}
-	for i := range s.Members {
-		s.Members[i].validate(fmt.Sprintf("%s.members[%d]", field, i), sizes, used, depth+1, bad)
-	}
-}
-
-// Leaves returns the node names in leaf order (depth first), which is the
-// engine's member order.
-func (s StorageSpec) Leaves() []string {
-	if s.Layout == "" {
-		return []string{s.Node}
-	}
-	var out []string
-	for i := range s.Members {
-		out = append(out, s.Members[i].Leaves()...)
-	}
-	return out
-}
-
-// String renders the tree in one line, e.g. "linear(mirror(a,b),c)" or
-// "stripe/64KiB(a,b)".
-func (s StorageSpec) String() string {
-	if s.Layout == "" {
-		return s.Node
-	}
-	parts := make([]string, len(s.Members))
-	for i := range s.Members {
-		parts[i] = s.Members[i].String()
-	}
-	k := s.Layout
-	if s.Layout == Stripe {
-		k += "/" + formatBytes(s.Chunk)
-	}
-	return k + "(" + strings.Join(parts, ",") + ")"
-}
-
 // String renders the topology for reports: the tree, the node sizes and
 // the modes, e.g. "linear(mirror(a,b),c) a=3145851B b=3145851B c*=4MiB netns"
 // (a star marks a node behind a proxy).
@@ -266,7 +186,7 @@ func (t Topology) String() string {
 		if n.Proxy {
 			star = "*"
 		}
-		fmt.Fprintf(&b, " %s%s=%s", n.Name, star, formatBytes(n.Size))
+		fmt.Fprintf(&b, " %s%s=%s", n.Name, star, size.Format(n.Size))
 	}
 	if t.Netns {
 		b.WriteString(" netns")
@@ -282,15 +202,4 @@ func (t Topology) node(name string) (NodeSpec, bool) {
 		}
 	}
 	return NodeSpec{}, false
-}
-
-// formatBytes writes n with the largest binary unit that divides it.
-func formatBytes(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
-	u := 0
-	for u+1 < len(units) && n != 0 && n%1024 == 0 {
-		n /= 1024
-		u++
-	}
-	return fmt.Sprintf("%d%s", n, units[u])
 }

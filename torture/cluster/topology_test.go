@@ -13,9 +13,10 @@ import (
 
 	"dst/storage/config"
 	"dst/storage/layout"
+	"dst/storage/spec"
 )
 
-func leaf(n string) StorageSpec { return StorageSpec{Node: n} }
+var leaf = spec.Member
 
 func TestValidate(t *testing.T) {
 	nodes := []NodeSpec{{Name: "a", Size: 1 << 20}, {Name: "b", Size: 1 << 20}, {Name: "c", Size: 1 << 20}}
@@ -24,35 +25,35 @@ func TestValidate(t *testing.T) {
 		topo Topology
 		want string // "" means valid
 	}{
-		{"valid", Topology{Nodes: nodes, Storage: StorageSpec{Layout: Linear, Members: []StorageSpec{
-			{Layout: Mirror, Members: []StorageSpec{leaf("a"), leaf("b")}}, leaf("c")}}}, ""},
-		{"unknown node", Topology{Nodes: nodes[:2], Storage: StorageSpec{Layout: Mirror, Members: []StorageSpec{
+		{"valid", Topology{Nodes: nodes, Storage: spec.Tree{Kind: spec.KindLinear, Members: []spec.Tree{
+			{Kind: spec.KindMirror, Members: []spec.Tree{leaf("a"), leaf("b")}}, leaf("c")}}}, ""},
+		{"unknown node", Topology{Nodes: nodes[:2], Storage: spec.Tree{Kind: spec.KindMirror, Members: []spec.Tree{
 			leaf("a"), leaf("x")}}}, `unknown node "x"`},
-		{"node used twice", Topology{Nodes: nodes[:2], Storage: StorageSpec{Layout: Mirror, Members: []StorageSpec{
-			leaf("a"), leaf("a"), leaf("b")}}}, `node "a" used twice`},
-		{"unused node", Topology{Nodes: nodes, Storage: StorageSpec{Layout: Mirror, Members: []StorageSpec{
+		{"node used twice", Topology{Nodes: nodes[:2], Storage: spec.Tree{Kind: spec.KindMirror, Members: []spec.Tree{
+			leaf("a"), leaf("a"), leaf("b")}}}, "member a appears twice"},
+		{"unused node", Topology{Nodes: nodes, Storage: spec.Tree{Kind: spec.KindMirror, Members: []spec.Tree{
 			leaf("a"), leaf("b")}}}, `node "c" is not used`},
-		{"empty mirror", Topology{Nodes: nodes[:1], Storage: StorageSpec{Layout: Linear, Members: []StorageSpec{
-			leaf("a"), {Layout: Mirror}}}}, "empty mirror"},
-		{"stripe without chunk", Topology{Nodes: nodes[:2], Storage: StorageSpec{Layout: Stripe, Members: []StorageSpec{
-			leaf("a"), leaf("b")}}}, "stripe without a chunk"},
-		{"chunk on linear", Topology{Nodes: nodes[:2], Storage: StorageSpec{Layout: Linear, Chunk: 4096, Members: []StorageSpec{
-			leaf("a"), leaf("b")}}}, "chunk is for stripes only"},
-		{"chunk larger than a member", Topology{Nodes: nodes[:2], Storage: StorageSpec{Layout: Stripe, Chunk: 4 << 20,
-			Members: []StorageSpec{leaf("a"), leaf("b")}}}, "stripe"},
-		{"unknown layout", Topology{Nodes: nodes[:1], Storage: StorageSpec{Layout: "raid5", Members: []StorageSpec{
+		{"empty mirror", Topology{Nodes: nodes[:1], Storage: spec.Tree{Kind: spec.KindLinear, Members: []spec.Tree{
+			leaf("a"), {Kind: spec.KindMirror}}}}, "a mirror layout needs members"},
+		{"stripe without chunk", Topology{Nodes: nodes[:2], Storage: spec.Tree{Kind: spec.KindStripe, Members: []spec.Tree{
+			leaf("a"), leaf("b")}}}, "a stripe needs a chunk size"},
+		{"chunk on linear", Topology{Nodes: nodes[:2], Storage: spec.Tree{Kind: spec.KindLinear, Chunk: 4096, Members: []spec.Tree{
+			leaf("a"), leaf("b")}}}, "only a stripe has a chunk"},
+		{"chunk larger than a member", Topology{Nodes: nodes[:2], Storage: spec.Tree{Kind: spec.KindStripe, Chunk: 4 << 20,
+			Members: []spec.Tree{leaf("a"), leaf("b")}}}, "stripe"},
+		{"unknown layout", Topology{Nodes: nodes[:1], Storage: spec.Tree{Kind: "raid5", Members: []spec.Tree{
 			leaf("a")}}}, `layout "raid5"`},
 		{"leaf at the root", Topology{Nodes: nodes[:1], Storage: leaf("a")}, "root must be a layout"},
-		{"duplicate node", Topology{Nodes: []NodeSpec{nodes[0], nodes[0]}, Storage: StorageSpec{Layout: Linear,
-			Members: []StorageSpec{leaf("a")}}}, `node "a": defined twice`},
-		{"tiny node", Topology{Nodes: []NodeSpec{{Name: "a", Size: 4096}}, Storage: StorageSpec{Layout: Linear,
-			Members: []StorageSpec{leaf("a")}}}, "size 4096 bytes"},
-		{"bad name", Topology{Nodes: []NodeSpec{{Name: "a/b", Size: 1 << 20}}, Storage: StorageSpec{Layout: Linear,
-			Members: []StorageSpec{leaf("a/b")}}}, `name "a/b"`},
-		{"bad region size", Topology{Nodes: nodes[:1], Storage: StorageSpec{Layout: Linear,
-			Members: []StorageSpec{leaf("a")}}, Engine: EngineSpec{RegionSize: 5000}}, "region size 5000"},
-		{"layout naming a node", Topology{Nodes: nodes[:1], Storage: StorageSpec{Layout: Linear, Node: "a",
-			Members: []StorageSpec{leaf("a")}}}, "cannot name a node"},
+		{"duplicate node", Topology{Nodes: []NodeSpec{nodes[0], nodes[0]}, Storage: spec.Tree{Kind: spec.KindLinear,
+			Members: []spec.Tree{leaf("a")}}}, `node "a": defined twice`},
+		{"tiny node", Topology{Nodes: []NodeSpec{{Name: "a", Size: 4096}}, Storage: spec.Tree{Kind: spec.KindLinear,
+			Members: []spec.Tree{leaf("a")}}}, "size 4096 bytes"},
+		{"bad name", Topology{Nodes: []NodeSpec{{Name: "a/b", Size: 1 << 20}}, Storage: spec.Tree{Kind: spec.KindLinear,
+			Members: []spec.Tree{leaf("a/b")}}}, `name "a/b"`},
+		{"bad region size", Topology{Nodes: nodes[:1], Storage: spec.Tree{Kind: spec.KindLinear,
+			Members: []spec.Tree{leaf("a")}}, Engine: EngineSpec{RegionSize: 5000}}, "region size 5000"},
+		{"layout naming a node", Topology{Nodes: nodes[:1], Storage: spec.Tree{Kind: spec.KindLinear, Leaf: "a",
+			Members: []spec.Tree{leaf("a")}}}, "cannot name a member"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.topo.Validate()
@@ -69,14 +70,14 @@ func TestValidate(t *testing.T) {
 func TestString(t *testing.T) {
 	topo := Topology{
 		Nodes: []NodeSpec{{Name: "a", Size: 3<<20 + 123}, {Name: "b", Size: 4 << 20, Proxy: true}, {Name: "c", Size: 4 << 20}},
-		Storage: StorageSpec{Layout: Linear, Members: []StorageSpec{
-			{Layout: Mirror, Members: []StorageSpec{leaf("a"), leaf("b")}},
-			{Layout: Stripe, Chunk: 64 << 10, Members: []StorageSpec{leaf("c")}},
+		Storage: spec.Tree{Kind: spec.KindLinear, Members: []spec.Tree{
+			{Kind: spec.KindMirror, Members: []spec.Tree{leaf("a"), leaf("b")}},
+			{Kind: spec.KindStripe, Chunk: 64 << 10, Members: []spec.Tree{leaf("c")}},
 		}},
 		Netns: true,
 	}
-	require.Equal(t, "linear(mirror(a,b),stripe/64KiB(c))", topo.Storage.String())
-	require.Equal(t, "linear(mirror(a,b),stripe/64KiB(c)) a=3145851B b*=4MiB c=4MiB netns", topo.String())
+	require.Equal(t, "linear(mirror(a, b), stripe/64KiB(c))", topo.Storage.String())
+	require.Equal(t, "linear(mirror(a, b), stripe/64KiB(c)) a=3145851B b*=4MiB c=4MiB netns", topo.String())
 	require.Equal(t, []string{"a", "b", "c"}, topo.Storage.Leaves())
 }
 
@@ -86,9 +87,9 @@ func TestBoundaries(t *testing.T) {
 	topo := Topology{
 		Nodes: []NodeSpec{{Name: "a", Size: 1<<20 + 1}, {Name: "b", Size: 1<<20 + 4095}, {Name: "c", Size: 3 << 20},
 			{Name: "d", Size: 2<<20 + 7}},
-		Storage: StorageSpec{Layout: Linear, Members: []StorageSpec{
-			{Layout: Stripe, Chunk: 12345, Members: []StorageSpec{leaf("a"), leaf("b")}},
-			{Layout: Mirror, Members: []StorageSpec{leaf("c"), {Layout: Linear, Members: []StorageSpec{leaf("d")}}}},
+		Storage: spec.Tree{Kind: spec.KindLinear, Members: []spec.Tree{
+			{Kind: spec.KindStripe, Chunk: 12345, Members: []spec.Tree{leaf("a"), leaf("b")}},
+			{Kind: spec.KindMirror, Members: []spec.Tree{leaf("c"), {Kind: spec.KindLinear, Members: []spec.Tree{leaf("d")}}}},
 		}},
 	}
 	require.NoError(t, topo.Validate())
@@ -108,9 +109,9 @@ func TestBoundaries(t *testing.T) {
 func TestServeConfig(t *testing.T) {
 	topo := Topology{
 		Nodes: []NodeSpec{{Name: "a", Size: 1 << 20}, {Name: "b", Size: 1 << 20}, {Name: "c", Size: 1 << 20}},
-		Storage: StorageSpec{Layout: Linear, Members: []StorageSpec{
-			{Layout: Mirror, Members: []StorageSpec{leaf("a"), {Layout: Stripe, Chunk: 8192,
-				Members: []StorageSpec{leaf("b")}}}},
+		Storage: spec.Tree{Kind: spec.KindLinear, Members: []spec.Tree{
+			{Kind: spec.KindMirror, Members: []spec.Tree{leaf("a"), {Kind: spec.KindStripe, Chunk: 8192,
+				Members: []spec.Tree{leaf("b")}}}},
 			leaf("c"),
 		}},
 		Engine: EngineSpec{RequestTimeout: time.Second, Retries: -1, BackoffMax: 20 * time.Millisecond,
@@ -125,7 +126,7 @@ func TestServeConfig(t *testing.T) {
 	text := c.serveConfig("127.0.0.1:7000", "127.0.0.1:7001")
 	cfg, err := config.Parse("serve.yaml", []byte(text))
 	require.NoError(t, err, "%s", text)
-	require.Equal(t, "linear(mirror(nbd://127.0.0.1:10809, stripe/8192(nbd://127.0.0.1:20809)), nbd://127.0.0.1:30809)",
+	require.Equal(t, "linear(mirror(nbd://127.0.0.1:10809, stripe/8KiB(nbd://127.0.0.1:20809)), nbd://127.0.0.1:30809)",
 		cfg.Storage.String(), "%s", text)
 	require.Equal(t, "127.0.0.1:7000", cfg.Listen)
 	require.Equal(t, "127.0.0.1:7001", cfg.Admin)

@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"dst/scenarios"
+	"dst/storage/spec"
 	"dst/torture/scenario"
 )
 
@@ -44,17 +45,17 @@ func FuzzScenario(f *testing.F) {
 		for _, n := range s.Topology.Nodes {
 			nodes[n.Name] = 0
 		}
-		var walk func(st scenario.Storage)
-		walk = func(st scenario.Storage) {
-			if st.Node != "" {
-				if _, ok := nodes[st.Node]; !ok {
-					t.Fatalf("leaf %q is no node", st.Node)
+		var walk func(st spec.Tree)
+		walk = func(st spec.Tree) {
+			if st.IsLeaf() {
+				if _, ok := nodes[st.Leaf]; !ok {
+					t.Fatalf("leaf %q is no node", st.Leaf)
 				}
-				nodes[st.Node]++
+				nodes[st.Leaf]++
 				return
 			}
 			if len(st.Members) == 0 {
-				t.Fatalf("layout %q without members", st.Layout)
+				t.Fatalf("layout %q without members", st.Kind)
 			}
 			for _, m := range st.Members {
 				walk(m)

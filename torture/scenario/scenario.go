@@ -107,8 +107,9 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"dst/storage/config"
+	"dst/internal/size"
 	"dst/storage/node"
+	"dst/storage/spec"
 )
 
 // MaxBytes bounds a scenario file.
@@ -132,7 +133,7 @@ type Scenario struct {
 type Topology struct {
 	Netns   bool
 	Nodes   []Node
-	Storage Storage
+	Storage spec.Tree
 	Engine  Engine
 }
 
@@ -142,28 +143,6 @@ type Node struct {
 	Size  int64
 	Proxy bool
 	Line  int
-}
-
-// Storage is one level of the layout tree: a layout over members, or a
-// leaf naming a node.
-type Storage struct {
-	Layout  string
-	Chunk   int64
-	Members []Storage
-	Node    string
-	Line    int
-}
-
-// String renders the tree, e.g. "linear(mirror(a,b),c)".
-func (s Storage) String() string {
-	if s.Node != "" {
-		return s.Node
-	}
-	parts := make([]string, len(s.Members))
-	for i, m := range s.Members {
-		parts[i] = m.String()
-	}
-	return s.Layout + "(" + strings.Join(parts, ",") + ")"
 }
 
 // Engine holds the engine's timings; zero values take dst serve's
@@ -426,11 +405,12 @@ func (p *parser) topology(t *topologyYAML) Topology {
 	return out
 }
 
-func (p *parser) storage(s *storageYAML, field string, nodes map[string]int, used map[string]bool, depth int) Storage {
-	if depth > 8 {
-		p.errorf(s.line, field, "layouts nest more than 8 levels deep")
-		return Storage{}
+func (p *parser) storage(s *storageYAML, field string, nodes map[string]int, used map[string]bool, depth int) spec.Tree {
+	if depth > spec.MaxDepth {
+		p.errorf(s.line, field, "layouts nest more than %d levels deep", spec.MaxDepth)
+		return spec.Tree{}
 	}
+	where := fmt.Sprintf("%s:%d", p.file, s.line)
 	if s.leaf != "" {
 		if _, ok := nodes[s.leaf]; !ok {
 			p.errorf(s.line, field, "%q is not a node of topology.nodes", s.leaf)
@@ -438,9 +418,9 @@ func (p *parser) storage(s *storageYAML, field string, nodes map[string]int, use
 			p.errorf(s.line, field, "node %q is used twice", s.leaf)
 		}
 		used[s.leaf] = true
-		return Storage{Node: s.leaf, Line: s.line}
+		return spec.Tree{Kind: spec.KindMember, Leaf: s.leaf, Where: where}
 	}
-	out := Storage{Layout: s.Layout, Line: s.line}
+	out := spec.Tree{Kind: spec.Kind(s.Layout), Where: where}
 	switch s.Layout {
 	case "linear", "mirror":
 		if s.Chunk.Value != "" {
@@ -518,7 +498,7 @@ func (p *parser) faults(f *faultsYAML, t *Topology) Faults {
 		p.errorf(f.line, "faults.interval", "missing: how long between faults")
 	}
 	redundant := map[string]bool{}
-	markRedundant(t.Storage, false, redundant)
+	markRedundant(&t.Storage, false, redundant)
 	proxied := map[string]bool{}
 	for _, n := range t.Nodes {
 		proxied[n.Name] = n.Proxy
@@ -586,18 +566,6 @@ func (p *parser) faults(f *faultsYAML, t *Topology) Faults {
 	return out
 }
 
-// Leaves returns the node names of the tree, left to right.
-func (s Storage) Leaves() []string {
-	if s.Node != "" {
-		return []string{s.Node}
-	}
-	var out []string
-	for _, m := range s.Members {
-		out = append(out, m.Leaves()...)
-	}
-	return out
-}
-
 func allProxied(nodes []string, proxied map[string]bool) bool {
 	for _, n := range nodes {
 		if !proxied[n] {
@@ -607,39 +575,14 @@ func allProxied(nodes []string, proxied map[string]bool) bool {
 	return true
 }
 
-// Partners returns the leaves of the other children of the nearest
-// mirror above node: the replicas that hold its data. None when no mirror
-// is above it.
-func (s Storage) Partners(node string) []string {
-	if s.Node != "" {
-		return nil
-	}
-	for i, m := range s.Members {
-		if !slices.Contains(m.Leaves(), node) {
-			continue
-		}
-		if inner := m.Partners(node); len(inner) > 0 || s.Layout != "mirror" {
-			return inner
-		}
-		var out []string
-		for j, o := range s.Members {
-			if j != i {
-				out = append(out, o.Leaves()...)
-			}
-		}
-		return out
-	}
-	return nil
-}
-
 // markRedundant records the nodes that have a mirror replica above them.
-func markRedundant(s Storage, under bool, out map[string]bool) {
-	if s.Node != "" {
-		out[s.Node] = under
+func markRedundant(s *spec.Tree, under bool, out map[string]bool) {
+	if s.IsLeaf() {
+		out[s.Leaf] = under
 		return
 	}
-	for _, m := range s.Members {
-		markRedundant(m, under || s.Layout == "mirror", out)
+	for i := range s.Members {
+		markRedundant(&s.Members[i], under || s.Kind == spec.KindMirror, out)
 	}
 }
 
@@ -649,7 +592,7 @@ func (p *parser) size(v scalar, field string) int64 {
 	}
 	var total int64
 	for part := range strings.SplitSeq(v.Value, "+") {
-		n, err := config.ParseSize(part)
+		n, err := size.Parse(part)
 		if err != nil {
 			p.errorf(v.Line, field, "%v", err)
 			return 0

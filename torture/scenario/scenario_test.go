@@ -25,7 +25,7 @@ func TestEmbeddedScenariosParse(t *testing.T) {
 	s, err := scenarios.Lookup("smoke")
 	require.NoError(t, err)
 	require.Equal(t, 2*time.Minute, s.Duration)
-	require.Equal(t, "linear(mirror(a,b),c)", s.Topology.Storage.String())
+	require.Equal(t, "linear(mirror(a, b), c)", s.Topology.Storage.String())
 	require.Equal(t, int64(192<<20+1234), s.Topology.Nodes[0].Size)
 	require.Equal(t, []string{"ext4", "xfs", "btrfs"}, s.Workload.Filesystems)
 	require.Equal(t, "kill", s.Faults.Kinds[0].Kind)
