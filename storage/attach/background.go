@@ -30,7 +30,8 @@ func NotifyReady(device string) error { return proc.Ready(readyEnv, device) }
 // or dies, within ready and ctx. It returns the device and leaves the
 // process running. A process that dies first is reported with the last
 // lines it logged; one that is not ready in time is stopped (SIGTERM, then
-// SIGKILL after CloseTimeout) and what it left is cleaned.
+// SIGKILL after CloseTimeout) and what it left is cleaned. The state
+// directory must exist (Lock and CleanStale create it).
 func (r Registry) StartBackground(ctx context.Context, name, exe string, args []string, ready time.Duration) (string, error) {
 	p, err := proc.Start(proc.Options{Name: "the attach process", Argv: append([]string{exe}, args...),
 		Log: r.LogPath(name), Daemon: true, ReadyEnv: readyEnv})
