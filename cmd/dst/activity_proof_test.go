@@ -54,7 +54,7 @@ func TestProofEngineKillResyncsOnlyActiveRegions(t *testing.T) {
 	require.NotNil(t, st.Activity)
 	require.LessOrEqual(t, st.Activity.ActiveRegions, bound)
 	r.note("%d writes, %d regions active, %d metadata writes before the kill", writes, st.Activity.ActiveRegions, st.Activity.MetadataWrites)
-	s.kill()
+	require.NoError(t, s.Kill())
 	<-fioDone
 	killed := time.Now()
 

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -9,23 +8,14 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"dst/storage/attach"
 	"dst/storage/node"
 )
-
-// attachReadyEnv names the descriptor on which a background attach
-// process reports its device (one line) once it is ready.
-const attachReadyEnv = "DST_ATTACH_READY_FD"
-
-// attachCloseTimeout bounds the detach of a stopping attach process.
-const attachCloseTimeout = 30 * time.Second
 
 var attachCommand = command{
 	name:    "attach",
@@ -159,7 +149,7 @@ func attachForeground(ctx context.Context, o *attachFlags, mode attach.Mode, reg
 		return err
 	}
 	detach := func() error {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attachCloseTimeout)
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), attach.CloseTimeout)
 		defer cancel()
 		return errors.Join(a.Close(cctx), reg.Remove(o.name))
 	}
@@ -171,7 +161,7 @@ func attachForeground(ctx context.Context, o *attachFlags, mode attach.Mode, reg
 		return errors.Join(err, detach())
 	}
 	fmt.Fprintln(stdout, a.Device())
-	if err := notifyReady(a.Device()); err != nil {
+	if err := attach.NotifyReady(a.Device()); err != nil {
 		return errors.Join(err, detach())
 	}
 	<-ctx.Done()
@@ -179,113 +169,22 @@ func attachForeground(ctx context.Context, o *attachFlags, mode attach.Mode, reg
 	return detach()
 }
 
-// notifyReady writes the device to the descriptor a parent dst attach
-// passed, if any.
-func notifyReady(device string) error {
-	v := os.Getenv(attachReadyEnv)
-	if v == "" {
-		return nil
-	}
-	fd, err := strconv.Atoi(v)
-	if err != nil || fd < 3 {
-		return fmt.Errorf("%s=%q: not a descriptor", attachReadyEnv, v)
-	}
-	f := os.NewFile(uintptr(fd), "ready")
-	defer f.Close()
-	if _, err := fmt.Fprintln(f, device); err != nil {
-		return fmt.Errorf("report ready: %w", err)
-	}
-	return nil
-}
-
-// attachBackground starts dst attach --foreground as a detached process
-// (own session, output to its log), waits until it reports its device or
-// dies, within --timeout plus a margin, and prints the device.
+// attachBackground runs dst attach --foreground as a background process
+// (attach.Registry.StartBackground) and prints its device.
 func attachBackground(ctx context.Context, o *attachFlags, reg attach.Registry, stdout io.Writer) error {
 	exe, err := os.Executable()
 	if err != nil {
 		return fmt.Errorf("find own binary: %w", err)
 	}
-	logPath := reg.LogPath(o.name)
-	logFile, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("log file: %w", err)
-	}
-	defer logFile.Close()
-	logStart, _ := logFile.Seek(0, io.SeekEnd)
-	r, w, err := os.Pipe()
+	args := []string{"attach", "--foreground", "--url", o.url, "--name", o.name, "--state-dir", o.stateDir,
+		"--read-only=" + strconv.FormatBool(o.readOnly), "--mode", o.mode, "--timeout", o.timeout.String(), "--log-level", o.logLevel}
+	ready := o.timeout + 15*time.Second // the connect, then mount and loop device
+	dev, err := reg.StartBackground(ctx, o.name, exe, args, ready)
 	if err != nil {
 		return err
 	}
-	defer r.Close()
-	args := []string{"attach", "--foreground", "--url", o.url, "--name", o.name, "--state-dir", o.stateDir,
-		"--read-only=" + strconv.FormatBool(o.readOnly), "--mode", o.mode, "--timeout", o.timeout.String(), "--log-level", o.logLevel}
-	cmd := exec.Command(exe, args...)
-	cmd.Stdout, cmd.Stderr = logFile, logFile
-	cmd.ExtraFiles = []*os.File{w}
-	cmd.Env = append(os.Environ(), attachReadyEnv+"=3")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	err = cmd.Start()
-	w.Close()
-	if err != nil {
-		return fmt.Errorf("start the attach process: %w", err)
-	}
-	lines := make(chan string, 1)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(r)
-		if sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
-	wait := o.timeout + 15*time.Second // the connect, then mount and loop device
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	select {
-	case dev, ok := <-lines:
-		if ok && dev != "" {
-			_ = cmd.Process.Release()
-			fmt.Fprintln(stdout, dev)
-			return nil
-		}
-		_ = cmd.Wait()
-		return fmt.Errorf("the attach process failed (%v): %s", cmd.ProcessState, logTail(logPath, logStart))
-	case <-timer.C:
-		err = fmt.Errorf("the attach process (pid %d) was not ready within %v; log %s", cmd.Process.Pid, wait, logPath)
-	case <-ctx.Done():
-		err = ctx.Err()
-	}
-	// Give up: stop it and clean what it left.
-	_ = cmd.Process.Signal(syscall.SIGTERM)
-	exited := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(exited) }()
-	select {
-	case <-exited:
-	case <-time.After(attachCloseTimeout):
-		_ = cmd.Process.Kill()
-		<-exited
-	}
-	cctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	return errors.Join(err, reg.CleanStale(cctx, o.name, slog.New(slog.DiscardHandler)))
-}
-
-// logTail returns the error lines the attach process logged after start,
-// or its last lines.
-func logTail(path string, start int64) string {
-	b, err := os.ReadFile(path)
-	if err != nil || start > int64(len(b)) {
-		return "see " + path
-	}
-	text := strings.TrimSpace(string(b[start:]))
-	lines := strings.Split(text, "\n")
-	if len(lines) > 5 {
-		lines = lines[len(lines)-5:]
-	}
-	for i, l := range lines {
-		lines[i] = strings.TrimPrefix(l, "dst attach: ")
-	}
-	return strings.Join(lines, "\n") + " (log " + path + ")"
+	fmt.Fprintln(stdout, dev)
+	return nil
 }
 
 // detachFlags are the flags of dst detach.

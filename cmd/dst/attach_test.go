@@ -24,6 +24,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/proc"
 	"dst/internal/testkit"
 	"dst/storage/attach"
 )
@@ -87,14 +88,9 @@ func cleanupAttach(t *testing.T, stateDir, name string) {
 
 // processGone waits up to d for pid to disappear.
 func processGone(pid int, d time.Duration) bool {
-	deadline := time.Now().Add(d)
-	for time.Now().Before(deadline) {
-		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
-			return true
-		}
-		time.Sleep(20 * time.Millisecond) // polling: pid is not our child, there is nothing to wait on
-	}
-	return false
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	return proc.Gone(ctx, pid)
 }
 
 func TestAttachExportThroughLoopDevice(t *testing.T) {
@@ -162,7 +158,7 @@ func TestAttachExportThroughLoopDevice(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, string(logText), "msg=detached")
 
-	require.Equal(t, exitOK, exp.stop(t, syscall.SIGTERM), exp.stderr.String())
+	require.Equal(t, exitOK, exp.stop(t, syscall.SIGTERM), exp.output())
 	file, err := os.ReadFile(img)
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(data, file[16*64<<10:16*64<<10+len(data)]), "the data reached the export's file")

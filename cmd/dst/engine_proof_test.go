@@ -29,7 +29,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -121,121 +120,25 @@ func (r *rig) dump() {
 	}
 }
 
-// rigProc is a process a rig started.
-type rigProc struct {
-	name  string
-	cmd   *exec.Cmd
-	log   string
-	addrs []string      // what followed each awaited prefix on standard output
-	done  chan struct{} // closed once the process exited and was reaped
-}
-
-// lineSink copies a process's standard output to its log and hands each
-// line to a channel while someone is listening.
-type lineSink struct {
-	f       *os.File
-	partial []byte
-	lines   chan string
-}
-
-func (w *lineSink) Write(p []byte) (int, error) {
-	w.f.Write(p)
-	w.partial = append(w.partial, p...)
-	for {
-		i := bytes.IndexByte(w.partial, '\n')
-		if i < 0 {
-			break
-		}
-		line := string(w.partial[:i])
-		w.partial = w.partial[i+1:]
-		select {
-		case w.lines <- line:
-		default: // nobody waits for more lines
-		}
-	}
-	return len(p), nil
-}
-
-// start runs bin with args and waits until its standard output printed a
-// line starting with each prefix, in order (within 20 s).
-func (r *rig) start(name string, prefixes []string, bin string, args ...string) *rigProc {
+// start runs bin with args, its output in a log the rig prints on
+// failure, killed when the rig's deadline or the test ends, and waits
+// until its standard output printed a line starting with each prefix, in
+// order.
+func (r *rig) start(name string, prefixes []string, bin string, args ...string) *child {
 	t := r.t
 	t.Helper()
 	f, path, err := r.logFile(name)
 	require.NoError(t, err)
-	fmt.Fprintf(f, "# %s %s\n", bin, strings.Join(args, " "))
-	cmd := exec.CommandContext(r.ctx, bin, args...)
-	sink := &lineSink{f: f, lines: make(chan string, 8)}
-	cmd.Stdout, cmd.Stderr = sink, f
-	cmd.WaitDelay = 5 * time.Second
-	require.NoError(t, cmd.Start(), "start %s", name)
-	p := &rigProc{name: name, cmd: cmd, log: path, done: make(chan struct{})}
-	go func() {
-		cmd.Wait()
-		fmt.Fprintf(f, "# exit: %v\n", cmd.ProcessState)
-		f.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() { p.kill() })
-	deadline := time.NewTimer(20 * time.Second)
-	defer deadline.Stop()
-	for _, prefix := range prefixes {
-		select {
-		case line := <-sink.lines:
-			addr, ok := strings.CutPrefix(line, prefix)
-			require.True(t, ok, "%s (pid %d): want a line %q, got %q", name, cmd.Process.Pid, prefix, line)
-			p.addrs = append(p.addrs, addr)
-		case <-p.done:
-			t.Fatalf("%s exited (%v) before printing %q; log %s", name, cmd.ProcessState, prefix, path)
-		case <-deadline.C:
-			t.Fatalf("%s (pid %d) did not print %q within 20 s; log %s", name, cmd.Process.Pid, prefix, path)
-		}
-	}
-	r.note("%s: pid %d %v, log %s", name, cmd.Process.Pid, p.addrs, filepath.Base(path))
+	require.NoError(t, f.Close())
+	p := startChild(t, path, prefixes, append([]string{bin}, args...)...)
+	stop := context.AfterFunc(r.ctx, func() { p.Kill() })
+	t.Cleanup(func() { stop() })
+	r.note("%s: pid %d %v, log %s", name, p.Pid(), p.addrs, filepath.Base(path))
 	return p
 }
 
-// running reports whether the process has not exited.
-func (p *rigProc) running() bool {
-	select {
-	case <-p.done:
-		return false
-	default:
-		return true
-	}
-}
-
-// kill sends SIGKILL to the process (by its PID) unless it exited, and
-// waits for it.
-func (p *rigProc) kill() {
-	if p.running() {
-		p.cmd.Process.Kill()
-	}
-	<-p.done // bounded: a killed process exits; WaitDelay bounds its pipes
-}
-
-// stop sends sig to the process and returns its exit status; it fails the
-// test if the process does not exit within 20 s.
-func (p *rigProc) stop(t *testing.T, sig syscall.Signal) int {
-	t.Helper()
-	require.NoError(t, p.cmd.Process.Signal(sig), "signal %s", p.name)
-	select {
-	case <-p.done:
-	case <-time.After(20 * time.Second):
-		p.kill()
-		t.Fatalf("%s (pid %d) did not exit within 20 s of %v", p.name, p.cmd.Process.Pid, sig)
-	}
-	return p.cmd.ProcessState.ExitCode()
-}
-
-// stopOK stops the process with SIGTERM and requires exit status 0.
-func (p *rigProc) stopOK(t *testing.T) {
-	t.Helper()
-	require.Equal(t, exitOK, p.stop(t, syscall.SIGTERM), "%s exit status; log %s", p.name, p.log)
-}
-
 // export runs dst export serving file on listen.
-func (r *rig) export(name, listen, file string) *rigProc {
+func (r *rig) export(name, listen, file string) *child {
 	r.t.Helper()
 	return r.start(name, []string{"listening on "}, dstBinary,
 		"export", "--listen", listen, "--file", file, "--log-level", "info")
@@ -243,7 +146,7 @@ func (r *rig) export(name, listen, file string) *rigProc {
 
 // serve writes config to a file and runs dst serve with it; addrs[0] is
 // the NBD address, addrs[1] the admin address.
-func (r *rig) serve(name, config string) *rigProc {
+func (r *rig) serve(name, config string) *child {
 	r.t.Helper()
 	f, path, err := r.logFile(name + "-config")
 	require.NoError(r.t, err)
@@ -446,7 +349,7 @@ func TestProofMirrorFioSurvivesKill9(t *testing.T) {
 		require.True(t, time.Now().Before(deadline), "fio wrote too slowly: %+v", st.Requests)
 		time.Sleep(20 * time.Millisecond)
 	}
-	a.kill()
+	require.NoError(t, a.Kill())
 	r.note("export-a killed with SIGKILL after %d of %d writes, at %v", writesAtKill, writesTotal, time.Since(start))
 	require.Less(t, writesAtKill, uint64(writesTotal), "the kill landed in fio's write phase")
 
@@ -546,7 +449,7 @@ func TestProofLinearNodeLossIsLocal(t *testing.T) {
 	r := newRig(t, 60*time.Second)
 	const memberBytes = 8 << 20
 	var files []string
-	var exports []*rigProc
+	var exports []*child
 	var members []string
 	for i := range 3 {
 		f := image(t, fmt.Sprintf("m%d.img", i), memberBytes)
@@ -575,7 +478,7 @@ func TestProofLinearNodeLossIsLocal(t *testing.T) {
 	r.qemuIO(url, "flush")
 	readOf := func(i int) string { return fmt.Sprintf("read -P %#x %d 64k", 0x11*(i+1), at(i)) }
 
-	exports[1].kill()
+	require.NoError(t, exports[1].Kill())
 	r.note("export-1 killed with SIGKILL at %v", time.Since(start))
 	failed, out := r.qemuIOFails(url, readOf(1))
 	require.True(t, failed, "a read of the dead member's range fails:\n%s", out)
@@ -598,7 +501,7 @@ func TestProofLinearNodeLossIsLocal(t *testing.T) {
 		require.True(t, time.Now().Before(deadline), "member 1's range did not read again within 20 s:\n%s", out)
 		time.Sleep(100 * time.Millisecond)
 	}
-	require.True(t, s.running(), "dst serve was not restarted")
+	require.True(t, s.Alive(), "dst serve was not restarted")
 	r.qemuIO(url, fmt.Sprintf("write -P 0x55 %d 4k", at(1)), fmt.Sprintf("read -P 0x55 %d 4k", at(1)), readOf(0), readOf(2))
 	st = status(t, adminAddr)
 	require.True(t, allInSync(st), "%+v", st)
@@ -610,7 +513,7 @@ func TestProofLinearNodeLossIsLocal(t *testing.T) {
 // startQemuNBD serves file with qemu-nbd on the Unix socket sock and
 // waits until it accepts connections; it returns the process and the
 // member URL.
-func (r *rig) startQemuNBD(name, sock, file string) (*rigProc, string) {
+func (r *rig) startQemuNBD(name, sock, file string) (*child, string) {
 	t := r.t
 	t.Helper()
 	p := r.start(name, nil, "qemu-nbd", "--format=raw", "--persistent", "--shared=8", "--export-name=disk",
@@ -622,7 +525,7 @@ func (r *rig) startQemuNBD(name, sock, file string) (*rigProc, string) {
 			c.Close()
 			break
 		}
-		require.True(t, p.running(), "qemu-nbd exited; log %s", p.log)
+		require.True(t, p.Alive(), "qemu-nbd exited; log %s", p.Log())
 		require.True(t, time.Now().Before(deadline), "qemu-nbd did not listen on %s within 20 s: %v", sock, err)
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -670,7 +573,7 @@ func TestProofQemuNBDMember(t *testing.T) {
 
 	// qemu-nbd dies; the mirror goes on with the dst export; qemu-nbd
 	// comes back on the same socket with the same file and is resynced.
-	q.kill()
+	require.NoError(t, q.Kill())
 	late := int64(imageBytes + 2<<20)
 	r.qemuIO(url, fmt.Sprintf("write -P 0x6b %d 1M", late), "flush")
 	waitStatus(t, adminAddr, 10*time.Second, "member 1 failed", memberState(1, engine.Failed))

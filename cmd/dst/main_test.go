@@ -6,7 +6,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"flag"
@@ -217,70 +216,12 @@ func TestExportServesInProcess(t *testing.T) {
 	require.Len(t, data, 2<<20, "the missing file was created with --size")
 }
 
-// startBinary starts the dst binary and waits for its listening line. The
-// process is killed when the test ends if it is still running.
-func startBinary(t *testing.T, args ...string) (*exec.Cmd, string, *testkit.Buffer) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	cmd := exec.CommandContext(ctx, dstBinary, args...)
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	stderr := &testkit.Buffer{}
-	cmd.Stderr = stderr
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil { // not waited for: still running
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	lines := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		if sc.Scan() {
-			lines <- sc.Text()
-		}
-		close(lines)
-		io.Copy(io.Discard, stdout)
-	}()
-	select {
-	case line, ok := <-lines:
-		require.True(t, ok, "dst exited without listening: %s", stderr.String())
-		addr, found := strings.CutPrefix(line, "listening on ")
-		require.True(t, found, line)
-		return cmd, addr, stderr
-	case <-time.After(20 * time.Second):
-		t.Fatalf("dst did not print its listening line within 20 s: %s", stderr.String())
-	}
-	return nil, "", nil
-}
-
-// waitExit waits up to d for cmd to exit and returns its exit status.
-func waitExit(t *testing.T, cmd *exec.Cmd, d time.Duration) int {
-	t.Helper()
-	done := make(chan error, 1)
-	go func() { done <- cmd.Wait() }()
-	select {
-	case err := <-done:
-		if ee, ok := err.(*exec.ExitError); ok {
-			return ee.ExitCode()
-		}
-		require.NoError(t, err)
-		return 0
-	case <-time.After(d):
-		cmd.Process.Kill()
-		<-done
-		t.Fatalf("dst did not exit within %v", d)
-		return -1
-	}
-}
-
 func TestBinarySignals(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			img := image(t, "disk.img", 1<<20)
-			cmd, addr, stderr := startBinary(t, "export", "--listen", "127.0.0.1:0", "--file", img)
+			p := startProc(t, []string{"listening on "}, dstBinary, "export", "--listen", "127.0.0.1:0", "--file", img)
+			addr := p.addrs[0]
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			c, err := nbd.Dial(ctx, "tcp", addr, nbd.ClientOptions{})
@@ -288,9 +229,8 @@ func TestBinarySignals(t *testing.T) {
 			defer c.Close()
 			require.NoError(t, c.WriteAt(ctx, []byte("x"), 0, 0))
 
-			require.NoError(t, cmd.Process.Signal(sig))
-			require.Equal(t, exitOK, waitExit(t, cmd, 15*time.Second), stderr.String())
-			require.Contains(t, stderr.String(), `msg="shut down"`, "a graceful shutdown")
+			require.Equal(t, exitOK, p.stop(t, sig), p.output())
+			require.Contains(t, p.output(), `msg="shut down"`, "a graceful shutdown")
 			select {
 			case <-c.Done():
 			case <-time.After(5 * time.Second):
@@ -303,14 +243,13 @@ func TestBinarySignals(t *testing.T) {
 func TestBinaryNbdinfo(t *testing.T) {
 	testkit.Need(t, "nbdinfo")
 	img := image(t, "disk.img", 1<<20)
-	cmd, addr, stderr := startBinary(t, "export", "--listen", "127.0.0.1:0", "--file", img, "--size", "64MiB", "--read-only=false")
+	p := startProc(t, []string{"listening on "}, dstBinary, "export", "--listen", "127.0.0.1:0", "--file", img, "--size", "64MiB", "--read-only=false")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "nbdinfo", "--size", "nbd://"+addr).CombinedOutput()
+	out, err := exec.CommandContext(ctx, "nbdinfo", "--size", "nbd://"+p.addrs[0]).CombinedOutput()
 	require.NoError(t, err, "%s", out)
 	require.Equal(t, "67108864", strings.TrimSpace(string(out)), "--size grew the file")
-	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	require.Equal(t, exitOK, waitExit(t, cmd, 15*time.Second), stderr.String())
+	p.stopOK(t)
 	var ee *exec.ExitError
 	require.ErrorAs(t, exec.CommandContext(ctx, dstBinary, "export", "--bogus").Run(), &ee)
 	require.Equal(t, exitUsage, ee.ExitCode(), "the binary exits 2 on a bad flag")

@@ -77,7 +77,7 @@ func TestExportMediaFaultsReload(t *testing.T) {
 	require.NoError(t, c.ReadAt(ctx, buf, 0))
 	require.ErrorIs(t, c.ReadAt(ctx, buf, 4096), nbd.EIO)
 	require.NoError(t, os.WriteFile(rules, nil, 0o644))
-	require.NoError(t, p.cmd.Process.Signal(syscall.SIGHUP))
+	require.NoError(t, p.Signal(syscall.SIGHUP))
 	require.Eventually(t, func() bool { return c.ReadAt(ctx, buf, 4096) == nil }, 10*time.Second, 20*time.Millisecond)
 
 	code, _, errOut := runDst(t, "export", "--file", img, "--faults", filepath.Join(t.TempDir(), "none.json"))

@@ -9,7 +9,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -32,73 +31,15 @@ import (
 	"dst/storage/engine"
 )
 
-// toolPackage names the Debian package of each tool these tests run.
-// proc is a process a test started; it is killed when the test ends if
-// it is still running.
-type proc struct {
-	cmd    *exec.Cmd
-	stderr *testkit.Buffer
-	addrs  []string // what followed each wanted prefix
-}
-
-// startProc starts name with args and waits until its standard output
-// printed a line starting with each prefix, in order.
-func startProc(t *testing.T, prefixes []string, name string, args ...string) *proc {
-	t.Helper()
-	cmd := exec.Command(name, args...)
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	p := &proc{cmd: cmd, stderr: &testkit.Buffer{}}
-	cmd.Stderr = p.stderr
-	require.NoError(t, cmd.Start())
-	t.Cleanup(func() {
-		if cmd.ProcessState == nil {
-			cmd.Process.Kill()
-			cmd.Wait()
-		}
-	})
-	lines := make(chan string, len(prefixes))
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			select {
-			case lines <- sc.Text():
-			default: // nobody waits for more lines
-			}
-		}
-		close(lines)
-	}()
-	deadline := time.After(30 * time.Second)
-	for _, prefix := range prefixes {
-		select {
-		case line, ok := <-lines:
-			require.True(t, ok, "%s exited before printing %q: %s", name, prefix, p.stderr.String())
-			addr, found := strings.CutPrefix(line, prefix)
-			require.True(t, found, "want %q, got %q", prefix, line)
-			p.addrs = append(p.addrs, addr)
-		case <-deadline:
-			t.Fatalf("%s did not print %q within 30 s: %s", name, prefix, p.stderr.String())
-		}
-	}
-	return p
-}
-
-// stop sends sig and waits for the exit status.
-func (p *proc) stop(t *testing.T, sig syscall.Signal) int {
-	t.Helper()
-	require.NoError(t, p.cmd.Process.Signal(sig))
-	return waitExit(t, p.cmd, 30*time.Second)
-}
-
 // startExport runs dst export serving file on listen.
-func startExport(t *testing.T, listen, file string, extra ...string) *proc {
+func startExport(t *testing.T, listen, file string, extra ...string) *child {
 	args := append([]string{"export", "--listen", listen, "--file", file, "--log-level", "warn"}, extra...)
 	return startProc(t, []string{"listening on "}, dstBinary, args...)
 }
 
 // startServe runs dst serve with the config at path; addrs[0] is the NBD
 // address, addrs[1] the admin address.
-func startServe(t *testing.T, path string) *proc {
+func startServe(t *testing.T, path string) *child {
 	return startProc(t, []string{"listening on ", "admin on "}, dstBinary, "serve", "--config", path, "--log-level", "debug")
 }
 
@@ -207,8 +148,7 @@ region_size: 64KiB
 	t.Logf("mirror up, first writes done: %v", time.Since(start))
 
 	// Kill member 0 hard; writes go on without a client error.
-	require.NoError(t, a.cmd.Process.Kill())
-	waitExit(t, a.cmd, 10*time.Second)
+	require.NoError(t, a.Kill())
 	qemuIO(t, url, "write -P 0x66 8M 2M", "write -P 0x67 30M 1M", "flush", "read -P 0x66 8M 2M")
 	st = waitStatus(t, adminAddr, 30*time.Second, "member 0 failed", memberState(0, engine.Failed))
 	require.Equal(t, "degraded", st.Health)
@@ -235,9 +175,9 @@ region_size: 64KiB
 	// Stop everything, then compare the members' data areas byte for byte.
 	offA, offB, size := st.Members[0].DataOffset, st.Members[1].DataOffset, st.Size
 	require.Positive(t, offA, "the data area follows the metadata")
-	require.Equal(t, exitOK, s.stop(t, syscall.SIGTERM), s.stderr.String())
-	require.Equal(t, exitOK, a2.stop(t, syscall.SIGTERM), a2.stderr.String())
-	require.Equal(t, exitOK, b.stop(t, syscall.SIGTERM), b.stderr.String())
+	require.Equal(t, exitOK, s.stop(t, syscall.SIGTERM), s.output())
+	require.Equal(t, exitOK, a2.stop(t, syscall.SIGTERM), a2.output())
+	require.Equal(t, exitOK, b.stop(t, syscall.SIGTERM), b.output())
 	dataA, err := os.ReadFile(fileA)
 	require.NoError(t, err)
 	dataB, err := os.ReadFile(fileB)
@@ -335,7 +275,7 @@ export:
 	// A restart (after SIGINT) reassembles the storage from its
 	// superblocks.
 	gen := st.Generation
-	require.Equal(t, exitOK, s.stop(t, syscall.SIGINT), s.stderr.String())
+	require.Equal(t, exitOK, s.stop(t, syscall.SIGINT), s.output())
 	s = startServe(t, cfg)
 	url, adminAddr = "nbd://"+s.addrs[0]+"/lin", s.addrs[1]
 	st2 := status(t, adminAddr)
@@ -343,8 +283,8 @@ export:
 	require.Greater(t, st2.Generation, gen, "reassembly bumps the generation")
 	require.True(t, allInSync(st2))
 	qemuIO(t, url, fmt.Sprintf("read -P 0xa1 %d 2048", b1), fmt.Sprintf("read -P 0xa2 %d 1024", b2))
-	require.Equal(t, exitOK, s.stop(t, syscall.SIGTERM), s.stderr.String())
-	require.Contains(t, s.stderr.String(), "shutting down")
+	require.Equal(t, exitOK, s.stop(t, syscall.SIGTERM), s.output())
+	require.Contains(t, s.output(), "shutting down")
 }
 
 func TestServeErrors(t *testing.T) {

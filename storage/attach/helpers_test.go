@@ -24,8 +24,17 @@ const childEnv = "DST_ATTACH_TEST_CHILD_DIR"
 // TestMain runs the test binary as an attach child when childEnv is set:
 // it attaches a memory node at that directory, prints the device and
 // serves until killed (or until its standard input ends) — the crash that TestStaleAttachmentIsCleaned
-// simulates with SIGKILL.
+// simulates with SIGKILL. Started by StartBackground (readyEnv set) it
+// reports the device /dev/pidPID and sleeps until stopped (at most 30 s).
 func TestMain(m *testing.M) {
+	if os.Getenv(readyEnv) != "" {
+		if err := NotifyReady(fmt.Sprintf("/dev/pid%d", os.Getpid())); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		time.Sleep(30 * time.Second)
+		os.Exit(0)
+	}
 	if dir := os.Getenv(childEnv); dir != "" {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		a, err := Attach(ctx, node.NewMemory(8<<20), Options{Dir: dir, Name: "crash", Mode: ModeFUSE})

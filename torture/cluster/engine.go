@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"dst/internal/proc"
 	"dst/storage/admin"
 	"dst/storage/engine"
 	"dst/storage/spec"
@@ -44,7 +45,7 @@ type Engine struct {
 	http   *http.Client
 
 	mu sync.Mutex // serialises starts and stops; guards p
-	p  *proc
+	p  *proc.Process
 
 	addrMu sync.Mutex // guards the addresses, fixed by the first start
 	listen string
@@ -75,17 +76,17 @@ func (e *Engine) Log() string { return e.log }
 func (e *Engine) Alive() bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.p != nil && e.p.alive()
+	return e.p != nil && e.p.Alive()
 }
 
 // Pid returns the engine's PID, or 0 if it does not run.
 func (e *Engine) Pid() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.p == nil || !e.p.alive() {
+	if e.p == nil || !e.p.Alive() {
 		return 0
 	}
-	return e.p.pid()
+	return e.p.Pid()
 }
 
 // Start starts the engine unless it runs: it writes the configuration
@@ -94,7 +95,7 @@ func (e *Engine) Pid() int {
 func (e *Engine) Start(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.p != nil && e.p.alive() {
+	if e.p != nil && e.p.Alive() {
 		return nil
 	}
 	listen, adm := e.Addr(), e.AdminAddr()
@@ -119,7 +120,7 @@ func (e *Engine) Start(ctx context.Context) error {
 			return fmt.Errorf("cluster: engine config: %w", err)
 		}
 	}
-	e.lg.Info("engine started", "pid", p.pid(), "addr", got[0], "admin", got[1])
+	e.lg.Info("engine started", "pid", p.Pid(), "addr", got[0], "admin", got[1])
 	return nil
 }
 
@@ -127,11 +128,11 @@ func (e *Engine) Start(ctx context.Context) error {
 func (e *Engine) Kill() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.p == nil || !e.p.alive() {
+	if e.p == nil || !e.p.Alive() {
 		return nil
 	}
-	err := e.p.kill()
-	e.lg.Info("engine killed", "pid", e.p.pid())
+	err := e.p.Kill()
+	e.lg.Info("engine killed", "pid", e.p.Pid())
 	return err
 }
 
@@ -141,7 +142,7 @@ func (e *Engine) Kill() error {
 func (e *Engine) Stop(ctx context.Context) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.p == nil || !e.p.alive() {
+	if e.p == nil || !e.p.Alive() {
 		return nil
 	}
 	if _, ok := ctx.Deadline(); !ok {
@@ -149,8 +150,8 @@ func (e *Engine) Stop(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(ctx, stopTimeout)
 		defer cancel()
 	}
-	err := e.p.terminate(ctx)
-	e.lg.Info("engine stopped", "pid", e.p.pid(), "exit", e.p.exit())
+	err := e.p.Terminate(ctx)
+	e.lg.Info("engine stopped", "pid", e.p.Pid(), "exit", e.p.Exit())
 	return err
 }
 

@@ -21,6 +21,7 @@ import (
 	"dst/storage/nbd"
 
 	"dst/internal/dstbin"
+	"dst/internal/proc"
 	"dst/internal/testkit"
 )
 
@@ -60,7 +61,7 @@ func startCluster(t *testing.T, ctx context.Context, topo Topology) *Cluster {
 		err := c.Close(cctx)
 		if t.Failed() {
 			for _, path := range c.Logs() {
-				t.Logf("--- %s:%s", path, tail(path))
+				t.Logf("--- %s:\n%s", path, proc.Tail(path, 2<<10))
 			}
 		}
 		require.NoError(t, err, "close")

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 
+	"dst/internal/proc"
 	"dst/storage/nbd/nbdproxy"
 	"dst/storage/node"
 )
@@ -31,7 +32,7 @@ type Node struct {
 	proxyDone chan error
 
 	mu sync.Mutex // serialises starts and stops; guards p
-	p  *proc
+	p  *proc.Process
 
 	addrMu sync.Mutex // guards listen, so it is read while a start waits
 	listen string     // the export's address, fixed by the first start
@@ -81,17 +82,17 @@ func (n *Node) Proxy() *nbdproxy.Proxy { return n.proxy }
 func (n *Node) Alive() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.p != nil && n.p.alive()
+	return n.p != nil && n.p.Alive()
 }
 
 // Pid returns the export's PID, or 0 if it does not run.
 func (n *Node) Pid() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if n.p == nil || !n.p.alive() {
+	if n.p == nil || !n.p.Alive() {
 		return 0
 	}
-	return n.p.pid()
+	return n.p.Pid()
 }
 
 // Start starts the export unless it runs, on the address of its first
@@ -103,7 +104,7 @@ func (n *Node) Start(ctx context.Context) error {
 }
 
 func (n *Node) startLocked(ctx context.Context) error {
-	if n.p != nil && n.p.alive() {
+	if n.p != nil && n.p.Alive() {
 		return nil
 	}
 	listen := n.Addr()
@@ -135,7 +136,7 @@ func (n *Node) startLocked(ctx context.Context) error {
 		n.listen = got[0]
 	}
 	n.addrMu.Unlock()
-	n.lg.Info("node started", "pid", p.pid(), "addr", got[0])
+	n.lg.Info("node started", "pid", p.Pid(), "addr", got[0])
 	return nil
 }
 
@@ -148,18 +149,18 @@ func (n *Node) Kill() error {
 }
 
 func (n *Node) killLocked() error {
-	if n.p == nil || !n.p.alive() {
+	if n.p == nil || !n.p.Alive() {
 		return nil
 	}
 	if n.spec.Volatile {
 		// A killed process on a machine that keeps power leaves its
 		// writes in the page cache: the volatile cache is written back.
-		err := n.p.exitOn(syscall.SIGUSR1)
-		n.lg.Info("node killed (cache kept, as a page cache survives a killed process)", "pid", n.p.pid())
+		err := n.p.ExitOn(syscall.SIGUSR1)
+		n.lg.Info("node killed (cache kept, as a page cache survives a killed process)", "pid", n.p.Pid())
 		return err
 	}
-	err := n.p.kill()
-	n.lg.Info("node killed", "pid", n.p.pid())
+	err := n.p.Kill()
+	n.lg.Info("node killed", "pid", n.p.Pid())
 	return err
 }
 
@@ -177,16 +178,16 @@ func (n *Node) PowerCut(torn bool) error {
 	if !n.spec.Volatile {
 		return fmt.Errorf("cluster: node %s has no volatile cache to lose", n.spec.Name)
 	}
-	if n.p == nil || !n.p.alive() {
+	if n.p == nil || !n.p.Alive() {
 		return fmt.Errorf("cluster: node %s is not running: no power to cut", n.spec.Name)
 	}
 	sig := syscall.SIGPWR
 	if torn {
 		sig = syscall.SIGUSR2
 	}
-	err := n.p.exitOn(sig)
+	err := n.p.ExitOn(sig)
 	n.boots++
-	n.lg.Info("node power cut", "pid", n.p.pid(), "torn", torn, "next_boot", n.BootID())
+	n.lg.Info("node power cut", "pid", n.p.Pid(), "torn", torn, "next_boot", n.BootID())
 	return err
 }
 
@@ -212,10 +213,10 @@ func (n *Node) SetMediaFaults(seed uint64, rules ...node.FaultRule) error {
 	if err := os.WriteFile(n.faultsFile(), data, 0o644); err != nil {
 		return fmt.Errorf("cluster: node %s: %w", n.spec.Name, err)
 	}
-	if n.p == nil || !n.p.alive() {
+	if n.p == nil || !n.p.Alive() {
 		return nil // read at the next start
 	}
-	if err := n.p.signal(syscall.SIGHUP); err != nil {
+	if err := n.p.Signal(syscall.SIGHUP); err != nil {
 		return err
 	}
 	n.lg.Info("node media faults set", "rules", len(rules))
@@ -245,10 +246,10 @@ func (n *Node) signal(sig syscall.Signal) error {
 	if n.p == nil {
 		return fmt.Errorf("cluster: node %s was never started", n.spec.Name)
 	}
-	if err := n.p.signal(sig); err != nil {
+	if err := n.p.Signal(sig); err != nil {
 		return err
 	}
-	n.lg.Info("node signalled", "pid", n.p.pid(), "signal", sig.String())
+	n.lg.Info("node signalled", "pid", n.p.Pid(), "signal", sig.String())
 	return nil
 }
 
@@ -256,7 +257,7 @@ func (n *Node) signal(sig syscall.Signal) error {
 func (n *Node) Stopped() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.p != nil && n.p.isStopped()
+	return n.p != nil && n.p.Stopped()
 }
 
 // ReplaceMedia gives the node a new disk: it kills the export, replaces

@@ -12,10 +12,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"dst/internal/proc"
 	"dst/internal/testkit"
 )
 
@@ -28,34 +28,33 @@ type Peer struct {
 	File    string // backing file, if any
 }
 
-// start runs cmd until the test ends and waits until addr accepts
-// connections.
+// start runs name until the test ends (its output in a log in the test's
+// directory) and waits until p accepts connections.
 func start(t testing.TB, p *Peer, name string, args ...string) *Peer {
 	t.Helper()
 	testkit.Need(t, name)
-	ctx, cancel := context.WithCancel(context.Background())
-	cmd := exec.CommandContext(ctx, name, args...)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	cmd.WaitDelay = 5 * time.Second
-	if err := cmd.Start(); err != nil {
-		cancel()
-		t.Fatalf("start %s: %v", name, err)
+	pr, err := proc.Start(proc.Options{Argv: append([]string{name}, args...),
+		Log: filepath.Join(t.TempDir(), name+".log"), WaitDelay: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
 	t.Cleanup(func() {
-		cancel()
-		<-exited
+		if err := pr.Kill(); err != nil {
+			t.Error(err)
+		}
 	})
-	waitListening(t, p, exited, out.String)
+	waitListening(t, p, pr, func() string { return pr.Tail(4 << 10) })
 	return p
 }
 
 // waitListening waits until p accepts connections, failing the test if
-// the process exits first (exited may be nil) or 20 seconds pass.
-func waitListening(t testing.TB, p *Peer, exited <-chan error, output func() string) {
+// its process pr (nil: none to watch) exits first or 20 seconds pass.
+func waitListening(t testing.TB, p *Peer, pr *proc.Process, output func() string) {
 	t.Helper()
+	var exited <-chan struct{}
+	if pr != nil {
+		exited = pr.Done()
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for backoff := time.Millisecond; ; backoff = min(2*backoff, 100*time.Millisecond) {
 		c, err := net.Dial(p.Network, p.Addr)
@@ -64,8 +63,8 @@ func waitListening(t testing.TB, p *Peer, exited <-chan error, output func() str
 			return
 		}
 		select {
-		case err := <-exited:
-			t.Fatalf("%s exited before listening: %v\n%s", p.Name, err, output())
+		case <-exited:
+			t.Fatalf("%s exited (%s) before listening\n%s", p.Name, pr.Exit(), output())
 		case <-time.After(backoff):
 		}
 		if time.Now().After(deadline) {
@@ -129,7 +128,8 @@ func NBDServer(t testing.TB, size int64) *Peer {
 	return p
 }
 
-// stopPIDFile ends the daemon whose PID the file holds and waits for it.
+// stopPIDFile ends the daemon whose PID the file holds (SIGTERM, SIGKILL
+// after 10 s) and waits for it.
 func stopPIDFile(t testing.TB, pidFile string) {
 	b, err := os.ReadFile(pidFile)
 	if err != nil {
@@ -141,13 +141,9 @@ func stopPIDFile(t testing.TB, pidFile string) {
 		t.Errorf("bad PID file %s: %q", pidFile, b)
 		return
 	}
-	_ = syscall.Kill(pid, syscall.SIGTERM)
-	deadline := time.Now().Add(10 * time.Second)
-	for backoff := time.Millisecond; syscall.Kill(pid, 0) == nil; backoff = min(2*backoff, 100*time.Millisecond) {
-		if time.Now().After(deadline) {
-			_ = syscall.Kill(pid, syscall.SIGKILL)
-			return
-		}
-		time.Sleep(backoff)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := proc.StopPID(ctx, pid); err != nil {
+		t.Logf("nbd-server: %v", err)
 	}
 }
