@@ -64,9 +64,9 @@
 package config
 
 import (
-	"fmt"
 	"time"
 
+	"dst/internal/yamlpos"
 	"dst/storage/engine"
 	"dst/storage/export"
 	"dst/storage/meta"
@@ -238,40 +238,10 @@ func defaults(source string) *Config {
 	}
 }
 
-// Error is one problem of a config file, at a line, in a field.
-type Error struct {
-	File  string
-	Line  int
-	Field string // dotted path such as storage.members[2].chunk; empty for syntax errors
-	Msg   string
-}
-
-func (e *Error) Error() string {
-	if e.Field == "" {
-		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
-	}
-	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Field, e.Msg)
-}
-
-// Errors are every problem found in one file, in line order.
-type Errors []*Error
-
-func (es Errors) Error() string {
-	s := ""
-	for i, e := range es {
-		if i > 0 {
-			s += "\n"
-		}
-		s += e.Error()
-	}
-	return s
-}
-
-// Unwrap lets errors.As find each Error.
-func (es Errors) Unwrap() []error {
-	out := make([]error, len(es))
-	for i, e := range es {
-		out[i] = e
-	}
-	return out
-}
+// Error is one problem of a config file, at a line, in a field; Errors
+// are every problem of one file, in line order. Both are the YAML kit's
+// (internal/yamlpos), which the scenario files share.
+type (
+	Error  = yamlpos.Error
+	Errors = yamlpos.Errors
+)

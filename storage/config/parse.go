@@ -1,14 +1,11 @@
 package config
 
 import (
-	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,6 +14,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"dst/internal/size"
+	"dst/internal/yamlpos"
 	"dst/storage/export"
 	"dst/storage/spec"
 )
@@ -44,17 +42,10 @@ func Load(path string) (*Config, error) {
 // its folder is where relative paths are resolved. On error the Config is
 // nil and the error is Errors. Parse never panics, whatever data holds.
 func Parse(name string, data []byte) (*Config, error) {
-	p := &parser{file: name, dir: filepath.Dir(name), cfg: defaults(name)}
+	p := &parser{file: name, dir: filepath.Dir(name), cfg: defaults(name), rep: yamlpos.Report{File: name}}
 	p.parse(data)
-	if len(p.errs) > 0 {
-		slices.SortStableFunc(p.errs, func(a, b *Error) int { return a.Line - b.Line })
-		if len(p.errs) > maxErrors {
-			extra := len(p.errs) - maxErrors
-			last := p.errs[maxErrors-1]
-			p.errs = append(p.errs[:maxErrors:maxErrors], &Error{File: name, Line: last.Line,
-				Msg: fmt.Sprintf("and %d more errors", extra)})
-		}
-		return nil, p.errs
+	if err := p.rep.Err(maxErrors); err != nil {
+		return nil, err
 	}
 	return p.cfg, nil
 }
@@ -64,7 +55,7 @@ type parser struct {
 	file string
 	dir  string
 	cfg  *Config
-	errs Errors
+	rep  yamlpos.Report
 	// members records each leaf seen: its canonical key, field and line.
 	members []leaf
 	// replaceItems are the entries of replace, matched to members last.
@@ -78,56 +69,19 @@ type leaf struct {
 
 // errorf records an error about field at node n.
 func (p *parser) errorf(n *yaml.Node, field, format string, args ...any) {
-	line := 1
-	if n != nil && n.Line > 0 {
-		line = n.Line
-	}
-	p.errs = append(p.errs, &Error{File: p.file, Line: line, Field: field, Msg: fmt.Sprintf(format, args...)})
+	p.rep.At(n, field, format, args...)
 }
 
 // where names node n for spec.Tree.Where.
 func (p *parser) where(n *yaml.Node) string { return p.file + ":" + strconv.Itoa(n.Line) }
 
-var syntaxLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
 func (p *parser) parse(data []byte) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var doc yaml.Node
-	err := dec.Decode(&doc)
-	switch {
-	case errors.Is(err, io.EOF):
+	root, ok := yamlpos.Decode(data, &p.rep)
+	if !ok {
+		return
+	}
+	if root == nil {
 		p.errorf(nil, "", "the file is empty (it needs at least a storage)")
-		return
-	case err != nil:
-		p.syntaxError(err)
-		return
-	}
-	var second yaml.Node
-	if err := dec.Decode(&second); !errors.Is(err, io.EOF) {
-		if err != nil {
-			p.syntaxError(err)
-		} else {
-			at := &second
-			if len(second.Content) > 0 {
-				at = second.Content[0]
-			}
-			p.errorf(at, "", "a second YAML document; a config file holds one")
-		}
-		return
-	}
-	if !p.noAliases(&doc, 0) {
-		return
-	}
-	root := &doc
-	if root.Kind == yaml.DocumentNode {
-		if len(root.Content) != 1 {
-			p.errorf(root, "", "the file is empty (it needs at least a storage)")
-			return
-		}
-		root = root.Content[0]
-	}
-	if isNull(root) {
-		p.errorf(root, "", "the file is empty (it needs at least a storage)")
 		return
 	}
 	sawStorage := false
@@ -174,7 +128,7 @@ func (p *parser) parse(data []byte) {
 		}
 	}
 	p.checkReplace()
-	if len(p.errs) == 0 {
+	if p.rep.Len() == 0 {
 		if err := p.cfg.Storage.Validate(); err != nil {
 			// The checks above cover Validate's; this is a safety net.
 			p.errorf(root, "storage", "%v", err)
@@ -182,49 +136,10 @@ func (p *parser) parse(data []byte) {
 	}
 }
 
-// syntaxError records a YAML syntax error at its line.
-func (p *parser) syntaxError(err error) {
-	msg := err.Error()
-	if m := syntaxLine.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		p.errs = append(p.errs, &Error{File: p.file, Line: max(line, 1), Msg: "YAML: " + m[2]})
-		return
-	}
-	p.errs = append(p.errs, &Error{File: p.file, Line: 1, Msg: strings.Replace(msg, "yaml: ", "YAML: ", 1)})
-}
-
-// noAliases refuses anchors and aliases (and bounds the depth it walks).
-func (p *parser) noAliases(n *yaml.Node, depth int) bool {
-	if depth > 64 {
-		p.errorf(n, "", "nested more than 64 levels deep")
-		return false
-	}
-	if n.Kind == yaml.AliasNode || n.Anchor != "" {
-		p.errorf(n, "", "YAML anchors and aliases are not supported; write the value out")
-		return false
-	}
-	for _, c := range n.Content {
-		if !p.noAliases(c, depth+1) {
-			return false
-		}
-	}
-	return true
-}
-
-func isNull(n *yaml.Node) bool { return n.Kind == yaml.ScalarNode && n.Tag == "!!null" }
-
-// join appends key to a field path.
-func join(path, key string) string {
-	if path == "" {
-		return key
-	}
-	return path + "." + key
-}
-
 // mapping checks that n is a mapping and calls the handler of each key;
 // unknown and repeated keys are errors. A null n is an empty mapping.
 func (p *parser) mapping(n *yaml.Node, path string, fields map[string]func(field string, v *yaml.Node)) {
-	if isNull(n) {
+	if yamlpos.IsNull(n) {
 		return
 	}
 	if n.Kind != yaml.MappingNode {
@@ -232,17 +147,17 @@ func (p *parser) mapping(n *yaml.Node, path string, fields map[string]func(field
 		if name == "" {
 			name = "the file"
 		}
-		p.errorf(n, path, "%s must be a mapping of fields, not %s", name, kindOf(n))
+		p.errorf(n, path, "%s must be a mapping of fields, not %s", name, yamlpos.Describe(n))
 		return
 	}
 	seen := map[string]int{}
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		if k.Kind != yaml.ScalarNode || (k.Tag != "!!str" && k.Tag != "!!merge") {
-			p.errorf(k, path, "a field name must be a plain word, not %s", kindOf(k))
+			p.errorf(k, path, "a field name must be a plain word, not %s", yamlpos.Describe(k))
 			continue
 		}
-		field := join(path, k.Value)
+		field := yamlpos.Join(path, k.Value)
 		if line, dup := seen[k.Value]; dup {
 			p.errorf(k, field, "given twice (first at line %d)", line)
 			continue
@@ -262,30 +177,14 @@ func (p *parser) mapping(n *yaml.Node, path string, fields map[string]func(field
 	}
 }
 
-// kindOf describes a node for messages.
-func kindOf(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "a mapping"
-	case yaml.SequenceNode:
-		return "a list"
-	case yaml.ScalarNode:
-		if isNull(n) {
-			return "nothing"
-		}
-		return fmt.Sprintf("%q", n.Value)
-	}
-	return "an alias"
-}
-
 // scalar returns the text of a scalar value, or records an error.
 func (p *parser) scalar(v *yaml.Node, field string) (string, bool) {
 	switch {
-	case isNull(v):
+	case yamlpos.IsNull(v):
 		p.errorf(v, field, "has no value")
 		return "", false
 	case v.Kind != yaml.ScalarNode:
-		p.errorf(v, field, "must be a single value, not %s", kindOf(v))
+		p.errorf(v, field, "must be a single value, not %s", yamlpos.Describe(v))
 		return "", false
 	}
 	return v.Value, true
@@ -352,10 +251,10 @@ func (p *parser) path(s string) string {
 // list returns the items of a sequence value, or records an error.
 func (p *parser) list(v *yaml.Node, field string) ([]*yaml.Node, bool) {
 	switch {
-	case isNull(v):
+	case yamlpos.IsNull(v):
 		return nil, true
 	case v.Kind != yaml.SequenceNode:
-		p.errorf(v, field, "must be a list, not %s", kindOf(v))
+		p.errorf(v, field, "must be a list, not %s", yamlpos.Describe(v))
 		return nil, false
 	}
 	return v.Content, true
@@ -458,7 +357,7 @@ func (p *parser) node(v *yaml.Node, path string) {
 		"retries":         func(f string, v *yaml.Node) { p.wholeNumber(v, f, 0, MaxRetries, false, &n.Retries) },
 	})
 	if n.BackoffMin > n.BackoffMax {
-		p.errorf(v, join(path, "backoff_min"), "%v is longer than backoff_max %v", n.BackoffMin, n.BackoffMax)
+		p.errorf(v, yamlpos.Join(path, "backoff_min"), "%v is longer than backoff_max %v", n.BackoffMin, n.BackoffMax)
 	}
 }
 
@@ -521,7 +420,7 @@ type replaceItem struct {
 // storage parses the storage tree.
 func (p *parser) storage(v *yaml.Node, field string) {
 	if v.Kind != yaml.MappingNode {
-		p.errorf(v, field, "must be a layout mapping (layout: linear|stripe|mirror, members: [...]), not %s", kindOf(v))
+		p.errorf(v, field, "must be a layout mapping (layout: linear|stripe|mirror, members: [...]), not %s", yamlpos.Describe(v))
 		return
 	}
 	p.cfg.Storage = p.spec(v, field, 1)
@@ -534,12 +433,12 @@ func (p *parser) storage(v *yaml.Node, field string) {
 func (p *parser) spec(v *yaml.Node, field string, depth int) spec.Tree {
 	s := spec.Tree{Where: p.where(v)}
 	switch {
-	case v.Kind == yaml.ScalarNode && !isNull(v):
+	case v.Kind == yaml.ScalarNode && !yamlpos.IsNull(v):
 		s.Kind = spec.KindMember
 		s.Leaf = p.member(v, field)
 		return s
 	case v.Kind != yaml.MappingNode:
-		p.errorf(v, field, "a member is a URL (file:/PATH, nbd://HOST:PORT/EXPORT) or a layout mapping, not %s", kindOf(v))
+		p.errorf(v, field, "a member is a URL (file:/PATH, nbd://HOST:PORT/EXPORT) or a layout mapping, not %s", yamlpos.Describe(v))
 		return s
 	}
 	if depth > spec.MaxDepth {
@@ -583,16 +482,16 @@ func (p *parser) spec(v *yaml.Node, field string, depth int) spec.Tree {
 		},
 	})
 	if layoutNode == nil {
-		p.errorf(v, join(field, "layout"), "missing: say linear, stripe or mirror")
+		p.errorf(v, yamlpos.Join(field, "layout"), "missing: say linear, stripe or mirror")
 	}
 	if membersNode == nil {
-		p.errorf(v, join(field, "members"), "missing: a layout needs at least one member")
-	} else if len(s.Members) == 0 && (membersNode.Kind == yaml.SequenceNode || isNull(membersNode)) {
+		p.errorf(v, yamlpos.Join(field, "members"), "missing: a layout needs at least one member")
+	} else if len(s.Members) == 0 && (membersNode.Kind == yaml.SequenceNode || yamlpos.IsNull(membersNode)) {
 		p.errorf(membersNode, membersField, "empty: a layout needs at least one member")
 	}
 	switch {
 	case s.Kind == spec.KindStripe && chunkNode == nil:
-		p.errorf(v, join(field, "chunk"), "missing: a stripe needs a chunk size (for example chunk: 64KiB)")
+		p.errorf(v, yamlpos.Join(field, "chunk"), "missing: a stripe needs a chunk size (for example chunk: 64KiB)")
 	case s.Kind != "" && s.Kind != spec.KindStripe && chunkNode != nil:
 		p.errorf(chunkNode, chunkField, "only a stripe has a chunk, not a %s", s.Kind)
 	}

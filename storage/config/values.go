@@ -11,6 +11,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"dst/internal/size"
+	"dst/internal/yamlpos"
 	"dst/storage/node"
 )
 
@@ -38,17 +39,12 @@ func (p *parser) duration(v *yaml.Node, field string, dst *time.Duration, off bo
 		*dst = -1
 		return
 	}
-	d, err := time.ParseDuration(s)
-	switch {
-	case err != nil && isDigits(s):
-		p.errorf(v, field, "%q is not a duration (use %ss)", s, s)
-	case err != nil:
-		p.errorf(v, field, "%q is not a duration (like 250ms, 5s, 1m30s)", s)
-	case d <= 0:
-		p.errorf(v, field, "%s must be positive", s)
-	default:
-		*dst = d
+	d, err := yamlpos.Duration(s)
+	if err != nil {
+		p.errorf(v, field, "%v", err)
+		return
 	}
+	*dst = d
 }
 
 // wholeNumber parses an integer in [lo, hi] into dst; with off, "off"
@@ -72,18 +68,6 @@ func (p *parser) wholeNumber(v *yaml.Node, field string, lo, hi int, off bool, d
 		return
 	}
 	*dst = n
-}
-
-func isDigits(s string) bool {
-	if s == "" {
-		return false
-	}
-	for _, c := range s {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 // memberKey checks a member URL and returns a key that is equal for two

@@ -94,10 +94,8 @@
 package scenario
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"reflect"
 	"regexp"
 	"slices"
@@ -108,6 +106,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"dst/internal/size"
+	"dst/internal/yamlpos"
 	"dst/storage/node"
 	"dst/storage/spec"
 )
@@ -236,53 +235,28 @@ var proxyKinds = map[string]bool{"cut": true, "delay": true, "blackhole": true, 
 // Filesystems the workload knows.
 var filesystems = []string{"ext4", "xfs", "btrfs"}
 
-// Error is one problem in a scenario file.
-type Error struct {
-	File  string
-	Line  int
-	Field string
-	Msg   string
-}
-
-func (e *Error) Error() string {
-	if e.Field == "" {
-		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Msg)
-	}
-	return fmt.Sprintf("%s:%d: %s: %s", e.File, e.Line, e.Field, e.Msg)
-}
-
-// Errors are all problems of a file, in line order.
-type Errors []*Error
-
-func (es Errors) Error() string {
-	lines := make([]string, len(es))
-	for i, e := range es {
-		lines[i] = e.Error()
-	}
-	return strings.Join(lines, "\n")
-}
+// Error is one problem of a scenario file, at a line, in a field; Errors
+// are every problem of one file, in line order. Both are the YAML kit's
+// (internal/yamlpos), which the dst serve config shares.
+type (
+	Error  = yamlpos.Error
+	Errors = yamlpos.Errors
+)
 
 // Parse reads a scenario file's bytes; name names it in errors. On error
 // the result is nil and the error is Errors.
 func Parse(name string, data []byte) (*Scenario, error) {
-	p := &parser{file: name}
+	p := &parser{file: name, rep: yamlpos.Report{File: name}}
 	if len(data) > MaxBytes {
 		return nil, Errors{{File: name, Line: 1, Msg: fmt.Sprintf("file is larger than %d bytes", MaxBytes)}}
 	}
-	var doc yaml.Node
-	err := yaml.NewDecoder(bytes.NewReader(data)).Decode(&doc)
+	root, ok := yamlpos.Decode(data, &p.rep)
 	switch {
-	case errors.Is(err, io.EOF):
+	case !ok:
+		return nil, p.rep.Err(0)
+	case root == nil:
 		return nil, Errors{{File: name, Line: 1, Msg: "the file is empty"}}
-	case err != nil:
-		p.yamlError(err)
-		return nil, p.errs
-	}
-	root := &doc
-	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
-		root = root.Content[0]
-	}
-	if root.Kind != yaml.MappingNode {
+	case root.Kind != yaml.MappingNode:
 		return nil, Errors{{File: name, Line: root.Line, Msg: "a scenario is a mapping of fields (name, topology, workload, ...)"}}
 	}
 	p.checkFields(root, reflect.TypeFor[fileYAML](), "")
@@ -290,14 +264,12 @@ func Parse(name string, data []byte) (*Scenario, error) {
 	if err := root.Decode(&raw); err != nil {
 		p.yamlError(err)
 	}
-	if len(p.errs) > 0 {
-		slices.SortStableFunc(p.errs, func(a, b *Error) int { return a.Line - b.Line })
-		return nil, p.errs
+	if err := p.rep.Err(0); err != nil {
+		return nil, err
 	}
 	s := p.build(&raw)
-	if len(p.errs) > 0 {
-		slices.SortStableFunc(p.errs, func(a, b *Error) int { return a.Line - b.Line })
-		return nil, p.errs
+	if err := p.rep.Err(0); err != nil {
+		return nil, err
 	}
 	s.File = name
 	return s, nil
@@ -305,11 +277,11 @@ func Parse(name string, data []byte) (*Scenario, error) {
 
 type parser struct {
 	file string
-	errs Errors
+	rep  yamlpos.Report
 }
 
 func (p *parser) errorf(line int, field, format string, args ...any) {
-	p.errs = append(p.errs, &Error{File: p.file, Line: max(line, 1), Field: field, Msg: fmt.Sprintf(format, args...)})
+	p.rep.Errorf(line, field, format, args...)
 }
 
 var (
@@ -606,9 +578,9 @@ func (p *parser) duration(v scalar, field string) time.Duration {
 	if v.Value == "" {
 		return 0
 	}
-	d, err := time.ParseDuration(v.Value)
-	if err != nil || d <= 0 {
-		p.errorf(v.Line, field, "%q is not a positive duration (like 500ms, 20s, 8h)", v.Value)
+	d, err := yamlpos.Duration(v.Value)
+	if err != nil {
+		p.errorf(v.Line, field, "%v", err)
 		return 0
 	}
 	return d

@@ -90,7 +90,7 @@ topology:
 workload: {filesystems: [ntfs]}
 `, []string{
 			`t.yaml:1: name: "T" is not a name`,
-			`t.yaml:2: duration: "soon" is not a positive duration`,
+			`t.yaml:2: duration: "soon" is not a duration (like 250ms, 5s, 1m30s)`,
 			`t.yaml:6: topology.storage.layout: "raid5" is not a layout`,
 			`t.yaml:6: topology.storage.members[1]: "z" is not a node`,
 			`t.yaml:7: workload.filesystems[0]: "ntfs" is not a filesystem`,

@@ -5,6 +5,8 @@ import (
 	"reflect"
 	"strings"
 
+	"dst/internal/yamlpos"
+
 	"go.yaml.in/yaml/v3"
 )
 
@@ -20,28 +22,13 @@ type scalar struct {
 
 func (s *scalar) UnmarshalYAML(n *yaml.Node) error {
 	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("line %d: must be a single value, not a %s", n.Line, kindName(n))
-	}
-	if n.Anchor != "" {
-		return fmt.Errorf("line %d: YAML anchors are not supported; write the value out", n.Line)
+		return fmt.Errorf("line %d: must be a single value, not %s", n.Line, yamlpos.Describe(n))
 	}
 	s.Value, s.Line = n.Value, n.Line
 	if n.Tag == "!!null" {
 		s.Value = ""
 	}
 	return nil
-}
-
-func kindName(n *yaml.Node) string {
-	switch n.Kind {
-	case yaml.MappingNode:
-		return "mapping"
-	case yaml.SequenceNode:
-		return "list"
-	case yaml.AliasNode:
-		return "alias"
-	}
-	return "value"
 }
 
 type fileYAML struct {
