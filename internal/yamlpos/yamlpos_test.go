@@ -17,7 +17,7 @@ import (
 func TestDecode(t *testing.T) {
 	for _, tc := range []struct {
 		name, doc, want string // want "" means no error
-		empty             bool
+		empty           bool
 	}{
 		{"mapping", "a: 1\nb: [x, y]\n", "", false},
 		{"empty", "", "", true},
