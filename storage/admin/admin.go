@@ -13,9 +13,9 @@
 //	               end the suspension: the member rejoins at the monitor's
 //	               next probe and catches up; poll /status for "in-sync"
 //
-// Request metrics come from Instrument, a wrapper of the exported device
-// that counts with atomics into fixed histogram buckets, so serving a
-// request allocates nothing more than it did.
+// Request metrics are read from the counters the engine keeps where it
+// serves each request (storage/iostats: atomics into fixed histogram
+// buckets); admin is not on the data path.
 //
 // The exposition is written by hand rather than with
 // github.com/prometheus/client_golang: the set of series is fixed and
@@ -37,6 +37,7 @@ import (
 	"time"
 
 	"dst/storage/engine"
+	"dst/storage/iostats"
 	"dst/storage/node"
 )
 
@@ -79,8 +80,8 @@ type Options struct {
 	Members []Member
 	// Generation, if set, returns the superblocks' generation.
 	Generation func() uint64
-	// Requests, if set, are the counters of the exported device.
-	Requests *Requests
+	// Requests, if set, are the counters of the requests the storage served (engine.Engine.Requests).
+	Requests *iostats.Requests
 	// Started is when the storage started; zero means when NewHandler
 	// ran.
 	Started time.Time

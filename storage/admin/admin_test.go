@@ -1,9 +1,9 @@
 // The admin endpoints report what the storage, its members' nodes and the
-// instrumented device say: /status as JSON with every member's state and
+// request counters say: /status as JSON with every member's state and
 // remote counters, /metrics in the Prometheus text format (checked against
-// its grammar, with cumulative histogram buckets), and Instrument counts
-// each op's requests, bytes, errors and latency (with an injected clock)
-// without allocating; checked with httptest and fakes.
+// its grammar, with cumulative histogram buckets) with each op's requests,
+// bytes, errors and latency (recorded with an injected clock); checked
+// with httptest and fakes.
 package admin_test
 
 import (
@@ -28,6 +28,7 @@ import (
 
 	"dst/storage/admin"
 	"dst/storage/engine"
+	"dst/storage/iostats"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
@@ -73,37 +74,14 @@ func (c *clock) advance(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// slowDevice advances the clock by a set delay on every request, and fails
-// when told to.
-type slowDevice struct {
-	*node.Memory
-	c     *clock
-	delay time.Duration
-	fail  bool
+// record counts one request of op that took d on c's clock.
+func record(reqs *iostats.Requests, c *clock, op iostats.Op, d time.Duration, n int64, err error) {
+	t0 := reqs.Begin()
+	c.advance(d)
+	reqs.End(op, t0, n, err)
 }
 
-func (d *slowDevice) step() error {
-	d.c.advance(d.delay)
-	if d.fail {
-		return errors.New("boom")
-	}
-	return nil
-}
-func (d *slowDevice) ReadAt(ctx context.Context, p []byte, off int64) error {
-	if err := d.step(); err != nil {
-		return err
-	}
-	return d.Memory.ReadAt(ctx, p, off)
-}
-func (d *slowDevice) WriteAt(ctx context.Context, p []byte, off int64, f nbd.CmdFlags) error {
-	if err := d.step(); err != nil {
-		return err
-	}
-	return d.Memory.WriteAt(ctx, p, off, f)
-}
-func (d *slowDevice) Flush(ctx context.Context) error { return d.step() }
-
-func fixture(t *testing.T) (*admin.Handler, *admin.Instrumented, *clock) {
+func fixture(t *testing.T) (*admin.Handler, *iostats.Requests, *clock) {
 	t.Helper()
 	c := &clock{t: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
 	st := &fakeStorage{size: 1 << 30, members: []engine.MemberStatus{
@@ -114,7 +92,7 @@ func fixture(t *testing.T) (*admin.Handler, *admin.Instrumented, *clock) {
 		ClearedRegions: 9, MetadataWrites: 30, CrashResyncRegions: 3}}
 	remote := &fakeRemote{Memory: node.NewMemory(4096), state: node.StateConnecting,
 		m: node.RemoteMetrics{Requests: 10, Bytes: 8192, Retries: 3, Connects: 2, Reconnects: 1, Fences: 1, Timeouts: 4, Pings: 5, Failures: 6, Unavailable: 2}}
-	dev := admin.Instrument(&slowDevice{Memory: node.NewMemory(1 << 20), c: c, delay: 3 * time.Millisecond}, "dev", admin.NewRequests(c.now))
+	reqs := iostats.NewRequests(c.now)
 	h := admin.NewHandler(admin.Options{
 		Storage: st, Layout: "mirror(file:/srv/a.img, nbd://b/x)", Listen: "127.0.0.1:10809", Export: "disk",
 		Members: []admin.Member{
@@ -122,11 +100,11 @@ func fixture(t *testing.T) (*admin.Handler, *admin.Instrumented, *clock) {
 			{URL: "nbd://b/x", Node: remote, DataOffset: 8192},
 		},
 		Generation: func() uint64 { return 42 },
-		Requests:   dev.Requests(),
+		Requests:   reqs,
 		Now:        c.now,
 	})
 	c.advance(90 * time.Second)
-	return h, dev, c
+	return h, reqs, c
 }
 
 func get(t *testing.T, h http.Handler, method, path string) *http.Response {
@@ -137,11 +115,9 @@ func get(t *testing.T, h http.Handler, method, path string) *http.Response {
 }
 
 func TestStatusJSON(t *testing.T) {
-	h, dev, _ := fixture(t)
-	ctx := context.Background()
-	buf := make([]byte, 4096)
-	require.NoError(t, dev.WriteAt(ctx, buf, 0, 0))
-	require.NoError(t, dev.ReadAt(ctx, buf[:512], 0))
+	h, reqs, c := fixture(t)
+	record(reqs, c, iostats.OpWrite, 3*time.Millisecond, 4096, nil)
+	record(reqs, c, iostats.OpRead, 3*time.Millisecond, 512, nil)
 
 	resp := get(t, h, http.MethodGet, "/status")
 	require.Equal(t, http.StatusOK, resp.StatusCode)
@@ -280,18 +256,14 @@ next:
 }
 
 func TestMetrics(t *testing.T) {
-	h, dev, c := fixture(t)
-	ctx := context.Background()
-	buf := make([]byte, 4096)
+	h, reqs, c := fixture(t)
 	for range 3 {
-		require.NoError(t, dev.WriteAt(ctx, buf, 0, 0)) // 3 ms each
+		record(reqs, c, iostats.OpWrite, 3*time.Millisecond, 4096, nil)
 	}
-	sd := &slowDevice{Memory: node.NewMemory(4096), c: c, delay: 2 * time.Second, fail: true}
-	slow := admin.Instrument(sd, "slow", dev.Requests())
-	require.Error(t, slow.Flush(ctx))          // 2 s, failed
-	require.Error(t, slow.ReadAt(ctx, buf, 0)) // failed reads count no bytes
-	sd.delay = 20 * time.Second
-	require.Error(t, slow.ReadAt(ctx, buf, 0)) // beyond the last bucket
+	boom := errors.New("boom")
+	record(reqs, c, iostats.OpFlush, 2*time.Second, 0, boom)
+	record(reqs, c, iostats.OpRead, 2*time.Second, 4096, boom)  // failed reads count no bytes
+	record(reqs, c, iostats.OpRead, 20*time.Second, 4096, boom) // beyond the last bucket
 
 	resp := get(t, h, http.MethodGet, "/metrics")
 	require.Equal(t, http.StatusOK, resp.StatusCode)
@@ -372,41 +344,6 @@ func TestLabelEscaping(t *testing.T) {
 	samples, _ := parseMetrics(t, b.String())
 	_, ok := find(samples, "dst_member_pending", "url", `a\"b\\c\nd`)
 	require.True(t, ok, "%s", b.String())
-}
-
-func TestInstrumentDoesNotAllocate(t *testing.T) {
-	if raceEnabled {
-		t.Skip("the race detector allocates")
-	}
-	dev := admin.Instrument(node.NewMemory(1<<20), "mem", nil)
-	ctx := context.Background()
-	buf := make([]byte, 4096)
-	allocs := testing.AllocsPerRun(1000, func() {
-		_ = dev.WriteAt(ctx, buf, 8192, 0)
-		_ = dev.ReadAt(ctx, buf, 8192)
-		_ = dev.Flush(ctx)
-		_ = dev.Trim(ctx, 0, 4096, 0)
-		_ = dev.WriteZeroes(ctx, 0, 4096, 0)
-		_ = dev.Cache(ctx, 0, 4096)
-	})
-	require.Zero(t, allocs)
-	ops, _ := dev.Requests().Snapshot()
-	require.Equal(t, uint64(1001), ops[admin.OpWrite].Count) // AllocsPerRun runs once more to warm up
-}
-
-func TestInstrumentForwards(t *testing.T) {
-	mem := node.NewMemory(65536)
-	dev := admin.Instrument(mem, "name", nil)
-	assert.Equal(t, int64(65536), dev.Size())
-	assert.Equal(t, node.MemoryFlags, dev.Flags())
-	assert.Equal(t, "name", dev.String())
-	require.NoError(t, dev.Close())
-	ctx := context.Background()
-	require.NoError(t, dev.WriteAt(ctx, []byte("abc"), 10, 0))
-	got := make([]byte, 3)
-	require.NoError(t, mem.ReadAt(ctx, got, 10), "Close did not close the device")
-	require.Equal(t, "abc", string(got))
-	assert.Equal(t, "write_zeroes", admin.OpWriteZeroes.String())
 }
 
 func TestServe(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"dst/storage/engine"
+	"dst/storage/iostats"
 	"dst/storage/node"
 )
 
@@ -195,11 +196,11 @@ func (h *Handler) writeRequests(e expo) {
 	for _, s := range ops {
 		op := s.Op.String()
 		var cum uint64
-		for i, le := range LatencyBuckets {
+		for i, le := range iostats.LatencyBuckets {
 			cum += s.Buckets[i]
 			e.sample("dst_request_duration_seconds_bucket", float64(cum), "op", op, "le", formatFloat(le))
 		}
-		cum += s.Buckets[len(LatencyBuckets)]
+		cum += s.Buckets[len(iostats.LatencyBuckets)]
 		e.sample("dst_request_duration_seconds_bucket", float64(cum), "op", op, "le", "+Inf")
 		e.sample("dst_request_duration_seconds_sum", float64(s.SumNanos)/1e9, "op", op)
 		e.sample("dst_request_duration_seconds_count", float64(cum), "op", op)

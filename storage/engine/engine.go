@@ -83,6 +83,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"dst/storage/iostats"
 	"dst/storage/layout"
 	"dst/storage/meta"
 	"dst/storage/nbd"
@@ -141,6 +142,7 @@ type Engine struct {
 	members []*member
 	mirrors map[*layout.Mirror]*mirrorInfo
 	flags   nbd.TransmissionFlags
+	reqs    iostats.Requests // the client requests served, for the admin endpoint
 
 	free chan *request
 	work chan *task
@@ -299,6 +301,14 @@ func (e *Engine) Flags() nbd.TransmissionFlags { return e.flags }
 
 // Layout returns the layout tree.
 func (e *Engine) Layout() layout.Layout { return e.root }
+
+// Requests are the counters of the client requests the engine served
+// (ReadAt, WriteAt, Flush, Trim, WriteZeroes, Cache): what the admin
+// endpoint reports.
+func (e *Engine) Requests() *iostats.Requests { return &e.reqs }
+
+// String names the engine by its layout, for logs.
+func (e *Engine) String() string { return "storage " + e.root.String() }
 
 // Close stops the workers. Requests must not be in flight; nodes are not
 // closed (their owner closes them).

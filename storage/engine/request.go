@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 
 	"dst/internal/bugs"
+	"dst/storage/iostats"
 	"dst/storage/layout"
 	"dst/storage/nbd"
 )
@@ -353,32 +354,46 @@ func (r *request) coveredElsewhere(i int) bool {
 
 // ReadAt implements nbd.Backend.
 func (e *Engine) ReadAt(ctx context.Context, p []byte, off int64) error {
-	return e.readAt(ctx, nbd.CmdRead, p, off, int64(len(p)))
+	t0 := e.reqs.Begin()
+	err := e.readAt(ctx, nbd.CmdRead, p, off, int64(len(p)))
+	e.reqs.End(iostats.OpRead, t0, int64(len(p)), err)
+	return err
 }
 
 // WriteAt implements nbd.Backend.
 func (e *Engine) WriteAt(ctx context.Context, p []byte, off int64, flags nbd.CmdFlags) error {
-	return e.writeLike(ctx, nbd.CmdWrite, flags, p, off, int64(len(p)))
+	t0 := e.reqs.Begin()
+	err := e.writeLike(ctx, nbd.CmdWrite, flags, p, off, int64(len(p)))
+	e.reqs.End(iostats.OpWrite, t0, int64(len(p)), err)
+	return err
 }
 
 // Trim implements nbd.Backend.
 func (e *Engine) Trim(ctx context.Context, off, length int64, flags nbd.CmdFlags) error {
-	return e.writeLike(ctx, nbd.CmdTrim, flags, nil, off, length)
+	t0 := e.reqs.Begin()
+	err := e.writeLike(ctx, nbd.CmdTrim, flags, nil, off, length)
+	e.reqs.End(iostats.OpTrim, t0, 0, err)
+	return err
 }
 
 // WriteZeroes implements nbd.Backend.
 func (e *Engine) WriteZeroes(ctx context.Context, off, length int64, flags nbd.CmdFlags) error {
-	return e.writeLike(ctx, nbd.CmdWriteZeroes, flags, nil, off, length)
+	t0 := e.reqs.Begin()
+	err := e.writeLike(ctx, nbd.CmdWriteZeroes, flags, nil, off, length)
+	e.reqs.End(iostats.OpWriteZeroes, t0, 0, err)
+	return err
 }
 
 // Cache implements nbd.Backend: a hint passed to the members that would
 // serve the reads.
 func (e *Engine) Cache(ctx context.Context, off, length int64) error {
+	t0 := e.reqs.Begin()
 	err := e.readAt(ctx, nbd.CmdCache, nil, off, length)
-	if errors.Is(err, ErrNoReplica) {
-		return err
+	if !errors.Is(err, ErrNoReplica) {
+		err = nil // a failed hint is no failure
 	}
-	return nil // a failed hint is no failure
+	e.reqs.End(iostats.OpCache, t0, 0, err)
+	return err
 }
 
 // Flush implements nbd.Backend: every member that completed a write since
@@ -386,6 +401,13 @@ func (e *Engine) Cache(ctx context.Context, off, length int64) error {
 // them did. A mirror member that fails its flush drops out and will be
 // copied whole when it returns, since its unflushed writes may be lost.
 func (e *Engine) Flush(ctx context.Context) error {
+	t0 := e.reqs.Begin()
+	err := e.flush(ctx)
+	e.reqs.End(iostats.OpFlush, t0, 0, err)
+	return err
+}
+
+func (e *Engine) flush(ctx context.Context) error {
 	r, err := e.get(ctx)
 	if err != nil {
 		return err

@@ -118,7 +118,7 @@ func (s *Storage) Close(ctx context.Context) error {
 }
 
 func (s *Storage) markClean(ctx context.Context) error {
-	if err := s.e.Flush(ctx); err != nil {
+	if err := s.e.flush(ctx); err != nil {
 		return err
 	}
 	if err := s.e.clearAllActive(ctx); err != nil {

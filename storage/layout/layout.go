@@ -36,7 +36,6 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
-	"strconv"
 	"strings"
 )
 
@@ -231,18 +230,6 @@ func describe(kind, prefix string, children []Layout) string {
 	}
 	b.WriteByte(')')
 	return b.String()
-}
-
-// formatBytes writes n with the largest binary unit that divides it exactly,
-// so that no information is lost: 65536 is "64KiB", 4097 is "4097B".
-func formatBytes(n int64) string {
-	units := []string{"B", "KiB", "MiB", "GiB", "TiB"}
-	u := 0
-	for u+1 < len(units) && n != 0 && n%1024 == 0 {
-		n /= 1024
-		u++
-	}
-	return strconv.FormatInt(n, 10) + units[u]
 }
 
 // addSizes returns a+b, or false if the sum overflows int64. Both are

@@ -248,9 +248,6 @@ func TestMapPanicsOnProgrammerErrors(t *testing.T) {
 }
 
 func TestDescriptions(t *testing.T) {
-	assert.Equal(t, "1MiB", formatBytes(1<<20))
-	assert.Equal(t, "4097B", formatBytes(4097))
-	assert.Equal(t, "0B", formatBytes(0))
 	assert.Equal(t, "#3@4096+10<-buf:7", Extent{3, 4096, 10, 7}.String())
 	m := must[*Mirror](t)(NewMirror(
 		must[*Stripe](t)(NewStripe(64<<10, leaf(t, 0, 4096, 1<<20), leaf(t, 1, 4096, 1<<20))),

@@ -13,6 +13,7 @@ import (
 	"github.com/leanovate/gopter/prop"
 
 	"dst/internal/proptest"
+	"dst/internal/size"
 )
 
 const (
@@ -93,7 +94,7 @@ func (s layoutSpec) String() string {
 		leaves *= n
 		kind := kindNames[s.Kinds[level]]
 		if s.Kinds[level] == kindStripe {
-			kind += "/" + formatBytes(s.chunk(level))
+			kind += "/" + size.Format(s.chunk(level))
 		}
 		levels = append(levels, fmt.Sprintf("%s×%d", kind, n))
 	}

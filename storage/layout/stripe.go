@@ -3,6 +3,8 @@ package layout
 import (
 	"fmt"
 	"math"
+
+	"dst/internal/size"
 )
 
 // Stripe deals chunks to its children in turn: chunk k, the logical range
@@ -43,7 +45,7 @@ func NewStripe(chunk int64, children ...Layout) (*Stripe, error) {
 	perChild := children[smallest].Size() / chunk * chunk
 	if perChild == 0 {
 		return nil, fmt.Errorf("layout: stripe: child %d (%s) holds %d bytes, less than one chunk of %s: %w",
-			smallest, children[smallest], children[smallest].Size(), formatBytes(chunk), ErrInvalid)
+			smallest, children[smallest], children[smallest].Size(), size.Format(chunk), ErrInvalid)
 	}
 	if perChild > math.MaxInt64/int64(len(children)) {
 		return nil, fmt.Errorf("layout: stripe: %d children of %d bytes overflow int64: %w",
@@ -103,4 +105,4 @@ func (s *Stripe) Leaves(dst []int) []int {
 
 // String returns "stripe(chunk; child, child, ...)", e.g.
 // "stripe(64KiB; #0@4096+1048576, #1@4096+1048576)".
-func (s *Stripe) String() string { return describe("stripe", formatBytes(s.chunk), s.children) }
+func (s *Stripe) String() string { return describe("stripe", size.Format(s.chunk), s.children) }

@@ -1,5 +1,5 @@
 //go:build !race
 
-package admin_test
+package iostats_test
 
 const raceEnabled = false
