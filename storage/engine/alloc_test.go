@@ -8,13 +8,12 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/layout"
 )
 
 func TestSteadyStateAllocs(t *testing.T) {
-	if raceEnabled {
-		t.Skip("allocation counts are meaningless under -race; make test runs this test without it")
-	}
+	testkit.SkipUnderRace(t)
 	ls, ms := leaves(t, 1<<20, 1<<20, 1<<20, 1<<20)
 	s1, err := layout.NewStripe(4096, ls[0], ls[1])
 	require.NoError(t, err)
@@ -30,17 +29,7 @@ func TestSteadyStateAllocs(t *testing.T) {
 		"write 64k":                 func() error { return r.e.WriteAt(ctx, buf, 12345, 0) },
 		"flush":                     func() error { return r.e.Flush(ctx) },
 	} {
-		for range DefaultMaxInFlight + 1 { // every pooled request grows once
-			require.NoError(t, op())
-		}
-		var err error
-		allocs := testing.AllocsPerRun(200, func() {
-			if e := op(); e != nil {
-				err = e
-			}
-		})
-		require.NoError(t, err)
-		require.Zero(t, allocs, "%s allocates %.2f times per request", name, allocs)
+		testkit.NoAllocs(t, name, DefaultMaxInFlight+1, 200, op) // every pooled request grows once
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/iostats"
 )
 
@@ -40,9 +41,7 @@ func TestRequests(t *testing.T) {
 }
 
 func TestRecordingDoesNotAllocate(t *testing.T) {
-	if raceEnabled {
-		t.Skip("the race detector allocates")
-	}
+	testkit.SkipUnderRace(t)
 	var r iostats.Requests
 	allocs := testing.AllocsPerRun(1000, func() {
 		r.End(iostats.OpFlush, r.Begin(), 0, nil)

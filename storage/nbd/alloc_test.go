@@ -10,6 +10,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	. "dst/storage/nbd"
 
 	"dst/storage/node"
@@ -29,9 +30,7 @@ func benchPairInPlace(tb testing.TB, size int) *Client {
 }
 
 func TestSteadyStateAllocatesNothing(t *testing.T) {
-	if raceEnabled {
-		t.Skip("allocation counts are meaningless under -race; make test runs this test without it")
-	}
+	testkit.SkipUnderRace(t)
 	t.Run("workers", func(t *testing.T) { allocsPerRequest(t, benchPair(t, 1<<20)) })
 	t.Run("in place", func(t *testing.T) { allocsPerRequest(t, benchPairInPlace(t, 1<<20)) })
 }

@@ -90,7 +90,7 @@ func TestReadsAndWritesThroughTheBackendsMemory(t *testing.T) {
 	require.NoError(t, f.ReadAt(ctx, all, 0))
 	require.True(t, bytes.Equal(model, all), "pread sees what the writes put in the mapping")
 
-	if !raceEnabled {
+	if !testkit.RaceEnabled {
 		big := make([]byte, 1<<20)
 		allocs := testing.AllocsPerRun(50, func() {
 			_ = c.WriteAt(ctx, big, 1<<20, 0)

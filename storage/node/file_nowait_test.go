@@ -12,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
@@ -37,7 +38,7 @@ func TestFileTryOnTmpfs(t *testing.T) {
 	require.Equal(t, pattern(0x11, 8192), got)
 	require.Equal(t, pattern(0x22, 4096), readBack(t, f, 65536, 4096))
 
-	if !raceEnabled {
+	if !testkit.RaceEnabled {
 		buf := make([]byte, 4096)
 		require.Zero(t, testing.AllocsPerRun(200, func() { _, _ = f.TryReadAt(buf, 0) }))
 		require.Zero(t, testing.AllocsPerRun(200, func() { _, _ = f.TryWriteAt(buf, 0, 0) }))
@@ -61,7 +62,7 @@ func TestFileTryOnDiskFileSystem(t *testing.T) {
 	if done { // the kernel and file system offer RWF_NOWAIT reads
 		require.NoError(t, err)
 		require.Equal(t, pattern(0xee, 4096), got)
-		if !raceEnabled {
+		if !testkit.RaceEnabled {
 			require.Zero(t, testing.AllocsPerRun(200, func() { _, _ = f.TryReadAt(got, 8192) }))
 		}
 	}

@@ -8,16 +8,13 @@ import (
 	"context"
 	"testing"
 
-	"github.com/stretchr/testify/require"
-
+	"dst/internal/testkit"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
 
 func TestRemoteSteadyStateAllocatesNothing(t *testing.T) {
-	if raceEnabled {
-		t.Skip("allocation counts are meaningless under -race; run go test without -race for this test")
-	}
+	testkit.SkipUnderRace(t)
 	_, p := startMemory(t, 1<<20)
 	r := newRemote(t, p.url(), node.RemoteOptions{PingInterval: -1})
 	ready(t, r)
@@ -37,17 +34,7 @@ func TestRemoteSteadyStateAllocatesNothing(t *testing.T) {
 		{"trim", func() error { return r.Trim(ctx, 0, 4096, 0) }},
 		{"write zeroes", func() error { return r.WriteZeroes(ctx, 0, 4096, 0) }},
 	} {
-		for range 100 { // warm the pools and the connection's buffers
-			require.NoError(t, tc.op(), tc.name)
-		}
-		var err error
-		allocs := testing.AllocsPerRun(500, func() {
-			if e := tc.op(); e != nil {
-				err = e
-			}
-		})
-		require.NoError(t, err)
-		require.Zero(t, allocs, "%s allocates %.2f times per request", tc.name, allocs)
+		testkit.NoAllocs(t, tc.name, 100, 500, tc.op) // warm the pools and the connection's buffers
 	}
 }
 

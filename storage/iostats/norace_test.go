@@ -1,5 +1,0 @@
-//go:build !race
-
-package iostats_test
-
-const raceEnabled = false

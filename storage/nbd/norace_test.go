@@ -1,5 +1,0 @@
-//go:build !race
-
-package nbd_test
-
-const raceEnabled = false
