@@ -129,7 +129,10 @@ func (s *Server) fenceOlder(c *serverConn, f Fence) error {
 			}
 			time.Sleep(time.Millisecond)
 		}
-		s.log.Info("older connection fenced", "peer", oc.conn.RemoteAddr(), "session", fmt.Sprintf("%016x", f.Session),
+		oc.mu.Lock() // ServeConn swaps conn for the TLS one under mu
+		peer := oc.conn.RemoteAddr()
+		oc.mu.Unlock()
+		s.log.Info("older connection fenced", "peer", peer, "session", fmt.Sprintf("%016x", f.Session),
 			"generation", oc.fence.gen, "by", f.Generation)
 	}
 	return nil
