@@ -1,8 +1,9 @@
 // Parse never panics and either returns a config whose storage passes
 // spec.Tree.Validate with at most MaxMembers members, or config.Errors
 // that each carry a line; checked by FuzzConfig, seeded with the YAML files
-// in testdata, the example configs of fixtures/configs and the corpus in
-// testdata/fuzz/FuzzConfig.
+// in testdata, the example configs of fixtures/configs, the hostile YAML of
+// fixtures/yaml (shared with FuzzScenario) and any corpus Go's fuzzing saved
+// in testdata/fuzz/FuzzConfig.
 package config_test
 
 import (
@@ -15,7 +16,7 @@ import (
 )
 
 func FuzzConfig(f *testing.F) {
-	for _, pattern := range []string{"testdata/*.yaml", "../../fixtures/configs/*.yaml"} {
+	for _, pattern := range []string{"testdata/*.yaml", "../../fixtures/configs/*.yaml", "../../fixtures/yaml/*.yaml"} {
 		for _, s := range fixtures.Glob(f, pattern) {
 			f.Add(s.Data)
 		}
