@@ -23,16 +23,20 @@ import (
 	"dst/storage/spec"
 )
 
+// example is the config README.md shows (fixtures/configs: the fixtures
+// package's test keeps the two equal).
+const example = "../../fixtures/configs/example.yaml"
+
 func TestExampleFromTheBrief(t *testing.T) {
-	c, err := config.Load("testdata/example.yaml")
+	c, err := config.Load(example)
 	require.NoError(t, err)
 	assert.Equal(t, "127.0.0.1:10809", c.Listen)
 	assert.Equal(t, "127.0.0.1:10810", c.Admin)
 	require.Equal(t, "mirror(nbd://10.0.0.2:10809, file:/srv/dst/local.img, stripe/64KiB(nbd://10.0.0.3:10809, nbd://10.0.0.4:10809))",
 		c.Storage.String())
 	require.NoError(t, c.Storage.Validate())
-	assert.Equal(t, "testdata/example.yaml:4", c.Storage.Where)
-	assert.Equal(t, "testdata/example.yaml:8", c.Storage.Members[2].Where)
+	assert.Equal(t, example+":4", c.Storage.Where)
+	assert.Equal(t, example+":8", c.Storage.Members[2].Where)
 	assert.Equal(t, []string{"nbd://10.0.0.2:10809", "file:/srv/dst/local.img", "nbd://10.0.0.3:10809", "nbd://10.0.0.4:10809"},
 		c.Storage.Leaves())
 }

@@ -1,30 +1,25 @@
 // Parse never panics and either returns a config whose storage passes
 // spec.Tree.Validate with at most MaxMembers members, or config.Errors
 // that each carry a line; checked by FuzzConfig, seeded with the YAML files
-// in testdata and the corpus in testdata/fuzz/FuzzConfig.
+// in testdata, the example configs of fixtures/configs, the hostile YAML of
+// fixtures/yaml (shared with FuzzScenario) and any corpus Go's fuzzing saved
+// in testdata/fuzz/FuzzConfig.
 package config_test
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"testing"
 
+	"dst/fixtures"
 	"dst/storage/config"
 	"dst/storage/spec"
 )
 
 func FuzzConfig(f *testing.F) {
-	seeds, err := filepath.Glob("testdata/*.yaml")
-	if err != nil {
-		f.Fatal(err)
-	}
-	for _, s := range seeds {
-		data, err := os.ReadFile(s)
-		if err != nil {
-			f.Fatal(err)
+	for _, pattern := range []string{"testdata/*.yaml", "../../fixtures/configs/*.yaml", "../../fixtures/yaml/*.yaml"} {
+		for _, s := range fixtures.Glob(f, pattern) {
+			f.Add(s.Data)
 		}
-		f.Add(data)
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := config.Parse("fuzz.yaml", data)

@@ -2,7 +2,8 @@
 // scenario that holds together (every leaf names a node, every node is a
 // leaf exactly once, fault targets are nodes, a workload exists) or
 // scenario.Errors that each carry the file and a line; checked by
-// FuzzScenario, seeded with the embedded scenarios and the corpus in
+// FuzzScenario, seeded with the embedded scenarios, the hostile YAML of
+// fixtures/yaml (shared with FuzzConfig) and any corpus Go's fuzzing saved in
 // testdata/fuzz/FuzzScenario.
 package scenario_test
 
@@ -10,6 +11,7 @@ import (
 	"errors"
 	"testing"
 
+	"dst/fixtures"
 	"dst/scenarios"
 	"dst/storage/spec"
 	"dst/torture/scenario"
@@ -24,6 +26,9 @@ func FuzzScenario(f *testing.F) {
 		f.Add(data)
 	}
 	f.Add([]byte(good))
+	for _, s := range fixtures.Glob(f, "../../fixtures/yaml/*.yaml") {
+		f.Add(s.Data)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		s, err := scenario.Parse("fuzz.yaml", data)
 		if err != nil {
