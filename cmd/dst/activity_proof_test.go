@@ -22,7 +22,7 @@ func TestProofEngineKillResyncsOnlyActiveRegions(t *testing.T) {
 	start := time.Now()
 	r := newRig(t, 120*time.Second)
 	const memberBytes, bound, region = 1<<30 + 1<<20, 64, 1 << 20
-	fileA, fileB := image(t, "a.img", memberBytes), image(t, "b.img", memberBytes)
+	fileA, fileB := testkit.Image(t, "a.img", memberBytes), testkit.Image(t, "b.img", memberBytes)
 	r.note("member files %s %s", fileA, fileB)
 	a := r.export("export-a", "127.0.0.1:0", fileA)
 	b := r.export("export-b", "127.0.0.1:0", fileB)

@@ -96,7 +96,7 @@ func processGone(pid int, d time.Duration) bool {
 func TestAttachExportThroughLoopDevice(t *testing.T) {
 	testkit.NeedAttach(t, "dd")
 	const size = 16 << 20
-	img := image(t, "disk.img", size)
+	img := testkit.Image(t, "disk.img", size)
 	exp := startExport(t, "127.0.0.1:0", img)
 	url := "nbd://" + exp.addrs[0]
 	stateDir := t.TempDir()

@@ -305,7 +305,7 @@ func TestProofMirrorFioSurvivesKill9(t *testing.T) {
 	start := time.Now()
 	r := newRig(t, 80*time.Second)
 	const memberBytes, fioBytes, blockBytes = 36 << 20, 32 << 20, 4096
-	fileA, fileB := image(t, "a.img", memberBytes), image(t, "b.img", memberBytes)
+	fileA, fileB := testkit.Image(t, "a.img", memberBytes), testkit.Image(t, "b.img", memberBytes)
 	r.note("member files %s %s", fileA, fileB)
 	a := r.export("export-a", "127.0.0.1:0", fileA)
 	b := r.export("export-b", "127.0.0.1:0", fileB)
@@ -400,7 +400,7 @@ func TestProofMirrorResyncsBlankMedia(t *testing.T) {
 	start := time.Now()
 	r := newRig(t, 60*time.Second)
 	const memberBytes = 16 << 20
-	fileA, fileB := image(t, "a.img", memberBytes), image(t, "b.img", memberBytes)
+	fileA, fileB := testkit.Image(t, "a.img", memberBytes), testkit.Image(t, "b.img", memberBytes)
 	r.note("member files %s %s", fileA, fileB)
 	a := r.export("export-a", "127.0.0.1:0", fileA)
 	b := r.export("export-b", "127.0.0.1:0", fileB)
@@ -452,7 +452,7 @@ func TestProofLinearNodeLossIsLocal(t *testing.T) {
 	var exports []*child
 	var members []string
 	for i := range 3 {
-		f := image(t, fmt.Sprintf("m%d.img", i), memberBytes)
+		f := testkit.Image(t, fmt.Sprintf("m%d.img", i), memberBytes)
 		e := r.export(fmt.Sprintf("export-%d", i), "127.0.0.1:0", f)
 		files, exports, members = append(files, f), append(exports, e), append(members, "nbd://"+e.addrs[0])
 	}
@@ -544,7 +544,7 @@ func TestProofQemuNBDMember(t *testing.T) {
 	start := time.Now()
 	r := newRig(t, 60*time.Second)
 	const memberBytes, imageBytes = 16 << 20, 8 << 20
-	fileA, fileQ := image(t, "a.img", memberBytes), image(t, "q.img", memberBytes)
+	fileA, fileQ := testkit.Image(t, "a.img", memberBytes), testkit.Image(t, "q.img", memberBytes)
 	a := r.export("export-a", "127.0.0.1:0", fileA)
 	sock := filepath.Join(r.dir, "qemu-nbd.sock")
 	q, qURL := r.startQemuNBD("qemu-nbd", sock, fileQ)
@@ -614,7 +614,7 @@ func TestProofTreeStacking(t *testing.T) {
 	start := time.Now()
 	r := newRig(t, 60*time.Second)
 	const mirrorBytes, thirdBytes, imageBytes = 12 << 20, 8 << 20, 16 << 20
-	file1, file2, file3 := image(t, "a1.img", mirrorBytes), image(t, "a2.img", mirrorBytes), image(t, "e3.img", thirdBytes)
+	file1, file2, file3 := testkit.Image(t, "a1.img", mirrorBytes), testkit.Image(t, "a2.img", mirrorBytes), testkit.Image(t, "e3.img", thirdBytes)
 	r.note("member files %s %s %s", file1, file2, file3)
 	e1 := r.export("export-a1", "127.0.0.1:0", file1)
 	e2 := r.export("export-a2", "127.0.0.1:0", file2)

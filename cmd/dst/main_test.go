@@ -43,16 +43,6 @@ func runDst(t *testing.T, args ...string) (int, string, string) {
 	return code, stdout.String(), stderr.String()
 }
 
-func image(t *testing.T, name string, size int64) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), name)
-	f, err := os.Create(p)
-	require.NoError(t, err)
-	require.NoError(t, f.Truncate(size))
-	require.NoError(t, f.Close())
-	return p
-}
-
 func TestHelpListsEveryFlag(t *testing.T) {
 	fs, _ := setupExport(io.Discard, io.Discard)
 	var names []string
@@ -73,8 +63,8 @@ func TestHelpListsEveryFlag(t *testing.T) {
 }
 
 func TestUsageErrors(t *testing.T) {
-	img := image(t, "disk.img", 1<<20)
-	other := image(t, "disk.img", 1<<20) // same base name, other dir
+	img := testkit.Image(t, "disk.img", 1<<20)
+	other := testkit.Image(t, "disk.img", 1<<20) // same base name, other dir
 	for _, tc := range []struct {
 		args []string
 		want string
@@ -121,7 +111,7 @@ func TestUsageErrors(t *testing.T) {
 
 func TestRuntimeErrors(t *testing.T) {
 	dir := t.TempDir()
-	img := image(t, "disk.img", 1<<20)
+	img := testkit.Image(t, "disk.img", 1<<20)
 	busy, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer busy.Close()
@@ -166,7 +156,7 @@ func (w *lineWriter) Write(p []byte) (int, error) {
 
 func TestExportServesInProcess(t *testing.T) {
 	a := filepath.Join(t.TempDir(), "a.img") // created by --size
-	b := image(t, "b.img", 4<<20)
+	b := testkit.Image(t, "b.img", 4<<20)
 	stdout := &lineWriter{first: make(chan string, 1)}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -219,7 +209,7 @@ func TestExportServesInProcess(t *testing.T) {
 func TestBinarySignals(t *testing.T) {
 	for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGINT} {
 		t.Run(sig.String(), func(t *testing.T) {
-			img := image(t, "disk.img", 1<<20)
+			img := testkit.Image(t, "disk.img", 1<<20)
 			p := startProc(t, []string{"listening on "}, dstBinary, "export", "--listen", "127.0.0.1:0", "--file", img)
 			addr := p.addrs[0]
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -242,7 +232,7 @@ func TestBinarySignals(t *testing.T) {
 
 func TestBinaryNbdinfo(t *testing.T) {
 	testkit.Need(t, "nbdinfo")
-	img := image(t, "disk.img", 1<<20)
+	img := testkit.Image(t, "disk.img", 1<<20)
 	p := startProc(t, []string{"listening on "}, dstBinary, "export", "--listen", "127.0.0.1:0", "--file", img, "--size", "64MiB", "--read-only=false")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

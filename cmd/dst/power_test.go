@@ -11,6 +11,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/nbd"
 )
 
@@ -32,7 +33,7 @@ func dialExport(t *testing.T, addr string) (*nbd.Client, string) {
 func TestExportPowerCutLosesOnlyUnflushedWrites(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	img := image(t, "disk.img", 1<<20)
+	img := testkit.Image(t, "disk.img", 1<<20)
 	flags := []string{"--volatile-cache", "1MiB", "--boot-id", "boot-1"}
 	p := startExport(t, "127.0.0.1:0", img, flags...)
 	c, boot := dialExport(t, p.addrs[0])
@@ -68,7 +69,7 @@ func TestExportPowerCutLosesOnlyUnflushedWrites(t *testing.T) {
 func TestExportMediaFaultsReload(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	img := image(t, "disk.img", 1<<20)
+	img := testkit.Image(t, "disk.img", 1<<20)
 	rules := filepath.Join(t.TempDir(), "faults.json")
 	require.NoError(t, os.WriteFile(rules, []byte(`{"rules": [{"op": "read", "offset": 4096, "length": 512, "action": "eio"}]}`), 0o644))
 	p := startExport(t, "127.0.0.1:0", img, "--faults", rules)

@@ -124,7 +124,7 @@ func TestServeMirrorSurvivesNodeLoss(t *testing.T) {
 	testkit.Need(t, "qemu-io")
 	start := time.Now()
 	dir := t.TempDir()
-	fileA, fileB := image(t, "a.img", 32<<20), image(t, "b.img", 32<<20)
+	fileA, fileB := testkit.Image(t, "a.img", 32<<20), testkit.Image(t, "b.img", 32<<20)
 	a := startExport(t, "127.0.0.1:0", fileA)
 	b := startExport(t, "127.0.0.1:0", fileB)
 	cfg := writeConfig(t, dir, fmt.Sprintf(`listen: 127.0.0.1:0
@@ -199,8 +199,8 @@ func TestServeLinearOverFileExportAndNbdkit(t *testing.T) {
 	dir := t.TempDir()
 	// Odd sizes: data areas end inside a 4 KiB page and a region.
 	const sizeFile, sizeExport, sizeKit = 3<<20 + 1536, 2<<20 + 512, 4<<20 + 3584
-	file := image(t, "local.img", sizeFile)
-	exported := image(t, "exported.img", sizeExport)
+	file := testkit.Image(t, "local.img", sizeFile)
+	exported := testkit.Image(t, "exported.img", sizeExport)
 	e := startExport(t, "127.0.0.1:0", exported)
 	sock := filepath.Join(dir, "nbdkit.sock")
 	pidFile := filepath.Join(dir, "nbdkit.pid")

@@ -58,17 +58,6 @@ func mustRunTool(t *testing.T, name string, args ...string) string {
 	return out
 }
 
-// tempImage returns the path of a new sparse file of size bytes.
-func tempImage(t *testing.T, size int64) string {
-	t.Helper()
-	p := filepath.Join(t.TempDir(), "disk.img")
-	f, err := os.Create(p)
-	require.NoError(t, err)
-	require.NoError(t, f.Truncate(size))
-	require.NoError(t, f.Close())
-	return p
-}
-
 // randomFile writes size random bytes to a new file and returns its path.
 func randomFile(t *testing.T, size int64) string {
 	t.Helper()

@@ -80,8 +80,8 @@ func qemuIO(t *testing.T, uri string, cmds ...string) (string, error) {
 func TestNbdinfoFlags(t *testing.T) {
 	testkit.Need(t, "nbdinfo")
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{
-		{Name: "rw", Path: tempImage(t, 64*mib)},
-		{Name: "ro", Path: tempImage(t, 3*mib), ReadOnly: true},
+		{Name: "rw", Path: testkit.Image(t, "disk.img", 64*mib)},
+		{Name: "ro", Path: testkit.Image(t, "disk.img", 3*mib), ReadOnly: true},
 	}})
 	rw, tls := nbdinfo(t, nbdURI(srv, "rw"))
 	require.False(t, tls)
@@ -97,7 +97,7 @@ func TestNbdinfoFlags(t *testing.T) {
 
 func TestQemuIO(t *testing.T) {
 	testkit.Need(t, "qemu-io")
-	p := tempImage(t, 32*mib)
+	p := testkit.Image(t, "disk.img", 32*mib)
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "d", Path: p}}})
 	uri := nbdURI(srv, "")
 	out := mustRunTool(t, "qemu-io", "-f", "raw", uri,
@@ -138,7 +138,7 @@ func TestQemuIO(t *testing.T) {
 func TestNbdcopy(t *testing.T) {
 	testkit.Need(t, "nbdcopy")
 	src := randomFile(t, 32*mib)
-	img := tempImage(t, 32*mib)
+	img := testkit.Image(t, "disk.img", 32*mib)
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "d", Path: img}}})
 	mustRunTool(t, "nbdcopy", src, nbdURI(srv, "d"))
 	require.Equal(t, sha256File(t, src), sha256File(t, img), "copied in byte for byte")
@@ -150,7 +150,7 @@ func TestNbdcopy(t *testing.T) {
 
 func TestFio(t *testing.T) {
 	testkit.Need(t, "fio")
-	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "d", Path: tempImage(t, 16*mib)}}})
+	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "d", Path: testkit.Image(t, "disk.img", 16*mib)}}})
 	out := mustRunTool(t, "fio", "--name=verify", "--ioengine=nbd", "--uri="+nbdURI(srv, "d"),
 		"--rw=randwrite", "--bs=4k", "--iodepth=32", "--size=16M",
 		"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--output-format=json")
@@ -176,7 +176,7 @@ func TestFio(t *testing.T) {
 
 func TestReadOnlyExportRefusesWrites(t *testing.T) {
 	testkit.Need(t, "qemu-io", "nbdinfo")
-	p := tempImage(t, mib)
+	p := testkit.Image(t, "disk.img", mib)
 	require.NoError(t, os.WriteFile(p, pattern(0x42, mib), 0o644))
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "d", Path: p, ReadOnly: true}}})
 	info, _ := nbdinfo(t, nbdURI(srv, "d"))
@@ -197,7 +197,7 @@ func TestDisallowedPeer(t *testing.T) {
 	testkit.Need(t, "qemu-io", "nbdinfo")
 	acl, err := export.ParseACL("127.0.0.2/32=rw")
 	require.NoError(t, err)
-	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "x", Path: tempImage(t, mib), Allow: acl}}})
+	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "x", Path: testkit.Image(t, "disk.img", mib), Allow: acl}}})
 	const msg = `peer 127.0.0.1 is not allowed to use export "x"`
 
 	// libnbd 1.14 tells the server's message only in its debug output.
@@ -212,7 +212,7 @@ func TestDisallowedPeer(t *testing.T) {
 
 func TestUnknownExport(t *testing.T) {
 	testkit.Need(t, "qemu-io", "nbdinfo")
-	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "x", Path: tempImage(t, mib)}}})
+	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "x", Path: testkit.Image(t, "disk.img", mib)}}})
 	out, err := runTool(t, nil, "nbdinfo", nbdURI(srv, "nope"))
 	require.Error(t, err, out)
 	require.Contains(t, out, "for export: nope", out)

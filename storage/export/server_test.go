@@ -26,7 +26,7 @@ import (
 
 func TestClientRoundTrip(t *testing.T) {
 	ctx := testkit.Context(t, 60*time.Second)
-	p := tempImage(t, 64*mib)
+	p := testkit.Image(t, "disk.img", 64*mib)
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "disk", Path: p}}})
 	c := dial(t, srv.Addr, nbd.ClientOptions{}) // the lone export answers to ""
 
@@ -75,7 +75,7 @@ func TestServeNodes(t *testing.T) {
 	ctx := testkit.Context(t, 60*time.Second)
 	// Stack two servers: "file" on the lower one, served again by the
 	// upper one through a remote node; and a memory node beside it.
-	img := tempImage(t, 4*mib)
+	img := testkit.Image(t, "disk.img", 4*mib)
 	lower := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "file", Path: img}}})
 	addr, err := node.ParseURL("nbd://" + lower.Addr + "/file")
 	require.NoError(t, err)
@@ -114,7 +114,7 @@ func TestServeNodes(t *testing.T) {
 
 func TestExportNames(t *testing.T) {
 	ctx := testkit.Context(t, 30*time.Second)
-	a, b := tempImage(t, mib), tempImage(t, 2*mib)
+	a, b := testkit.Image(t, "disk.img", mib), testkit.Image(t, "disk.img", 2*mib)
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{
 		{Name: "a", Path: a, Description: "first"},
 		{Name: "b", Path: b, ReadOnly: true},
@@ -145,10 +145,10 @@ func TestAccessRules(t *testing.T) {
 	only2, err := export.ParseACL("127.0.0.2/32=rw")
 	require.NoError(t, err)
 	srv := startServer(t, export.Config{Exports: []export.ExportConfig{
-		{Name: "open", Path: tempImage(t, mib)},
-		{Name: "acl", Path: tempImage(t, mib), Allow: acl},
-		{Name: "only2", Path: tempImage(t, mib), Allow: only2},
-		{Name: "ro", Path: tempImage(t, mib), Allow: acl, ReadOnly: true},
+		{Name: "open", Path: testkit.Image(t, "disk.img", mib)},
+		{Name: "acl", Path: testkit.Image(t, "disk.img", mib), Allow: acl},
+		{Name: "only2", Path: testkit.Image(t, "disk.img", mib), Allow: only2},
+		{Name: "ro", Path: testkit.Image(t, "disk.img", mib), Allow: acl, ReadOnly: true},
 	}})
 	for _, tc := range []struct {
 		src, export string
@@ -186,7 +186,7 @@ func TestAccessRules(t *testing.T) {
 }
 
 func TestShutdownWithClients(t *testing.T) {
-	p := tempImage(t, mib)
+	p := testkit.Image(t, "disk.img", mib)
 	srv, err := export.New(export.Config{Listen: "127.0.0.1:0", ShutdownTimeout: 10 * time.Second,
 		Exports: []export.ExportConfig{{Name: "d", Path: p}}})
 	require.NoError(t, err)
@@ -223,7 +223,7 @@ func TestShutdownWithClients(t *testing.T) {
 
 func TestMaxConns(t *testing.T) {
 	ctx := testkit.Context(t, 20*time.Second)
-	srv := startServer(t, export.Config{MaxConns: 1, Exports: []export.ExportConfig{{Name: "d", Path: tempImage(t, mib)}}})
+	srv := startServer(t, export.Config{MaxConns: 1, Exports: []export.ExportConfig{{Name: "d", Path: testkit.Image(t, "disk.img", mib)}}})
 	c := dial(t, srv.Addr, nbd.ClientOptions{})
 	_, err := nbd.Dial(ctx, "tcp", srv.Addr, nbd.ClientOptions{})
 	require.Error(t, err, "a second connection is closed at accept")
@@ -239,7 +239,7 @@ func TestMaxConns(t *testing.T) {
 }
 
 func TestNewErrors(t *testing.T) {
-	img := tempImage(t, mib)
+	img := testkit.Image(t, "disk.img", mib)
 	missing := filepath.Join(t.TempDir(), "missing.img")
 	for _, tc := range []struct {
 		name    string

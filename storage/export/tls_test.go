@@ -165,7 +165,7 @@ func startTLSServer(t *testing.T, fx *tlsFixture, requireClientCert bool) *testS
 	return startServer(t, export.Config{
 		TLS:         fx.serverTLS(t, requireClientCert),
 		TLSRequired: true,
-		Exports:     []export.ExportConfig{{Name: "d", Path: tempImage(t, 4*mib)}},
+		Exports:     []export.ExportConfig{{Name: "d", Path: testkit.Image(t, "disk.img", 4*mib)}},
 	})
 }
 

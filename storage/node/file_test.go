@@ -29,7 +29,7 @@ const mib = 1 << 20
 // openTemp opens a new file of size bytes filled with 0xee read-write.
 func openTemp(t *testing.T, size int64) (*node.File, string) {
 	t.Helper()
-	p := tempImage(t, size)
+	p := testkit.Image(t, "disk.img", size)
 	require.NoError(t, os.WriteFile(p, pattern(0xee, int(size)), 0o644))
 	f, err := node.OpenFile(p, node.FileOptions{})
 	require.NoError(t, err)
@@ -136,7 +136,7 @@ func TestFileWriteZeroes(t *testing.T) {
 
 func TestFileReadOnly(t *testing.T) {
 	ctx := testkit.Context(t, 30*time.Second)
-	p := tempImage(t, mib)
+	p := testkit.Image(t, "disk.img", mib)
 	require.NoError(t, os.WriteFile(p, pattern(0x42, mib), 0o644))
 	f, err := node.OpenFile(p, node.FileOptions{ReadOnly: true})
 	require.NoError(t, err)
@@ -162,7 +162,7 @@ func TestFileShrunkUnderneath(t *testing.T) {
 }
 
 func TestOpenFileSize(t *testing.T) {
-	existing := func(t *testing.T, size int64) string { return tempImage(t, size) }
+	existing := func(t *testing.T, size int64) string { return testkit.Image(t, "disk.img", size) }
 	missing := func(t *testing.T, _ int64) string { return filepath.Join(t.TempDir(), "new.img") }
 	for _, tc := range []struct {
 		name     string
@@ -218,7 +218,7 @@ func TestOpenFileSize(t *testing.T) {
 func loopDevice(t *testing.T, size int64) string {
 	t.Helper()
 	testkit.Need(t, "losetup")
-	img := tempImage(t, size)
+	img := testkit.Image(t, "disk.img", size)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	out, err := exec.CommandContext(ctx, "losetup", "--find", "--show", img).CombinedOutput()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
@@ -41,7 +42,7 @@ func TestFilePath(t *testing.T) {
 
 func TestOpenFile(t *testing.T) {
 	ctx := ctxFor(t, 10*time.Second)
-	p := tempImage(t, 1<<20)
+	p := testkit.Image(t, "disk.img", 1<<20)
 	for _, u := range []string{"file:" + p, "file://" + p} {
 		n, err := node.Open(ctx, u, node.OpenOptions{})
 		require.NoError(t, err, u)

@@ -9,7 +9,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -25,10 +24,7 @@ import (
 
 func TestServeInProcess(t *testing.T) {
 	dir := t.TempDir()
-	a, b := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
-	for _, p := range []string{a, b} {
-		require.NoError(t, writeSparse(p, 8<<20))
-	}
+	a, b := testkit.Image(t, "a.img", 8<<20), testkit.Image(t, "b.img", 8<<20)
 	text := fmt.Sprintf("listen: 127.0.0.1:0\nadmin: 127.0.0.1:0\nstorage:\n  layout: mirror\n  members: [file:%s, file:%s]\n", a, b)
 	cfg, err := config.Parse(filepath.Join(dir, "storage.yaml"), []byte(text))
 	require.NoError(t, err)
@@ -70,16 +66,4 @@ func TestServeInProcess(t *testing.T) {
 		require.NoError(t, c.ReadAt(ctx, got, 4096))
 		require.Equal(t, want, got)
 	})
-}
-
-func writeSparse(path string, size int64) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	if err := f.Truncate(size); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }

@@ -74,19 +74,7 @@ func waitListening(t testing.TB, p *Peer, pr *proc.Process, output func() string
 }
 
 // File creates a sparse file of size bytes in the test's directory.
-func File(t testing.TB, size int64) string {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "disk.img")
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := f.Truncate(size); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
+func File(t testing.TB, size int64) string { return testkit.Image(t, "disk.img", size) }
 
 // Nbdkit serves a file of size bytes with nbdkit's file plugin.
 func Nbdkit(t testing.TB, size int64) *Peer {
