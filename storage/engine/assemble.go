@@ -60,7 +60,7 @@ func Assemble(ctx context.Context, tree spec.Tree, opts AssembleOptions) (*Stora
 	if opts.Rand == nil {
 		opts.Rand = rand.Reader
 	}
-	s := &Storage{tree: tree, log: opts.Logger, opts: opts}
+	s := &Storage{tree: tree, log: opts.Logger, opts: opts, mu: newIOLock()}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}

@@ -28,8 +28,9 @@ type mirrorInfo struct {
 	// persisted; nil when the mirror does not persist (see persistable).
 	pending []map[int]struct{}
 	// persistMu serialises persisting, so a writer that set a bit either
-	// sees its page written by the persist in progress or writes it itself.
-	persistMu sync.Mutex
+	// sees its page written by the persist in progress or writes it itself;
+	// it is held across the page writes (an ioLock).
+	persistMu ioLock
 	// al is the mirror's activity log; nil when it keeps none.
 	al *activity
 }
@@ -37,7 +38,7 @@ type mirrorInfo struct {
 const lockStripes = 64
 
 func newMirrorInfo(m *layout.Mirror, regionSize int64) *mirrorInfo {
-	mi := &mirrorInfo{m: m, regionSize: regionSize}
+	mi := &mirrorInfo{m: m, regionSize: regionSize, persistMu: newIOLock()}
 	regions := int(max((m.Size()+regionSize-1)/regionSize, 1))
 	for i := range m.NumChildren() {
 		mi.children = append(mi.children, m.Child(i).Leaves(nil))

@@ -23,7 +23,7 @@ type Storage struct {
 	log   *slog.Logger
 	opts  AssembleOptions
 
-	mu sync.Mutex // guards the fields below and superblock writes
+	mu ioLock // guards the fields below and superblock writes, held across them
 	// identMu guards the StorageID and MemberID fields of supers too (they
 	// are written under both locks): the reconnect verifier reads them
 	// under identMu alone, since mu is held across superblock writes that

@@ -153,8 +153,12 @@ func (r *Remote) sleep(ctx context.Context, d time.Duration) bool {
 func (r *Remote) connect(ctx context.Context) (*conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.opts.DialTimeout)
 	defer cancel()
-	var d net.Dialer
-	raw, err := d.DialContext(ctx, r.addr.Network, r.addr.Addr)
+	dial := r.opts.Dial
+	if dial == nil {
+		var d net.Dialer
+		dial = d.DialContext
+	}
+	raw, err := dial(ctx, r.addr.Network, r.addr.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("dial: %w", err)
 	}

@@ -38,6 +38,9 @@ type RemoteOptions struct {
 	// DialTimeout bounds one connection attempt: dial and handshake. Zero
 	// means DefaultDialTimeout.
 	DialTimeout time.Duration
+	// Dial, if set, makes the connections instead of a net.Dialer (the
+	// simulation's in-memory links); network and addr are the node's.
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
 	// RequestTimeout bounds one try of a request: from sending it (or
 	// writing it to the socket) to its reply. A try that passes it makes
 	// the connection suspect: it is fenced and the request resent. It also
