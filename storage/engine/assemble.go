@@ -245,6 +245,20 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 			s.log.Info("member will be resynced", "member", i, "node", m.node.String(), "state", v.State, "reason", v.Reason)
 		}
 	}
+	if !as.Clean {
+		// The engine before this one may have acknowledged writes it never
+		// flushed: make them durable before anything is served, so that a
+		// member whose machine restarts later loses nothing this engine
+		// does not know about (its boot check covers only its own writes).
+		for i, m := range e.members {
+			if as.Members[i].Action != meta.ActionServe {
+				continue
+			}
+			if err := m.node.Flush(ctx); err != nil {
+				return fmt.Errorf("engine: member %d (%v): flush after an unclean stop: %w", i, m.node, err)
+			}
+		}
+	}
 	for i := range as.Members {
 		if e.members[i].State() == Failed && !e.redundant(e.members[i]) && len(e.members[i].ancestors) == 0 {
 			return fmt.Errorf("engine: member %d (%v) is needed and not usable: %s", i, e.members[i].node, as.Members[i].Reason)

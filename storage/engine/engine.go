@@ -65,7 +65,10 @@
 // flushed (a write since its last FLUSH, or a FLUSH still in flight) and
 // then reports a new boot (its machine restarted: the volatile cache is
 // gone) leaves service and is resynced from an in-sync replica over the
-// activity log's regions (whole, under a mirror without a log); a
+// activity log's regions (whole, under a mirror without a log). An
+// assembly after an unclean stop first flushes every member it serves:
+// the engine before it may have acknowledged writes it never flushed,
+// and the boot check of this one covers only its own. A
 // failed FLUSH on a replica takes that replica out of service and the
 // client's FLUSH succeeds if an in-sync replica flushed; a read error on
 // a replica is retried on another. The torture harness breaks each of

@@ -14,8 +14,9 @@ type mirrorInfo struct {
 	children [][]int // leaves under each child
 	// locks serialise a resync copy of a region with client writes to it:
 	// writes hold the read side of every stripe their range touches, a
-	// copy holds the write side of its region's stripe.
-	locks [lockStripes]sync.RWMutex
+	// copy holds the write side of its region's stripe (ioRWLocks: both
+	// wait across I/O).
+	locks [lockStripes]ioRWLock
 
 	regionSize int64
 	mu         sync.Mutex
@@ -39,6 +40,9 @@ const lockStripes = 64
 
 func newMirrorInfo(m *layout.Mirror, regionSize int64) *mirrorInfo {
 	mi := &mirrorInfo{m: m, regionSize: regionSize, persistMu: newIOLock()}
+	for i := range mi.locks {
+		mi.locks[i].init()
+	}
 	regions := int(max((m.Size()+regionSize-1)/regionSize, 1))
 	for i := range m.NumChildren() {
 		mi.children = append(mi.children, m.Child(i).Leaves(nil))

@@ -432,11 +432,14 @@ func (e *Engine) flush(ctx context.Context) error {
 			continue
 		}
 		m := e.members[t.ext.Member]
+		// Still unflushed: leaving service now records the regions active
+		// as missed by it, in the bitmaps, so a restarted engine copies
+		// them too (fullResync lives in memory only).
+		m.written.Store(true)
 		if ctx.Err() == nil && e.failRedundant(ctx, m, t.err) {
 			m.fullResync.Store(true)
 			continue
 		}
-		m.written.Store(true) // still unflushed
 		if firstErr == nil {
 			firstErr = fmt.Errorf("engine: FLUSH on member %d (%v): %w", m.index, m.node, t.err)
 		}

@@ -143,12 +143,22 @@ func (e *Engine) othersLost(a ancestor) bool {
 	return true
 }
 
+// resyncFlushBytes is how much a resync copies to a member between two
+// FLUSHes of it: a region's dirty mark is cleared only once its copy is
+// durable on the member, so a member whose machine loses power during or
+// after its resync still has the regions it lost copied again.
+const resyncFlushBytes = 32 << 20
+
 // resync copies every dirty region of every mirror above m to m until no
-// region is dirty.
+// region is dirty. Copies are written without FUA; every
+// resyncFlushBytes, and at the end of each pass, m is flushed, and only
+// then are the copied regions' marks cleared and the bitmap persisted.
 func (e *Engine) resync(ctx context.Context, m *member, limit *rate.Limiter) (int64, error) {
 	var copied int64
 	for _, a := range m.ancestors {
 		buf := make([]byte, a.mi.regionSize)
+		var done []int // copied since m's last flush
+		var unflushed int64
 		// Writes that skipped m before it became Resyncing may still mark
 		// regions behind the cursor; loop until none is left.
 		for a.mi.count(a.child) > 0 {
@@ -160,10 +170,17 @@ func (e *Engine) resync(ctx context.Context, m *member, limit *rate.Limiter) (in
 				if err != nil {
 					return copied, err
 				}
+				if n > 0 {
+					done = append(done, r)
+					unflushed += n
+				}
 				copied += n
 				m.resyncedBytes.Add(n)
-				if err := e.persist(ctx, a.mi); err != nil {
-					return copied, err
+				if unflushed >= resyncFlushBytes {
+					if err := e.commitCopies(ctx, a, m, done); err != nil {
+						return copied, err
+					}
+					done, unflushed = done[:0], 0
 				}
 				if limit != nil {
 					if err := limit.WaitN(ctx, int(min(n, int64(limit.Burst())))); err != nil {
@@ -171,14 +188,46 @@ func (e *Engine) resync(ctx context.Context, m *member, limit *rate.Limiter) (in
 					}
 				}
 			}
+			if err := e.commitCopies(ctx, a, m, done); err != nil {
+				return copied, err
+			}
+			done, unflushed = done[:0], 0
 		}
 	}
 	return copied, nil
 }
 
+// commitCopies flushes m, then clears the marks of the regions copied to
+// it (under each region's lock, and only while m is still resyncing: a
+// write that skipped m since marked its region again) and persists the
+// bitmap.
+func (e *Engine) commitCopies(ctx context.Context, a ancestor, m *member, regions []int) error {
+	if len(regions) == 0 {
+		return nil
+	}
+	m.flushing.Add(1)
+	err := m.node.Flush(ctx)
+	m.flushing.Add(-1)
+	if err != nil {
+		return fmt.Errorf("flush the copies: %w", err)
+	}
+	for _, r := range regions {
+		lk := &a.mi.locks[int64(r)%lockStripes]
+		lk.Lock()
+		if m.State() != Resyncing {
+			lk.Unlock()
+			return fmt.Errorf("member %d left service (%v) during its resync", m.index, m.State())
+		}
+		a.mi.clear(a.child, r)
+		lk.Unlock()
+	}
+	return e.persist(ctx, a.mi)
+}
+
 // copyRegion copies region r of mirror mi from an in-sync child to child
 // (which holds m), holding the region's lock stripe so no client write to
-// the region runs meanwhile.
+// the region runs meanwhile. The region stays marked: commitCopies clears
+// it once the copy is durable.
 func (e *Engine) copyRegion(ctx context.Context, mi *mirrorInfo, child int, m *member, r int, buf []byte) (int64, error) {
 	off, length := mi.span(r)
 	lk := &mi.locks[int64(r)%lockStripes]
@@ -201,7 +250,6 @@ func (e *Engine) copyRegion(ctx context.Context, mi *mirrorInfo, child int, m *m
 	if err := e.mapRun(ctx, mi.m, nbd.CmdWrite, p, off, &onlyPicker{member: m}); err != nil {
 		return 0, fmt.Errorf("write region %d: %w", r, err)
 	}
-	mi.clear(child, r)
 	return length, nil
 }
 

@@ -117,6 +117,17 @@ func (s *Storage) Close(ctx context.Context) error {
 	return err
 }
 
+// Abandon stops the engine and closes the members without flushing or
+// marking anything, as a killed process leaves them: the next Assemble
+// finds the superblocks unclean and resyncs what the activity log names.
+// Requests must not be in flight and Run must have returned.
+func (s *Storage) Abandon() {
+	if s.e != nil {
+		s.e.Close()
+	}
+	s.closeNodes()
+}
+
 func (s *Storage) markClean(ctx context.Context) error {
 	if err := s.e.flush(ctx); err != nil {
 		return err

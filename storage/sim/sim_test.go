@@ -1,15 +1,32 @@
-// The whole engine runs in a testing/synctest bubble (issue 14's first
-// slice; crashes, power cuts and the membership core are still to come): a mirror assembled
-// over in-memory nodes behind real nbd.Servers, reached by real node.Remote
-// clients over net.Pipe links, takes a seeded workload and a seeded
-// schedule of link cuts, hangs and heals while the bubble's clock runs the
-// timeouts, failover and resync in virtual time. After every step the
-// acknowledged data reads back; at the end every link heals, the mirror
-// resyncs and the replicas' data areas are byte-identical to the model.
+// Package sim_test runs the whole engine in a testing/synctest bubble: a
+// mirror assembled over in-memory disks, each behind a volatile write
+// cache (node.Volatile, a disk that can lose power) and a real nbd.Server,
+// reached by real node.Remote clients over net.Pipe links, takes a seeded
+// workload and a seeded fault schedule while the bubble's clock runs the
+// timeouts, failover and resync in virtual time.
+//
+// The faults: a link cut or hung and healed; a node's process killed (its
+// cache survives, as a page cache does) or its machine's power cut (the
+// unflushed part of its cache is lost, and it boots with a new boot id);
+// its media replaced by a blank disk; a member suspended and resumed; the
+// engine killed between two requests (Storage.Abandon, then Assemble from
+// the members' records) or in the middle of a write after a seeded number
+// of node operations.
+//
+// The invariants, after every step: every acknowledged write reads back
+// (a write that failed or was cut short by a crash leaves each byte old
+// or new); at a settle point (every fault healed, the mirror in sync and
+// flushed) every replica's data area is byte-identical to what was
+// acknowledged. Faults are scheduled only while the other replica is in
+// sync and reachable, so a correct engine never fails a request: any
+// I/O error is a failure too.
+//
+// A failing sequence prints its replay command and its trace: the steps,
+// and the engine's own log of membership transitions, fences and resync
+// steps, at virtual times.
 package sim_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -17,12 +34,15 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
+	"runtime"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 
-	"dst/internal/testkit"
 	"dst/storage/engine"
 	"dst/storage/nbd"
 	"dst/storage/node"
@@ -33,52 +53,91 @@ var (
 	seedFlag  = flag.Uint64("sim.seed", 0, "seed of the first sequence (0: from the clock)")
 	seqsFlag  = flag.Int("sim.seqs", 20, "sequences to run")
 	stepsFlag = flag.Int("sim.steps", 60, "steps per sequence")
-	faults    = flag.Bool("sim.faults", true, "inject link faults")
-	traceFlag = flag.Bool("sim.trace", false, "log every step as it runs")
+	faults    = flag.Bool("sim.faults", true, "inject faults")
+	traceFlag = flag.Bool("sim.trace", false, "log every step and engine decision as it happens")
 )
 
-const memberBytes = 4 << 20
+// geometry is the shape of a simulated mirror.
+type geometry struct {
+	members     int
+	memberBytes int
+	cacheBytes  int64 // each node's volatile cache
+	// The engine's activity log: its bound, and how long a region stays
+	// marked after its last write (0: the default).
+	activityRegions int
+	activityQuiet   time.Duration
+}
+
+var randomGeometry = geometry{members: 2, memberBytes: 2 << 20, cacheBytes: 256 << 10, activityRegions: 8}
+
+// modelGeometry is the engine model test's mirror (model_test.go), for
+// replaying its saved sequences: two 512 KiB members, a log of 4 regions
+// that only pressure clears.
+var modelGeometry = geometry{members: 2, memberBytes: 512 << 10, cacheBytes: 256 << 10, activityRegions: 4, activityQuiet: time.Hour}
+
+// simNode is one node: a disk that outlives everything but a media
+// replacement, the volatile cache of the machine's current boot, and the
+// nbd.Server of the process now running (none while it is down).
+type simNode struct {
+	i     int
+	disk  *node.Memory
+	vol   *node.Volatile
+	srv   *nbd.Server
+	boot  int
+	up    bool
+	boots int // vol seeds
+}
 
 // link is the wire between the engine and one node: net.Pipe pairs whose
-// server ends the node's nbd.Server serves. Cut closes them and refuses
-// new dials; Hang stops delivering bytes in both directions (the peer
-// looks alive and silent) until Heal.
+// server ends the node's current nbd.Server serves. Cut closes them and
+// refuses new dials; Hang stops delivering bytes in both directions (the
+// peer looks alive and silent) until Heal. A node that is down refuses
+// dials as well.
 type link struct {
-	srv *nbd.Server
+	n *simNode
 
 	mu    sync.Mutex
 	cut   bool
 	hung  chan struct{} // closed when not hung
-	conns []net.Conn    // both ends of every pipe, for Cut
+	conns []net.Conn    // both ends of every pipe
 }
 
-func newLink(srv *nbd.Server) *link {
-	l := &link{srv: srv, hung: make(chan struct{})}
+func newLink(n *simNode) *link {
+	l := &link{n: n, hung: make(chan struct{})}
 	close(l.hung)
 	return l
 }
 
-func (l *link) dial(ctx context.Context) (net.Conn, error) {
+func (l *link) dial(context.Context) (net.Conn, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.cut {
 		return nil, errors.New("sim: link cut")
 	}
+	if !l.n.up {
+		return nil, errors.New("sim: connection refused (node down)")
+	}
 	c, s := net.Pipe()
 	gc, gs := newGated(c, l), newGated(s, l)
 	l.conns = append(l.conns, gc, gs)
-	go func() { _ = l.srv.ServeConn(context.Background(), gs) }()
+	srv := l.n.srv
+	go func() { _ = srv.ServeConn(context.Background(), gs) }()
 	return gc, nil
+}
+
+// drop closes every connection (l.mu held).
+func (l *link) drop() {
+	for _, c := range l.conns {
+		c.Close()
+	}
+	l.conns = nil
 }
 
 func (l *link) setCut() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.cut = true
-	for _, c := range l.conns {
-		c.Close()
-	}
-	l.conns = nil
+	l.drop()
 }
 
 func (l *link) setHung() {
@@ -102,6 +161,18 @@ func (l *link) heal() {
 	}
 }
 
+// isUp reports whether the link is neither cut nor hung.
+func (l *link) isUp() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	select {
+	case <-l.hung:
+		return !l.cut
+	default:
+		return false
+	}
+}
+
 func (l *link) gate() <-chan struct{} {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -121,12 +192,28 @@ type gated struct {
 func newGated(c net.Conn, l *link) *gated { return &gated{Conn: c, l: l, closed: make(chan struct{})} }
 
 func (g *gated) Read(p []byte) (int, error) {
+	if err := g.wait(); err != nil {
+		return 0, err
+	}
+	n, err := g.Conn.Read(p)
+	if n > 0 {
+		// A read that was waiting when the link hung holds what it got
+		// until the link heals, as if the bytes were still on the way.
+		if err := g.wait(); err != nil {
+			return 0, err
+		}
+	}
+	return n, err
+}
+
+// wait waits while the link hangs; it fails once g is closed.
+func (g *gated) wait() error {
 	select {
 	case <-g.l.gate():
+		return nil
 	case <-g.closed:
-		return 0, net.ErrClosed
+		return net.ErrClosed
 	}
-	return g.Conn.Read(p)
 }
 
 func (g *gated) Close() error {
@@ -134,177 +221,365 @@ func (g *gated) Close() error {
 	return g.Conn.Close()
 }
 
-// sim is one sequence: the nodes, their links and the assembled mirror.
-type sim struct {
-	t     *testing.T
-	rng   *rand.Rand
-	mems  []*node.Memory
-	links []*link
-	st    *engine.Storage
-	model []byte
-	trace []string
-	t0    time.Time
-	seed  uint64
+// dyingGate stands between a node's server and its cache: while the
+// engine is dying, only the first budget state-changing operations (of
+// any node) pass, and the others fail unseen, as if the engine's process
+// died between two of them.
+type dyingGate struct {
+	*node.Volatile
+	s *sim
 }
+
+var errEngineDied = errors.New("sim: the engine died before this operation")
+
+func (g dyingGate) pass() error {
+	if g.s.dying.Load() && g.s.budget.Add(-1) < 0 {
+		return errEngineDied
+	}
+	return nil
+}
+
+func (g dyingGate) WriteAt(ctx context.Context, p []byte, off int64, flags nbd.CmdFlags) error {
+	if err := g.pass(); err != nil {
+		return err
+	}
+	return g.Volatile.WriteAt(ctx, p, off, flags)
+}
+
+func (g dyingGate) Trim(ctx context.Context, off, length int64, flags nbd.CmdFlags) error {
+	if err := g.pass(); err != nil {
+		return err
+	}
+	return g.Volatile.Trim(ctx, off, length, flags)
+}
+
+func (g dyingGate) WriteZeroes(ctx context.Context, off, length int64, flags nbd.CmdFlags) error {
+	if err := g.pass(); err != nil {
+		return err
+	}
+	return g.Volatile.WriteZeroes(ctx, off, length, flags)
+}
+
+// sim is one sequence: the nodes, their links, the assembled mirror and
+// the model of what it must hold.
+type sim struct {
+	tb    testing.TB
+	rng   *rand.Rand
+	seed  uint64
+	geo   geometry
+	nodes []*simNode
+	links []*link
+	urls  map[string]int
+	t0    time.Time
+
+	st     *engine.Storage
+	stopSt context.CancelFunc
+	ran    chan error
+
+	dying  atomic.Bool
+	budget atomic.Int64
+
+	model model
+	// strict: every request must succeed (see ioFailed).
+	strict bool
+	// powerLost: a node lost power since the last acknowledged FLUSH.
+	powerLost bool
+
+	traceMu sync.Mutex
+	trace   []string
+	failed  error // the first invariant broken
+}
+
+// errInvariant marks the error of a broken invariant.
+var errInvariant = errors.New("sim: invariant broken")
 
 func (s *sim) logf(format string, a ...any) {
-	line := fmt.Sprintf("%10v ", time.Since(s.t0).Round(time.Millisecond)) + fmt.Sprintf(format, a...)
+	s.addTrace(fmt.Sprintf(format, a...))
+}
+
+func (s *sim) addTrace(line string) {
+	line = fmt.Sprintf("%10v ", time.Since(s.t0).Round(time.Millisecond)) + line
+	s.traceMu.Lock()
 	s.trace = append(s.trace, line)
+	s.traceMu.Unlock()
 	if *traceFlag {
-		s.t.Log(line)
+		s.tb.Log(line)
 	}
 }
 
-func (s *sim) fatalf(format string, a ...any) {
-	s.t.Helper()
-	for _, l := range s.trace {
-		s.t.Log(l)
-	}
-	s.t.Logf("replay: go test ./storage/sim -run TestSimMirror -args -sim.seqs=1 -sim.seed=%d -sim.trace", s.seed)
-	s.t.Fatalf(format, a...)
+// Trace returns the trace so far.
+func (s *sim) Trace() []string {
+	s.traceMu.Lock()
+	defer s.traceMu.Unlock()
+	return append([]string(nil), s.trace...)
 }
 
-func newSim(t *testing.T, seed uint64) *sim {
-	s := &sim{t: t, rng: rand.New(rand.NewPCG(seed, 0x5eed)), t0: time.Now(), seed: seed}
-	urls := make(map[string]int)
-	var tree []spec.Tree
-	for i := range 2 {
-		m := node.NewMemory(memberBytes)
-		srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{Name: "m", Size: m.Size(), Flags: m.Flags(), Backend: m}}})
-		if err != nil {
-			t.Fatal(err)
+// fail records a broken invariant (the first one counts).
+func (s *sim) fail(format string, a ...any) error {
+	err := fmt.Errorf("%w: %s", errInvariant, fmt.Sprintf(format, a...))
+	if s.failed == nil {
+		s.failed = err
+		s.logf("FAILED: %v", err)
+	}
+	return err
+}
+
+// traceHandler puts the engine's and nodes' Info and Warn records in the
+// trace, without wall time: these are the decisions a reader follows.
+type traceHandler struct {
+	s     *sim
+	attrs string
+}
+
+func (h traceHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
+
+func (h traceHandler) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	b.WriteString("  ")
+	b.WriteString(r.Message)
+	b.WriteString(h.attrs)
+	r.Attrs(func(a slog.Attr) bool {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+		return true
+	})
+	h.s.addTrace(b.String())
+	return nil
+}
+
+func (h traceHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	var b strings.Builder
+	b.WriteString(h.attrs)
+	for _, a := range as {
+		fmt.Fprintf(&b, " %s=%v", a.Key, a.Value)
+	}
+	return traceHandler{s: h.s, attrs: b.String()}
+}
+
+func (h traceHandler) WithGroup(string) slog.Handler { return h }
+
+// newSim builds the nodes and assembles the mirror; it must run inside
+// a bubble, and registers the cleanup there.
+func newSim(tb testing.TB, seed uint64, geo geometry) (*sim, error) {
+	s := &sim{tb: tb, rng: rand.New(rand.NewPCG(seed, 0x5eed)), seed: seed, geo: geo, t0: time.Now(),
+		urls: map[string]int{}, strict: true}
+	for i := range geo.members {
+		n := &simNode{i: i, disk: node.NewMemory(geo.memberBytes)}
+		s.nodes = append(s.nodes, n)
+		s.links = append(s.links, newLink(n))
+		s.urls[fmt.Sprintf("sim-%d:10809", i)] = i
+		if err := s.startNode(i); err != nil {
+			return nil, err
 		}
-		s.mems = append(s.mems, m)
-		s.links = append(s.links, newLink(srv))
-		u := fmt.Sprintf("nbd://sim-%d:10809/m", i)
-		urls[fmt.Sprintf("sim-%d:10809", i)] = i
-		tree = append(tree, spec.Member(u))
 	}
+	tb.Cleanup(func() { // inside the bubble, also after a failure
+		for i, l := range s.links {
+			l.heal()
+			if !s.nodes[i].up {
+				_ = s.startNode(i)
+			}
+		}
+		s.dying.Store(false)
+		if s.st == nil {
+			return
+		}
+		s.stopRun()
+		if err := s.st.Close(context.Background()); err != nil && s.failed == nil {
+			tb.Errorf("close: %v", err)
+		}
+	})
+	if err := s.assemble(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// startNode starts node i's process: a server in front of a fresh cache
+// over its disk, with the boot id of its machine's current boot.
+func (s *sim) startNode(i int) error {
+	n := s.nodes[i]
+	n.boots++
+	vol, err := node.NewVolatile(n.disk, node.VolatileOptions{Seed: s.seed ^ uint64(i)<<32 ^ uint64(n.boots), MaxBytes: s.geo.cacheBytes})
+	if err != nil {
+		return err
+	}
+	srv, err := nbd.NewServer(nbd.ServerOptions{
+		Exports: []*nbd.Export{{Name: "m", Size: vol.Size(), Flags: vol.Flags(), Backend: dyingGate{vol, s}}},
+		BootID:  fmt.Sprintf("sim-%d-boot-%d", i, n.boot)})
+	if err != nil {
+		return err
+	}
+	l := s.links[i]
+	l.mu.Lock()
+	n.vol, n.srv, n.up = vol, srv, true
+	l.mu.Unlock()
+	return nil
+}
+
+// stopNode takes node i down: its connections close and it refuses new
+// ones. power cuts its machine's power (the unflushed cache is lost and
+// it boots anew); otherwise only the process dies and its cache is
+// written below.
+func (s *sim) stopNode(i int, power bool) error {
+	n, l := s.nodes[i], s.links[i]
+	l.mu.Lock()
+	n.up = false
+	l.drop()
+	l.mu.Unlock()
+	ctx := context.Background()
+	if !power {
+		return n.vol.Crash(ctx)
+	}
+	n.boot++
+	s.powerLost = true
+	kept, lost, err := n.vol.PowerCut(ctx, s.rng.IntN(101))
+	s.logf("power cut %d: %d units kept, %d lost", i, kept, lost)
+	return err
+}
+
+// replaceMedia takes node i down and gives it a blank disk (and, being
+// another machine, another boot).
+func (s *sim) replaceMedia(i int) error {
+	if err := s.stopNode(i, true); err != nil {
+		return err
+	}
+	s.nodes[i].disk = node.NewMemory(s.geo.memberBytes)
+	return nil
+}
+
+func (s *sim) logger() *slog.Logger { return slog.New(traceHandler{s: s}) }
+
+// assemble assembles the mirror from the members' records and runs its
+// monitor.
+func (s *sim) assemble() error {
 	ro := node.RemoteOptions{RequestTimeout: 300 * time.Millisecond, Retries: 1, Budget: 150 * time.Millisecond,
 		BackoffMin: 2 * time.Millisecond, BackoffMax: 10 * time.Millisecond, PingInterval: -1, DialTimeout: time.Second,
-		Seed: seed, Logger: s.logger(),
-		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) { return s.links[urls[addr]].dial(ctx) }}
+		Seed: s.seed,
+		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) { return s.links[s.urls[addr]].dial(ctx) }}
+	var tree []spec.Tree
+	for i := range s.nodes {
+		tree = append(tree, spec.Member(fmt.Sprintf("nbd://sim-%d:10809/m", i)))
+	}
 	st, err := engine.Assemble(context.Background(), spec.Mirror(tree...), engine.AssembleOptions{
 		Open: func(ctx context.Context, u string) (node.Node, error) {
 			return node.Open(ctx, u, node.OpenOptions{Remote: ro, ConnectTimeout: 5 * time.Second})
 		},
 		RegionSize: 64 << 10,
 		Logger:     s.logger(),
+		Engine:     engine.Options{ActivityRegions: s.geo.activityRegions, ActivityQuiet: s.geo.activityQuiet},
 		Monitor:    engine.MonitorOptions{Interval: 50 * time.Millisecond, Failover: -1},
+		Rand:       rand.NewChaCha8(seedBytes(s.seed)),
 	})
 	if err != nil {
-		t.Fatal(err)
+		return err
 	}
 	s.st = st
-	s.model = make([]byte, st.Engine().Size())
+	if s.model.data == nil {
+		s.model = newModel(st.Engine().Size())
+	}
 	rctx, stop := context.WithCancel(context.Background())
-	ran := make(chan error, 1)
-	go func() { ran <- st.Run(rctx) }()
-	t.Cleanup(func() { // inside the bubble, also after a failure
-		for _, l := range s.links {
-			l.heal()
-		}
-		stop()
-		<-ran
-		if err := st.Close(context.Background()); err != nil {
-			t.Errorf("close: %v", err)
-		}
-	})
-	return s
+	s.stopSt, s.ran = stop, make(chan error, 1)
+	go func() { s.ran <- st.Run(rctx) }()
+	return nil
 }
 
-// step runs one seeded action and checks what it must.
-func (s *sim) step(ctx context.Context, i int) {
-	e := s.st.Engine()
-	size := e.Size()
-	switch r := s.rng.IntN(100); {
-	case r < 45:
-		n := 1 + s.rng.Int64N(128<<10)
-		off := s.rng.Int64N(size - n)
-		p := make([]byte, n)
-		for j := range p {
-			p[j] = byte(s.rng.Uint32())
-		}
-		if err := e.WriteAt(ctx, p, off, 0); err != nil {
-			s.fatalf("step %d: write %d+%d: %v", i, off, n, err)
-		}
-		copy(s.model[off:], p)
-		s.logf("write %d+%d", off, n)
-	case r < 70:
-		n := 1 + s.rng.Int64N(128<<10)
-		off := s.rng.Int64N(size - n)
-		got := make([]byte, n)
-		if err := e.ReadAt(ctx, got, off); err != nil {
-			s.fatalf("step %d: read %d+%d: %v", i, off, n, err)
-		}
-		if !bytes.Equal(got, s.model[off:off+n]) {
-			s.fatalf("step %d: read %d+%d differs from what was acknowledged", i, off, n)
-		}
-		s.logf("read %d+%d ok", off, n)
-	case r < 78:
-		if err := e.Flush(ctx); err != nil {
-			s.fatalf("step %d: flush: %v", i, err)
-		}
-		s.logf("flush")
-	case r < 88 && *faults:
-		// A fault only where the other replica is in sync, so the mirror
-		// keeps one: a fault of the last replica fails I/O by design.
-		j := s.rng.IntN(2)
-		if !s.inSync(1 - j) {
-			s.logf("no fault on %d: %d is not in sync", j, 1-j)
-			break
-		}
-		if s.rng.IntN(2) == 0 {
-			s.links[j].setCut()
-			s.logf("cut %d", j)
-		} else {
-			s.links[j].setHung()
-			s.logf("hang %d", j)
-		}
-	case *faults:
-		j := s.rng.IntN(2)
-		s.links[j].heal()
-		s.logf("heal %d", j)
+func seedBytes(seed uint64) [32]byte {
+	var b [32]byte
+	for i := range 8 {
+		b[i] = byte(seed >> (8 * i))
 	}
-	d := time.Duration(s.rng.IntN(200)) * time.Millisecond
-	time.Sleep(d)
+	return b
 }
 
-// logger is the engine's and nodes' log: the test log with -sim.trace,
-// else nothing.
-func (s *sim) logger() *slog.Logger {
-	if !*traceFlag {
-		return nil
+func (s *sim) stopRun() {
+	s.stopSt()
+	<-s.ran
+}
+
+// flushed records an acknowledged FLUSH.
+func (s *sim) flushed() {
+	s.model.flushedAll()
+	s.powerLost = false
+}
+
+// crash kills the engine between two requests, or, with ops >= 0, in the
+// middle of a write of p at off after ops node operations; then it
+// assembles the mirror again from what the members recorded. Every node
+// is up and every link healed first: assembling waits for every member.
+func (s *sim) crash(ctx context.Context, ops int, p []byte, off int64) error {
+	s.healAll()
+	if ops >= 0 {
+		s.budget.Store(int64(ops))
+		s.dying.Store(true)
+		wctx, cancel := context.WithTimeout(ctx, 20*time.Second) // a dying engine may wait for ever
+		err := s.st.Engine().WriteAt(wctx, p, off, 0)
+		cancel()
+		s.logf("crash after %d node operations of write %d+%d (%v)", ops, off, len(p), err)
+		s.model.failedWrite(off, p)
+	} else {
+		s.logf("crash")
 	}
-	return testkit.Logger(s.t)
-}
-
-// inSync reports whether member i is in sync with nothing dirty and its
-// link is up.
-func (s *sim) inSync(i int) bool {
-	m := s.st.Engine().Status()[i]
-	s.links[i].mu.Lock()
-	up := !s.links[i].cut
-	select {
-	case <-s.links[i].hung:
-	default:
-		up = false
+	if s.powerLost {
+		// A machine lost power since the last FLUSH, and the engine dies
+		// now: what was written since may be lost (the restart may take
+		// that machine's replica as the source of a copy).
+		s.model.lostUnflushed()
 	}
-	s.links[i].mu.Unlock()
-	return up && m.State == engine.InSync.String() && m.DirtyRegions == 0
+	s.stopRun()
+	s.st.Abandon()
+	s.st = nil
+	s.dying.Store(false)
+	if err := s.assemble(); err != nil {
+		return s.fail("assemble after the crash: %v", err)
+	}
+	return nil
 }
 
-// settle heals every link and waits, in virtual time, for the mirror to be
-// in sync, then compares the replicas with the model.
-func (s *sim) settle(ctx context.Context) {
-	for _, l := range s.links {
+// healAll heals every link and starts every node that is down.
+func (s *sim) healAll() {
+	for i, l := range s.links {
 		l.heal()
+		if !s.nodes[i].up {
+			if err := s.startNode(i); err != nil {
+				s.tb.Fatal(err)
+			}
+		}
 	}
-	s.logf("heal all")
+}
+
+// servable reports whether member i is in sync with nothing dirty, and
+// reachable: its node up and its link up.
+func (s *sim) servable(i int) bool {
+	m := s.st.Engine().Status()[i]
+	return s.nodes[i].up && s.links[i].isUp() && m.State == engine.InSync.String() && m.DirtyRegions == 0
+}
+
+// othersServable reports whether some member other than i is servable.
+func (s *sim) othersServable(i int) bool {
+	for j := range s.nodes {
+		if j != i && s.servable(j) {
+			return true
+		}
+	}
+	return false
+}
+
+// settle heals everything and waits, in virtual time, for the mirror to
+// be in sync; then every acknowledged byte must read back and every
+// replica's data area must equal it.
+func (s *sim) settle(ctx context.Context) error {
+	s.healAll()
+	s.logf("settle")
+	// Time for every node to reconnect (the backoff is at most 10 ms), so
+	// the engine has seen what a restart or a new disk left.
+	time.Sleep(time.Second)
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		ok := true
-		for _, m := range s.st.Engine().Status() {
+		for i, m := range s.st.Engine().Status() {
+			if m.State == engine.Suspended.String() {
+				err := s.st.Engine().Resume(ctx, i)
+				s.logf("resume %d: %v", i, err)
+			}
 			if m.State != engine.InSync.String() || m.DirtyRegions != 0 {
 				ok = false
 			}
@@ -313,19 +588,79 @@ func (s *sim) settle(ctx context.Context) {
 			break
 		}
 		if time.Now().After(deadline) {
-			s.fatalf("not in sync 2 virtual minutes after the last heal: %+v", s.st.Engine().Status())
+			return s.fail("not in sync 2 virtual minutes after the last heal: %+v", s.st.Engine().Status())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if err := s.st.Engine().Flush(ctx); err != nil {
-		s.fatalf("final flush: %v", err)
+	e := s.st.Engine()
+	if err := e.Flush(ctx); err != nil {
+		return s.fail("flush at settle: %v", err)
 	}
-	for i, m := range s.mems {
-		off := s.st.DataOffset(i)
-		if !bytes.Equal(m.Bytes(int(off), len(s.model)), s.model) {
-			s.fatalf("replica %d differs from the acknowledged data after the resync", i)
+	s.flushed()
+	all := make([]byte, e.Size())
+	if err := e.ReadAt(ctx, all, 0); err != nil {
+		return s.fail("read of the whole device at settle: %v", err)
+	}
+	if err := s.model.check("settle read", 0, all); err != nil {
+		return s.fail("%v", err)
+	}
+	s.model.adopt(0, all)
+	for i, n := range s.nodes {
+		if at := firstDiff(n.disk.Bytes(int(s.st.DataOffset(i)), len(all)), s.model.data); at >= 0 {
+			var vals []string
+			for j, n := range s.nodes {
+				vals = append(vals, fmt.Sprintf("replica %d holds %#x", j, n.disk.Bytes(int(s.st.DataOffset(j))+at, 1)[0]))
+			}
+			return s.fail("replica %d differs from the acknowledged data at device offset %d (region %d) after the resync: %s, the read returned %#x",
+				i, at, at/(64<<10), strings.Join(vals, ", "), s.model.data[at])
 		}
 	}
+	return nil
+}
+
+func firstDiff(a, b []byte) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	if len(a) != len(b) {
+		return min(len(a), len(b))
+	}
+	return -1
+}
+
+// runSeq runs one random sequence in a bubble of its own and returns the
+// broken invariant, if any, and the trace.
+func runSeq(t *testing.T, seed uint64, steps int) (err error, trace []string, virtual time.Duration) {
+	// Outside the bubble, in wall time: a sequence whose clock froze (a
+	// goroutine waits on something a bubble does not count as durable,
+	// such as a sync.Mutex held across I/O) fails here instead of hanging
+	// the run.
+	stall := time.AfterFunc(time.Minute, func() {
+		buf := make([]byte, 8<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		os.Stderr.Write(buf)
+		panic(fmt.Sprintf("sim: sequence %d made no progress for a minute of wall time: its clock froze (goroutines above)", seed))
+	})
+	defer stall.Stop()
+	synctest.Test(t, func(t *testing.T) {
+		t0 := time.Now()
+		s, e := newSim(t, seed, randomGeometry)
+		if e != nil {
+			err = e
+			return
+		}
+		defer func() { trace, virtual = s.Trace(), time.Since(t0) }()
+		ctx := context.Background()
+		for i := range steps {
+			if err = s.step(ctx, i); err != nil {
+				return
+			}
+		}
+		err = s.settle(ctx)
+	})
+	return err, trace, virtual
 }
 
 func TestSimMirror(t *testing.T) {
@@ -333,33 +668,28 @@ func TestSimMirror(t *testing.T) {
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
-	t.Logf("first seed %d (replay one: go test ./storage/sim -run TestSimMirror -args -sim.seqs=1 -sim.seed=N -sim.trace)", seed)
+	t.Logf("first seed %d (replay one: %s)", seed, replayCommand("N"))
 	start := time.Now()
 	var virtual time.Duration
 	for k := range *seqsFlag {
 		seed := seed + uint64(k)
 		t.Run(fmt.Sprint(seed), func(t *testing.T) {
-			// Outside the bubble, in wall time: a sequence whose clock froze
-			// (a goroutine waits on something a bubble does not count as
-			// durable, such as a sync.Mutex held across I/O) fails here
-			// instead of hanging the run.
-			stall := time.AfterFunc(time.Minute, func() {
-				panic(fmt.Sprintf("sim: sequence %d made no progress for a minute of wall time: its clock froze", seed))
-			})
-			defer stall.Stop()
-			synctest.Test(t, func(t *testing.T) {
-				t0 := time.Now()
-				s := newSim(t, seed)
-				ctx := context.Background()
-				for i := range *stepsFlag {
-					s.step(ctx, i)
+			err, trace, v := runSeq(t, seed, *stepsFlag)
+			virtual += v
+			if err != nil {
+				if !*traceFlag {
+					t.Log("trace:\n" + strings.Join(trace, "\n"))
 				}
-				s.settle(ctx)
-				virtual += time.Since(t0)
-			})
+				t.Logf("replay: %s", replayCommand(fmt.Sprint(seed)))
+				t.Fatal(err)
+			}
 		})
 	}
 	wall := time.Since(start)
 	t.Logf("%d sequences, %v of simulated time in %v of wall time: %.0f sequences per wall minute",
-		*seqsFlag, virtual, wall, float64(*seqsFlag)/wall.Minutes())
+		*seqsFlag, virtual.Round(time.Second), wall.Round(time.Millisecond), float64(*seqsFlag)/wall.Minutes())
+}
+
+func replayCommand(seed string) string {
+	return fmt.Sprintf("go test ./storage/sim -run 'TestSimMirror$' -count=1 -args -sim.seqs=1 -sim.seed=%s -sim.steps=%d -sim.trace", seed, *stepsFlag)
 }
