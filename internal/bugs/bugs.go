@@ -16,18 +16,30 @@
 //	activity-no-mark  the engine sends mirror writes without marking their
 //	                  regions in the activity log, so a crash resync skips
 //	                  regions a write in flight reached on one replica only
+//	resync-unflushed  a resync clears a region's dirty mark without flushing
+//	                  the member it copied to (the bug storage/sim found),
+//	                  so a member that loses power after its resync comes
+//	                  back in sync without the copy
+//
+// The simulator (storage/sim) must catch every engine bug of the list;
+// the torture harness catches flush-noop, flush-one-member and ignore-boot
+// with real processes.
 package bugs
 
 // Names of the planted bugs.
 const (
-	FlushNoop      = "flush-noop"
-	FlushOneMember = "flush-one-member"
-	IgnoreBoot     = "ignore-boot"
-	ActivityNoMark = "activity-no-mark"
+	FlushNoop       = "flush-noop"
+	FlushOneMember  = "flush-one-member"
+	IgnoreBoot      = "ignore-boot"
+	ActivityNoMark  = "activity-no-mark"
+	ResyncUnflushed = "resync-unflushed"
 )
 
 // All lists the planted bugs.
-var All = []string{FlushNoop, FlushOneMember, IgnoreBoot, ActivityNoMark}
+var All = []string{FlushNoop, FlushOneMember, IgnoreBoot, ActivityNoMark, ResyncUnflushed}
+
+// Engine lists the bugs of the engine (the others are of dst export).
+var Engine = []string{FlushOneMember, IgnoreBoot, ActivityNoMark, ResyncUnflushed}
 
 // Env names the environment variable that picks the planted bug.
 const Env = "DST_PLANTED_BUG"

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/time/rate"
 
+	"dst/internal/bugs"
 	"dst/storage/layout"
 	"dst/storage/nbd"
 )
@@ -205,11 +206,13 @@ func (e *Engine) commitCopies(ctx context.Context, a ancestor, m *member, region
 	if len(regions) == 0 {
 		return nil
 	}
-	m.flushing.Add(1)
-	err := m.node.Flush(ctx)
-	m.flushing.Add(-1)
-	if err != nil {
-		return fmt.Errorf("flush the copies: %w", err)
+	if !bugs.On(bugs.ResyncUnflushed) {
+		m.flushing.Add(1)
+		err := m.node.Flush(ctx)
+		m.flushing.Add(-1)
+		if err != nil {
+			return fmt.Errorf("flush the copies: %w", err)
+		}
 	}
 	for _, r := range regions {
 		lk := &a.mi.locks[int64(r)%lockStripes]

@@ -51,7 +51,7 @@ import (
 
 var (
 	seedFlag  = flag.Uint64("sim.seed", 0, "seed of the first sequence (0: from the clock)")
-	seqsFlag  = flag.Int("sim.seqs", 20, "sequences to run")
+	seqsFlag  = flag.Int("sim.seqs", 200, "sequences to run")
 	stepsFlag = flag.Int("sim.steps", 60, "steps per sequence")
 	faults    = flag.Bool("sim.faults", true, "inject faults")
 	traceFlag = flag.Bool("sim.trace", false, "log every step and engine decision as it happens")
