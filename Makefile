@@ -51,9 +51,10 @@ torture: build ## the overnight torture run (SCENARIO=overnight, DURATION=8h by 
 torture-smoke: build ## the two-minute smoke scenario (the README's main job)
 	./$(BIN) torture --scenario smoke $(TORTURE_ARGS)
 
-nightly: build ## the CI nightly job: long property runs, then linear-split, engine-crash, power-loss and mirror-failover (JUnit in OUT); every part runs, the first failure decides the exit
+nightly: build ## the CI nightly job: long property runs, PROP_ITER x 1000 simulated sequences, then linear-split, engine-crash, power-loss and mirror-failover (JUnit in OUT); every part runs, the first failure decides the exit
 	@rc=0; \
 	PROP_ITER=$${PROP_ITER:-20} $(GO) test -count=1 -timeout 60m -run 'Prop|Model' ./storage/... ./torture/... || rc=1; \
+	$(GO) test -count=1 -timeout 60m -run 'TestSimMirror$$' ./storage/sim -args -sim.seqs=$$(( $${PROP_ITER:-20} * 1000 )) || rc=1; \
 	./$(BIN) torture --scenario linear-split --duration $${NIGHTLY_SPLIT:-20m} --keep-going --out $(OUT) || rc=1; \
 	./$(BIN) torture --scenario engine-crash --duration $${NIGHTLY_CRASH:-30m} --keep-going --out $(OUT) || rc=1; \
 	./$(BIN) torture --scenario power-loss --duration $${NIGHTLY_POWER:-30m} --keep-going --out $(OUT) || rc=1; \
