@@ -111,9 +111,8 @@ func (s *Storage) Close(ctx context.Context) error {
 	var err error
 	if s.e != nil {
 		err = s.markClean(ctx)
-		s.e.Close()
 	}
-	s.closeNodes()
+	s.Abandon()
 	return err
 }
 

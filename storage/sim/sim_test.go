@@ -79,13 +79,12 @@ var modelGeometry = geometry{members: 2, memberBytes: 512 << 10, cacheBytes: 256
 // replacement, the volatile cache of the machine's current boot, and the
 // nbd.Server of the process now running (none while it is down).
 type simNode struct {
-	i     int
-	disk  *node.Memory
-	vol   *node.Volatile
-	srv   *nbd.Server
-	boot  int
-	up    bool
-	boots int // vol seeds
+	disk   *node.Memory
+	vol    *node.Volatile
+	srv    *nbd.Server
+	boot   int // the machine's boots (its boot id)
+	starts int // the process's starts (seeds each cache)
+	up     bool
 }
 
 // link is the wire between the engine and one node: net.Pipe pairs whose
@@ -363,7 +362,7 @@ func newSim(tb testing.TB, seed uint64, geo geometry) (*sim, error) {
 	s := &sim{tb: tb, rng: rand.New(rand.NewPCG(seed, 0x5eed)), seed: seed, geo: geo, t0: time.Now(),
 		urls: map[string]int{}, strict: true}
 	for i := range geo.members {
-		n := &simNode{i: i, disk: node.NewMemory(geo.memberBytes)}
+		n := &simNode{disk: node.NewMemory(geo.memberBytes)}
 		s.nodes = append(s.nodes, n)
 		s.links = append(s.links, newLink(n))
 		s.urls[fmt.Sprintf("sim-%d:10809", i)] = i
@@ -397,8 +396,8 @@ func newSim(tb testing.TB, seed uint64, geo geometry) (*sim, error) {
 // over its disk, with the boot id of its machine's current boot.
 func (s *sim) startNode(i int) error {
 	n := s.nodes[i]
-	n.boots++
-	vol, err := node.NewVolatile(n.disk, node.VolatileOptions{Seed: s.seed ^ uint64(i)<<32 ^ uint64(n.boots), MaxBytes: s.geo.cacheBytes})
+	n.starts++
+	vol, err := node.NewVolatile(n.disk, node.VolatileOptions{Seed: s.seed ^ uint64(i)<<32 ^ uint64(n.starts), MaxBytes: s.geo.cacheBytes})
 	if err != nil {
 		return err
 	}
