@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"dst/internal/bugs"
+	"dst/storage/membership"
 	"dst/storage/meta"
 )
 
@@ -404,8 +405,7 @@ func (e *Engine) flushMirror(ctx context.Context, mi *mirrorInfo) error {
 			continue
 		}
 		m := ms[i]
-		if ctx.Err() == nil && e.failRedundant(ctx, m, err) {
-			m.fullResync.Store(true)
+		if ctx.Err() == nil && e.leave(ctx, m, membership.FlushFailed, err).Out {
 			continue
 		}
 		return fmt.Errorf("FLUSH of member %d (%v) before clearing: %w", m.index, m.node, err)

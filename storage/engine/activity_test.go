@@ -358,7 +358,7 @@ func TestActivityLogUnreadableOrMissingLogCopiesWhole(t *testing.T) {
 			defer s.Engine().Close()
 			st := s.Engine().Status()
 			require.Equal(t, "failed", st[1].State)
-			require.True(t, s.Engine().members[1].fullResync.Load(), "copied whole")
+			require.True(t, s.Engine().wholeDue(1), "copied whole")
 			require.Equal(t, 1, s.Engine().Activity().CrashFullCopies)
 		})
 	}

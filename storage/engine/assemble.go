@@ -12,6 +12,7 @@ import (
 
 	"dst/internal/bugs"
 	"dst/storage/layout"
+	"dst/storage/membership"
 	"dst/storage/meta"
 	"dst/storage/nbd"
 	"dst/storage/node"
@@ -209,9 +210,13 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 	e := s.e
 	var copies []bool
 	logs := map[*mirrorInfo]*crashLog{}
-	var sources map[*mirrorInfo]int
+	var sources []int
 	if !as.Clean {
-		copies, sources = uncleanCopies(e, as)
+		served := make([]bool, len(as.Members))
+		for i, v := range as.Members {
+			served[i] = v.Action == meta.ActionServe
+		}
+		copies, sources = e.core.UncleanCopies(as.Source, served)
 	}
 	for i, v := range as.Members {
 		m := e.members[i]
@@ -221,23 +226,23 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 				// The engine stopped uncleanly: writes in flight then may
 				// have reached some replicas only. Copy from the source
 				// what the activity log marked, or everything without one.
-				if !s.copyLogged(ctx, m, as, probes, sources, logs) {
-					m.fullResync.Store(true)
+				if s.copyLogged(ctx, m, as, probes, sources, logs) {
+					e.start(i, membership.CopyDirty)
+				} else {
+					e.start(i, membership.CopyWhole)
 					// Counted where a log should have said what to copy.
 					m.crashFull.Store(m.logged())
 				}
-				m.state.Store(int32(Failed))
 			}
 		case meta.ActionResyncDirty:
 			if err := s.loadDirty(ctx, m, as.Source); err != nil {
 				return err
 			}
-			m.state.Store(int32(Failed))
+			e.start(i, membership.CopyDirty)
 		case meta.ActionResyncFull:
-			m.fullResync.Store(true)
-			m.state.Store(int32(Failed))
+			e.start(i, membership.CopyWhole)
 		case meta.ActionSkip:
-			m.state.Store(int32(Failed))
+			e.start(i, membership.Skip)
 		default:
 			return fmt.Errorf("engine: member %d (%v) refused: %s", i, m.node, v.Reason)
 		}
@@ -341,11 +346,8 @@ func (s *Storage) verifier(i int) func(context.Context, *nbd.Client) error {
 			err = fmt.Errorf("superblock of storage %v member %v", sb.StorageID, sb.MemberID)
 		}
 		err = fmt.Errorf("%w: member %d: %w", node.ErrMediaChanged, i, err)
-		m := s.e.members[i]
-		m.fullResync.Store(true) // also when it is out of service already
-		if m.State() != Failed {
-			s.e.fail(ctx, m, err)
-		}
+		// Copied whole, also when it is out of service already.
+		s.e.leave(ctx, s.e.members[i], membership.MediaChanged, err)
 		return err
 	}
 }
@@ -375,20 +377,9 @@ func (s *Storage) checkBoot(ctx context.Context, i int, boot string) error {
 	err := fmt.Errorf("%w: member %d: its machine restarted (boot %s, before %s) with writes not flushed", node.ErrMediaChanged, i, boot, prev)
 	// What it may have lost is marked before it leaves service, so the
 	// monitor never rejoins it with a partial copy: the regions active
-	// now (or, for a member out of service, active when it left; see
-	// noteLeaving), or everything without an activity log. The full
-	// copy is put back if it stays.
-	var before bool
-	if !s.e.markUnflushed(m) {
-		before = m.fullResync.Swap(true)
-	} else {
-		before = m.fullResync.Load()
-	}
-	if st := m.State(); st == Failed || st == Suspended {
-		return err
-	}
-	if !s.e.failRedundant(ctx, m, err) {
-		m.fullResync.Store(before)
+	// now (or, for a member out of service, active when it left), or
+	// everything without an activity log (membership rule 5).
+	if !s.e.leave(ctx, m, membership.Rebooted, err).Out {
 		m.log.Error("member's machine restarted; writes to it that were not flushed may be lost and no replica can restore them", "err", err)
 		return nil
 	}

@@ -88,6 +88,7 @@ import (
 
 	"dst/storage/iostats"
 	"dst/storage/layout"
+	"dst/storage/membership"
 	"dst/storage/meta"
 	"dst/storage/nbd"
 	"dst/storage/node"
@@ -165,9 +166,13 @@ type Engine struct {
 	// FLUSH is not acknowledged (after a crash the superblocks would name
 	// a stale replica as a source) and the monitor keeps trying.
 	changePending atomic.Bool
-	// failMu makes "is another replica in sync?" and taking a member out
-	// of service one step.
+	// failMu guards core, so "is another replica in sync?" and taking a
+	// member out of service are one step.
 	failMu sync.Mutex
+	core   *membership.Core
+	// mirrorList are the mirrors in walk order (outermost first); a
+	// mirror's index there is its index in core.
+	mirrorList []*mirrorInfo
 
 	// stopActivity stops the activity logs' clearers; nil without logs.
 	stopActivity context.CancelFunc
@@ -210,6 +215,15 @@ func New(root layout.Layout, nodes []node.Node, opts Options) (*Engine, error) {
 	if err := e.walk(root, nil); err != nil {
 		return nil, err
 	}
+	shape := make([][][]int, len(e.mirrorList))
+	for i, mi := range e.mirrorList {
+		shape[i] = mi.children
+	}
+	core, err := membership.New(len(nodes), shape)
+	if err != nil {
+		return nil, fmt.Errorf("engine: %w", err)
+	}
+	e.core = core
 	for _, m := range e.members {
 		if m.leaf == nil {
 			return nil, fmt.Errorf("engine: member %d is not a leaf of %v", m.index, root)
@@ -253,7 +267,9 @@ func (e *Engine) walk(l layout.Layout, anc []ancestor) error {
 		m.ancestors = append([]ancestor(nil), anc...)
 	case *layout.Mirror:
 		mi := newMirrorInfo(n, e.opts.RegionSize)
+		mi.id = len(e.mirrorList)
 		e.mirrors[n] = mi
+		e.mirrorList = append(e.mirrorList, mi)
 		for i := range n.NumChildren() {
 			if err := e.walk(n.Child(i), append(anc, ancestor{mi: mi, child: i})); err != nil {
 				return err
@@ -326,35 +342,16 @@ func (e *Engine) Close() error {
 	return nil
 }
 
-// State is the state of a member.
-type State int32
+// State is the state of a member (see package membership).
+type State = membership.State
 
 // Member states.
 const (
-	// InSync members serve reads and writes.
-	InSync State = iota
-	// Resyncing members receive writes and the copy of what they missed,
-	// and serve no reads until the copy is complete.
-	Resyncing
-	// Failed members receive nothing; what they miss is recorded.
-	Failed
-	// Suspended members are out for maintenance; like Failed, but by choice.
-	Suspended
+	InSync    = membership.InSync
+	Resyncing = membership.Resyncing
+	Failed    = membership.Failed
+	Suspended = membership.Suspended
 )
-
-func (s State) String() string {
-	switch s {
-	case InSync:
-		return "in-sync"
-	case Resyncing:
-		return "resyncing"
-	case Failed:
-		return "failed"
-	case Suspended:
-		return "suspended"
-	}
-	return fmt.Sprintf("state(%d)", int32(s))
-}
 
 // member is one leaf of the layout and its node.
 type member struct {
@@ -367,12 +364,9 @@ type member struct {
 	// without metadata (New alone), whose dirty maps live in memory only.
 	area *meta.Area
 
-	state   atomic.Int32
-	pending atomic.Int32 // pieces in flight, for read balancing
-	written atomic.Bool  // completed a write since its last flush
-	// fullResync is set when the member must be copied whole on return
-	// (its unflushed writes may be lost).
-	fullResync    atomic.Bool
+	state         atomic.Int32
+	pending       atomic.Int32 // pieces in flight, for read balancing
+	written       atomic.Bool  // completed a write since its last flush
 	resyncedBytes atomic.Int64
 	// crashRegions are the regions the start after an unclean stop marked
 	// to copy to the member from the activity log; crashFull is set if it

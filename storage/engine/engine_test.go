@@ -20,6 +20,7 @@ import (
 
 	"dst/internal/testkit"
 	"dst/storage/layout"
+	"dst/storage/membership"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
@@ -354,12 +355,12 @@ func TestMemberThatFailsDuringResyncIsNotInSync(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- r.e.Rejoin(ctx, 1, true, rate.NewLimiter(rate.Limit(2<<20), 64<<10)) }()
 	require.Eventually(t, func() bool { return m.resyncedBytes.Load() > 0 }, 10*time.Second, time.Millisecond)
-	r.e.fail(ctx, m, errors.New("flush failed"))
+	r.e.leave(ctx, m, membership.PieceFailed, errors.New("write failed"))
 	r.write(t, rng, 0, 4096) // skips member 1
 	err := <-done
 	require.ErrorContains(t, err, "left service")
 	require.Equal(t, "failed", r.e.Status()[1].State)
-	require.True(t, m.fullResync.Load(), "a whole copy that did not finish is still due")
+	require.True(t, r.e.wholeDue(1), "a whole copy that did not finish is still due")
 	require.NoError(t, r.e.Rejoin(ctx, 1, false, nil))
 	requireIdentical(t, r)
 }

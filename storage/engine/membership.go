@@ -1,98 +1,103 @@
-// Member transitions: how a member leaves service and how the change is
-// recorded. The rules, which the engine model test checks:
+// Member transitions. The rules live in package membership, a pure state
+// machine the engine model test and the simulator step too; the engine
+// holds one membership.Core under failMu, feeds it every event and
+// executes its decisions:
 //
-//   - A member leaves service (Failed) after an error only when another
-//     in-sync replica stands in for it (failRedundant); the check and the
-//     change are one step under failMu, so replicas failing together never
-//     take each other out: the last one stays in service and its error
-//     goes to the client. A member whose media changed or whose resync
-//     failed leaves service regardless (fail). Suspended is the same by an
-//     operator's choice (Suspend, admin POST /members/{i}/suspend).
-//   - A member leaving service with writes not yet flushed has the regions
-//     active now recorded as missed (noteLeaving), so if its machine loses
-//     them the return copies them.
+//   - The regions active now are marked as missed by a member leaving
+//     with writes not flushed (MarkActive) before its new state is
+//     visible to the request path, so the monitor never rejoins it with
+//     a partial copy.
+//   - Each member's state is published to the request path in an atomic
+//     (member.state), written only under failMu from the Core's state.
 //   - Every change of membership is written to the superblocks of the
 //     members in service before the request that caused it is answered
 //     (recordChange, Storage.recordMembership). A member whose superblock
 //     cannot be written fails like a member whose write failed; a change
 //     that could not be recorded stays pending (changePending) and is
-//     recorded before any later write or FLUSH is acknowledged.
+//     recorded before any later FLUSH is acknowledged.
 //   - A replica is ready for a request (childReady) when every leaf under
 //     it passes the request's test (readable for reads) and none failed
 //     this request.
 package engine
 
-import "context"
+import (
+	"context"
+
+	"dst/storage/membership"
+)
+
+// facts are what the engine knows of m for a membership event.
+func (e *Engine) facts(m *member) membership.Facts {
+	return membership.Facts{Unflushed: m.written.Load() || m.flushing.Load() > 0, Logged: m.logged()}
+}
+
+// decide runs one event on the membership core under failMu and applies
+// its decision: the marks first, then the member's new state.
+func (e *Engine) decide(event func(c *membership.Core) (membership.Decision, error)) (membership.Decision, error) {
+	e.failMu.Lock()
+	defer e.failMu.Unlock()
+	d, err := event(e.core)
+	if err != nil {
+		return d, err
+	}
+	m := e.members[d.Member]
+	if d.MarkActive {
+		e.markUnflushed(m)
+	}
+	m.state.Store(int32(d.To))
+	if d.Changed() || d.Whole || len(d.Promote) > 0 {
+		e.log.Debug("membership", "decision", d.String())
+	}
+	return d, nil
+}
+
+// leave asks the core to take m out of service after err for cause; a
+// change is logged and recorded. The decision's Out says whether m is out
+// of service now.
+func (e *Engine) leave(ctx context.Context, m *member, cause membership.Cause, err error) membership.Decision {
+	d, _ := e.decide(func(c *membership.Core) (membership.Decision, error) {
+		return c.Fail(m.index, cause, e.facts(m)), nil
+	})
+	if d.Changed() {
+		e.failed(ctx, m, err)
+	}
+	return d
+}
+
+// failRedundant takes m out of service after the I/O error err if another
+// in-sync replica stands in for it, and reports whether m is out of
+// service (membership rule 1).
+func (e *Engine) failRedundant(ctx context.Context, m *member, err error) bool {
+	return e.leave(ctx, m, membership.PieceFailed, err).Out
+}
 
 // redundant reports whether another in-sync replica can stand in for m.
 func (e *Engine) redundant(m *member) bool {
-	for _, a := range m.ancestors {
-		for i := range a.mi.children {
-			if i == a.child {
-				continue
-			}
-			if ok, _ := e.childReady(a.mi, i, (*member).readable, nil); ok {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// failRedundant takes m out of service after err if another in-sync
-// replica stands in for it, and reports whether m is out of service. The
-// check and the change are one step (under failMu), so replicas failing
-// together never take each other out: the last one stays in service and
-// its error goes to the client.
-func (e *Engine) failRedundant(ctx context.Context, m *member, err error) bool {
 	e.failMu.Lock()
-	if s := m.State(); s == Failed || s == Suspended {
-		e.failMu.Unlock()
-		return true
-	}
-	changed := e.redundant(m) && e.setFailed(m)
-	e.failMu.Unlock()
-	if !changed {
-		return false
-	}
-	e.failed(ctx, m, err)
-	return true
+	defer e.failMu.Unlock()
+	return e.core.Redundant(m.index)
 }
 
-// fail takes m out of service after err whether or not another replica
-// stands in for it (its media changed, its resync failed); what it misses
-// is recorded from now on by the write picker.
-func (e *Engine) fail(ctx context.Context, m *member, err error) {
+// probed reports whether the monitor probes m (membership rule 7).
+func (e *Engine) probed(m *member) bool {
 	e.failMu.Lock()
-	changed := e.setFailed(m)
-	e.failMu.Unlock()
-	if changed {
-		e.failed(ctx, m, err)
-	}
+	defer e.failMu.Unlock()
+	return e.core.Probed(m.index)
 }
 
-// setFailed moves m to Failed and reports whether it was in service.
-func (e *Engine) setFailed(m *member) bool {
-	for {
-		s := m.State()
-		if s == Failed || s == Suspended {
-			return false
-		}
-		e.noteLeaving(m)
-		if m.state.CompareAndSwap(int32(s), int32(Failed)) {
-			return true
-		}
-	}
+// wholeDue reports whether member i is to be copied whole on return.
+func (e *Engine) wholeDue(i int) bool {
+	e.failMu.Lock()
+	defer e.failMu.Unlock()
+	return e.core.WholeDue(i)
 }
 
-// noteLeaving is called before m leaves service: if it holds writes not
-// yet flushed, the regions active now are recorded as missed by it, so
-// that if they are lost (its machine restarts) the return copies them;
-// without a log to say which, it is copied whole instead then.
-func (e *Engine) noteLeaving(m *member) {
-	if m.written.Load() || m.flushing.Load() > 0 {
-		e.markUnflushed(m)
-	}
+// start sets member i's state at an assembly.
+func (e *Engine) start(i int, s membership.Start) {
+	e.failMu.Lock()
+	defer e.failMu.Unlock()
+	e.core.Started(i, s)
+	e.members[i].state.Store(int32(e.core.State(i)))
 }
 
 // failed records why m left service and the new membership.
@@ -113,9 +118,10 @@ func (e *Engine) recordChange(ctx context.Context) error {
 		return nil
 	}
 	err := e.onChange(ctx)
-	// Records are serialised by onChange and each writes the state of its
-	// own moment, so the outcome of the last one decides.
-	e.changePending.Store(err != nil)
+	e.failMu.Lock()
+	e.core.Recorded(err == nil)
+	e.changePending.Store(e.core.Pending())
+	e.failMu.Unlock()
 	return err
 }
 
@@ -144,11 +150,11 @@ func (s *Storage) recordMembership(ctx context.Context) error {
 		if err == nil {
 			return nil
 		}
-		if bad < 0 || ctx.Err() != nil || !s.e.failRedundant(ctx, s.e.members[bad], err) {
+		if bad < 0 || ctx.Err() != nil || !s.e.leave(ctx, s.e.members[bad], membership.RecordFailed, err).Out {
 			return err
 		}
-		// failRedundant recorded the membership without the member; if
-		// that record went through, so did this one.
+		// leave recorded the membership without the member; if that
+		// record went through, so did this one.
 		if !s.e.changePending.Load() {
 			return nil
 		}

@@ -11,6 +11,7 @@ import (
 // mirrorInfo is the engine's state of one mirror node.
 type mirrorInfo struct {
 	m        *layout.Mirror
+	id       int     // index in Engine.mirrorList and the membership core
 	children [][]int // leaves under each child
 	// locks serialise a resync copy of a region with client writes to it:
 	// writes hold the read side of every stripe their range touches, a

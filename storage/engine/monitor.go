@@ -7,6 +7,8 @@ import (
 	"sync"
 	"time"
 
+	"dst/storage/membership"
+
 	"golang.org/x/time/rate"
 )
 
@@ -80,7 +82,7 @@ func (e *Engine) Run(ctx context.Context, opts MonitorOptions) error {
 			}
 		}
 		for _, m := range e.members {
-			if m.State() != Failed {
+			if !e.probed(m) {
 				continue
 			}
 			pctx, cancel := context.WithTimeout(ctx, opts.ProbeTimeout)
@@ -111,8 +113,7 @@ func (e *Engine) Run(ctx context.Context, opts MonitorOptions) error {
 func (e *Engine) watchdog(ctx context.Context, failover time.Duration) {
 	t := time.NewTicker(max(failover/4, 10*time.Millisecond))
 	defer t.Stop()
-	last := make([]uint64, len(e.members))
-	since := make([]time.Time, len(e.members))
+	stall := membership.NewStall(len(e.members), failover)
 	for {
 		var now time.Time
 		select {
@@ -121,19 +122,13 @@ func (e *Engine) watchdog(ctx context.Context, failover time.Duration) {
 		case now = <-t.C:
 		}
 		for i, m := range e.members {
-			done := m.completed.Load()
-			busy := m.pending.Load() - m.flushing.Load() // a long FLUSH alone is no stall
-			if len(m.ancestors) == 0 || !m.writable() || busy <= 0 || done != last[i] || since[i].IsZero() {
-				last[i], since[i] = done, now
+			stalled, quiet := stall.Tick(now, i, membership.Progress{Watched: len(m.ancestors) > 0 && m.writable(),
+				Done: m.completed.Load(), Busy: m.pending.Load() - m.flushing.Load()})
+			if !stalled {
 				continue
 			}
-			quiet := now.Sub(since[i])
-			if quiet < failover {
-				continue
-			}
-			since[i] = now // next verdict after another failover, not every tick
 			err := fmt.Errorf("%w: %d pieces pending and none finished for %v", ErrStalled, m.pending.Load(), quiet.Round(time.Millisecond))
-			if !e.failRedundant(ctx, m, err) {
+			if !e.leave(ctx, m, membership.Stalled, err).Abort {
 				m.log.Warn("member stalled, but no other replica stands in for it; waiting", "pending", m.pending.Load(), "quiet", quiet.Round(time.Millisecond))
 				continue
 			}
@@ -159,8 +154,8 @@ func (e *Engine) Release(i int) error {
 	if err != nil {
 		return err
 	}
-	if !m.state.CompareAndSwap(int32(Suspended), int32(Failed)) {
-		return fmt.Errorf("%w: member %d is %v, not suspended", ErrBusy, i, m.State())
+	if _, err := e.decide(func(c *membership.Core) (membership.Decision, error) { return c.Release(i) }); err != nil {
+		return err
 	}
 	m.log.Info("member released from suspension; it rejoins at the next probe")
 	return nil

@@ -50,7 +50,7 @@ func TestMemberMachineRestart(t *testing.T) {
 			if tc.wantFailed {
 				require.Equal(t, "failed", st[1].State)
 				require.Contains(t, st[1].LastError, "machine restarted")
-				require.False(t, m.st.e.members[1].fullResync.Load(), "the activity log says what to copy")
+				require.False(t, m.st.e.wholeDue(1), "the activity log says what to copy")
 				require.Equal(t, 1, st[1].DirtyRegions, "the one region written since the last flush")
 				require.NoError(t, m.st.e.Rejoin(ctx, 1, false, nil))
 				require.Equal(t, int64(modelRegion), m.st.e.Status()[1].ResyncedBytes)
@@ -89,5 +89,5 @@ func TestMemberMachineRestartDuringFlush(t *testing.T) {
 	st := m.st.e.Status()
 	require.Equal(t, "failed", st[1].State)
 	require.Contains(t, st[1].LastError, "machine restarted")
-	require.True(t, m.st.e.members[1].fullResync.Load(), "it must be copied whole")
+	require.True(t, m.st.e.wholeDue(1), "it must be copied whole")
 }

@@ -9,6 +9,7 @@ import (
 	"dst/internal/bugs"
 	"dst/storage/iostats"
 	"dst/storage/layout"
+	"dst/storage/membership"
 	"dst/storage/nbd"
 )
 
@@ -436,8 +437,7 @@ func (e *Engine) flush(ctx context.Context) error {
 		// as missed by it, in the bitmaps, so a restarted engine copies
 		// them too (fullResync lives in memory only).
 		m.written.Store(true)
-		if ctx.Err() == nil && e.failRedundant(ctx, m, t.err) {
-			m.fullResync.Store(true)
+		if ctx.Err() == nil && e.leave(ctx, m, membership.FlushFailed, t.err).Out {
 			continue
 		}
 		if firstErr == nil {

@@ -2,7 +2,6 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -10,12 +9,13 @@ import (
 
 	"dst/internal/bugs"
 	"dst/storage/layout"
+	"dst/storage/membership"
 	"dst/storage/nbd"
 )
 
 // ErrBusy is returned when a member is asked to rejoin while it is already
 // in sync or resyncing.
-var ErrBusy = errors.New("engine: member is not out of service")
+var ErrBusy = membership.ErrBusy
 
 // Suspend takes member i out of service for maintenance while I/O goes on;
 // writes it misses are recorded. It fails if the member is the last
@@ -25,20 +25,14 @@ func (e *Engine) Suspend(i int) error {
 	if err != nil {
 		return err
 	}
-	e.failMu.Lock()
-	s := m.State()
-	if s == Suspended {
-		e.failMu.Unlock()
+	d, err := e.decide(func(c *membership.Core) (membership.Decision, error) { return c.Suspend(i, e.facts(m)) })
+	if err != nil {
+		return fmt.Errorf("engine: %w", err)
+	}
+	if !d.Changed() {
 		return nil
 	}
-	if !e.redundant(m) {
-		e.failMu.Unlock()
-		return fmt.Errorf("engine: member %d has no in-sync replica to stand in for it", i)
-	}
-	e.noteLeaving(m)
-	m.state.Store(int32(Suspended))
-	e.failMu.Unlock()
-	m.log.Info("member suspended", "was", s)
+	m.log.Info("member suspended", "was", d.From)
 	return e.recordChange(context.Background())
 }
 
@@ -60,42 +54,35 @@ func (e *Engine) Rejoin(ctx context.Context, i int, full bool, limit *rate.Limit
 	if err != nil {
 		return err
 	}
-	s := m.State()
-	if (s != Failed && s != Suspended) || !m.state.CompareAndSwap(int32(s), int32(Resyncing)) {
-		return fmt.Errorf("%w: member %d is %v", ErrBusy, i, s)
+	d, err := e.decide(func(c *membership.Core) (membership.Decision, error) { return c.Rejoin(i, full) })
+	if err != nil {
+		return err
 	}
-	whole := full || m.fullResync.Swap(false)
 	// What its bitmap says from before it left is stale: it is rewritten
 	// with the next bitmap write (stale marks only make a later crash
 	// resync copy more).
 	for _, a := range m.ancestors {
 		a.mi.rewriteBitmap(a.child)
 	}
-	if whole {
+	if d.CopyWhole {
 		for _, a := range m.ancestors {
 			a.mi.markAll(a.child)
 		}
-	} else if err := e.promote(ctx, m); err != nil {
-		e.fail(ctx, m, err)
+	} else if err := e.promote(ctx, m, d.Promote); err != nil {
+		e.resyncDone(ctx, m, err)
 		return fmt.Errorf("engine: member %d: %w", i, err)
 	}
-	m.log.Info("member rejoining; resync started", "was", s, "full", whole)
+	m.log.Info("member rejoining; resync started", "was", d.From, "full", d.CopyWhole)
 	start := time.Now()
 	copied, err := e.resync(ctx, m, limit)
 	if err != nil {
-		if whole {
-			m.fullResync.Store(true) // still nothing on it counts
-		}
-		e.fail(ctx, m, err)
+		e.resyncDone(ctx, m, err)
 		return fmt.Errorf("engine: resync of member %d stopped after %d bytes: %w", i, copied, err)
 	}
-	if !m.state.CompareAndSwap(int32(Resyncing), int32(InSync)) {
+	if d := e.resyncDone(ctx, m, nil); d.Left {
 		// It left service during the copy (a failed write or flush): writes
 		// since skipped it, and what it holds is not the storage's.
-		if whole {
-			m.fullResync.Store(true)
-		}
-		return fmt.Errorf("engine: member %d left service (%v) during its resync after %d bytes", i, m.State(), copied)
+		return fmt.Errorf("engine: member %d left service (%v) during its resync after %d bytes", i, d.From, copied)
 	}
 	m.log.Info("member in sync", "copied_bytes", copied, "took", time.Since(start))
 	if err := e.recordChange(ctx); err != nil {
@@ -104,44 +91,44 @@ func (e *Engine) Rejoin(ctx context.Context, i int, full bool, limit *rate.Limit
 	return nil
 }
 
-// promote makes m, whose media is intact, the source of each mirror above
-// it where no replica is in service and every other replica lost its
-// media (it is to be copied whole): m is then the newest copy there is,
-// so the regions it missed are taken as they are on it instead of waiting
+// resyncDone tells the core m's copy ended with err (nil: complete); a
+// failure takes m out of service.
+func (e *Engine) resyncDone(ctx context.Context, m *member, err error) membership.Decision {
+	d, _ := e.decide(func(c *membership.Core) (membership.Decision, error) {
+		return c.ResyncDone(m.index, err == nil, e.facts(m)), nil
+	})
+	if err != nil && d.Changed() {
+		e.failed(ctx, m, err)
+	}
+	return d
+}
+
+// promote makes m, whose media is intact, the source of each mirror the
+// core names (membership rule 8: no replica there is in service and every
+// other replica lost its media): m is then the newest copy there is, so
+// the regions it missed are taken as they are on it instead of waiting
 // forever for a source. Writes acknowledged by a replica whose media was
-// lost since are lost with it; that is logged. Where another replica may
-// still hold newer data (it is out of service with its media intact),
-// nothing changes: the copy waits for a source, as before.
-func (e *Engine) promote(ctx context.Context, m *member) error {
-	for _, a := range m.ancestors {
-		if a.mi.count(a.child) == 0 || !e.othersLost(a) {
+// lost since are lost with it; that is logged.
+func (e *Engine) promote(ctx context.Context, m *member, mirrors []int) error {
+	for _, id := range mirrors {
+		mi := e.mirrorList[id]
+		var child int
+		for _, a := range m.ancestors {
+			if a.mi == mi {
+				child = a.child
+			}
+		}
+		if mi.count(child) == 0 {
 			continue
 		}
-		n := a.mi.clearAll(a.child)
+		n := mi.clearAll(child)
 		m.log.Warn("no replica in service and every other replica lost its media: this member is the source now; writes acknowledged only by a lost replica are gone",
 			"regions_taken_as_they_are", n)
-		if err := e.persist(ctx, a.mi); err != nil {
+		if err := e.persist(ctx, mi); err != nil {
 			return err
 		}
 	}
 	return nil
-}
-
-// othersLost reports whether no child of a's mirror but a's own is in
-// service or holds media worth keeping: every member under each of them
-// is out of service and marked to be copied whole.
-func (e *Engine) othersLost(a ancestor) bool {
-	for j, leaves := range a.mi.children {
-		if j == a.child {
-			continue
-		}
-		for _, l := range leaves {
-			if m := e.members[l]; m.readable() || !m.fullResync.Load() {
-				return false
-			}
-		}
-	}
-	return true
 }
 
 // resyncFlushBytes is how much a resync copies to a member between two

@@ -1,7 +1,7 @@
 // Unclean restart: after a stop without a clean mark, each mirror keeps
-// one child as the source and copies to the others only what the
-// activity logs marked (the union over the members), or the whole child
-// where no readable log says what to copy.
+// one child as the source (membership.Core.UncleanCopies) and copies to
+// the others only what the activity logs marked (the union over the
+// members), or the whole child where no readable log says what to copy.
 package engine
 
 import (
@@ -10,47 +10,6 @@ import (
 
 	"dst/storage/meta"
 )
-
-// uncleanCopies says which members an unclean restart must copy from a
-// source (whole, or where the activity log says): writes in flight when
-// the engine stopped may have reached some replicas of a mirror and not
-// others, so every mirror keeps one child as the source — the one holding
-// the assembly's source member, else the first child whose members are
-// all served as they are — and its other children are copied from it; the
-// source child of each mirror is returned too. Members under no mirror
-// have no replica to differ from and are served as they are.
-func uncleanCopies(e *Engine, as meta.Assembly) ([]bool, map[*mirrorInfo]int) {
-	source := map[*mirrorInfo]int{}
-	for _, a := range e.members[as.Source].ancestors {
-		source[a.mi] = a.child
-	}
-	for _, m := range e.members {
-		for _, a := range m.ancestors {
-			if _, ok := source[a.mi]; ok {
-				continue
-			}
-			for c, leaves := range a.mi.children {
-				whole := true
-				for _, l := range leaves {
-					whole = whole && as.Members[l].Action == meta.ActionServe
-				}
-				if whole {
-					source[a.mi] = c
-					break
-				}
-			}
-		}
-	}
-	copies := make([]bool, len(e.members))
-	for i, m := range e.members {
-		for _, a := range m.ancestors {
-			if c, ok := source[a.mi]; !ok || c != a.child {
-				copies[i] = true
-			}
-		}
-	}
-	return copies, source
-}
 
 // crashLog is what the members of a mirror recorded in their activity
 // logs before an unclean stop: union is the union of their bitmaps (nil
@@ -68,14 +27,14 @@ type crashLog struct {
 // nested mirrors or a mirror without a log, a member's superblock does
 // not say its bitmap is an activity log, the source's bitmap or m's own
 // cannot be read): m is then copied whole.
-func (s *Storage) copyLogged(ctx context.Context, m *member, as meta.Assembly, probes []meta.Probe, sources map[*mirrorInfo]int, logs map[*mirrorInfo]*crashLog) bool {
+func (s *Storage) copyLogged(ctx context.Context, m *member, as meta.Assembly, probes []meta.Probe, sources []int, logs map[*mirrorInfo]*crashLog) bool {
 	if len(m.ancestors) != 1 || !m.logged() {
 		return false
 	}
 	a := m.ancestors[0]
 	cl, ok := logs[a.mi]
 	if !ok {
-		cl = s.readCrashLog(ctx, a.mi, sources[a.mi], as, probes)
+		cl = s.readCrashLog(ctx, a.mi, sources[a.mi.id], as, probes)
 		logs[a.mi] = cl
 	}
 	if cl.union == nil || cl.unreadable[m.index] {
