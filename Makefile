@@ -21,12 +21,15 @@ build: ## build bin/dst
 
 vet: ## go vet and gofmt check
 	$(GO) vet $(PKGS)
+	$(GO) vet -tags invariants ./storage/engine/
 	@test -z "$$(gofmt -l .)" || { gofmt -l .; echo "gofmt needed"; exit 1; }
 
 test: vet ## the test suite (what CI runs): unit, property, interop with real peers
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 	@# allocation counts are only meaningful without the race detector
 	$(GO) test -count=1 -run 'Alloc' $(PKGS)
+	@# the engine's expensive self-checks (bitmap unions, lock stripes, extents)
+	$(GO) test -count=1 -tags invariants ./storage/engine/ ./storage/sim/
 
 test-short: ## unit tests only, no external tools
 	$(GO) test -short -count=1 $(PKGS)

@@ -440,6 +440,9 @@ func (e *Engine) markUnflushed(m *member) bool {
 		for r := range mi.al.use {
 			mi.markLocked(a.child, r)
 		}
+		if invariantsOn {
+			mi.checkUnions()
+		}
 		mi.mu.Unlock()
 	}
 	return true

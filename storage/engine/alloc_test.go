@@ -14,6 +14,9 @@ import (
 
 func TestSteadyStateAllocs(t *testing.T) {
 	testkit.SkipUnderRace(t)
+	if invariantsOn {
+		t.Skip("-tags invariants: the self-checks allocate")
+	}
 	ls, ms := leaves(t, 1<<20, 1<<20, 1<<20, 1<<20)
 	s1, err := layout.NewStripe(4096, ls[0], ls[1])
 	require.NoError(t, err)

@@ -80,6 +80,9 @@ func (mi *mirrorInfo) mark(c int, off, length int64) bool {
 	for r := first; r <= last; r++ {
 		mi.markLocked(c, r)
 	}
+	if invariantsOn {
+		mi.checkUnions()
+	}
 	for _, p := range mi.pending {
 		if len(p) > 0 {
 			return true
@@ -132,6 +135,9 @@ func (mi *mirrorInfo) clear(c, r int) {
 		if !still && mi.others[o].Clear(r) && mi.pending != nil {
 			mi.pending[o][mi.others[o].PageOf(r)] = struct{}{}
 		}
+	}
+	if invariantsOn {
+		mi.checkUnions()
 	}
 }
 

@@ -377,9 +377,9 @@ func (c *modelCmd) PostCondition(st commands.State, res commands.Result) *gopter
 			return fail("%w", r.err)
 		case c.Op == "heal" && r.err != nil:
 			return fail("%w", r.err)
-		case (c.Op == "resume" || c.Op == "heal") && r.states[c.Member] != s.state[c.Member]:
+		case (c.Op == "resume" || c.Op == "heal") && r.states[c.Member] != s.core.State(c.Member):
 			return fail("member %d is %v, the model says %v (err %v, rejoin err %v)",
-				c.Member, r.states[c.Member], s.state[c.Member], r.err, r.rejoinErr)
+				c.Member, r.states[c.Member], s.core.State(c.Member), r.err, r.rejoinErr)
 		case c.Op == "heal":
 			return c.checkMembers(s, r, fail, []int{c.Member})
 		}

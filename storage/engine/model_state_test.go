@@ -1,13 +1,16 @@
 // The model's state and its predictions (NextState) for every command of
 // model_cmds_test.go: mirror requests fail over between replicas, linear
 // and stripe requests fail exactly where a gone member holds bytes, and
-// members rejoin as Engine.Rejoin does.
+// members rejoin as Engine.Rejoin does. Who is in service is decided by
+// the engine's own membership.Core, stepped with the events the model
+// expects the engine to see: the rules exist once.
 package engine
 
 import (
 	"fmt"
 	"slices"
 
+	"dst/storage/membership"
 	"dst/storage/spec"
 
 	"github.com/leanovate/gopter/commands"
@@ -30,7 +33,9 @@ type modelState struct {
 	data   []byte // what reads must return
 	server []bool // the member's NBD server runs
 	link   []linkState
-	state  []State // the engine's view: InSync, Failed, Suspended
+	// core is the engine's view of its members: InSync, Failed,
+	// Suspended (never Resyncing between commands: rejoins are waited for).
+	core *membership.Core
 	// written: completed a write since its last flush; full: must be
 	// copied whole when it rejoins; wiped: its media was replaced while it
 	// was unreachable and no reconnect noticed yet; missed: writes went on
@@ -48,7 +53,7 @@ type modelState struct {
 func newModelState(g *modelGeometry) *modelState {
 	n := g.members()
 	s := &modelState{g: g, data: make([]byte, g.size), server: make([]bool, n), link: make([]linkState, n),
-		state: make([]State, n), written: make([]bool, n), full: make([]bool, n), wiped: make([]bool, n), missed: make([]bool, n),
+		core: newModelCore(g), written: make([]bool, n), full: make([]bool, n), wiped: make([]bool, n), missed: make([]bool, n),
 		since: make([]bool, (g.size+modelRegion-1)/modelRegion)}
 	for i := range n {
 		s.server[i] = true
@@ -56,22 +61,48 @@ func newModelState(g *modelGeometry) *modelState {
 	return s
 }
 
+// newModelCore is the membership of g with every member in sync.
+func newModelCore(g *modelGeometry) *membership.Core {
+	var mirrors [][][]int
+	if g.kind == spec.KindMirror {
+		children := make([][]int, g.members())
+		for i := range children {
+			children[i] = []int{i}
+		}
+		mirrors = [][][]int{children}
+	}
+	c, err := membership.New(g.members(), mirrors)
+	if err != nil {
+		panic(err)
+	}
+	return c
+}
+
+// states returns every member's state as the core has it.
+func (s *modelState) states() []State {
+	out := make([]State, s.g.members())
+	for i := range out {
+		out[i] = s.core.State(i)
+	}
+	return out
+}
+
 func (s *modelState) String() string {
 	return fmt.Sprintf("{%s size %d, server %v, link %v, states %v, written %v, full %v, wiped %v, missed %v}",
-		s.g.name, s.g.size, s.server, s.link, s.state, s.written, s.full, s.wiped, s.missed)
+		s.g.name, s.g.size, s.server, s.link, s.states(), s.written, s.full, s.wiped, s.missed)
 }
 
 func (s *modelState) clone() *modelState {
 	c := *s
 	c.data = slices.Clone(s.data)
-	c.server, c.link, c.state = slices.Clone(s.server), slices.Clone(s.link), slices.Clone(s.state)
+	c.server, c.link, c.core = slices.Clone(s.server), slices.Clone(s.link), s.core.Clone()
 	c.written, c.full, c.wiped, c.missed = slices.Clone(s.written), slices.Clone(s.full), slices.Clone(s.wiped), slices.Clone(s.missed)
 	c.since, c.checkSince = slices.Clone(s.since), slices.Clone(s.checkSince)
 	return &c
 }
 
 func (s *modelState) mirror() bool             { return s.g.kind == spec.KindMirror }
-func (s *modelState) inSync(i int) bool        { return s.state[i] == InSync }
+func (s *modelState) inSync(i int) bool        { return s.core.State(i) == InSync }
 func (s *modelState) reachable(i int) bool     { return s.server[i] && s.link[i] == linkUp }
 func (s *modelState) servesAny() bool          { return slices.ContainsFunc(s.members(), s.servable) }
 func (s *modelState) servable(i int) bool      { return s.inSync(i) && s.reachable(i) }
@@ -106,10 +137,11 @@ func (s *modelState) owners(off, n int64) []bool {
 }
 
 // reconnected applies what member i's node finds when it reconnects: other
-// media take it out of service (a suspended member stays suspended).
+// media take it out of service (a suspended member stays suspended) and
+// make a whole copy due.
 func (s *modelState) reconnected(i int) {
-	if s.wiped[i] && s.state[i] != Suspended {
-		s.state[i], s.written[i] = Failed, false
+	if s.wiped[i] && s.core.Fail(i, membership.MediaChanged, membership.Facts{}).Out {
+		s.written[i] = false
 	}
 	s.wiped[i] = false
 }
@@ -122,15 +154,23 @@ func (s *modelState) rejoin(i int) {
 		return
 	}
 	copies := s.missed[i] || s.full[i]
-	if copies && !s.full[i] && s.reachable(i) && !s.otherServable(i) && s.othersLost(i) {
+	// The test's probe of a failed member finds other media (a whole copy)
+	// when it can read it; a suspended member is resumed without a probe.
+	probeFull := s.core.State(i) == Failed && s.full[i] && s.reachable(i)
+	d, err := s.core.Rejoin(i, probeFull)
+	if err != nil {
+		panic(err) // the model's members are never resyncing between commands
+	}
+	if copies && len(d.Promote) > 0 && s.reachable(i) {
 		// Engine.promote: the only intact copy left is the source.
 		copies, s.missed[i] = false, false
 	}
 	if copies && (!s.reachable(i) || !s.otherServable(i)) {
-		s.state[i] = Failed
+		s.core.ResyncDone(i, false, membership.Facts{})
 		return
 	}
-	s.state[i], s.written[i] = InSync, s.written[i] || copies
+	s.core.ResyncDone(i, true, membership.Facts{})
+	s.written[i] = s.written[i] || copies
 	s.missed[i], s.full[i] = false, false
 	s.recordMembership()
 }
@@ -143,18 +183,10 @@ func (s *modelState) rejoin(i int) {
 func (s *modelState) recordMembership() {
 	for {
 		bad := slices.IndexFunc(s.members(), func(j int) bool { return s.inSync(j) && !s.reachable(j) })
-		if bad < 0 || !s.otherInSync(bad) {
+		if bad < 0 || !s.core.Fail(bad, membership.RecordFailed, membership.Facts{}).Changed() {
 			return
 		}
-		s.state[bad] = Failed
 	}
-}
-
-// othersLost reports whether every member but i is out of service and
-// known (by the engine: a reconnect noticed it, or a flush failed) to
-// need a whole copy.
-func (s *modelState) othersLost(i int) bool {
-	return !s.other(i, func(j int) bool { return s.inSync(j) || !s.full[j] || s.wiped[j] })
 }
 
 func (c *modelCmd) NextState(st commands.State) commands.State {
@@ -183,9 +215,8 @@ func (c *modelCmd) NextState(st commands.State) commands.State {
 	case "replace":
 		s.full[i], s.wiped[i] = true, true
 	case "suspend":
-		if s.otherInSync(i) && s.state[i] != Suspended {
-			s.state[i] = Suspended
-		}
+		_, _ = s.core.Suspend(i, membership.Facts{}) // refused: nothing changes
+
 	case "resume":
 		s.rejoin(i)
 	case "hang":
@@ -196,7 +227,7 @@ func (c *modelCmd) NextState(st commands.State) commands.State {
 		s.link[i] = linkUp
 		if s.server[i] {
 			s.reconnected(i)
-			if s.mirror() && s.state[i] == Failed {
+			if s.mirror() && s.core.State(i) == Failed {
 				s.rejoin(i)
 			}
 		}
@@ -222,9 +253,7 @@ func (c *modelCmd) nextMirrorIO(s *modelState) {
 			if s.reachable(i) {
 				break
 			}
-			if s.otherInSync(i) {
-				s.state[i] = Failed
-			}
+			s.core.Fail(i, membership.PieceFailed, membership.Facts{})
 		}
 	case "flush":
 		// The engine flushes the members in parallel, then takes out the
@@ -237,14 +266,14 @@ func (c *modelCmd) nextMirrorIO(s *modelState) {
 			switch {
 			case s.reachable(i):
 				s.written[i] = false
-			case s.otherInSync(i):
-				s.state[i], s.full[i], s.written[i] = Failed, true, false
+			case s.core.Fail(i, membership.FlushFailed, membership.Facts{Unflushed: true}).Changed():
+				s.full[i], s.written[i] = true, false
 			default:
 				s.expectOK = false
 			}
 		}
 	default:
-		if slices.Contains(s.state, InSync) {
+		if slices.Contains(s.states(), InSync) {
 			for i := range s.g.members() {
 				if !s.inSync(i) {
 					s.missed[i] = true
@@ -257,7 +286,8 @@ func (c *modelCmd) nextMirrorIO(s *modelState) {
 		for i := range s.g.members() {
 			switch {
 			case s.inSync(i) && !s.reachable(i):
-				s.state[i], s.missed[i] = Failed, true
+				s.core.Fail(i, membership.PieceFailed, membership.Facts{Unflushed: s.written[i]})
+				s.missed[i] = true
 			case s.inSync(i):
 				s.written[i] = true
 			}
@@ -324,7 +354,8 @@ func (c *modelCmd) nextSettle(s *modelState) {
 		case !s.inSync(i):
 			s.written[i] = s.written[i] || s.missed[i] || s.full[i]
 		}
-		s.server[i], s.link[i], s.state[i] = true, linkUp, InSync
+		s.server[i], s.link[i] = true, linkUp
 		s.full[i], s.wiped[i], s.missed[i] = false, false, false
 	}
+	s.core = newModelCore(s.g)
 }

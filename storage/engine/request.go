@@ -223,6 +223,9 @@ func (e *Engine) readAt(ctx context.Context, cmd nbd.Command, p []byte, off, len
 	r.cmd, r.buf, r.off = cmd, p, off
 	// Each retry excludes at least one more member, so this ends.
 	r.exts = e.root.Map(r.extBuf[:0], off, length, 0, &r.rp)
+	if invariantsOn && !r.rp.noReplica {
+		checkExtents(cmd, r.exts, length)
+	}
 	for {
 		if r.rp.noReplica {
 			return fmt.Errorf("engine: %v offset %d length %d: %w", cmd, off, length, ErrNoReplica)
@@ -296,6 +299,10 @@ func (e *Engine) writeLike(ctx context.Context, cmd nbd.Command, flags nbd.CmdFl
 		if err := e.recordChange(ctx); err != nil {
 			return fmt.Errorf("engine: %v offset %d length %d: record the membership: %w", cmd, off, length, err)
 		}
+	}
+	if invariantsOn {
+		checkExtents(cmd, r.exts, length)
+		r.checkWriteLocks(off, length)
 	}
 	r.setTasks()
 	r.dispatch()

@@ -223,6 +223,9 @@ func (e *Engine) copyRegion(ctx context.Context, mi *mirrorInfo, child int, m *m
 	lk := &mi.locks[int64(r)%lockStripes]
 	lk.Lock()
 	defer lk.Unlock()
+	if invariantsOn {
+		mi.checkCopyLock(r)
+	}
 	if !mi.test(child, r) {
 		return 0, nil
 	}

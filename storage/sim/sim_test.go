@@ -324,15 +324,19 @@ func (s *sim) fail(format string, a ...any) error {
 }
 
 // traceHandler puts the engine's and nodes' Info and Warn records in the
-// trace, without wall time: these are the decisions a reader follows.
+// trace, without wall time, and the membership core's decisions (Debug
+// "membership"): these are what a reader follows.
 type traceHandler struct {
 	s     *sim
 	attrs string
 }
 
-func (h traceHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelInfo }
+func (h traceHandler) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelDebug }
 
 func (h traceHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Level < slog.LevelInfo && r.Message != "membership" {
+		return nil
+	}
 	var b strings.Builder
 	b.WriteString("  ")
 	b.WriteString(r.Message)

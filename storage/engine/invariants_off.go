@@ -1,0 +1,6 @@
+//go:build !invariants
+
+package engine
+
+// invariantsOn is false without -tags invariants: the checks compile away.
+const invariantsOn = false
