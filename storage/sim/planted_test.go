@@ -39,9 +39,23 @@ func TestSimCatchesPlantedBugs(t *testing.T) {
 			if err == nil || !strings.Contains(string(out), "invariant broken") {
 				t.Fatalf("the simulation did not catch %s in 300 sequences (err %v):\n%s", b, err, out)
 			}
+			seed := ""
 			for _, l := range strings.Split(string(out), "\n") {
+				if _, s, ok := strings.Cut(l, "--- FAIL: TestSimMirror/"); ok && seed == "" {
+					seed = strings.Fields(s)[0]
+				}
 				if strings.Contains(l, "--- FAIL: TestSimMirror/") || strings.Contains(l, "sequences,") {
 					t.Log(strings.TrimSpace(l))
+				}
+			}
+			// How often the failing seed's replay command shows the same
+			// trace: ten replays against the first run.
+			cmd = exec.CommandContext(ctx, bin, "-test.run", "^TestSimTraceReplays$", "-test.v", "-sim.replays=1", "-sim.runs=11", "-sim.seed="+seed)
+			cmd.Env = append(os.Environ(), bugs.Env+"="+b)
+			out, _ = cmd.CombinedOutput()
+			for _, l := range strings.Split(string(out), "\n") {
+				if strings.Contains(l, "replays:") || strings.Contains(l, "first divergence") {
+					t.Logf("seed %s %s", seed, strings.TrimSpace(l[strings.Index(l, ": ")+2:]))
 				}
 			}
 		})

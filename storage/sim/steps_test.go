@@ -139,7 +139,10 @@ func (s *sim) step(ctx context.Context, i int) error {
 			return err
 		}
 	}
-	time.Sleep(time.Duration(s.rng.IntN(200)) * time.Millisecond)
+	// Any nanosecond up to 200 ms: the engine's timers run in whole
+	// milliseconds, and a step at the very instant a timer fires would
+	// race it (both wake together), which makes replays differ.
+	time.Sleep(time.Duration(s.rng.Int64N(int64(200 * time.Millisecond))))
 	return nil
 }
 
