@@ -335,9 +335,9 @@ func (e *Engine) clearActive(ctx context.Context, mi *mirrorInfo, mode clearMode
 	if mode == clearPressure {
 		// Make room for a quarter of the log at once, least recently used
 		// first, so a full log costs one flush per many new regions.
-		// Ties are broken by the order of marking, then by region, never
-		// by the map's order: which regions stay marked decides what a
-		// crash recopies, and a simulation replays it.
+		// Ties are broken by how often the region was written, then by
+		// region, never by the map's order: which regions stay marked
+		// decides what a crash recopies, and a simulation replays it.
 		slices.SortFunc(al.cand, func(a, b clearCandidate) int {
 			return cmp.Or(cmp.Compare(a.last, b.last), cmp.Compare(a.seq, b.seq), cmp.Compare(a.r, b.r))
 		})

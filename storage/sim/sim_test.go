@@ -27,6 +27,7 @@
 package sim_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -290,6 +291,9 @@ type sim struct {
 	strict bool
 	// powerLost: a node lost power since the last acknowledged FLUSH.
 	powerLost bool
+
+	// all and replica are settle's buffers for the whole device.
+	all, replica []byte
 
 	traceMu sync.Mutex
 	trace   []string
@@ -607,7 +611,10 @@ func (s *sim) settle(ctx context.Context) error {
 		return s.fail("flush at settle: %v", err)
 	}
 	s.flushed()
-	all := make([]byte, e.Size())
+	if int64(len(s.all)) != e.Size() {
+		s.all, s.replica = make([]byte, e.Size()), make([]byte, e.Size())
+	}
+	all := s.all
 	if err := e.ReadAt(ctx, all, 0); err != nil {
 		return s.fail("read of the whole device at settle: %v", err)
 	}
@@ -616,7 +623,10 @@ func (s *sim) settle(ctx context.Context) error {
 	}
 	s.model.adopt(0, all)
 	for i, n := range s.nodes {
-		if at := firstDiff(n.disk.Bytes(int(s.st.DataOffset(i)), len(all)), s.model.data); at >= 0 {
+		if err := n.disk.ReadAt(ctx, s.replica, s.st.DataOffset(i)); err != nil {
+			return s.fail("read replica %d's disk: %v", i, err)
+		}
+		if at := firstDiff(s.replica, s.model.data); at >= 0 {
 			var vals []string
 			for j, n := range s.nodes {
 				vals = append(vals, fmt.Sprintf("replica %d holds %#x", j, n.disk.Bytes(int(s.st.DataOffset(j))+at, 1)[0]))
@@ -629,9 +639,16 @@ func (s *sim) settle(ctx context.Context) error {
 }
 
 func firstDiff(a, b []byte) int {
-	for i := range min(len(a), len(b)) {
-		if a[i] != b[i] {
-			return i
+	n := min(len(a), len(b))
+	for k := 0; k < n; k += 4096 {
+		e := min(k+4096, n)
+		if bytes.Equal(a[k:e], b[k:e]) {
+			continue
+		}
+		for i := k; i < e; i++ {
+			if a[i] != b[i] {
+				return i
+			}
 		}
 	}
 	if len(a) != len(b) {
