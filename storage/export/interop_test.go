@@ -12,12 +12,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"dst/internal/testkit"
 	"dst/storage/export"
@@ -219,4 +221,82 @@ func TestUnknownExport(t *testing.T) {
 	out, err = qemuIO(t, nbdURI(srv, "nope"), "read 0 4k")
 	require.Error(t, err, out)
 	require.Contains(t, out, `server reported: no export named "nope"`, out)
+}
+
+// mapEntry is one line of `nbdinfo --map --json`.
+type mapEntry struct {
+	Offset int64 `json:"offset"`
+	Length int64 `json:"length"`
+	Type   int   `json:"type"`
+}
+
+// sparseImage writes random data at the given 64 KiB-aligned runs of a
+// new sparse file of size bytes and returns its path.
+func sparseImage(t *testing.T, size int64, runs [][2]int64) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "sparse.img")
+	f, err := os.Create(p)
+	require.NoError(t, err)
+	defer f.Close()
+	require.NoError(t, f.Truncate(size))
+	rng := rand.New(rand.NewPCG(1, 2))
+	for _, r := range runs {
+		b := make([]byte, r[1])
+		for i := range b {
+			b[i] = byte(rng.Uint32()) | 1
+		}
+		_, err := f.WriteAt(b, r[0])
+		require.NoError(t, err)
+	}
+	return p
+}
+
+// nbdinfo --map, nbdinfo --map --totals and qemu-img map see exactly the
+// data written to a sparse file, and nbdcopy copies it to a sparse file
+// byte for byte (block status lets it skip the holes).
+func TestBlockStatusInterop(t *testing.T) {
+	testkit.Need(t, "nbdinfo", "qemu-img", "nbdcopy")
+	const size = 64 * mib
+	runs := [][2]int64{{3 * mib, 2 * mib}, {20 * mib, 192 << 10}, {size - 64<<10, 64 << 10}}
+	img := sparseImage(t, size, runs)
+	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "d", Path: img}}})
+	uri := nbdURI(srv, "d")
+
+	var want []mapEntry
+	at := int64(0)
+	for _, r := range runs {
+		if r[0] > at {
+			want = append(want, mapEntry{Offset: at, Length: r[0] - at, Type: 3})
+		}
+		want = append(want, mapEntry{Offset: r[0], Length: r[1], Type: 0})
+		at = r[0] + r[1]
+	}
+	var got []mapEntry
+	require.NoError(t, json.Unmarshal([]byte(mustRunTool(t, "nbdinfo", "--map", "--json", uri)), &got))
+	require.Equal(t, want, got, "nbdinfo --map")
+
+	totals := mustRunTool(t, "nbdinfo", "--map", "--totals", uri)
+	require.Regexp(t, `(?m)^\s*`+fmt.Sprint(2*mib+256<<10)+`\s+\S+%\s+0\s+data$`, totals)
+
+	var qmap []struct {
+		Start  int64 `json:"start"`
+		Length int64 `json:"length"`
+		Data   bool  `json:"data"`
+		Zero   bool  `json:"zero"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(mustRunTool(t, "qemu-img", "map", "--output=json", uri)), &qmap))
+	require.Len(t, qmap, len(want))
+	for i, q := range qmap {
+		require.Equal(t, want[i].Offset, q.Start, "qemu-img map entry %d", i)
+		require.Equal(t, want[i].Length, q.Length, "qemu-img map entry %d", i)
+		require.Equal(t, want[i].Type == 0, q.Data, "qemu-img map entry %d", i)
+		require.Equal(t, want[i].Type == 3, q.Zero, "qemu-img map entry %d", i)
+	}
+
+	out := filepath.Join(t.TempDir(), "copy.img")
+	mustRunTool(t, "nbdcopy", uri, out)
+	require.Equal(t, sha256File(t, img), sha256File(t, out), "copied byte for byte")
+	var st unix.Stat_t
+	require.NoError(t, unix.Stat(out, &st))
+	require.Less(t, st.Blocks*512, int64(4*mib), "the copy is sparse: %d bytes allocated for %d of data", st.Blocks*512, 2*mib+256<<10)
 }

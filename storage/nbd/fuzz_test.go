@@ -101,9 +101,40 @@ func clientPrologue(structured bool) []byte {
 	}
 	if structured {
 		opt(OptStructuredReply, nil)
+		opt(OptSetMetaContext, metaQueryBytes("a", BaseAllocation))
 	}
 	opt(OptGo, []byte{0, 0, 0, 1, 'a', 0, 1, 0, 3})
 	return b
+}
+
+// metaQueryBytes encodes a LIST/SET_META_CONTEXT payload.
+func metaQueryBytes(export string, queries ...string) []byte {
+	b := be.AppendUint32(nil, uint32(len(export)))
+	b = append(b, export...)
+	b = be.AppendUint32(b, uint32(len(queries)))
+	for _, q := range queries {
+		b = be.AppendUint32(b, uint32(len(q)))
+		b = append(b, q...)
+	}
+	return b
+}
+
+// FuzzParseMetaQuery: the meta context payload parser accepts what it
+// can re-encode byte for byte and refuses the rest, without panicking or
+// allocating from an unchecked count.
+func FuzzParseMetaQuery(f *testing.F) {
+	f.Add(metaQueryBytes("a", BaseAllocation))
+	f.Add(metaQueryBytes("", "base:", "qemu:dirty-bitmap:x"))
+	f.Add([]byte{0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		q, err := parseMetaQuery(data)
+		if err != nil {
+			return
+		}
+		if got := metaQueryBytes(q.export, q.queries...); string(got) != string(data) {
+			t.Fatalf("parsed %+v from %x, which encodes as %x", q, data, got)
+		}
+	})
 }
 
 func FuzzServerHandshake(f *testing.F) {
@@ -131,6 +162,7 @@ func FuzzServerTransmission(f *testing.F) {
 	f.Add(false, req(CmdTrim, 0, 1<<20-512, 1024, false))
 	f.Add(true, req(CmdWriteZeroes, CmdFlagFastZero, 0, 4096, false))
 	f.Add(false, req(Command(99), 0, 0, 0, false))
+	f.Add(true, append(req(CmdBlockStatus, CmdFlagReqOne, 0, 1<<20, false), req(CmdBlockStatus, 0, 4096, 0, false)...))
 	f.Fuzz(func(t *testing.T, structured bool, input []byte) {
 		pipeServer(t, ServerOptions{Exports: fuzzExports(), MaxInFlight: 4, MaxPayload: 1 << 20, BufferBytes: 64 << 20},
 			append(clientPrologue(structured), input...))

@@ -23,6 +23,7 @@ type session struct {
 	fixed      bool // client speaks fixed newstyle
 	noZeroes   bool
 	structured bool
+	meta       metaSelection // what SET_META_CONTEXT chose
 	buf        [OptionReplyBytes + 16]byte
 }
 
@@ -31,6 +32,8 @@ type negotiation struct {
 	export     *Export
 	access     Access
 	structured bool
+	// allocation: the client selected base:allocation for this export.
+	allocation bool
 	conn       net.Conn // the connection, possibly wrapped in TLS
 	r          *bufio.Reader
 }
@@ -131,6 +134,8 @@ func (s *session) option() (*negotiation, error) {
 			return nil, s.replyErr(opt, RepErrInvalid, err.Error())
 		}
 		return nil, s.reply(opt, RepAck, []byte(s.srv.bootID))
+	case OptListMetaContext, OptSetMetaContext:
+		return nil, s.metaContext(opt, data)
 	case OptStructuredReply:
 		if len(data) != 0 {
 			return nil, s.replyErr(opt, RepErrInvalid, "STRUCTURED_REPLY takes no data")
@@ -237,6 +242,7 @@ func (s *session) startTLS(data []byte) error {
 	st := tc.ConnectionState()
 	s.conn = tc
 	s.r = bufio.NewReaderSize(tc, readBufferBytes)
+	s.meta = metaSelection{} // what was chosen in the clear does not count
 	s.peer.TLS = &st
 	return nil
 }
@@ -341,5 +347,6 @@ func (s *session) infoGo(opt Option, data []byte) (*negotiation, error) {
 	if opt == OptInfo {
 		return nil, nil
 	}
-	return &negotiation{export: e, access: access, structured: s.structured, conn: s.conn, r: s.r}, nil
+	return &negotiation{export: e, access: access, structured: s.structured,
+		allocation: s.structured && s.meta.allocation && s.meta.export == e, conn: s.conn, r: s.r}, nil
 }

@@ -23,8 +23,12 @@ type serverRequest struct {
 	data  []byte
 	view  bool // data aliases the backend's memory (ViewBackend)
 	hdr   [StructuredReplyBytes + 8]byte
-	vec   [2][]byte
-	bufs  net.Buffers
+	// extents and bsPayload are the block status answer's descriptors and
+	// encoded payload, allocated at the first block status request.
+	extents   []Extent
+	bsPayload []byte
+	vec       [2][]byte
+	bufs      net.Buffers
 }
 
 // transmitter serves the transmission phase of one connection.
@@ -34,6 +38,7 @@ type transmitter struct {
 	export     *Export
 	access     Access
 	structured bool
+	allocation bool // base:allocation selected: block status is served
 	conn       net.Conn
 	r          *bufio.Reader
 	free       chan *serverRequest
@@ -66,7 +71,7 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 	s := c.srv
 	minB, _, maxB := s.blockSizes(n.export)
 	t := &transmitter{
-		c: c, srv: s, export: n.export, access: n.access, structured: n.structured,
+		c: c, srv: s, export: n.export, access: n.access, structured: n.structured, allocation: n.allocation,
 		conn: n.conn, r: n.r,
 		free:       make(chan *serverRequest, s.opts.MaxInFlight),
 		work:       make(chan *serverRequest, s.opts.MaxInFlight),
@@ -385,6 +390,12 @@ func (t *transmitter) check(r *Request) Errno {
 	size := uint64(t.export.Size)
 	switch r.Cmd {
 	case CmdRead, CmdWrite, CmdTrim, CmdWriteZeroes, CmdCache:
+	case CmdBlockStatus:
+		// Only with a context selected (which needs structured replies),
+		// and for a range of at least one byte.
+		if !t.allocation || r.Length == 0 {
+			return EINVAL
+		}
 	case CmdFlush:
 		if t.export.Flags&FlagSendFlush == 0 {
 			return EINVAL
@@ -526,6 +537,8 @@ func (t *transmitter) run(ctx context.Context, b Backend, sr *serverRequest, off
 		err = b.WriteZeroes(ctx, off, n, sr.Flags)
 	case CmdCache:
 		err = b.Cache(ctx, off, n)
+	case CmdBlockStatus:
+		err = t.blockStatus(ctx, sr, off, n)
 	default:
 		panic(fmt.Sprintf("nbd: unchecked command %v reached the backend", sr.Cmd))
 	}
@@ -542,7 +555,11 @@ func (t *transmitter) encode(sr *serverRequest) {
 		encodeChunk(hdr, ChunkFlagDone, ChunkOffsetData, sr.Cookie, 8+sr.Length)
 		be.PutUint64(hdr[StructuredReplyBytes:], sr.Offset)
 		payload = sr.data
-	case t.structured && sr.Cmd == CmdRead:
+	case t.structured && sr.Cmd == CmdBlockStatus && sr.errno == 0:
+		hdr = sr.hdr[:StructuredReplyBytes]
+		encodeChunk(hdr, ChunkFlagDone, ChunkBlockStatus, sr.Cookie, uint32(len(sr.bsPayload)))
+		payload = sr.bsPayload
+	case t.structured && (sr.Cmd == CmdRead || sr.Cmd == CmdBlockStatus):
 		hdr = sr.hdr[:StructuredReplyBytes+6]
 		encodeChunk(hdr, ChunkFlagDone, ChunkError, sr.Cookie, 6)
 		be.PutUint32(hdr[StructuredReplyBytes:], uint32(sr.errno))
