@@ -34,7 +34,7 @@ func TestFileBlockStatus(t *testing.T) {
 
 	got, err := n.BlockStatus(ctx, 0, 16*k64, make([]nbd.Extent, 0, 16))
 	require.NoError(t, err)
-	require.Equal(t, []nbd.Extent{ext(2 * k64, hole), ext(2 * k64, 0), ext(5 * k64, hole), ext(k64, 0), ext(6 * k64, hole)}, got)
+	require.Equal(t, []nbd.Extent{ext(2*k64, hole), ext(2*k64, 0), ext(5*k64, hole), ext(k64, 0), ext(6*k64, hole)}, got)
 
 	got, err = n.BlockStatus(ctx, 2*k64+100, k64, make([]nbd.Extent, 0, 16))
 	require.NoError(t, err)
@@ -42,7 +42,7 @@ func TestFileBlockStatus(t *testing.T) {
 
 	got, err = n.BlockStatus(ctx, k64, 8*k64, make([]nbd.Extent, 0, 2))
 	require.NoError(t, err)
-	require.Equal(t, []nbd.Extent{ext(k64, hole), ext(2 * k64, 0)}, got, "as many as dst has room for")
+	require.Equal(t, []nbd.Extent{ext(k64, hole), ext(2*k64, 0)}, got, "as many as dst has room for")
 
 	mem := node.NewMemory(4096)
 	got, err = node.BlockStatus(ctx, mem, 512, 1024, nil)
