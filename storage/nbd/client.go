@@ -31,6 +31,11 @@ type ClientOptions struct {
 	// answers (see OptFence); other servers ignore it (ExportInfo.Fenced
 	// says which).
 	Fence *Fence
+	// BlockStatus asks for structured replies and the base:allocation
+	// meta context, for Client.BlockStatus (ExportInfo.AllocationID says
+	// whether the server has it). Not for a socket handed to the kernel:
+	// its driver speaks simple replies only.
+	BlockStatus bool
 }
 
 // Op is one request to the server. The caller owns an Op and its Data
@@ -45,6 +50,9 @@ type Op struct {
 	// Data is the write payload, or the buffer a read reply is received
 	// into directly.
 	Data []byte
+	// Extents receives a CmdBlockStatus answer's descriptors, appended up
+	// to cap(Extents); more are dropped (the answer then covers less).
+	Extents []Extent
 	// Done is called exactly once when the reply arrived or the connection
 	// failed, from the client's receive goroutine. It must not block and
 	// must not call Submit on the same client.
@@ -94,6 +102,10 @@ type Client struct {
 type clientSlot struct {
 	op  atomic.Pointer[Op]
 	gen uint32 // touched only by the slot's owner between taking and sending
+	// A structured reply's state across its chunks (receive goroutine
+	// only): the first error chunk, and the read bytes covered so far.
+	err     error
+	covered uint64
 }
 
 // Dial connects to an NBD server and runs the handshake.
@@ -295,6 +307,13 @@ func (c *Client) checkOp(op *Op) error {
 		if f&FlagSendFlush == 0 {
 			return fmt.Errorf("%w: FLUSH", ErrUnsupported)
 		}
+	case CmdBlockStatus:
+		if !c.info.Allocation {
+			return fmt.Errorf("%w: BLOCK_STATUS (no base:allocation on this connection)", ErrUnsupported)
+		}
+		if op.Length == 0 {
+			return fmt.Errorf("%w: BLOCK_STATUS of no bytes", ErrUnsupported)
+		}
 	case CmdTrim:
 		if f&FlagSendTrim == 0 {
 			return fmt.Errorf("%w: TRIM", ErrUnsupported)
@@ -343,20 +362,29 @@ func (c *Client) receive() {
 }
 
 func (c *Client) receiveLoop() error {
-	var hdr [SimpleReplyBytes]byte
+	var hdr [StructuredReplyBytes]byte
 	var rep Reply
 	for {
-		if _, err := io.ReadFull(c.r, hdr[:]); err != nil {
+		if _, err := io.ReadFull(c.r, hdr[:SimpleReplyBytes]); err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return fmt.Errorf("%w: %w", ErrClosed, err)
 			}
 			return fmt.Errorf("nbd: read reply: %w", err)
 		}
-		if err := DecodeReply(hdr[:], &rep); err != nil {
+		rest, structured, err := decodeReplyMagic(hdr[:])
+		if err != nil {
 			return err
 		}
-		if rep.Structured {
-			return fmt.Errorf("%w: structured reply that was not negotiated", ErrProtocol)
+		if structured {
+			if !c.info.Structured {
+				return fmt.Errorf("%w: structured reply that was not negotiated", ErrProtocol)
+			}
+			if _, err := io.ReadFull(c.r, hdr[SimpleReplyBytes:4+rest]); err != nil {
+				return fmt.Errorf("nbd: read reply: %w", err)
+			}
+		}
+		if err := DecodeReply(hdr[:4+rest], &rep); err != nil {
+			return err
 		}
 		idx := uint32(rep.Cookie)
 		if idx >= uint32(len(c.slots)) {
@@ -368,12 +396,27 @@ func (c *Client) receiveLoop() error {
 			return fmt.Errorf("%w: reply with unknown cookie %#x", ErrProtocol, rep.Cookie)
 		}
 		var opErr error
-		if rep.Errno != 0 {
+		switch {
+		case rep.Structured:
+			done, err := c.chunk(s, op, &rep)
+			if err != nil {
+				return err
+			}
+			if !done {
+				continue
+			}
+			opErr, s.err, s.covered = s.err, nil, 0
+		case rep.Errno != 0:
 			opErr = fmt.Errorf("nbd: %v offset %d length %d: %w", op.Cmd, op.Offset, op.Length, rep.Errno)
-		} else if op.Cmd == CmdRead && op.Length > 0 {
+		case op.Cmd == CmdRead && op.Length > 0:
+			if c.info.Structured {
+				return fmt.Errorf("%w: simple reply with data to a READ on a structured connection", ErrProtocol)
+			}
 			if _, err := io.ReadFull(c.r, op.Data); err != nil {
 				return fmt.Errorf("nbd: read payload: %w", err)
 			}
+		case op.Cmd == CmdBlockStatus:
+			return fmt.Errorf("%w: simple reply to BLOCK_STATUS", ErrProtocol)
 		}
 		if !s.op.CompareAndSwap(op, nil) {
 			panic("nbd: in-flight slot taken while its reply was being received")
@@ -381,6 +424,144 @@ func (c *Client) receiveLoop() error {
 		c.free <- idx
 		op.Done(op, opErr)
 	}
+}
+
+// chunk takes one structured reply chunk of op (header in rep) and
+// reports whether it was the last. Errors the server reports go to
+// s.err; an error returned breaks the connection (the protocol is lost).
+func (c *Client) chunk(s *clientSlot, op *Op, rep *Reply) (done bool, err error) {
+	n := int64(rep.Length)
+	var b [16]byte
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %v offset %d length %d: chunk type %d of %d bytes: %s", ErrProtocol,
+			op.Cmd, op.Offset, op.Length, rep.Type, n, fmt.Sprintf(format, a...))
+	}
+	// within checks that [off, off+size) lies in op's range and returns
+	// where in op.Data it starts.
+	within := func(off uint64, size int64) (int64, error) {
+		at := int64(off) - op.Offset
+		if op.Cmd != CmdRead || off > 1<<62 || at < 0 || size < 0 || at+size > int64(op.Length) {
+			return 0, bad("range %d+%d outside the request", off, size)
+		}
+		return at, nil
+	}
+	switch rep.Type {
+	case ChunkNone:
+		if n != 0 || rep.Flags&ChunkFlagDone == 0 {
+			return false, bad("NONE must be empty and final")
+		}
+	case ChunkOffsetData:
+		if n < 8 {
+			return false, bad("too short")
+		}
+		if _, err := io.ReadFull(c.r, b[:8]); err != nil {
+			return false, err
+		}
+		at, err := within(be.Uint64(b[:8]), n-8)
+		if err != nil {
+			return false, err
+		}
+		if _, err := io.ReadFull(c.r, op.Data[at:at+n-8]); err != nil {
+			return false, fmt.Errorf("nbd: read payload: %w", err)
+		}
+		s.covered += uint64(n - 8)
+	case ChunkOffsetHole:
+		if n != 12 {
+			return false, bad("a hole chunk is 12 bytes")
+		}
+		if _, err := io.ReadFull(c.r, b[:12]); err != nil {
+			return false, err
+		}
+		size := int64(be.Uint32(b[8:12]))
+		at, err := within(be.Uint64(b[:8]), size)
+		if err != nil {
+			return false, err
+		}
+		clear(op.Data[at : at+size])
+		s.covered += uint64(size)
+	case ChunkBlockStatus:
+		if op.Cmd != CmdBlockStatus || n < 4 || (n-4)%8 != 0 {
+			return false, bad("not a block status answer")
+		}
+		if _, err := io.ReadFull(c.r, b[:4]); err != nil {
+			return false, err
+		}
+		known := be.Uint32(b[:4]) == c.info.AllocationID
+		for left := n - 4; left > 0; left -= 8 {
+			if _, err := io.ReadFull(c.r, b[:8]); err != nil {
+				return false, err
+			}
+			if known && len(op.Extents) < cap(op.Extents) {
+				l := be.Uint32(b[:4])
+				if l == 0 {
+					return false, bad("descriptor of no bytes")
+				}
+				op.Extents = append(op.Extents, Extent{Length: int64(l), Flags: be.Uint32(b[4:8])})
+			}
+		}
+	default:
+		if rep.Type&(1<<15) == 0 {
+			// An unknown chunk that is not an error: the protocol says
+			// to ignore it.
+			if _, err := c.r.Discard(int(n)); err != nil {
+				return false, err
+			}
+			break
+		}
+		// ERROR, ERROR_OFFSET and unknown error types: errno and message
+		// first.
+		if n < 6 {
+			return false, bad("error chunk too short")
+		}
+		if _, err := io.ReadFull(c.r, b[:6]); err != nil {
+			return false, err
+		}
+		errno, msgLen := Errno(be.Uint32(b[:4])), int64(be.Uint16(b[4:6]))
+		if msgLen > n-6 {
+			return false, bad("message of %d bytes", msgLen)
+		}
+		msg := make([]byte, min(msgLen, maxStringBytes))
+		if _, err := io.ReadFull(c.r, msg); err != nil {
+			return false, err
+		}
+		if _, err := c.r.Discard(int(n - 6 - int64(len(msg)))); err != nil {
+			return false, err
+		}
+		if errno == 0 {
+			errno = EIO // an error chunk must carry an error
+		}
+		if s.err == nil {
+			s.err = fmt.Errorf("nbd: %v offset %d length %d: %w (%s)", op.Cmd, op.Offset, op.Length, errno, msg)
+		}
+	}
+	if rep.Flags&ChunkFlagDone == 0 {
+		return false, nil
+	}
+	if s.err == nil && op.Cmd == CmdRead && s.covered != uint64(op.Length) {
+		return false, bad("a successful READ covered %d of its %d bytes", s.covered, op.Length)
+	}
+	return true, nil
+}
+
+// BlockStatus asks which parts of [off, off+length) hold data
+// (base:allocation; needs ClientOptions.BlockStatus and a server with the
+// context, see ExportInfo.Allocation) and appends the descriptors to dst,
+// up to cap(dst), in order from off. The server may answer for less than
+// the whole range; ask again from where the answer ends.
+func (c *Client) BlockStatus(ctx context.Context, off int64, length uint32, dst []Extent) ([]Extent, error) {
+	if cap(dst) == len(dst) {
+		return dst, fmt.Errorf("nbd: BLOCK_STATUS needs room in dst for at least one descriptor")
+	}
+	start := len(dst)
+	w := c.waiters.Get().(*waiter)
+	w.op.Extents = dst
+	err := c.doWaiter(ctx, w, CmdBlockStatus, 0, off, length, nil)
+	dst, w.op.Extents = w.op.Extents, nil
+	c.waiters.Put(w)
+	if err == nil && len(dst) == start {
+		err = fmt.Errorf("%w: BLOCK_STATUS offset %d length %d answered without a base:allocation descriptor", ErrProtocol, off, length)
+	}
+	return dst, err
 }
 
 // waiter turns an Op into a blocking call without allocating per call.
@@ -400,10 +581,16 @@ func newWaiter() *waiter {
 // ctx's error is returned.
 func (c *Client) do(ctx context.Context, cmd Command, flags CmdFlags, off int64, length uint32, data []byte) error {
 	w := c.waiters.Get().(*waiter)
+	err := c.doWaiter(ctx, w, cmd, flags, off, length, data)
+	c.waiters.Put(w)
+	return err
+}
+
+// doWaiter runs one request on w's Op and waits for it.
+func (c *Client) doWaiter(ctx context.Context, w *waiter, cmd Command, flags CmdFlags, off int64, length uint32, data []byte) error {
 	w.op.Cmd, w.op.Flags, w.op.Offset, w.op.Length, w.op.Data = cmd, flags, off, length, data
 	if err := c.Submit(ctx, &w.op); err != nil {
 		w.op.Data = nil
-		c.waiters.Put(w)
 		return err
 	}
 	var err error
@@ -415,7 +602,6 @@ func (c *Client) do(ctx context.Context, cmd Command, flags CmdFlags, off int64,
 		err = ctx.Err()
 	}
 	w.op.Data = nil
-	c.waiters.Put(w)
 	return err
 }
 

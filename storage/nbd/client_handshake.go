@@ -24,14 +24,22 @@ type ExportInfo struct {
 	// BootID is the boot id of the server's machine, sent with the
 	// OptFence acknowledgement; empty if unknown.
 	BootID string
+	// Structured: structured replies were negotiated
+	// (ClientOptions.BlockStatus).
+	Structured bool
+	// Allocation: base:allocation was negotiated (Client.BlockStatus
+	// needs it), with the server's id AllocationID (any value, 0
+	// included: qemu-nbd uses 0).
+	Allocation   bool
+	AllocationID uint32
 }
 
 // Negotiate runs the client side of the fixed-newstyle handshake on conn:
 // STARTTLS when opts.TLS is set, OptFence when opts.Fence is, then
 // NBD_OPT_GO for opts.ExportName (NBD_OPT_EXPORT_NAME with servers that do
-// not know GO). It asks for neither structured replies nor extended
-// headers, so the transmission phase is the simple one every NBD client
-// speaks, the Linux driver included. It returns what it learned and the
+// not know GO). Unless opts.BlockStatus is set it asks for neither
+// structured replies nor extended headers, so the transmission phase is
+// the simple one every NBD client speaks, the Linux driver included. It returns what it learned and the
 // connection to transmit on (conn, or the TLS connection over it), left
 // at the start of the transmission phase with nothing read beyond the
 // handshake: NewClient starts its receiver there, the kernel attach path
@@ -82,9 +90,64 @@ func (h *clientHandshake) run(opts ClientOptions) (ExportInfo, error) {
 			return ExportInfo{}, err
 		}
 	}
+	var structured, alloc bool
+	var id uint32
+	if opts.BlockStatus {
+		var err error
+		if structured, alloc, id, err = h.blockStatus(opts.ExportName); err != nil {
+			return ExportInfo{}, err
+		}
+	}
 	info, err := h.goExport(opts.ExportName)
 	info.Fenced, info.BootID = fenced, boot
+	info.Structured, info.Allocation, info.AllocationID = structured, alloc, id
 	return info, err
+}
+
+// blockStatus asks for structured replies and then for base:allocation
+// on export; a server that knows neither, or has no such context, is no
+// error (structured or alloc false).
+func (h *clientHandshake) blockStatus(export string) (structured, alloc bool, id uint32, err error) {
+	if err := h.send(OptStructuredReply, nil); err != nil {
+		return false, false, 0, err
+	}
+	typ, _, err := h.recv(OptStructuredReply)
+	if _, ok := err.(*OptionError); ok {
+		return false, false, 0, nil
+	}
+	if err != nil {
+		return false, false, 0, err
+	}
+	if typ != RepAck {
+		return false, false, 0, fmt.Errorf("%w: STRUCTURED_REPLY answered with %v", ErrProtocol, typ)
+	}
+	q := be.AppendUint32(nil, uint32(len(export)))
+	q = append(q, export...)
+	q = be.AppendUint32(q, 1)
+	q = be.AppendUint32(q, uint32(len(BaseAllocation)))
+	q = append(q, BaseAllocation...)
+	if err := h.send(OptSetMetaContext, q); err != nil {
+		return true, false, 0, err
+	}
+	for {
+		typ, p, err := h.recv(OptSetMetaContext)
+		if _, ok := err.(*OptionError); ok {
+			return true, false, 0, nil // no meta contexts here
+		}
+		if err != nil {
+			return true, false, 0, err
+		}
+		switch {
+		case typ == RepAck:
+			return true, alloc, id, nil
+		case typ == RepMetaContext && len(p) >= 4 && string(p[4:]) == BaseAllocation:
+			alloc, id = true, be.Uint32(p)
+		case typ == RepMetaContext:
+			// another context: not asked for, ignored
+		default:
+			return true, false, 0, fmt.Errorf("%w: SET_META_CONTEXT answered with %v", ErrProtocol, typ)
+		}
+	}
 }
 
 // clientHandshake is the client side of the fixed-newstyle handshake.
