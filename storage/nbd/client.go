@@ -97,6 +97,10 @@ type Client struct {
 	err   error
 
 	waiters sync.Pool
+
+	// chunkBuf holds the fixed part of a structured reply chunk (receive
+	// goroutine only; a field, so reading into it allocates nothing).
+	chunkBuf [16]byte
 }
 
 type clientSlot struct {
@@ -431,7 +435,7 @@ func (c *Client) receiveLoop() error {
 // s.err; an error returned breaks the connection (the protocol is lost).
 func (c *Client) chunk(s *clientSlot, op *Op, rep *Reply) (done bool, err error) {
 	n := int64(rep.Length)
-	var b [16]byte
+	b := c.chunkBuf[:]
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: %v offset %d length %d: chunk type %d of %d bytes: %s", ErrProtocol,
 			op.Cmd, op.Offset, op.Length, rep.Type, n, fmt.Sprintf(format, a...))

@@ -174,6 +174,9 @@ func (r *Remote) connect(ctx context.Context) (*conn, error) {
 		// for what they were writing, before it lets this one in: nothing
 		// sent on a fenced connection lands after its resend here.
 		Fence: &nbd.Fence{Session: r.session, Generation: r.dials.Add(1)},
+		// Structured replies and base:allocation where the peer has them,
+		// for BlockStatus.
+		BlockStatus: true,
 	})
 	if err != nil {
 		raw.Close()

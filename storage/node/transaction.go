@@ -32,6 +32,9 @@ type waiter struct {
 	abortGen  uint64 // Aborts when the request began
 	tries     int
 	budgetEnd time.Time
+	// extStart is where a block status answer begins in op.Extents (a
+	// retry drops what a failed try appended).
+	extStart int
 }
 
 func newWaiter(r *Remote) *waiter {
@@ -70,6 +73,37 @@ func (r *Remote) Trim(ctx context.Context, off, length int64, flags nbd.CmdFlags
 func (r *Remote) WriteZeroes(ctx context.Context, off, length int64, flags nbd.CmdFlags) error {
 	return r.do(ctx, nbd.CmdWriteZeroes, flags, off, length, nil)
 }
+
+// BlockStatus asks the peer which parts of [off, off+length) hold data
+// (nbd.BlockStatusBackend), as one transaction: retried like any request,
+// the answer may cover less than the range. A peer without
+// base:allocation reports all data.
+func (r *Remote) BlockStatus(ctx context.Context, off, length int64, dst []nbd.Extent) ([]nbd.Extent, error) {
+	r.m.requests.Add(1)
+	if off < 0 || length <= 0 {
+		return dst, r.fail(nbd.CmdBlockStatus, off, length, nil, fmt.Errorf("%w: offset %d length %d", nbd.EINVAL, off, length))
+	}
+	w, err := r.getWaiter(ctx)
+	if err != nil {
+		return dst, r.fail(nbd.CmdBlockStatus, off, length, nil, err)
+	}
+	defer r.putWaiter(w)
+	w.abortGen, w.id, w.startGen = r.aborts.Load(), r.ids.Add(1), r.m.connects.Load()
+	w.op.Extents, w.extStart = dst, len(dst)
+	_, err = r.transact(ctx, w, nbd.CmdBlockStatus, 0, off, min(length, maxBlockStatusBytes), nil)
+	dst, w.op.Extents = w.op.Extents, nil
+	switch {
+	case errors.Is(err, nbd.ENOTSUP):
+		return append(dst[:w.extStart], nbd.Extent{Length: length}), nil
+	case err != nil:
+		return dst[:w.extStart], r.fail(nbd.CmdBlockStatus, off, length, w, err)
+	}
+	return dst, nil
+}
+
+// maxBlockStatusBytes bounds the range of one block status request (a
+// 32-bit length, kept aligned).
+const maxBlockStatusBytes = 1<<32 - 1<<20
 
 // Cache asks the peer to prefetch [off, off+length).
 func (r *Remote) Cache(ctx context.Context, off, length int64) error {
@@ -204,6 +238,9 @@ func (r *Remote) transact(ctx context.Context, w *waiter, cmd nbd.Command, flags
 			r.m.retries.Add(1)
 		}
 		w.op.Cmd, w.op.Flags, w.op.Offset, w.op.Length, w.op.Data = cmd, flags, off, uint32(n), nil
+		if cmd == nbd.CmdBlockStatus {
+			w.op.Extents = w.op.Extents[:w.extStart]
+		}
 		if p != nil {
 			w.op.Data = p[:n]
 		}
