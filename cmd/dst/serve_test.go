@@ -362,9 +362,9 @@ func TestStatusPrints(t *testing.T) {
 		"generation  7",
 		"uptime      1m1s",
 		"in flight   3",
-		"MEMBER  STATE      CONNECTION  IN FLIGHT  DIRTY REGIONS  RESYNCED  RETRIES  RECONNECTS  URL",
-		"0       resyncing  connected   2          5              3.0 MiB   4        1           nbd://a",
-		"1       in-sync    local       0          0              0 B       -        -           file:/b",
+		"MEMBER  STATE      CONNECTION  IN FLIGHT  DIRTY REGIONS  RESYNCED  ZEROED  RETRIES  RECONNECTS  URL",
+		"0       resyncing  connected   2          5              3.0 MiB   0 B     4        1           nbd://a",
+		"1       in-sync    local       0          0              0 B       0 B     -        -           file:/b",
 		"member 0: node unavailable",
 	} {
 		assert.Contains(t, out, want)

@@ -93,7 +93,7 @@ func printStatus(w io.Writer, st *admin.Status) error {
 	fmt.Fprintln(w)
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "MEMBER\tSTATE\tCONNECTION\tIN FLIGHT\tDIRTY REGIONS\tRESYNCED\tRETRIES\tRECONNECTS\tURL")
+	fmt.Fprintln(tw, "MEMBER\tSTATE\tCONNECTION\tIN FLIGHT\tDIRTY REGIONS\tRESYNCED\tZEROED\tRETRIES\tRECONNECTS\tURL")
 	var errs []string
 	for _, m := range st.Members {
 		conn, retries, reconnects := "local", "-", "-"
@@ -105,8 +105,8 @@ func printStatus(w io.Writer, st *admin.Status) error {
 		if url == "" {
 			url = m.Node
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\n", m.Index, m.State, conn, m.Pending, m.DirtyRegions,
-			humanize.IBytes(uint64(max(m.ResyncedBytes, 0))), retries, reconnects, url)
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%s\t%s\n", m.Index, m.State, conn, m.Pending, m.DirtyRegions,
+			humanize.IBytes(uint64(max(m.ResyncedBytes, 0))), humanize.IBytes(uint64(max(m.ResyncZeroedBytes, 0))), retries, reconnects, url)
 		if m.LastError != "" {
 			errs = append(errs, fmt.Sprintf("member %d: %s", m.Index, m.LastError))
 		}

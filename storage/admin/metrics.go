@@ -113,6 +113,10 @@ func (h *Handler) WriteMetrics(b *bytes.Buffer) {
 		e.sample("dst_member_resynced_bytes_total", float64(m.ResyncedBytes), member(m)...)
 		resynced += m.ResyncedBytes
 	}
+	e.family("dst_member_resync_zeroed_bytes_total", "counter", "Bytes resync wrote to each member as zeroes instead of copying (holes on the source).")
+	for _, m := range st.Members {
+		e.sample("dst_member_resync_zeroed_bytes_total", float64(m.ResyncZeroedBytes), member(m)...)
+	}
 	e.family("dst_resync_bytes_total", "counter", "Bytes copied by resync to every member.")
 	e.sample("dst_resync_bytes_total", float64(resynced))
 

@@ -368,6 +368,9 @@ type member struct {
 	pending       atomic.Int32 // pieces in flight, for read balancing
 	written       atomic.Bool  // completed a write since its last flush
 	resyncedBytes atomic.Int64
+	// resyncZeroedBytes are the bytes a resync wrote as WRITE_ZEROES
+	// instead of copying (the source reads zeroes there).
+	resyncZeroedBytes atomic.Int64
 	// crashRegions are the regions the start after an unclean stop marked
 	// to copy to the member from the activity log; crashFull is set if it
 	// had to be copied whole instead.

@@ -175,7 +175,10 @@ type MemberStatus struct {
 	Pending       int    `json:"pending"`
 	DirtyRegions  int    `json:"dirty_regions"`
 	ResyncedBytes int64  `json:"resynced_bytes"`
-	LastError     string `json:"last_error,omitempty"`
+	// ResyncZeroedBytes are the bytes resync wrote as zeroes instead of
+	// copying them (the source's block status said they read zeroes).
+	ResyncZeroedBytes int64  `json:"resync_zeroed_bytes"`
+	LastError         string `json:"last_error,omitempty"`
 }
 
 // Status returns a snapshot of every member.
@@ -183,7 +186,8 @@ func (e *Engine) Status() []MemberStatus {
 	out := make([]MemberStatus, len(e.members))
 	for i, m := range e.members {
 		st := MemberStatus{Index: i, Node: m.node.String(), State: m.State().String(),
-			Pending: int(m.pending.Load()), ResyncedBytes: m.resyncedBytes.Load()}
+			Pending: int(m.pending.Load()), ResyncedBytes: m.resyncedBytes.Load(),
+			ResyncZeroedBytes: m.resyncZeroedBytes.Load()}
 		for _, a := range m.ancestors {
 			st.DirtyRegions += a.mi.count(a.child)
 		}

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -11,6 +12,7 @@ import (
 	"dst/storage/layout"
 	"dst/storage/membership"
 	"dst/storage/nbd"
+	"dst/storage/node"
 )
 
 // ErrBusy is returned when a member is asked to rejoin while it is already
@@ -154,16 +156,17 @@ func (e *Engine) resync(ctx context.Context, m *member, limit *rate.Limiter) (in
 				if err := ctx.Err(); err != nil {
 					return copied, err
 				}
-				n, err := e.copyRegion(ctx, a.mi, a.child, m, r, buf)
+				n, zeroed, err := e.copyRegion(ctx, a.mi, a.child, m, r, buf)
 				if err != nil {
 					return copied, err
 				}
-				if n > 0 {
+				if n > 0 || zeroed > 0 {
 					done = append(done, r)
 					unflushed += n
 				}
 				copied += n
 				m.resyncedBytes.Add(n)
+				m.resyncZeroedBytes.Add(zeroed)
 				if unflushed >= resyncFlushBytes {
 					if err := e.commitCopies(ctx, a, m, done); err != nil {
 						return copied, err
@@ -216,9 +219,11 @@ func (e *Engine) commitCopies(ctx context.Context, a ancestor, m *member, region
 
 // copyRegion copies region r of mirror mi from an in-sync child to child
 // (which holds m), holding the region's lock stripe so no client write to
-// the region runs meanwhile. The region stays marked: commitCopies clears
-// it once the copy is durable.
-func (e *Engine) copyRegion(ctx context.Context, mi *mirrorInfo, child int, m *member, r int, buf []byte) (int64, error) {
+// the region runs meanwhile. A region the source's block status reports
+// as reading zeroes everywhere is not read: it is written as WRITE_ZEROES
+// on m (zeroed bytes), where m's nodes take them. The region stays
+// marked: commitCopies clears it once the copy is durable.
+func (e *Engine) copyRegion(ctx context.Context, mi *mirrorInfo, child int, m *member, r int, buf []byte) (copied, zeroed int64, err error) {
 	off, length := mi.span(r)
 	lk := &mi.locks[int64(r)%lockStripes]
 	lk.Lock()
@@ -227,23 +232,76 @@ func (e *Engine) copyRegion(ctx context.Context, mi *mirrorInfo, child int, m *m
 		mi.checkCopyLock(r)
 	}
 	if !mi.test(child, r) {
-		return 0, nil
+		return 0, 0, nil
 	}
-	p := buf[:length]
 	rp := readPicker{e: e, excluded: make([]bool, len(e.members))}
 	for _, l := range mi.children[child] {
 		rp.excluded[l] = true
 	}
+	if e.zeroOnSource(ctx, mi, off, length, &rp) {
+		if err := e.mapZero(ctx, mi.m, off, length, &onlyPicker{member: m}); err == nil {
+			return 0, length, nil
+		} else if !errors.Is(err, nbd.ENOTSUP) {
+			return 0, 0, fmt.Errorf("zero region %d: %w", r, err)
+		}
+	}
+	p := buf[:length]
 	if err := e.mapRun(ctx, mi.m, nbd.CmdRead, p, off, &rp); err != nil {
-		return 0, fmt.Errorf("read region %d from a replica: %w", r, err)
+		return 0, 0, fmt.Errorf("read region %d from a replica: %w", r, err)
 	}
 	if rp.noReplica {
-		return 0, fmt.Errorf("region %d: %w", r, ErrNoReplica)
+		return 0, 0, fmt.Errorf("region %d: %w", r, ErrNoReplica)
 	}
 	if err := e.mapRun(ctx, mi.m, nbd.CmdWrite, p, off, &onlyPicker{member: m}); err != nil {
-		return 0, fmt.Errorf("write region %d: %w", r, err)
+		return 0, 0, fmt.Errorf("write region %d: %w", r, err)
 	}
-	return length, nil
+	return length, 0, nil
+}
+
+// zeroOnSource reports whether [off, off+length) of mirror mi reads as
+// zeroes on the replicas rp picks, by their block status (one request
+// per piece, whose answer must cover it). Any doubt says no: the range is
+// then copied.
+func (e *Engine) zeroOnSource(ctx context.Context, mi *mirrorInfo, off, length int64, rp *readPicker) bool {
+	exts := mi.m.Map(nil, off, length, 0, rp)
+	if rp.noReplica {
+		rp.noReplica = false
+		return false
+	}
+	var descs [8]nbd.Extent
+	for _, x := range exts {
+		ds, err := node.BlockStatus(ctx, e.members[x.Member].node, x.Offset, x.Length, descs[:0])
+		if err != nil {
+			return false
+		}
+		var covered int64
+		for _, d := range ds {
+			if d.Flags&nbd.StateZero == 0 {
+				return false
+			}
+			covered += d.Length
+		}
+		if covered < x.Length {
+			return false
+		}
+	}
+	return true
+}
+
+// mapZero maps [off, off+length) of node l with picker p and writes
+// zeroes to each piece (ENOTSUP where a node does not take WRITE_ZEROES).
+func (e *Engine) mapZero(ctx context.Context, l layout.Layout, off, length int64, pk layout.Picker) error {
+	for _, x := range l.Map(nil, off, length, 0, pk) {
+		m := e.members[x.Member]
+		if m.node.Flags()&nbd.FlagSendWriteZero == 0 {
+			return fmt.Errorf("member %d (%v): %w: no WRITE_ZEROES", x.Member, m.node, nbd.ENOTSUP)
+		}
+		if err := m.node.WriteZeroes(ctx, x.Offset, x.Length, 0); err != nil {
+			return fmt.Errorf("member %d (%v): %w", x.Member, m.node, err)
+		}
+		m.written.Store(true)
+	}
+	return nil
 }
 
 // mapRun maps [off, off+len(p)) of node l with picker p and runs the pieces
