@@ -79,7 +79,8 @@ func (r *runner) fault(ctx context.Context, f Fault) {
 	if f.Kind == "replace" && member >= 0 && err == nil {
 		// Blank media must be noticed and copied whole: until the engine
 		// has, "in sync" would be the old state.
-		if err := r.waitNoticed(ctx, member, before.Members[member].ResyncedBytes); err != nil && ctx.Err() == nil {
+		bm := before.Members[member]
+		if err := r.waitNoticed(ctx, member, bm.ResyncedBytes+bm.ResyncZeroedBytes); err != nil && ctx.Err() == nil {
 			r.fail(-1, "fault", fmt.Sprintf("the engine did not notice %v", f), []string{err.Error()})
 		}
 	}
@@ -114,7 +115,8 @@ func (r *runner) fault(ctx context.Context, f Fault) {
 const noticeWithin = 30 * time.Second
 
 // waitNoticed polls the engine until member leaves the in-sync state or
-// has resynced bytes beyond resynced (the copy may be over already).
+// has resynced or zeroed bytes beyond resynced (the copy may be over
+// already).
 func (r *runner) waitNoticed(ctx context.Context, member int, resynced int64) error {
 	ctx, cancel := context.WithTimeout(ctx, noticeWithin)
 	defer cancel()
@@ -124,7 +126,7 @@ func (r *runner) waitNoticed(ctx context.Context, member int, resynced int64) er
 		st, err := r.c.Engine().Status(ctx)
 		if err == nil && member < len(st.Members) {
 			m := st.Members[member]
-			if m.State != "in-sync" || m.ResyncedBytes > resynced {
+			if m.State != "in-sync" || m.ResyncedBytes+m.ResyncZeroedBytes > resynced {
 				return nil
 			}
 		}

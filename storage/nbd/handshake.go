@@ -165,7 +165,12 @@ func (s *session) reply(opt Option, typ ReplyType, data []byte) error {
 	be.PutUint32(b[8:], uint32(opt))
 	be.PutUint32(b[12:], uint32(typ))
 	be.PutUint32(b[16:], uint32(len(data)))
-	bufs := net.Buffers{b, data}
+	// No empty buffer: on a synchronous connection (net.Pipe) an empty
+	// write waits for a read the peer never makes.
+	bufs := net.Buffers{b}
+	if len(data) > 0 {
+		bufs = append(bufs, data)
+	}
 	if _, err := bufs.WriteTo(s.conn); err != nil {
 		return fmt.Errorf("reply to option %v: %w", opt, err)
 	}

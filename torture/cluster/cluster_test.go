@@ -156,12 +156,12 @@ func TestClusterFaults(t *testing.T) {
 	requireConverged(t, ctx, c)
 	w.verify(t, ctx, "after the kill of a")
 
-	t.Log("new media for b: copied whole")
-	resyncedBefore := st.Members[1].ResyncedBytes
+	t.Log("new media for b: copied whole (data copied, holes zeroed)")
+	resyncedBefore := st.Members[1].ResyncedBytes + st.Members[1].ResyncZeroedBytes
 	require.NoError(t, b.ReplaceMedia(ctx))
 	require.Eventually(t, func() bool {
 		st, err := eng.Status(ctx)
-		return err == nil && InSync(st) && st.Members[1].ResyncedBytes >= resyncedBefore+mirrorSize
+		return err == nil && InSync(st) && st.Members[1].ResyncedBytes+st.Members[1].ResyncZeroedBytes >= resyncedBefore+mirrorSize
 	}, 30*time.Second, 50*time.Millisecond, "member 1 copied whole")
 	requireConverged(t, ctx, c)
 	w.verify(t, ctx, "after new media for b")
