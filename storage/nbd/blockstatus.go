@@ -59,6 +59,20 @@ type BlockStatusBackend interface {
 	BlockStatus(ctx context.Context, off, length int64, dst []Extent) ([]Extent, error)
 }
 
+// EncodeMetaQuery encodes the payload of NBD_OPT_LIST_META_CONTEXT and
+// NBD_OPT_SET_META_CONTEXT: the export name and the queries, each with
+// its 32-bit length.
+func EncodeMetaQuery(export string, queries ...string) []byte {
+	b := be.AppendUint32(nil, uint32(len(export)))
+	b = append(b, export...)
+	b = be.AppendUint32(b, uint32(len(queries)))
+	for _, q := range queries {
+		b = be.AppendUint32(b, uint32(len(q)))
+		b = append(b, q...)
+	}
+	return b
+}
+
 // metaQuery is a parsed NBD_OPT_LIST/SET_META_CONTEXT payload.
 type metaQuery struct {
 	export  string

@@ -38,17 +38,6 @@ func (b *sparseBackend) BlockStatus(_ context.Context, off, length int64, dst []
 	return dst, nil
 }
 
-func metaData(export string, queries ...string) []byte {
-	b := be.AppendUint32(nil, uint32(len(export)))
-	b = append(b, export...)
-	b = be.AppendUint32(b, uint32(len(queries)))
-	for _, q := range queries {
-		b = be.AppendUint32(b, uint32(len(q)))
-		b = append(b, q...)
-	}
-	return b
-}
-
 // metaReplies sends a meta context option and returns the contexts it
 // named (id and name) and the final reply type.
 func (r *raw) metaReplies(opt Option, data []byte) (map[string]uint32, ReplyType) {
@@ -85,6 +74,20 @@ func (r *raw) blockStatusReply() (typ uint16, flags uint16, ctxID uint32, exts [
 	return typ, flags, ctxID, exts, errno
 }
 
+// dialAllocation negotiates structured replies and base:allocation on
+// export "sparse", then goes to export.
+func dialAllocation(t *testing.T, addr, export string) *raw {
+	r := dialRaw(t, addr, ClientFixedNewstyle|ClientNoZeroes)
+	r.option(OptStructuredReply, nil)
+	typ, _ := r.reply(OptStructuredReply)
+	require.Equal(t, RepAck, typ)
+	_, typ = r.metaReplies(OptSetMetaContext, EncodeMetaQuery("sparse", BaseAllocation))
+	require.Equal(t, RepAck, typ)
+	_, typ = r.goExport(OptGo, export)
+	require.Equal(t, RepAck, typ)
+	return r
+}
+
 func startSparse(t *testing.T, size int, runs ...int64) string {
 	b := &sparseBackend{Memory: node.NewMemory(size), runs: runs}
 	_, addr := startServer(t, ServerOptions{Exports: []*Export{
@@ -101,37 +104,38 @@ func TestMetaContextNegotiation(t *testing.T) {
 	addr := startSparse(t, 1<<20, 1<<20)
 	r := dialRaw(t, addr, ClientFixedNewstyle|ClientNoZeroes)
 
-	got, typ := r.metaReplies(OptListMetaContext, metaData("sparse"))
+	got, typ := r.metaReplies(OptListMetaContext, EncodeMetaQuery("sparse"))
 	require.Equal(t, RepAck, typ)
 	require.Equal(t, map[string]uint32{BaseAllocation: 0}, got, "an empty query list lists everything")
-	got, _ = r.metaReplies(OptListMetaContext, metaData("sparse", "base:"))
+	got, _ = r.metaReplies(OptListMetaContext, EncodeMetaQuery("sparse", "base:"))
 	require.Contains(t, got, BaseAllocation, "a namespace lists its contexts")
-	got, typ = r.metaReplies(OptListMetaContext, metaData("sparse", "qemu:dirty-bitmap:x", "x-other:thing"))
+	got, typ = r.metaReplies(OptListMetaContext, EncodeMetaQuery("sparse", "qemu:dirty-bitmap:x", "x-other:thing"))
 	require.Equal(t, RepAck, typ)
 	require.Empty(t, got, "unknown contexts are not listed")
 
-	_, typ = r.metaReplies(OptSetMetaContext, metaData("sparse", BaseAllocation))
+	_, typ = r.metaReplies(OptSetMetaContext, EncodeMetaQuery("sparse", BaseAllocation))
 	require.Equal(t, RepErrInvalid, typ, "SET without structured replies")
-	_, typ = r.metaReplies(OptListMetaContext, metaData("nope", BaseAllocation))
+	_, typ = r.metaReplies(OptListMetaContext, EncodeMetaQuery("nope", BaseAllocation))
 	require.Equal(t, RepErrUnknown, typ, "unknown export")
 	_, typ = r.metaReplies(OptListMetaContext, []byte{0, 0, 0, 9, 'x'})
 	require.Equal(t, RepErrInvalid, typ, "truncated payload")
-	_, typ = r.metaReplies(OptListMetaContext, metaData("sparse", "nonamespace"))
+	_, typ = r.metaReplies(OptListMetaContext, EncodeMetaQuery("sparse", "nonamespace"))
 	require.Equal(t, RepErrInvalid, typ, "a query without a namespace")
-	_, typ = r.metaReplies(OptListMetaContext, append(metaData("sparse"), 0))
+	_, typ = r.metaReplies(OptListMetaContext, append(EncodeMetaQuery("sparse"), 0))
 	require.Equal(t, RepErrInvalid, typ, "trailing bytes")
 
 	r.option(OptStructuredReply, nil)
 	typ, _ = r.reply(OptStructuredReply)
 	require.Equal(t, RepAck, typ)
-	got, typ = r.metaReplies(OptSetMetaContext, metaData("sparse", "base:", BaseAllocation))
+	got, typ = r.metaReplies(OptSetMetaContext, EncodeMetaQuery("sparse", "base:", BaseAllocation))
 	require.Equal(t, RepAck, typ)
 	require.Len(t, got, 1)
 	require.NotZero(t, got[BaseAllocation], "SET gives the context an id")
 	id := got[BaseAllocation]
 
-	_, typ = r.goExport(OptGo, "sparse")
+	info, typ := r.goExport(OptGo, "sparse")
 	require.Equal(t, RepAck, typ)
+	require.NotZero(t, TransmissionFlags(be.Uint16(info[InfoExport][8:]))&FlagSendDF, "DF with structured replies")
 	r.request(CmdBlockStatus, 0, 1, 0, 1<<20, nil)
 	ctype, cflags, cid, exts, _ := r.blockStatusReply()
 	require.Equal(t, ChunkBlockStatus, ctype)
@@ -144,21 +148,16 @@ func TestMetaContextNegotiation(t *testing.T) {
 // status unavailable there (EINVAL), as without structured replies.
 func TestBlockStatusNeedsTheContext(t *testing.T) {
 	addr := startSparse(t, 1<<20, 1<<20)
-	r := dialRaw(t, addr, ClientFixedNewstyle|ClientNoZeroes)
-	r.option(OptStructuredReply, nil)
-	r.reply(OptStructuredReply)
-	_, typ := r.metaReplies(OptSetMetaContext, metaData("sparse", BaseAllocation))
-	require.Equal(t, RepAck, typ)
-	_, typ = r.goExport(OptGo, "plain")
-	require.Equal(t, RepAck, typ)
+	r := dialAllocation(t, addr, "plain")
 	r.request(CmdBlockStatus, 0, 7, 0, 4096, nil)
 	ctype, _, _, _, errno := r.blockStatusReply()
 	require.Equal(t, ChunkError, ctype)
 	require.Equal(t, EINVAL, errno)
 
 	plain := dialRaw(t, addr, ClientFixedNewstyle|ClientNoZeroes)
-	_, typ = plain.goExport(OptGo, "sparse")
+	info, typ := plain.goExport(OptGo, "sparse")
 	require.Equal(t, RepAck, typ)
+	require.Zero(t, TransmissionFlags(be.Uint16(info[InfoExport][8:]))&FlagSendDF, "no DF without structured replies")
 	plain.request(CmdBlockStatus, 0, 8, 0, 4096, nil)
 	errno, cookie := plain.simpleReply()
 	require.Equal(t, EINVAL, errno, "no structured replies: no block status")
@@ -201,13 +200,7 @@ func TestBlockStatusDescriptors(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			addr := startSparse(t, c.size, c.runs...)
-			r := dialRaw(t, addr, ClientFixedNewstyle|ClientNoZeroes)
-			r.option(OptStructuredReply, nil)
-			r.reply(OptStructuredReply)
-			_, typ := r.metaReplies(OptSetMetaContext, metaData("sparse", BaseAllocation))
-			require.Equal(t, RepAck, typ)
-			_, typ = r.goExport(OptGo, "sparse")
-			require.Equal(t, RepAck, typ)
+			r := dialAllocation(t, addr, "sparse")
 			r.request(CmdBlockStatus, c.flags, 3, c.off, c.length, nil)
 			ctype, _, _, exts, errno := r.blockStatusReply()
 			if c.wantErrn != 0 {

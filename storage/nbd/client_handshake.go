@@ -121,12 +121,7 @@ func (h *clientHandshake) blockStatus(export string) (structured, alloc bool, id
 	if typ != RepAck {
 		return false, false, 0, fmt.Errorf("%w: STRUCTURED_REPLY answered with %v", ErrProtocol, typ)
 	}
-	q := be.AppendUint32(nil, uint32(len(export)))
-	q = append(q, export...)
-	q = be.AppendUint32(q, 1)
-	q = be.AppendUint32(q, uint32(len(BaseAllocation)))
-	q = append(q, BaseAllocation...)
-	if err := h.send(OptSetMetaContext, q); err != nil {
+	if err := h.send(OptSetMetaContext, EncodeMetaQuery(export, BaseAllocation)); err != nil {
 		return true, false, 0, err
 	}
 	for {

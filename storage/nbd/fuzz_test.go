@@ -102,21 +102,9 @@ func clientPrologue(structured bool) []byte {
 	}
 	if structured {
 		opt(OptStructuredReply, nil)
-		opt(OptSetMetaContext, metaQueryBytes("a", BaseAllocation))
+		opt(OptSetMetaContext, EncodeMetaQuery("a", BaseAllocation))
 	}
 	opt(OptGo, []byte{0, 0, 0, 1, 'a', 0, 1, 0, 3})
-	return b
-}
-
-// metaQueryBytes encodes a LIST/SET_META_CONTEXT payload.
-func metaQueryBytes(export string, queries ...string) []byte {
-	b := be.AppendUint32(nil, uint32(len(export)))
-	b = append(b, export...)
-	b = be.AppendUint32(b, uint32(len(queries)))
-	for _, q := range queries {
-		b = be.AppendUint32(b, uint32(len(q)))
-		b = append(b, q...)
-	}
 	return b
 }
 
@@ -124,15 +112,15 @@ func metaQueryBytes(export string, queries ...string) []byte {
 // can re-encode byte for byte and refuses the rest, without panicking or
 // allocating from an unchecked count.
 func FuzzParseMetaQuery(f *testing.F) {
-	f.Add(metaQueryBytes("a", BaseAllocation))
-	f.Add(metaQueryBytes("", "base:", "qemu:dirty-bitmap:x"))
+	f.Add(EncodeMetaQuery("a", BaseAllocation))
+	f.Add(EncodeMetaQuery("", "base:", "qemu:dirty-bitmap:x"))
 	f.Add([]byte{0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		q, err := parseMetaQuery(data)
 		if err != nil {
 			return
 		}
-		if got := metaQueryBytes(q.export, q.queries...); string(got) != string(data) {
+		if got := EncodeMetaQuery(q.export, q.queries...); string(got) != string(data) {
 			t.Fatalf("parsed %+v from %x, which encodes as %x", q, data, got)
 		}
 	})
@@ -197,25 +185,34 @@ func FuzzClient(f *testing.F) {
 	f.Add(append(append([]byte{}, good...), reply...))
 	f.Add(info([]byte{0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0}))
 	f.Fuzz(func(t *testing.T, input []byte) {
-		sc, cc := net.Pipe()
-		defer sc.Close()
-		go func() {
-			_, _ = sc.Write(greeting)
-			go func() { _, _ = io.Copy(io.Discard, sc) }()
-			_, _ = sc.Write(input)
-			sc.Close()
-		}()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		c, err := NewClient(ctx, cc, ClientOptions{MaxInFlight: 2})
-		if err != nil {
-			cc.Close()
-			return
-		}
-		_ = c.ReadAt(ctx, make([]byte, 512), 0)
-		_ = c.Flush(ctx)
-		c.Close()
+		fuzzClient(greeting, input, ClientOptions{MaxInFlight: 2}, func(ctx context.Context, c *Client) {
+			_ = c.ReadAt(ctx, make([]byte, 512), 0)
+			_ = c.Flush(ctx)
+		})
 	})
+}
+
+// fuzzClient plays a server that sends greeting and then input (reading
+// and dropping whatever the client sends), and runs use on a client that
+// got through the handshake.
+func fuzzClient(greeting, input []byte, opts ClientOptions, use func(context.Context, *Client)) {
+	sc, cc := net.Pipe()
+	defer sc.Close()
+	go func() {
+		_, _ = sc.Write(greeting)
+		go func() { _, _ = io.Copy(io.Discard, sc) }()
+		_, _ = sc.Write(input)
+		sc.Close()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := NewClient(ctx, cc, opts)
+	if err != nil {
+		cc.Close()
+		return
+	}
+	use(ctx, c)
+	c.Close()
 }
 
 // FuzzClientStructured is FuzzClient on a connection that negotiated
@@ -255,30 +252,16 @@ func FuzzClientStructured(f *testing.F) {
 	f.Add(chunk(ChunkFlagDone, 77, 0, []byte{1, 2, 3}))
 	f.Add(chunk(ChunkFlagDone, ChunkBlockStatus, 0, []byte{0, 0, 0, 1, 0, 0, 2, 0, 0, 0, 0, 3}))
 	f.Fuzz(func(t *testing.T, input []byte) {
-		sc, cc := net.Pipe()
-		defer sc.Close()
-		go func() {
-			_, _ = sc.Write(greeting)
-			go func() { _, _ = io.Copy(io.Discard, sc) }()
-			_, _ = sc.Write(input)
-			sc.Close()
-		}()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		c, err := NewClient(ctx, cc, ClientOptions{MaxInFlight: 2, BlockStatus: true})
-		if err != nil {
-			cc.Close()
-			return
-		}
-		buf := make([]byte, 512, 1024)
-		_ = c.ReadAt(ctx, buf, 0)
-		if tail := buf[512:1024]; !bytes.Equal(tail, make([]byte, 512)) {
-			t.Fatalf("the client wrote past the read buffer")
-		}
-		exts, _ := c.BlockStatus(ctx, 0, 1<<20, make([]Extent, 0, 4))
-		if len(exts) > 4 {
-			t.Fatalf("%d descriptors in room for 4", len(exts))
-		}
-		c.Close()
+		fuzzClient(greeting, input, ClientOptions{MaxInFlight: 2, BlockStatus: true}, func(ctx context.Context, c *Client) {
+			buf := make([]byte, 512, 1024)
+			_ = c.ReadAt(ctx, buf, 0)
+			if tail := buf[512:1024]; !bytes.Equal(tail, make([]byte, 512)) {
+				t.Fatalf("the client wrote past the read buffer")
+			}
+			exts, _ := c.BlockStatus(ctx, 0, 1<<20, make([]Extent, 0, 4))
+			if len(exts) > 4 {
+				t.Fatalf("%d descriptors in room for 4", len(exts))
+			}
+		})
 	})
 }

@@ -318,7 +318,13 @@ func (s *session) infoGo(opt Option, data []byte) (*negotiation, error) {
 	info := make([]byte, 0, 64+len(e.Name)+len(e.Description))
 	info = be.AppendUint16(info, uint16(InfoExport))
 	info = be.AppendUint64(info, uint64(e.Size))
-	info = be.AppendUint16(info, uint16(s.srv.flagsFor(e, access)))
+	flags := s.srv.flagsFor(e, access)
+	if s.structured {
+		// A read is answered in one chunk, so DF (do not fragment) is
+		// always honoured.
+		flags |= FlagSendDF
+	}
+	info = be.AppendUint16(info, uint16(flags))
 	if err := s.reply(opt, RepInfo, info); err != nil {
 		return nil, err
 	}
