@@ -28,45 +28,38 @@ func (f *File) BlockStatus(ctx context.Context, off, length int64, dst []nbd.Ext
 	if f.block {
 		return append(dst, nbd.Extent{Length: length}), nil
 	}
-	add := func(to int64, flags uint32) {
-		if to > off {
-			dst = append(dst, nbd.Extent{Length: to - off, Flags: flags})
-			off = to
-		}
-	}
 	const hole = nbd.StateHole | nbd.StateZero
-	err := f.control(func(fd int) error {
-		for off < end && len(dst) < cap(dst) {
-			data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-			switch {
-			case errors.Is(err, unix.ENXIO): // no data at or after off
-				add(end, hole)
-				return nil
-			case err != nil:
-				return err
-			}
-			if data > off {
-				add(min(data, end), hole)
-				continue
-			}
-			h, err := unix.Seek(fd, off, unix.SEEK_HOLE)
-			if err != nil {
-				return err
-			}
-			add(min(max(h, off+1), end), 0)
+	// os.File.Seek passes SEEK_DATA and SEEK_HOLE on to lseek (the file
+	// offset it moves is unused: I/O is positioned).
+	for off < end && len(dst) < cap(dst) {
+		data, err := f.f.Seek(off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) { // no data at or after off
+			dst = append(dst, nbd.Extent{Length: end - off, Flags: hole})
+			off = end
+			break
 		}
-		return nil
-	})
-	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
-		// No hole reporting here: what is left counts as data.
-		add(end, 0)
-		return dst, nil
+		if err == nil && data > off {
+			to := min(data, end)
+			dst = append(dst, nbd.Extent{Length: to - off, Flags: hole})
+			off = to
+			continue
+		}
+		var h int64
+		if err == nil {
+			h, err = f.f.Seek(off, unix.SEEK_HOLE)
+		}
+		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
+			break // no hole reporting here: what is left counts as data
+		}
+		if err != nil {
+			return dst, f.opErr("block status", off, end-off, err)
+		}
+		to := min(max(h, off+1), end)
+		dst = append(dst, nbd.Extent{Length: to - off})
+		off = to
 	}
-	if err != nil {
-		return dst, f.opErr("block status", off, end-off, err)
-	}
-	if len(dst) == start {
-		add(end, 0)
+	if len(dst) == start || (off < end && len(dst) < cap(dst)) {
+		dst = append(dst, nbd.Extent{Length: end - off})
 	}
 	return dst, nil
 }
