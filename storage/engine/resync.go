@@ -75,7 +75,7 @@ func (e *Engine) Rejoin(ctx context.Context, i int, full bool, limit *rate.Limit
 		return fmt.Errorf("engine: member %d: %w", i, err)
 	}
 	m.log.Info("member rejoining; resync started", "was", d.From, "full", d.CopyWhole)
-	start := time.Now()
+	start, zeroed := time.Now(), m.resyncZeroedBytes.Load()
 	copied, err := e.resync(ctx, m, limit)
 	if err != nil {
 		e.resyncDone(ctx, m, err)
@@ -86,7 +86,7 @@ func (e *Engine) Rejoin(ctx context.Context, i int, full bool, limit *rate.Limit
 		// since skipped it, and what it holds is not the storage's.
 		return fmt.Errorf("engine: member %d left service (%v) during its resync after %d bytes", i, d.From, copied)
 	}
-	m.log.Info("member in sync", "copied_bytes", copied, "took", time.Since(start))
+	m.log.Info("member in sync", "copied_bytes", copied, "zeroed_bytes", m.resyncZeroedBytes.Load()-zeroed, "took", time.Since(start))
 	if err := e.recordChange(ctx); err != nil {
 		return fmt.Errorf("engine: record member %d in sync: %w", i, err)
 	}

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"errors"
 
@@ -76,4 +77,58 @@ func (f *Faulty) BlockStatus(ctx context.Context, off, length int64, dst []nbd.E
 		}
 	}
 	return dst, err
+}
+
+// zeroBlock is a block of zeroes to compare memory with.
+var zeroBlock [VolatileUnit]byte
+
+// BlockStatus reports, in 4 KiB blocks, the runs of zero bytes as reading
+// zeroes (StateZero; memory has no holes) and the rest as data.
+func (m *Memory) BlockStatus(_ context.Context, off, length int64, dst []nbd.Extent) ([]nbd.Extent, error) {
+	if err := m.failure(); err != nil {
+		return dst, err
+	}
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	end, start := off+length, len(dst)
+	for off < end {
+		to := min((off/VolatileUnit+1)*VolatileUnit, end)
+		var flags uint32
+		if bytes.Equal(m.data[off:to], zeroBlock[:to-off]) {
+			flags = nbd.StateZero
+		}
+		switch n := len(dst); {
+		case n > start && dst[n-1].Flags == flags:
+			dst[n-1].Length += to - off
+		case n == cap(dst) && n > start:
+			return dst, nil
+		default:
+			dst = append(dst, nbd.Extent{Length: to - off, Flags: flags})
+		}
+		off = to
+	}
+	return dst, nil
+}
+
+// BlockStatus passes on the answer of the node below, except that a range
+// holding writes still in the cache is data (they are not below yet).
+func (v *Volatile) BlockStatus(ctx context.Context, off, length int64, dst []nbd.Extent) ([]nbd.Extent, error) {
+	start := len(dst)
+	dst, err := BlockStatus(ctx, v.under, off, length, dst)
+	if err != nil {
+		return dst, err
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	at := off
+	for i := start; i < len(dst); i++ {
+		d := &dst[i]
+		for u := at / VolatileUnit; d.Flags != 0 && u <= (at+d.Length-1)/VolatileUnit; u++ {
+			if _, ok := v.cache[u]; ok {
+				d.Flags = 0 // cached writes: data, whatever is below
+			}
+		}
+		at += d.Length
+	}
+	return dst, nil
 }

@@ -44,10 +44,25 @@ func TestFileBlockStatus(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, []nbd.Extent{ext(k64, hole), ext(2*k64, 0)}, got, "as many as dst has room for")
 
-	mem := node.NewMemory(4096)
-	got, err = node.BlockStatus(ctx, mem, 512, 1024, nil)
+	blind := struct{ node.Node }{node.NewMemory(4096)} // no BlockStatus method
+	got, err = node.BlockStatus(ctx, blind, 512, 1024, nil)
 	require.NoError(t, err)
 	require.Equal(t, []nbd.Extent{{Length: 1024}}, got, "a node that cannot tell reports data")
+
+	// Memory reports zero runs by 4 KiB block; a volatile cache in front
+	// reports data where it holds writes.
+	mem := node.NewMemory(16 << 10)
+	require.NoError(t, mem.WriteAt(ctx, []byte{1}, 5000, 0))
+	got, err = mem.BlockStatus(ctx, 100, 16<<10-100, make([]nbd.Extent, 0, 8))
+	require.NoError(t, err)
+	require.Equal(t, []nbd.Extent{ext(4096-100, nbd.StateZero), ext(4096, 0), ext(8192, nbd.StateZero)}, got)
+	vol, err := node.NewVolatile(mem, node.VolatileOptions{})
+	require.NoError(t, err)
+	require.NoError(t, vol.WriteAt(ctx, make([]byte, 10), 12<<10, 0)) // zeroes, but cached
+	got, err = vol.BlockStatus(ctx, 0, 16<<10, make([]nbd.Extent, 0, 8))
+	require.NoError(t, err)
+	require.Equal(t, []nbd.Extent{ext(4096, nbd.StateZero), ext(4096, 0), ext(8192, 0)}, got,
+		"a run holding a cached write is data, all of it (conservative)")
 }
 
 func ext(length int64, flags uint32) nbd.Extent { return nbd.Extent{Length: length, Flags: flags} }

@@ -93,6 +93,11 @@ type simNode struct {
 	boot   int // the machine's boots (its boot id)
 	starts int // the process's starts (seeds each cache)
 	up     bool
+	// powerCut: its machine lost power and the engine has not yet been
+	// seen to take it out of service for that (it does at the reconnect
+	// if the member held unflushed writes): until then it may leave at
+	// any moment, so it does not count as a replica standing in.
+	powerCut bool
 }
 
 // link is the wire between the engine and one node: net.Pipe pairs whose
@@ -444,6 +449,7 @@ func (s *sim) stopNode(i int, power bool) error {
 		return n.vol.Crash(ctx)
 	}
 	n.boot++
+	n.powerCut = true
 	s.powerLost = true
 	kept, lost, err := n.vol.PowerCut(ctx, s.rng.IntN(101))
 	s.logf("power cut %d: %d units kept, %d lost", i, kept, lost)
@@ -564,7 +570,14 @@ func (s *sim) healAll() {
 // reachable: its node up and its link up.
 func (s *sim) servable(i int) bool {
 	m := s.st.Engine().Status()[i]
-	return s.nodes[i].up && s.links[i].isUp() && m.State == engine.InSync.String() && m.DirtyRegions == 0
+	n := s.nodes[i]
+	if n.powerCut {
+		if m.State != engine.InSync.String() {
+			n.powerCut = false // noticed: in sync again means copied back
+		}
+		return false
+	}
+	return n.up && s.links[i].isUp() && m.State == engine.InSync.String() && m.DirtyRegions == 0
 }
 
 // othersServable reports whether some member other than i is servable.
@@ -611,6 +624,9 @@ func (s *sim) settle(ctx context.Context) error {
 		return s.fail("flush at settle: %v", err)
 	}
 	s.flushed()
+	for _, n := range s.nodes {
+		n.powerCut = false // all in sync and flushed: nothing left to lose
+	}
 	if int64(len(s.all)) != e.Size() {
 		s.all, s.replica = make([]byte, e.Size()), make([]byte, e.Size())
 	}
