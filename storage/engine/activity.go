@@ -410,7 +410,7 @@ func (e *Engine) flushMirror(ctx context.Context, mi *mirrorInfo) error {
 			continue
 		}
 		m := ms[i]
-		if ctx.Err() == nil && e.leave(ctx, m, membership.FlushFailed, err).Out {
+		if ctx.Err() == nil && e.leave(ctx, m, membership.FlushFailed, err).Out() {
 			continue
 		}
 		return fmt.Errorf("FLUSH of member %d (%v) before clearing: %w", m.index, m.node, err)

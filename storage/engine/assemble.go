@@ -379,7 +379,7 @@ func (s *Storage) checkBoot(ctx context.Context, i int, boot string) error {
 	// monitor never rejoins it with a partial copy: the regions active
 	// now (or, for a member out of service, active when it left), or
 	// everything without an activity log (membership rule 5).
-	if !s.e.leave(ctx, m, membership.Rebooted, err).Out {
+	if !s.e.leave(ctx, m, membership.Rebooted, err).Out() {
 		m.log.Error("member's machine restarted; writes to it that were not flushed may be lost and no replica can restore them", "err", err)
 		return nil
 	}

@@ -26,9 +26,14 @@ func (e *Engine) BlockStatus(ctx context.Context, off, length int64, dst []nbd.E
 	if off < 0 || length <= 0 || off+length > e.Size() {
 		return dst, fmt.Errorf("engine: BLOCK_STATUS offset %d length %d of %d bytes: %w", off, length, e.Size(), nbd.EINVAL)
 	}
-	rp := readPicker{e: e, excluded: make([]bool, len(e.members))}
-	exts := e.root.Map(nil, off, length, 0, &rp)
-	if rp.noReplica {
+	r, err := e.get(ctx) // a request slot: its picker and extents, no allocation
+	if err != nil {
+		return dst, err
+	}
+	defer e.put(r)
+	exts := e.root.Map(r.extBuf[:0], off, length, 0, &r.rp)
+	r.exts = exts
+	if r.rp.noReplica {
 		return dst, fmt.Errorf("engine: BLOCK_STATUS offset %d length %d: %w", off, length, ErrNoReplica)
 	}
 	slices.SortFunc(exts, func(a, b layout.Extent) int { return cmp.Compare(a.BufOffset, b.BufOffset) })

@@ -2,6 +2,7 @@ package engine
 
 import (
 	"bytes"
+	"context"
 	"os"
 	"strconv"
 	"testing"
@@ -72,26 +73,27 @@ func TestWholeCopySkipsHoles(t *testing.T) {
 		{Length: size - 2<<20 - 3*region, Flags: nbd.StateHole | nbd.StateZero}}, got)
 }
 
-// TestMeasureWholeCopy measures a whole copy of a replaced member of a
-// 4 GiB mirror holding 256 MiB of data (DST_MEASURE=1; it writes 256 MiB
-// to the temporary directory's file system).
-func TestMeasureWholeCopy(t *testing.T) {
-	if os.Getenv("DST_MEASURE") == "" {
-		t.Skip("DST_MEASURE=1 runs it")
-	}
+// BenchmarkWholeCopy measures a whole copy of a replaced member of a
+// 4 GiB mirror holding 256 MiB of data (4 MiB every 64 MiB; it writes
+// 256 MiB to the temporary directory's file system), with the bytes
+// copied and zeroed per copy.
+func BenchmarkWholeCopy(b *testing.B) {
 	const size, data = 4 << 30, 256 << 20
-	e, _, _ := fileMirror(t, size, DefaultRegionSize)
-	ctx := testkit.Context(t, 10*time.Minute)
+	e, _, _ := fileMirror(b, size, DefaultRegionSize)
+	ctx := context.Background()
 	p := bytes.Repeat([]byte{0x5a}, 4<<20)
 	for off := int64(0); off < data; off += int64(len(p)) {
-		// Spread over the device: 4 MiB every 64 MiB.
-		require.NoError(t, e.WriteAt(ctx, p, off*16, 0))
+		require.NoError(b, e.WriteAt(ctx, p, off*16, 0))
 	}
-	require.NoError(t, e.Flush(ctx))
-	require.NoError(t, e.Suspend(1))
-	start := time.Now()
-	require.NoError(t, e.Rejoin(ctx, 1, true, nil))
+	require.NoError(b, e.Flush(ctx))
+	before := e.Status()[1]
+	b.ResetTimer()
+	for b.Loop() {
+		require.NoError(b, e.Suspend(1))
+		require.NoError(b, e.Rejoin(ctx, 1, true, nil))
+	}
 	st := e.Status()[1]
-	t.Logf("whole copy of a %d GiB mirror member holding %d MiB: %v, %d MiB copied, %d MiB zeroed",
-		size>>30, data>>20, time.Since(start).Round(time.Millisecond), st.ResyncedBytes>>20, st.ResyncZeroedBytes>>20)
+	n := float64(b.N)
+	b.ReportMetric(float64(st.ResyncedBytes-before.ResyncedBytes)/n/(1<<20), "MiB-copied/op")
+	b.ReportMetric(float64(st.ResyncZeroedBytes-before.ResyncZeroedBytes)/n/(1<<20), "MiB-zeroed/op")
 }

@@ -14,7 +14,7 @@
 //     (recordChange, Storage.recordMembership). A member whose superblock
 //     cannot be written fails like a member whose write failed; a change
 //     that could not be recorded stays pending (changePending) and is
-//     recorded before any later FLUSH is acknowledged.
+//     recorded before any later write or FLUSH is acknowledged.
 //   - A replica is ready for a request (childReady) when every leaf under
 //     it passes the request's test (readable for reads) and none failed
 //     this request.
@@ -68,7 +68,7 @@ func (e *Engine) leave(ctx context.Context, m *member, cause membership.Cause, e
 // in-sync replica stands in for it, and reports whether m is out of
 // service (membership rule 1).
 func (e *Engine) failRedundant(ctx context.Context, m *member, err error) bool {
-	return e.leave(ctx, m, membership.PieceFailed, err).Out
+	return e.leave(ctx, m, membership.PieceFailed, err).Out()
 }
 
 // redundant reports whether another in-sync replica can stand in for m.
@@ -150,7 +150,7 @@ func (s *Storage) recordMembership(ctx context.Context) error {
 		if err == nil {
 			return nil
 		}
-		if bad < 0 || ctx.Err() != nil || !s.e.leave(ctx, s.e.members[bad], membership.RecordFailed, err).Out {
+		if bad < 0 || ctx.Err() != nil || !s.e.leave(ctx, s.e.members[bad], membership.RecordFailed, err).Out() {
 			return err
 		}
 		// leave recorded the membership without the member; if that

@@ -140,7 +140,7 @@ func (s *modelState) owners(off, n int64) []bool {
 // media take it out of service (a suspended member stays suspended) and
 // make a whole copy due.
 func (s *modelState) reconnected(i int) {
-	if s.wiped[i] && s.core.Fail(i, membership.MediaChanged, membership.Facts{}).Out {
+	if s.wiped[i] && s.core.Fail(i, membership.MediaChanged, membership.Facts{}).Out() {
 		s.written[i] = false
 	}
 	s.wiped[i] = false

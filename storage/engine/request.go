@@ -444,7 +444,7 @@ func (e *Engine) flush(ctx context.Context) error {
 		// as missed by it, in the bitmaps, so a restarted engine copies
 		// them too (fullResync lives in memory only).
 		m.written.Store(true)
-		if ctx.Err() == nil && e.leave(ctx, m, membership.FlushFailed, t.err).Out {
+		if ctx.Err() == nil && e.leave(ctx, m, membership.FlushFailed, t.err).Out() {
 			continue
 		}
 		if firstErr == nil {

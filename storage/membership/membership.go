@@ -152,8 +152,6 @@ type Decision struct {
 	Member int
 	// From and To are the member's state before and after.
 	From, To State
-	// Out: the member is out of service afterwards (Failed or Suspended).
-	Out bool
 	// MarkActive: mark the regions active now as missed by the member,
 	// before its new state is visible.
 	MarkActive bool
@@ -171,6 +169,10 @@ type Decision struct {
 	// Left: a resync finished after the member left service during it.
 	Left bool
 }
+
+// Out reports whether the member is out of service afterwards (Failed or
+// Suspended).
+func (d Decision) Out() bool { return d.To.out() }
 
 // Changed reports whether the decision changed the member's state.
 func (d Decision) Changed() bool { return d.From != d.To }
@@ -286,28 +288,28 @@ func (c *Core) allInSync(leaves []int) bool {
 
 func (c *Core) decision(event string, i int) Decision {
 	s := c.state[i]
-	return Decision{Event: event, Member: i, From: s, To: s, Out: s.out()}
+	return Decision{Event: event, Member: i, From: s, To: s}
 }
 
 func (c *Core) set(d *Decision, s State) {
-	c.state[d.Member], d.To, d.Out = s, s, s.out()
+	c.state[d.Member], d.To = s, s
 	d.Record = true
 }
 
 // Fail is the event "member i is to leave service for cause" (rules 1-5).
 func (c *Core) Fail(i int, cause Cause, f Facts) Decision {
 	d := c.decision(cause.String(), i)
-	if !d.Out && (cause.regardless() || c.Redundant(i)) {
+	if !d.Out() && (cause.regardless() || c.Redundant(i)) {
 		c.set(&d, Failed)
 		d.MarkActive = f.Unflushed
 	}
 	if cause == Rebooted {
 		d.MarkActive = true
 	}
-	if d.Out && (cause == FlushFailed || cause == MediaChanged || (cause == Rebooted && !f.Logged)) {
+	if d.Out() && (cause == FlushFailed || cause == MediaChanged || (cause == Rebooted && !f.Logged)) {
 		c.whole[i], d.Whole = true, true
 	}
-	d.Abort = cause == Stalled && d.Out
+	d.Abort = cause == Stalled && d.Out()
 	return d
 }
 
@@ -343,10 +345,10 @@ func (c *Core) Probed(i int) bool { return c.state[i] == Failed }
 // operator resumed it); full asks for a whole copy (rule 8).
 func (c *Core) Rejoin(i int, full bool) (Decision, error) {
 	d := c.decision("rejoin", i)
-	if !d.Out {
+	if !d.Out() {
 		return d, fmt.Errorf("%w: member %d is %v", ErrBusy, i, d.From)
 	}
-	c.state[i], d.To, d.Out = Resyncing, Resyncing, false
+	c.state[i], d.To = Resyncing, Resyncing
 	d.CopyWhole = full || c.whole[i]
 	c.whole[i], c.copyingWhole[i] = false, d.CopyWhole
 	if !d.CopyWhole {

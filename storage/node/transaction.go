@@ -83,14 +83,15 @@ func (r *Remote) BlockStatus(ctx context.Context, off, length int64, dst []nbd.E
 	if off < 0 || length <= 0 {
 		return dst, r.fail(nbd.CmdBlockStatus, off, length, nil, fmt.Errorf("%w: offset %d length %d", nbd.EINVAL, off, length))
 	}
+	gen := r.aborts.Load()
 	w, err := r.getWaiter(ctx)
 	if err != nil {
 		return dst, r.fail(nbd.CmdBlockStatus, off, length, nil, err)
 	}
 	defer r.putWaiter(w)
-	w.abortGen, w.id, w.startGen = r.aborts.Load(), r.ids.Add(1), r.m.connects.Load()
+	r.begin(w, gen)
 	w.op.Extents, w.extStart = dst, len(dst)
-	_, err = r.transact(ctx, w, nbd.CmdBlockStatus, 0, off, min(length, maxBlockStatusBytes), nil)
+	_, err = r.transact(ctx, w, nbd.CmdBlockStatus, 0, off, length, nil) // one command: at most maxCommandBytes
 	dst, w.op.Extents = w.op.Extents, nil
 	switch {
 	case errors.Is(err, nbd.ENOTSUP):
@@ -100,10 +101,6 @@ func (r *Remote) BlockStatus(ctx context.Context, off, length int64, dst []nbd.E
 	}
 	return dst, nil
 }
-
-// maxBlockStatusBytes bounds the range of one block status request (a
-// 32-bit length, kept aligned).
-const maxBlockStatusBytes = 1<<32 - 1<<20
 
 // Cache asks the peer to prefetch [off, off+length).
 func (r *Remote) Cache(ctx context.Context, off, length int64) error {
@@ -127,9 +124,7 @@ func (r *Remote) do(ctx context.Context, cmd nbd.Command, flags nbd.CmdFlags, of
 		return r.fail(cmd, off, length, nil, err)
 	}
 	defer r.putWaiter(w)
-	w.abortGen = gen
-	w.id = r.ids.Add(1)
-	w.startGen = r.m.connects.Load()
+	r.begin(w, gen)
 	if cmd.IsWrite() && !r.noRanges {
 		slot, err := r.ranges.Acquire(ctx, r.stopped, w.wake, off, off+length)
 		if errors.Is(err, rangelock.ErrStopped) {
@@ -158,6 +153,12 @@ func (r *Remote) do(ctx context.Context, cmd nbd.Command, flags nbd.CmdFlags, of
 		r.m.bytes.Add(uint64(length))
 	}
 	return nil
+}
+
+// begin starts a transaction on w: its id, and the Aborts (abortGen, read
+// before the waiter was taken) and connections it began under.
+func (r *Remote) begin(w *waiter, abortGen uint64) {
+	w.abortGen, w.id, w.startGen = abortGen, r.ids.Add(1), r.m.connects.Load()
 }
 
 func (r *Remote) getWaiter(ctx context.Context) (*waiter, error) {
