@@ -265,7 +265,8 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 		}
 	}
 	for i := range as.Members {
-		if e.members[i].State() == Failed && !e.redundant(e.members[i]) && len(e.members[i].ancestors) == 0 {
+		// A member under no mirror has no replica to stand in for it.
+		if e.members[i].State() == Failed && len(e.members[i].ancestors) == 0 {
 			return fmt.Errorf("engine: member %d (%v) is needed and not usable: %s", i, e.members[i].node, as.Members[i].Reason)
 		}
 	}

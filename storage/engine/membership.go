@@ -71,13 +71,6 @@ func (e *Engine) failRedundant(ctx context.Context, m *member, err error) bool {
 	return e.leave(ctx, m, membership.PieceFailed, err).Out()
 }
 
-// redundant reports whether another in-sync replica can stand in for m.
-func (e *Engine) redundant(m *member) bool {
-	e.failMu.Lock()
-	defer e.failMu.Unlock()
-	return e.core.Redundant(m.index)
-}
-
 // probed reports whether the monitor probes m (membership rule 7).
 func (e *Engine) probed(m *member) bool {
 	e.failMu.Lock()

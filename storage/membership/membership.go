@@ -252,9 +252,6 @@ func (c *Core) State(i int) State { return c.state[i] }
 // WholeDue reports whether member i is to be copied whole on return.
 func (c *Core) WholeDue(i int) bool { return c.whole[i] }
 
-// Mirrored reports whether member i is under a mirror.
-func (c *Core) Mirrored(i int) bool { return len(c.ancestors[i]) > 0 }
-
 // Pending reports whether a change of membership is not yet recorded on
 // every member in service (rule 6).
 func (c *Core) Pending() bool { return c.pending }
