@@ -84,7 +84,8 @@ func (r *runner) waitReconnect(ctx context.Context, name string, before uint64) 
 }
 
 // applyMediaFault injects f's media fault on its node for the downtime,
-// then heals the media.
+// then heals the media. Called with quiet held; it lets go of quiet while
+// a silent fault (bit-flip, lost-write) is armed.
 func (r *runner) applyMediaFault(ctx context.Context, f Fault, n *cluster.Node, wait func() error) error {
 	off, size, ok := r.c.DataArea(f.Target)
 	if !ok {
@@ -106,6 +107,16 @@ func (r *runner) applyMediaFault(ctx context.Context, f Fault, n *cluster.Node, 
 	}
 	if err := n.SetMediaFaults(f.Seed, rule); err != nil {
 		return err
+	}
+	if f.Kind != "media-error" {
+		// A silent fault leaves nothing to recover, and holding quiet would
+		// keep away the writes it is to corrupt: the raw workload takes
+		// quiet for its replica check after its writes, so a fault armed
+		// during its verify lasted only while no write could come (CI,
+		// 2026-12-07: 29 bit-flips in 59 cycles, none found). The replica
+		// check may run while the rule is armed; it writes nothing.
+		r.quiet.Unlock()
+		defer r.quiet.Lock()
 	}
 	werr := wait()
 	return firstErr(n.SetMediaFaults(f.Seed), werr)

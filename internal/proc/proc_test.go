@@ -287,6 +287,9 @@ func TestStopPID(t *testing.T) {
 	_, err := p.WaitLines(ctx, "ready")
 	require.NoError(t, err)
 	require.NoError(t, StopPID(ctx, p.Pid()))
+	// StopPID returns once the PID is gone; our reaper records the exit
+	// right after, on its own goroutine.
+	<-p.Done()
 	require.False(t, p.Alive())
 
 	q := start(t, Options{}, `trap '' TERM; echo ready; exec sleep 30`)
@@ -296,6 +299,7 @@ func TestStopPID(t *testing.T) {
 	defer cancel()
 	err = StopPID(grace, q.Pid())
 	require.ErrorContains(t, err, "killed")
+	<-q.Done()
 	require.Equal(t, "signal: killed", q.Exit())
 	require.ErrorContains(t, StopPID(ctx, 1), "not a process to stop")
 }

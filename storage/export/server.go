@@ -228,7 +228,7 @@ func (s *Server) open(ec ExportConfig) (node.Node, error) {
 				"length", op.Len, "action", a.Kind.String(), "bit", a.Bit)
 		})
 		setRules(fy, rules)
-		s.media = append(s.media, mediaFaults{name: ec.Name, path: ec.Faults, node: fy})
+		s.media = append(s.media, mediaFaults{name: ec.Name, path: ec.Faults, node: fy, rules: rules})
 		n = fy
 	}
 	if ec.Volatile != nil {
@@ -477,6 +477,7 @@ func (s *Server) Crash() error {
 type mediaFaults struct {
 	name, path string
 	node       *node.Faulty
+	rules      *node.FaultRules // the rules in force, nil for none
 }
 
 // ReloadFaults reads every export's fault-rules file again and injects
@@ -484,18 +485,24 @@ type mediaFaults struct {
 // its previous rules and the error names the file.
 func (s *Server) ReloadFaults() error {
 	var errs []error
-	for _, m := range s.media {
+	for i := range s.media {
+		m := &s.media[i]
 		rules, err := readFaultRules(m.path)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("export %q: %w", m.name, err))
 			continue
 		}
 		setRules(m.node, rules)
+		var hits []int // how often each replaced rule struck: did a fault happen?
+		if m.rules != nil {
+			hits = m.rules.Hits()
+		}
+		m.rules = rules
 		n := 0
 		if rules != nil {
 			n = len(rules.Rules)
 		}
-		s.log.Info("media fault rules loaded", "export", m.name, "file", m.path, "rules", n)
+		s.log.Info("media fault rules loaded", "export", m.name, "file", m.path, "rules", n, "previous_hits", hits)
 	}
 	return errors.Join(errs...)
 }

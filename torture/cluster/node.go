@@ -210,7 +210,13 @@ func (n *Node) SetMediaFaults(seed uint64, rules ...node.FaultRule) error {
 			return err
 		}
 	}
-	if err := os.WriteFile(n.faultsFile(), data, 0o644); err != nil {
+	// Written aside and renamed: the node may still be reading the file
+	// for the previous SIGHUP, and must never see it half written.
+	tmp := n.faultsFile() + ".new"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		return fmt.Errorf("cluster: node %s: %w", n.spec.Name, err)
+	}
+	if err := os.Rename(tmp, n.faultsFile()); err != nil {
 		return fmt.Errorf("cluster: node %s: %w", n.spec.Name, err)
 	}
 	if n.p == nil || !n.p.Alive() {
