@@ -241,12 +241,7 @@ func (mi *mirrorInfo) activate(rs []activeRange) (wait <-chan struct{}, failures
 			al.use[r] = u
 		}
 	}
-	for _, p := range mi.pending {
-		if len(p) > 0 {
-			pages = true
-		}
-	}
-	return nil, 0, pages
+	return nil, 0, mi.unpersisted()
 }
 
 // deactivate ends the writes of mi's ranges in rs.

@@ -38,6 +38,9 @@ type alRecorder struct {
 	// FLUSH completed after yet.
 	unflushed  []map[int]bool
 	violations []string
+	// beforePage, if set, runs before a bitmap page write reaches member i
+	// (outside mu): a test holds a mark on its way there.
+	beforePage func(i int)
 }
 
 func newALRecorder(members int, area meta.Area) *alRecorder {
@@ -113,6 +116,12 @@ func (n recNode) isBitmap(off int64) bool {
 func (n recNode) WriteAt(ctx context.Context, p []byte, off int64, flags nbd.CmdFlags) error {
 	fua := flags&nbd.CmdFlagFUA != 0
 	if n.isBitmap(off) {
+		n.rec.mu.Lock()
+		before := n.rec.beforePage
+		n.rec.mu.Unlock()
+		if before != nil {
+			before(n.i)
+		}
 		err := n.kept.WriteAt(ctx, p, off, flags)
 		if err == nil {
 			n.rec.page(n.i, p, off, fua)
@@ -234,6 +243,49 @@ func TestActivityLogOrdering(t *testing.T) {
 	for i, bm := range rec.marked {
 		require.Zero(t, bm.Count(), "member %d: a clean shutdown leaves no region marked", i)
 	}
+}
+
+// TestActivityLogSecondWriterWaitsForTheMark: a write to a region whose
+// mark another write set, and whose page is still on its way to the
+// members, waits for that page; it must not go out first because it found
+// the bit already set and no page pending.
+func TestActivityLogSecondWriterWaitsForTheMark(t *testing.T) {
+	c := newCluster(4<<20, "a", "b")
+	ctx := testkit.Context(t, 30*time.Second)
+	var rec *alRecorder
+	s, err := c.assembleRecorded(t, &rec, AssembleOptions{Engine: Options{ActivityQuiet: time.Hour}})
+	require.NoError(t, err)
+	defer s.Close(ctx)
+	e := s.Engine()
+	held, release := make(chan struct{}), make(chan struct{})
+	let := sync.OnceFunc(func() { close(release) })
+	defer let() // before Close: the first write must be let through
+	var once sync.Once
+	rec.mu.Lock()
+	rec.beforePage = func(int) {
+		once.Do(func() {
+			close(held)
+			<-release
+		})
+	}
+	rec.mu.Unlock()
+	p := make([]byte, 4096)
+	first := make(chan error, 1)
+	go func() { first <- e.WriteAt(ctx, p, 0, 0) }()
+	<-held // the first write's mark is on its way to a member
+	second := make(chan error, 1)
+	go func() { second <- e.WriteAt(ctx, p, 8192, 0) }() // the same region
+	select {
+	case err := <-second:
+		t.Fatalf("the second write completed (%v) while the mark of its region was not durable", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+	let()
+	require.NoError(t, <-first)
+	require.NoError(t, <-second)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	require.Empty(t, rec.violations)
 }
 
 func TestActivityLogHotRegionCostsNoMetadataWrite(t *testing.T) {

@@ -33,6 +33,9 @@ type mirrorInfo struct {
 	// sees its page written by the persist in progress or writes it itself;
 	// it is held across the page writes (an ioLock).
 	persistMu ioLock
+	// persisting counts the persists whose pages are taken from pending
+	// but not yet durable (under mu).
+	persisting int
 	// al is the mirror's activity log; nil when it keeps none.
 	al *activity
 }
@@ -82,6 +85,20 @@ func (mi *mirrorInfo) mark(c int, off, length int64) bool {
 	}
 	if invariantsOn {
 		mi.checkUnions()
+	}
+	return mi.unpersisted()
+}
+
+// unpersisted reports (under mu) whether a write must persist bitmap
+// pages before it is issued: pages are pending, or a persist is writing
+// some. A writer whose bit another writer set just before finds it either
+// pending or in that persist's pages, and must not issue its data before
+// the page is durable: persistDirty waits for the persist in progress.
+// (Without the second half, such a writer went ahead while the page was
+// still on its way: TestActivityLogOrdering, 1 run in ~20 of make test.)
+func (mi *mirrorInfo) unpersisted() bool {
+	if mi.persisting > 0 {
+		return true
 	}
 	for _, p := range mi.pending {
 		if len(p) > 0 {

@@ -35,9 +35,10 @@ func (e *Engine) persist(ctx context.Context, mi *mirrorInfo) error {
 
 // persistDirty writes the bitmap pages of mi that changed to the writable
 // members that carry them, durably (FUA, or write and flush), each
-// member's pages in parallel with the others'. A writer that set a bit
-// calls it before issuing its data writes: either the persist in progress
-// wrote its page (persistMu orders them) or this call does.
+// member's pages in parallel with the others'. A writer that set a bit,
+// or found one set whose page is not durable yet (unpersisted), calls it
+// before issuing its data writes: either the persist in progress wrote
+// its page (persistMu orders them) or this call does.
 func (e *Engine) persistDirty(ctx context.Context, mi *mirrorInfo) error {
 	if mi.pending == nil {
 		return nil
@@ -60,6 +61,9 @@ func (e *Engine) persistDirty(ctx context.Context, mi *mirrorInfo) error {
 			pages = append(pages, page{c, i, buf})
 		}
 		clear(set)
+	}
+	if len(pages) > 0 {
+		mi.persisting++
 	}
 	mi.mu.Unlock()
 	if len(pages) == 0 {
@@ -96,15 +100,16 @@ func (e *Engine) persistDirty(ctx context.Context, mi *mirrorInfo) error {
 			first = err
 		}
 	}
+	mi.mu.Lock()
 	if first != nil {
 		// Every page stays pending for the next try (rewriting one that
 		// went through is harmless).
-		mi.mu.Lock()
 		for _, q := range pages {
 			mi.pending[q.child][q.index] = struct{}{}
 		}
-		mi.mu.Unlock()
 	}
+	mi.persisting--
+	mi.mu.Unlock()
 	return first
 }
 
