@@ -289,7 +289,7 @@ func (r *runner) rawZero(ctx context.Context, c *nbd.Client) error {
 	return r.step("raw-zero", func() (string, error) {
 		size := c.Size()
 		for off := int64(0); off < size; off += rawZeroChunk {
-			if err := c.WriteZeroes(ctx, off, uint32(min(rawZeroChunk, size-off)), 0); err != nil {
+			if err := c.WriteZeroes(ctx, off, uint64(min(rawZeroChunk, size-off)), 0); err != nil {
 				return "", err
 			}
 		}

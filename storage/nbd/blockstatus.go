@@ -194,13 +194,15 @@ type metaSelection struct {
 
 // blockStatus answers a block status request into sr: the backend's
 // descriptors (all data without a BlockStatusBackend), merged where
-// neighbours share a state, one only with CmdFlagReqOne, each within
-// 32 bits and a multiple of the minimum block except where the range
-// ends.
+// neighbours share a state, one only with CmdFlagReqOne, each a multiple
+// of the minimum block except where the range ends and within 32 bits
+// (64 with extended headers: NBD_REPLY_TYPE_BLOCK_STATUS_EXT, whose
+// descriptors are a 64-bit length and 64-bit flags after the context id
+// and the descriptor count).
 func (t *transmitter) blockStatus(ctx context.Context, sr *serverRequest, off, n int64) error {
 	if sr.extents == nil {
 		sr.extents = make([]Extent, 0, MaxExtents)
-		sr.bsPayload = make([]byte, 0, 4+8*MaxExtents)
+		sr.bsPayload = make([]byte, 0, 8+16*MaxExtents)
 	}
 	exts := sr.extents[:0]
 	if sr.Flags&CmdFlagReqOne != 0 {
@@ -215,9 +217,16 @@ func (t *transmitter) blockStatus(ctx context.Context, sr *serverRequest, off, n
 		exts = append(exts, Extent{Length: n})
 	}
 	p := be.AppendUint32(sr.bsPayload[:0], baseAllocationID)
+	if t.extended {
+		p = be.AppendUint32(p, 0) // the descriptor count, set below
+	}
 	var total int64
 	const max32 = int64(^uint32(0))
 	maxLen := max32 - max32%int64(t.minBlock)
+	if t.extended {
+		maxLen = n // a 64-bit length holds any range
+	}
+	count := 0
 	for i := 0; i < len(exts); {
 		x := exts[i]
 		for i++; i < len(exts) && exts[i].Flags == x.Flags; i++ {
@@ -227,15 +236,24 @@ func (t *transmitter) blockStatus(ctx context.Context, sr *serverRequest, off, n
 			return fmt.Errorf("%w: backend block status: descriptor of %d bytes at %d past the %d asked for", EIO, x.Length, off+total, n)
 		}
 		x.Length = min(x.Length, maxLen)
-		p = be.AppendUint32(p, uint32(x.Length))
-		p = be.AppendUint32(p, x.Flags)
+		if t.extended {
+			p = be.AppendUint64(p, uint64(x.Length))
+			p = be.AppendUint64(p, uint64(x.Flags))
+		} else {
+			p = be.AppendUint32(p, uint32(x.Length))
+			p = be.AppendUint32(p, x.Flags)
+		}
+		count++
 		total += x.Length
 		if x.Length == maxLen {
 			break // the rest is for the client to ask again
 		}
 	}
-	if len(p) == 4 {
+	if count == 0 {
 		return fmt.Errorf("%w: backend block status returned no descriptor", EIO)
+	}
+	if t.extended {
+		be.PutUint32(p[4:], uint32(count))
 	}
 	sr.bsPayload = p
 	return nil

@@ -36,6 +36,12 @@ type ClientOptions struct {
 	// whether the server has it). Not for a socket handed to the kernel:
 	// its driver speaks simple replies only.
 	BlockStatus bool
+	// ExtendedHeaders asks for extended headers (NBD_OPT_EXTENDED_HEADERS:
+	// 32-byte requests and replies, 64-bit lengths for TRIM, WRITE_ZEROES,
+	// CACHE and BLOCK_STATUS; they imply structured replies). A server that
+	// does not know them gets the compact headers (ExportInfo.Extended
+	// says which). Not for a socket handed to the kernel either.
+	ExtendedHeaders bool
 }
 
 // Op is one request to the server. The caller owns an Op and its Data
@@ -45,8 +51,8 @@ type Op struct {
 	Flags  CmdFlags
 	Offset int64
 	// Length is the request length; for CmdRead and CmdWrite it must equal
-	// len(Data).
-	Length uint32
+	// len(Data). Beyond 32 bits it needs extended headers.
+	Length uint64
 	// Data is the write payload, or the buffer a read reply is received
 	// into directly.
 	Data []byte
@@ -59,7 +65,7 @@ type Op struct {
 	Done func(op *Op, err error)
 
 	cookie uint64
-	hdr    [RequestHeaderBytes]byte // the encoded request, while queued or sent
+	hdr    [ExtendedRequestBytes]byte // the encoded request, while queued or sent
 }
 
 // Client is a pipelined NBD client: many requests in flight on one
@@ -68,6 +74,7 @@ type Op struct {
 // use. NewClient starts one receive goroutine; Close ends it.
 type Client struct {
 	info  ExportInfo
+	hlen  int // request header bytes: compact or extended
 	conn  net.Conn
 	r     *bufio.Reader
 	slots []clientSlot
@@ -142,6 +149,7 @@ func NewClient(ctx context.Context, conn net.Conn, opts ClientOptions) (*Client,
 	}
 	c := &Client{
 		info:  info,
+		hlen:  RequestHeaderBytes,
 		conn:  conn,
 		r:     bufio.NewReaderSize(conn, readBufferBytes),
 		slots: make([]clientSlot, opts.MaxInFlight),
@@ -150,6 +158,9 @@ func NewClient(ctx context.Context, conn net.Conn, opts ClientOptions) (*Client,
 		queue: make([]*Op, 0, opts.MaxInFlight),
 		spare: make([]*Op, 0, opts.MaxInFlight),
 		wvec:  make([][]byte, 0, 2*opts.MaxInFlight),
+	}
+	if info.Extended {
+		c.hlen = ExtendedRequestBytes
 	}
 	c.idle.L = &c.qmu
 	for i := range c.slots {
@@ -182,10 +193,10 @@ func (c *Client) Close() error {
 	// DISC is a courtesy: skip it when a send is stuck on a peer that
 	// stopped reading, rather than wait for that send.
 	if !c.closed.Load() && c.wmu.TryLock() {
-		var hdr [RequestHeaderBytes]byte
-		EncodeRequest(hdr[:], &Request{Cmd: CmdDisc})
+		var hdr [ExtendedRequestBytes]byte
+		c.encode(hdr[:], &Request{Cmd: CmdDisc})
 		_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = c.conn.Write(hdr[:])
+		_, _ = c.conn.Write(hdr[:c.hlen])
 		c.wmu.Unlock()
 	}
 	c.fail(ErrClosed)
@@ -230,7 +241,7 @@ func (c *Client) Submit(ctx context.Context, op *Op) error {
 		return nil // the closing sweep owns it and calls Done
 	}
 	req := Request{Flags: op.Flags, Cmd: op.Cmd, Cookie: op.cookie, Offset: uint64(op.Offset), Length: op.Length}
-	EncodeRequest(op.hdr[:], &req)
+	c.encode(op.hdr[:], &req)
 	c.qmu.Lock()
 	if c.dead {
 		c.qmu.Unlock()
@@ -264,7 +275,7 @@ func (c *Client) sendQueued() {
 		if werr == nil {
 			v := c.wvec[:0]
 			for _, q := range batch {
-				v = append(v, q.hdr[:])
+				v = append(v, q.hdr[:c.hlen])
 				if q.Cmd == CmdWrite {
 					v = append(v, q.Data)
 				}
@@ -287,6 +298,19 @@ func (c *Client) sendQueued() {
 	c.qmu.Unlock()
 }
 
+// encode writes r's header as the connection speaks: compact, or
+// extended with PAYLOAD_LEN on a write.
+func (c *Client) encode(b []byte, r *Request) {
+	if !c.info.Extended {
+		EncodeRequest(b, r)
+		return
+	}
+	if r.Cmd == CmdWrite {
+		r.Flags |= CmdFlagPayloadLen
+	}
+	EncodeExtendedRequest(b, r)
+}
+
 func (c *Client) closedErr() error {
 	if err := c.Err(); err != nil && !errors.Is(err, ErrClosed) {
 		return fmt.Errorf("%w: %w", ErrClosed, err)
@@ -304,7 +328,7 @@ func (c *Client) checkOp(op *Op) error {
 		if op.Cmd == CmdWrite && f&FlagReadOnly != 0 {
 			return fmt.Errorf("%w: export is read-only", ErrUnsupported)
 		}
-		if op.Length > c.info.MaxBlock {
+		if op.Length > uint64(c.info.MaxBlock) {
 			return fmt.Errorf("%w: %v of %d bytes (maximum %d)", ErrTooLarge, op.Cmd, op.Length, c.info.MaxBlock)
 		}
 	case CmdFlush:
@@ -332,6 +356,12 @@ func (c *Client) checkOp(op *Op) error {
 		}
 	default:
 		return fmt.Errorf("%w: command %v", ErrUnsupported, op.Cmd)
+	}
+	if op.Length > uint64(^uint32(0)) && !c.info.Extended {
+		return fmt.Errorf("%w: %v of %d bytes needs extended headers", ErrTooLarge, op.Cmd, op.Length)
+	}
+	if op.Flags&CmdFlagPayloadLen != 0 {
+		return fmt.Errorf("%w: PAYLOAD_LEN is the client's to set", ErrUnsupported)
 	}
 	if op.Flags&CmdFlagFUA != 0 && f&FlagSendFUA == 0 {
 		return fmt.Errorf("%w: FUA", ErrUnsupported)
@@ -366,10 +396,14 @@ func (c *Client) receive() {
 }
 
 func (c *Client) receiveLoop() error {
-	var hdr [StructuredReplyBytes]byte
+	var hdr [ExtendedReplyBytes]byte
 	var rep Reply
+	first := SimpleReplyBytes // bytes every reply header has
+	if c.info.Extended {
+		first = ExtendedReplyBytes
+	}
 	for {
-		if _, err := io.ReadFull(c.r, hdr[:SimpleReplyBytes]); err != nil {
+		if _, err := io.ReadFull(c.r, hdr[:first]); err != nil {
 			if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) {
 				return fmt.Errorf("%w: %w", ErrClosed, err)
 			}
@@ -379,11 +413,15 @@ func (c *Client) receiveLoop() error {
 		if err != nil {
 			return err
 		}
-		if structured {
-			if !c.info.Structured {
-				return fmt.Errorf("%w: structured reply that was not negotiated", ErrProtocol)
-			}
-			if _, err := io.ReadFull(c.r, hdr[SimpleReplyBytes:4+rest]); err != nil {
+		switch {
+		case c.info.Extended && 4+rest != ExtendedReplyBytes:
+			return fmt.Errorf("%w: compact reply on a connection with extended headers", ErrProtocol)
+		case !c.info.Extended && 4+rest == ExtendedReplyBytes:
+			return fmt.Errorf("%w: extended reply that was not negotiated", ErrProtocol)
+		case structured && !c.info.Structured:
+			return fmt.Errorf("%w: structured reply that was not negotiated", ErrProtocol)
+		case 4+rest > first:
+			if _, err := io.ReadFull(c.r, hdr[first:4+rest]); err != nil {
 				return fmt.Errorf("nbd: read reply: %w", err)
 			}
 		}
@@ -398,6 +436,9 @@ func (c *Client) receiveLoop() error {
 		op := s.op.Load()
 		if op == nil || op.cookie != rep.Cookie {
 			return fmt.Errorf("%w: reply with unknown cookie %#x", ErrProtocol, rep.Cookie)
+		}
+		if rep.Extended && rep.Offset != uint64(op.Offset) {
+			return fmt.Errorf("%w: extended reply to %v at %d names offset %d", ErrProtocol, op.Cmd, op.Offset, rep.Offset)
 		}
 		var opErr error
 		switch {
@@ -438,7 +479,10 @@ func (c *Client) chunk(s *clientSlot, op *Op, rep *Reply) (done bool, err error)
 	b := c.chunkBuf[:]
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("%w: %v offset %d length %d: chunk type %d of %d bytes: %s", ErrProtocol,
-			op.Cmd, op.Offset, op.Length, rep.Type, n, fmt.Sprintf(format, a...))
+			op.Cmd, op.Offset, op.Length, rep.Type, rep.Length, fmt.Sprintf(format, a...))
+	}
+	if rep.Length > maxChunkBytes {
+		return false, bad("larger than any answer")
 	}
 	// within checks that [off, off+size) lies in op's range and returns
 	// where in op.Data it starts.
@@ -503,6 +547,29 @@ func (c *Client) chunk(s *clientSlot, op *Op, rep *Reply) (done bool, err error)
 				op.Extents = append(op.Extents, Extent{Length: int64(l), Flags: be.Uint32(b[4:8])})
 			}
 		}
+	case ChunkBlockStatusExt:
+		if op.Cmd != CmdBlockStatus || !rep.Extended || n < 8 || (n-8)%16 != 0 {
+			return false, bad("not an extended block status answer")
+		}
+		if _, err := io.ReadFull(c.r, b[:8]); err != nil {
+			return false, err
+		}
+		known := be.Uint32(b[:4]) == c.info.AllocationID
+		if count := int64(be.Uint32(b[4:8])); count != 0 && count != (n-8)/16 {
+			return false, bad("%d descriptors announced", count)
+		}
+		for left := n - 8; left > 0; left -= 16 {
+			if _, err := io.ReadFull(c.r, b[:16]); err != nil {
+				return false, err
+			}
+			if known && len(op.Extents) < cap(op.Extents) {
+				l, flags := be.Uint64(b[:8]), be.Uint64(b[8:16])
+				if l == 0 || l > op.Length || flags > uint64(^uint32(0)) {
+					return false, bad("descriptor of %d bytes, flags %#x", l, flags)
+				}
+				op.Extents = append(op.Extents, Extent{Length: int64(l), Flags: uint32(flags)})
+			}
+		}
 	default:
 		if rep.Type&(1<<15) == 0 {
 			// An unknown chunk that is not an error: the protocol says
@@ -552,7 +619,7 @@ func (c *Client) chunk(s *clientSlot, op *Op, rep *Reply) (done bool, err error)
 // context, see ExportInfo.Allocation) and appends the descriptors to dst,
 // up to cap(dst), in order from off. The server may answer for less than
 // the whole range; ask again from where the answer ends.
-func (c *Client) BlockStatus(ctx context.Context, off int64, length uint32, dst []Extent) ([]Extent, error) {
+func (c *Client) BlockStatus(ctx context.Context, off int64, length uint64, dst []Extent) ([]Extent, error) {
 	if cap(dst) == len(dst) {
 		return dst, fmt.Errorf("nbd: BLOCK_STATUS needs room in dst for at least one descriptor")
 	}
@@ -567,6 +634,10 @@ func (c *Client) BlockStatus(ctx context.Context, off int64, length uint32, dst 
 	}
 	return dst, err
 }
+
+// maxChunkBytes bounds the payload of one reply chunk the client takes (a
+// read's data is at most MaxBlock; libnbd draws the line at 64 MiB too).
+const maxChunkBytes = 64 << 20
 
 // waiter turns an Op into a blocking call without allocating per call.
 type waiter struct {
@@ -583,7 +654,7 @@ func newWaiter() *waiter {
 // do runs one request synchronously. If ctx ends before the reply, the
 // connection is closed — the only way to take the buffer back safely — and
 // ctx's error is returned.
-func (c *Client) do(ctx context.Context, cmd Command, flags CmdFlags, off int64, length uint32, data []byte) error {
+func (c *Client) do(ctx context.Context, cmd Command, flags CmdFlags, off int64, length uint64, data []byte) error {
 	w := c.waiters.Get().(*waiter)
 	err := c.doWaiter(ctx, w, cmd, flags, off, length, data)
 	c.waiters.Put(w)
@@ -591,7 +662,7 @@ func (c *Client) do(ctx context.Context, cmd Command, flags CmdFlags, off int64,
 }
 
 // doWaiter runs one request on w's Op and waits for it.
-func (c *Client) doWaiter(ctx context.Context, w *waiter, cmd Command, flags CmdFlags, off int64, length uint32, data []byte) error {
+func (c *Client) doWaiter(ctx context.Context, w *waiter, cmd Command, flags CmdFlags, off int64, length uint64, data []byte) error {
 	w.op.Cmd, w.op.Flags, w.op.Offset, w.op.Length, w.op.Data = cmd, flags, off, length, data
 	if err := c.Submit(ctx, &w.op); err != nil {
 		w.op.Data = nil
@@ -611,12 +682,12 @@ func (c *Client) doWaiter(ctx context.Context, w *waiter, cmd Command, flags Cmd
 
 // ReadAt reads len(p) bytes at off.
 func (c *Client) ReadAt(ctx context.Context, p []byte, off int64) error {
-	return c.do(ctx, CmdRead, 0, off, uint32(len(p)), p)
+	return c.do(ctx, CmdRead, 0, off, uint64(len(p)), p)
 }
 
 // WriteAt writes p at off; flags may carry CmdFlagFUA.
 func (c *Client) WriteAt(ctx context.Context, p []byte, off int64, flags CmdFlags) error {
-	return c.do(ctx, CmdWrite, flags, off, uint32(len(p)), p)
+	return c.do(ctx, CmdWrite, flags, off, uint64(len(p)), p)
 }
 
 // Flush asks the server to make completed writes durable.
@@ -625,16 +696,16 @@ func (c *Client) Flush(ctx context.Context) error {
 }
 
 // Trim discards [off, off+length).
-func (c *Client) Trim(ctx context.Context, off int64, length uint32, flags CmdFlags) error {
+func (c *Client) Trim(ctx context.Context, off int64, length uint64, flags CmdFlags) error {
 	return c.do(ctx, CmdTrim, flags, off, length, nil)
 }
 
 // WriteZeroes zeroes [off, off+length).
-func (c *Client) WriteZeroes(ctx context.Context, off int64, length uint32, flags CmdFlags) error {
+func (c *Client) WriteZeroes(ctx context.Context, off int64, length uint64, flags CmdFlags) error {
 	return c.do(ctx, CmdWriteZeroes, flags, off, length, nil)
 }
 
 // Cache asks the server to prefetch [off, off+length).
-func (c *Client) Cache(ctx context.Context, off int64, length uint32) error {
+func (c *Client) Cache(ctx context.Context, off int64, length uint64) error {
 	return c.do(ctx, CmdCache, 0, off, length, nil)
 }

@@ -25,8 +25,11 @@ type ExportInfo struct {
 	// OptFence acknowledgement; empty if unknown.
 	BootID string
 	// Structured: structured replies were negotiated
-	// (ClientOptions.BlockStatus).
+	// (ClientOptions.BlockStatus or ExtendedHeaders).
 	Structured bool
+	// Extended: extended headers were negotiated
+	// (ClientOptions.ExtendedHeaders).
+	Extended bool
 	// Allocation: base:allocation was negotiated (Client.BlockStatus
 	// needs it), with the server's id AllocationID (any value, 0
 	// included: qemu-nbd uses 0).
@@ -90,36 +93,56 @@ func (h *clientHandshake) run(opts ClientOptions) (ExportInfo, error) {
 			return ExportInfo{}, err
 		}
 	}
-	var structured, alloc bool
+	var structured, extended, alloc bool
 	var id uint32
+	if opts.ExtendedHeaders {
+		var err error
+		if extended, err = h.ack(OptExtendedHeaders); err != nil {
+			return ExportInfo{}, err
+		}
+		structured = extended
+	}
 	if opts.BlockStatus {
 		var err error
-		if structured, alloc, id, err = h.blockStatus(opts.ExportName); err != nil {
+		if structured, alloc, id, err = h.blockStatus(opts.ExportName, structured); err != nil {
 			return ExportInfo{}, err
 		}
 	}
+	h.extended = extended
 	info, err := h.goExport(opts.ExportName)
 	info.Fenced, info.BootID = fenced, boot
-	info.Structured, info.Allocation, info.AllocationID = structured, alloc, id
+	info.Structured, info.Extended, info.Allocation, info.AllocationID = structured, extended, alloc, id
 	return info, err
 }
 
-// blockStatus asks for structured replies and then for base:allocation
-// on export; a server that knows neither, or has no such context, is no
-// error (structured or alloc false).
-func (h *clientHandshake) blockStatus(export string) (structured, alloc bool, id uint32, err error) {
-	if err := h.send(OptStructuredReply, nil); err != nil {
-		return false, false, 0, err
+// ack sends opt, which takes no data, and reports whether the server
+// acknowledged it; a server that refuses or does not know it is no error.
+func (h *clientHandshake) ack(opt Option) (bool, error) {
+	if err := h.send(opt, nil); err != nil {
+		return false, err
 	}
-	typ, _, err := h.recv(OptStructuredReply)
+	typ, _, err := h.recv(opt)
 	if _, ok := err.(*OptionError); ok {
-		return false, false, 0, nil
+		return false, nil
 	}
 	if err != nil {
-		return false, false, 0, err
+		return false, err
 	}
 	if typ != RepAck {
-		return false, false, 0, fmt.Errorf("%w: STRUCTURED_REPLY answered with %v", ErrProtocol, typ)
+		return false, fmt.Errorf("%w: %v answered with %v", ErrProtocol, opt, typ)
+	}
+	return true, nil
+}
+
+// blockStatus asks for structured replies, unless extended headers gave
+// them already (structured), and then for base:allocation on export; a
+// server that knows neither, or has no such context, is no error
+// (structured or alloc false).
+func (h *clientHandshake) blockStatus(export string, structured bool) (_, alloc bool, id uint32, err error) {
+	if !structured {
+		if structured, err = h.ack(OptStructuredReply); err != nil || !structured {
+			return false, false, 0, err
+		}
 	}
 	if err := h.send(OptSetMetaContext, EncodeMetaQuery(export, BaseAllocation)); err != nil {
 		return true, false, 0, err
@@ -150,6 +173,7 @@ type clientHandshake struct {
 	conn     net.Conn
 	r        *bufio.Reader
 	noZeroes bool
+	extended bool // extended headers were acknowledged: GO only
 	hdr      [OptionReplyBytes]byte
 }
 
@@ -288,7 +312,7 @@ func (h *clientHandshake) goExport(name string) (ExportInfo, error) {
 	gotExport := false
 	for {
 		typ, p, err := h.recv(OptGo)
-		if oe, ok := err.(*OptionError); ok && oe.Reply == RepErrUnsup {
+		if oe, ok := err.(*OptionError); ok && oe.Reply == RepErrUnsup && !h.extended {
 			return h.exportName(name)
 		}
 		if err != nil {

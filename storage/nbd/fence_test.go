@@ -75,7 +75,7 @@ func rawFenced(t *testing.T, ctx context.Context, addr, export string, session u
 // writeRaw sends a WRITE of payload at off on conn, bypassing the client.
 func writeRaw(conn net.Conn, cookie uint64, off int64, payload []byte) error {
 	var hdr [28]byte
-	EncodeRequest(hdr[:], &Request{Cmd: CmdWrite, Cookie: cookie, Offset: uint64(off), Length: uint32(len(payload))})
+	EncodeRequest(hdr[:], &Request{Cmd: CmdWrite, Cookie: cookie, Offset: uint64(off), Length: uint64(len(payload))})
 	_, err := conn.Write(append(hdr[:], payload...))
 	return err
 }

@@ -92,7 +92,11 @@ func fuzzExports() []*Export {
 }
 
 // clientPrologue is what a client sends to reach transmission on "a".
-func clientPrologue(structured bool) []byte {
+func clientPrologue(structured bool) []byte { return prologue(structured, false) }
+
+// prologue is clientPrologue, with extended headers instead of structured
+// replies if extended.
+func prologue(structured, extended bool) []byte {
 	b := be.AppendUint32(nil, ClientFixedNewstyle|ClientNoZeroes)
 	opt := func(o Option, data []byte) {
 		b = be.AppendUint64(b, MagicOption)
@@ -100,7 +104,11 @@ func clientPrologue(structured bool) []byte {
 		b = be.AppendUint32(b, uint32(len(data)))
 		b = append(b, data...)
 	}
-	if structured {
+	switch {
+	case extended:
+		opt(OptExtendedHeaders, nil)
+		opt(OptSetMetaContext, EncodeMetaQuery("a", BaseAllocation))
+	case structured:
 		opt(OptStructuredReply, nil)
 		opt(OptSetMetaContext, EncodeMetaQuery("a", BaseAllocation))
 	}
@@ -140,7 +148,7 @@ func FuzzServerHandshake(f *testing.F) {
 func FuzzServerTransmission(f *testing.F) {
 	req := func(cmd Command, flags CmdFlags, off uint64, length uint32, payload bool) []byte {
 		b := make([]byte, RequestHeaderBytes)
-		EncodeRequest(b, &Request{Cmd: cmd, Flags: flags, Cookie: 1, Offset: off, Length: length})
+		EncodeRequest(b, &Request{Cmd: cmd, Flags: flags, Cookie: 1, Offset: off, Length: uint64(length)})
 		if payload {
 			b = append(b, make([]byte, length)...)
 		}
@@ -155,6 +163,27 @@ func FuzzServerTransmission(f *testing.F) {
 	f.Fuzz(func(t *testing.T, structured bool, input []byte) {
 		pipeServer(t, ServerOptions{Exports: fuzzExports(), MaxInFlight: 4, MaxPayload: 1 << 20, BufferBytes: 64 << 20},
 			append(clientPrologue(structured), input...))
+	})
+}
+
+// FuzzServerExtended is FuzzServerTransmission on a connection with
+// extended headers: 32-byte requests with 64-bit lengths, PAYLOAD_LEN on
+// any command.
+func FuzzServerExtended(f *testing.F) {
+	req := func(cmd Command, flags CmdFlags, off, length uint64, payload int) []byte {
+		b := make([]byte, ExtendedRequestBytes)
+		EncodeExtendedRequest(b, &Request{Cmd: cmd, Flags: flags, Cookie: 1, Offset: off, Length: length})
+		return append(b, make([]byte, payload)...)
+	}
+	f.Add(req(CmdRead, 0, 0, 4096, 0))
+	f.Add(append(req(CmdWrite, CmdFlagPayloadLen|CmdFlagFUA, 512, 1024, 1024), req(CmdFlush, 0, 0, 0, 0)...))
+	f.Add(req(CmdWrite, 0, 0, 512, 512))
+	f.Add(append(req(CmdFlush, CmdFlagPayloadLen, 0, 16, 16), req(CmdTrim, 0, 0, 1<<40, 0)...))
+	f.Add(append(req(CmdBlockStatus, CmdFlagReqOne, 0, 1<<20, 0), req(CmdBlockStatus, 0, 4096, 1<<33, 0)...))
+	f.Add(req(CmdWriteZeroes, CmdFlagPayloadLen, 0, 1<<30, 0))
+	f.Fuzz(func(t *testing.T, input []byte) {
+		pipeServer(t, ServerOptions{Exports: fuzzExports(), MaxInFlight: 4, MaxPayload: 1 << 20, BufferBytes: 64 << 20},
+			append(prologue(true, true), input...))
 	})
 }
 
@@ -253,6 +282,57 @@ func FuzzClientStructured(f *testing.F) {
 	f.Add(chunk(ChunkFlagDone, ChunkBlockStatus, 0, []byte{0, 0, 0, 1, 0, 0, 2, 0, 0, 0, 0, 3}))
 	f.Fuzz(func(t *testing.T, input []byte) {
 		fuzzClient(greeting, input, ClientOptions{MaxInFlight: 2, BlockStatus: true}, func(ctx context.Context, c *Client) {
+			buf := make([]byte, 512, 1024)
+			_ = c.ReadAt(ctx, buf, 0)
+			if tail := buf[512:1024]; !bytes.Equal(tail, make([]byte, 512)) {
+				t.Fatalf("the client wrote past the read buffer")
+			}
+			exts, _ := c.BlockStatus(ctx, 0, 1<<20, make([]Extent, 0, 4))
+			if len(exts) > 4 {
+				t.Fatalf("%d descriptors in room for 4", len(exts))
+			}
+		})
+	})
+}
+
+// FuzzClientExtended is FuzzClientStructured on a connection with extended
+// headers: every reply a 32-byte chunk header naming the request's offset,
+// block status in 64-bit descriptors.
+func FuzzClientExtended(f *testing.F) {
+	optReply := func(opt Option, typ ReplyType, payload []byte) []byte {
+		b := be.AppendUint64(nil, MagicOptionReply)
+		b = be.AppendUint32(b, uint32(opt))
+		b = be.AppendUint32(b, uint32(typ))
+		b = be.AppendUint32(b, uint32(len(payload)))
+		return append(b, payload...)
+	}
+	greeting := be.AppendUint64(nil, MagicNBD)
+	greeting = be.AppendUint64(greeting, MagicOption)
+	greeting = be.AppendUint16(greeting, HandshakeFixedNewstyle|HandshakeNoZeroes)
+	greeting = append(greeting, optReply(OptExtendedHeaders, RepAck, nil)...)
+	greeting = append(greeting, optReply(OptSetMetaContext, RepMetaContext, append([]byte{0, 0, 0, 1}, BaseAllocation...))...)
+	greeting = append(greeting, optReply(OptSetMetaContext, RepAck, nil)...)
+	exp := be.AppendUint16(nil, uint16(InfoExport))
+	exp = be.AppendUint64(exp, 1<<20)
+	exp = be.AppendUint16(exp, uint16(FlagHasFlags|FlagSendFlush))
+	greeting = append(greeting, optReply(OptGo, RepInfo, exp)...)
+	greeting = append(greeting, optReply(OptGo, RepAck, nil)...)
+	chunk := func(flags, typ uint16, cookie, off uint64, payload []byte) []byte {
+		b := make([]byte, ExtendedReplyBytes)
+		encodeExtendedChunk(b, flags, typ, cookie, off, uint64(len(payload)))
+		return append(b, payload...)
+	}
+	// The client's first request has cookie 0 (slot 0, generation 0).
+	data := chunk(0, ChunkOffsetData, 0, 0, append(be.AppendUint64(nil, 256), make([]byte, 256)...))
+	hole := chunk(ChunkFlagDone, ChunkOffsetHole, 0, 0, be.AppendUint32(be.AppendUint64(nil, 0), 256))
+	f.Add(append(data, hole...))
+	f.Add(chunk(ChunkFlagDone, ChunkError, 0, 0, []byte{0, 0, 0, 5, 0, 2, 'h', 'i'}))
+	f.Add(chunk(ChunkFlagDone, ChunkNone, 0, 7, nil))
+	bs := []byte{0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 3}
+	f.Add(append(chunk(ChunkFlagDone, ChunkOffsetData, 0, 0, append(be.AppendUint64(nil, 0), make([]byte, 512)...)),
+		chunk(ChunkFlagDone, ChunkBlockStatusExt, 1, 0, bs)...))
+	f.Fuzz(func(t *testing.T, input []byte) {
+		fuzzClient(greeting, input, ClientOptions{MaxInFlight: 2, BlockStatus: true, ExtendedHeaders: true}, func(ctx context.Context, c *Client) {
 			buf := make([]byte, 512, 1024)
 			_ = c.ReadAt(ctx, buf, 0)
 			if tail := buf[512:1024]; !bytes.Equal(tail, make([]byte, 512)) {

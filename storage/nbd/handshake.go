@@ -23,6 +23,7 @@ type session struct {
 	fixed      bool // client speaks fixed newstyle
 	noZeroes   bool
 	structured bool
+	extended   bool          // extended headers (implies structured)
 	meta       metaSelection // what SET_META_CONTEXT chose
 	buf        [OptionReplyBytes + 16]byte
 }
@@ -32,6 +33,7 @@ type negotiation struct {
 	export     *Export
 	access     Access
 	structured bool
+	extended   bool
 	// allocation: the client selected base:allocation for this export.
 	allocation bool
 	conn       net.Conn // the connection, possibly wrapped in TLS
@@ -93,6 +95,10 @@ func (s *session) option() (*negotiation, error) {
 		if tlsReqd {
 			return nil, fmt.Errorf("client asked for export %q without TLS, which is required", data)
 		}
+		if s.extended {
+			// It cannot be answered with an error; the client must use GO.
+			return nil, fmt.Errorf("%w: EXPORT_NAME after extended headers were negotiated", ErrProtocol)
+		}
 		return s.exportName(string(data))
 	}
 	if !s.fixed {
@@ -140,7 +146,16 @@ func (s *session) option() (*negotiation, error) {
 		if len(data) != 0 {
 			return nil, s.replyErr(opt, RepErrInvalid, "STRUCTURED_REPLY takes no data")
 		}
+		if s.extended {
+			return nil, s.replyErr(opt, RepErrExtHeaderReqd, "extended headers are negotiated already and take precedence")
+		}
 		s.structured = true
+		return nil, s.reply(opt, RepAck, nil)
+	case OptExtendedHeaders:
+		if len(data) != 0 {
+			return nil, s.replyErr(opt, RepErrInvalid, "EXTENDED_HEADERS takes no data")
+		}
+		s.extended, s.structured = true, true
 		return nil, s.reply(opt, RepAck, nil)
 	default:
 		return nil, s.replyErr(opt, RepErrUnsup, "")
@@ -247,7 +262,8 @@ func (s *session) startTLS(data []byte) error {
 	st := tc.ConnectionState()
 	s.conn = tc
 	s.r = bufio.NewReaderSize(tc, readBufferBytes)
-	s.meta = metaSelection{} // what was chosen in the clear does not count
+	// What was chosen in the clear does not count.
+	s.meta, s.structured, s.extended = metaSelection{}, false, false
 	s.peer.TLS = &st
 	return nil
 }
@@ -358,6 +374,6 @@ func (s *session) infoGo(opt Option, data []byte) (*negotiation, error) {
 	if opt == OptInfo {
 		return nil, nil
 	}
-	return &negotiation{export: e, access: access, structured: s.structured,
+	return &negotiation{export: e, access: access, structured: s.structured, extended: s.extended,
 		allocation: s.structured && s.meta.allocation && s.meta.export == e, conn: s.conn, r: s.r}, nil
 }

@@ -1,7 +1,13 @@
 // Package nbd implements the Network Block Device protocol as described in
 // doc/proto.md of the NetworkBlockDevice/nbd project: the fixed-newstyle
 // handshake with its options, the transmission phase with simple and
-// structured replies, a concurrent Server and a pipelined Client.
+// structured replies, extended headers (64-bit lengths, negotiated only
+// when the client asks), the base:allocation meta context, a concurrent
+// Server and a pipelined Client.
+//
+// Durability is the backend's: a reply to a write with FUA, or to a FLUSH,
+// is sent only after the backend's WriteAt or Flush returned, and neither
+// the header format nor the reply type changes what was made durable.
 //
 // The package knows nothing of layouts or engines. A Server serves Backends;
 // a Client talks to any conforming server (nbdkit, qemu-nbd, nbd-server,
@@ -29,6 +35,10 @@ const (
 	MagicRequest         = protocol.TRANSMISSION_MAGIC_REQUEST
 	MagicSimpleReply     = protocol.TRANSMISSION_MAGIC_REPLY
 	MagicStructuredReply = uint32(0x668e33ef)
+	// MagicExtendedRequest and MagicExtendedReply start every request and
+	// reply once extended headers are negotiated (OptExtendedHeaders).
+	MagicExtendedRequest = uint32(0x21e41c71)
+	MagicExtendedReply   = uint32(0x6e8a278c)
 	// MagicOldstyle follows NBDMAGIC in an oldstyle greeting (instead of
 	// IHAVEOPT); dst does not speak oldstyle but the proxy passes it on.
 	MagicOldstyle = uint64(0x00420281861253)
@@ -39,6 +49,8 @@ const (
 	RequestHeaderBytes    = 28
 	SimpleReplyBytes      = 16
 	StructuredReplyBytes  = 20
+	ExtendedRequestBytes  = 32 // extended headers: the request header
+	ExtendedReplyBytes    = 32 // extended headers: every reply chunk header
 	OptionHeaderBytes     = 16
 	OptionReplyBytes      = 20
 	ExportNameReplyBytes  = 10  // size + transmission flags
@@ -135,6 +147,9 @@ const (
 	RepErrShutdown     ReplyType = repError | 7
 	RepErrBlockSizeReq ReplyType = repError | 8
 	RepErrTooBig       ReplyType = repError | 9
+	// RepErrExtHeaderReqd refuses STRUCTURED_REPLY once extended headers
+	// were negotiated (they take precedence).
+	RepErrExtHeaderReqd ReplyType = repError | 10
 )
 
 // IsError reports whether the reply type is an error.
@@ -168,6 +183,8 @@ func (r ReplyType) String() string {
 		return "ERR_BLOCK_SIZE_REQD"
 	case RepErrTooBig:
 		return "ERR_TOO_BIG"
+	case RepErrExtHeaderReqd:
+		return "ERR_EXT_HEADER_REQD"
 	}
 	return fmt.Sprintf("REP(%#x)", uint32(r))
 }
@@ -281,20 +298,27 @@ const (
 	CmdFlagDF       CmdFlags = 1 << 2
 	CmdFlagReqOne   CmdFlags = 1 << 3
 	CmdFlagFastZero CmdFlags = 1 << 4
+	// CmdFlagPayloadLen (extended headers only): the length is that of a
+	// payload following the header, not the range the command affects.
+	// Every extended WRITE carries it.
+	CmdFlagPayloadLen CmdFlags = 1 << 5
 )
 
-var cmdFlagNames = [...]string{"FUA", "NO_HOLE", "DF", "REQ_ONE", "FAST_ZERO"}
+var cmdFlagNames = [...]string{"FUA", "NO_HOLE", "DF", "REQ_ONE", "FAST_ZERO", "PAYLOAD_LEN"}
 
 func (f CmdFlags) String() string { return flagString(uint64(f), cmdFlagNames[:]) }
 
 // Structured reply chunk types and flags.
 const (
-	ChunkFlagDone    = uint16(1 << 0)
-	ChunkNone        = uint16(0)
-	ChunkOffsetData  = uint16(1)
-	ChunkOffsetHole  = uint16(2)
-	ChunkError       = uint16(1<<15 | 1)
-	ChunkErrorOffset = uint16(1<<15 | 2)
+	ChunkFlagDone   = uint16(1 << 0)
+	ChunkNone       = uint16(0)
+	ChunkOffsetData = uint16(1)
+	ChunkOffsetHole = uint16(2)
+	// ChunkBlockStatusExt (extended headers only) is a block status
+	// answer with 64-bit descriptor lengths.
+	ChunkBlockStatusExt = uint16(6)
+	ChunkError          = uint16(1<<15 | 1)
+	ChunkErrorOffset    = uint16(1<<15 | 2)
 )
 
 func flagString(v uint64, names []string) string {

@@ -103,7 +103,7 @@ func (r *raw) goExport(opt Option, name string, infos ...InfoType) (map[InfoType
 
 func (r *raw) request(cmd Command, flags CmdFlags, cookie, off uint64, length uint32, payload []byte) {
 	b := make([]byte, RequestHeaderBytes)
-	EncodeRequest(b, &Request{Cmd: cmd, Flags: flags, Cookie: cookie, Offset: off, Length: length})
+	EncodeRequest(b, &Request{Cmd: cmd, Flags: flags, Cookie: cookie, Offset: off, Length: uint64(length)})
 	r.write(append(b, payload...))
 }
 
@@ -200,7 +200,7 @@ func TestHandshakeOptions(t *testing.T) {
 	require.True(t, rep.Structured)
 	require.Equal(t, ChunkFlagDone, rep.Flags)
 	require.Equal(t, ChunkOffsetData, rep.Type)
-	require.Equal(t, uint32(13), rep.Length)
+	require.Equal(t, uint64(13), rep.Length)
 	p := r.read(13)
 	require.Equal(t, uint64(100), be.Uint64(p))
 	require.Equal(t, "hello", string(p[8:]))

@@ -22,7 +22,7 @@ type serverRequest struct {
 	bufp  *[]byte
 	data  []byte
 	view  bool // data aliases the backend's memory (ViewBackend)
-	hdr   [StructuredReplyBytes + 8]byte
+	hdr   [ExtendedReplyBytes + 8]byte
 	// extents and bsPayload are the block status answer's descriptors and
 	// encoded payload, allocated at the first block status request.
 	extents   []Extent
@@ -38,6 +38,7 @@ type transmitter struct {
 	export     *Export
 	access     Access
 	structured bool
+	extended   bool // extended headers: 32-byte requests and replies
 	allocation bool // base:allocation selected: block status is served
 	conn       net.Conn
 	r          *bufio.Reader
@@ -71,7 +72,7 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 	s := c.srv
 	minB, _, maxB := s.blockSizes(n.export)
 	t := &transmitter{
-		c: c, srv: s, export: n.export, access: n.access, structured: n.structured, allocation: n.allocation,
+		c: c, srv: s, export: n.export, access: n.access, structured: n.structured, extended: n.extended, allocation: n.allocation,
 		conn: n.conn, r: n.r,
 		free:       make(chan *serverRequest, s.opts.MaxInFlight),
 		work:       make(chan *serverRequest, s.opts.MaxInFlight),
@@ -125,22 +126,32 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 // protocol. Bad requests that keep the stream in sync get an error reply
 // and the connection stays up; anything that loses sync ends it.
 func (t *transmitter) readLoop(ctx context.Context) error {
-	var hdr [RequestHeaderBytes]byte
+	var hdr [ExtendedRequestBytes]byte
+	hlen := RequestHeaderBytes
+	if t.extended {
+		hlen = ExtendedRequestBytes
+	}
 	for {
-		if t.held > 0 && t.r.Buffered() < RequestHeaderBytes {
+		if t.held > 0 && t.r.Buffered() < hlen {
 			t.releaseHeld()
 		}
-		if _, err := io.ReadFull(t.r, hdr[:]); err != nil {
+		if _, err := io.ReadFull(t.r, hdr[:hlen]); err != nil {
 			return readErr(err)
 		}
 		var req Request
-		if err := DecodeRequest(hdr[:], &req); err != nil {
+		var stray bool // a payload on a command that takes none
+		if t.extended {
+			var err error
+			if stray, err = t.decodeExtended(hdr[:], &req); err != nil {
+				return err
+			}
+		} else if err := DecodeRequest(hdr[:], &req); err != nil {
 			return err
 		}
 		if req.Cmd == CmdDisc {
 			return errDisconnect
 		}
-		if req.Cmd == CmdWrite && req.Length > t.maxPayload {
+		if req.Cmd == CmdWrite && req.Length > uint64(t.maxPayload) {
 			return fmt.Errorf("%w: write payload of %d bytes exceeds the maximum %d", ErrProtocol, req.Length, t.maxPayload)
 		}
 		var sr *serverRequest
@@ -152,6 +163,9 @@ func (t *transmitter) readLoop(ctx context.Context) error {
 		}
 		sr.Request = req
 		sr.errno = t.check(&req)
+		if stray {
+			sr.errno, sr.Length = EINVAL, 0 // its payload was skipped
+		}
 		if sr.errno == 0 && !t.c.begin() {
 			sr.errno = ESHUTDOWN
 		}
@@ -185,6 +199,34 @@ func (t *transmitter) readLoop(ctx context.Context) error {
 		}
 		t.work <- sr
 	}
+}
+
+// decodeExtended parses an extended request header. A payload comes with
+// CmdFlagPayloadLen only, which every WRITE must carry (then cleared: the
+// backend sees the flags of a compact request); a payload on any other
+// command is skipped here (stray: the request is refused, the stream stays
+// in sync). A payload larger than the maximum loses sync: an error.
+func (t *transmitter) decodeExtended(hdr []byte, req *Request) (stray bool, err error) {
+	if err := DecodeExtendedRequest(hdr, req); err != nil {
+		return false, err
+	}
+	payload := req.Flags&CmdFlagPayloadLen != 0
+	req.Flags &^= CmdFlagPayloadLen
+	switch {
+	case !payload && req.Cmd == CmdWrite:
+		return false, fmt.Errorf("%w: extended WRITE without PAYLOAD_LEN", ErrProtocol)
+	case !payload || req.Cmd == CmdWrite:
+		return false, nil
+	case req.Length > uint64(t.maxPayload):
+		return false, fmt.Errorf("%w: %v payload of %d bytes exceeds the maximum %d", ErrProtocol, req.Cmd, req.Length, t.maxPayload)
+	}
+	if t.held > 0 && t.r.Buffered() < int(req.Length) {
+		t.releaseHeld() // about to wait for the payload
+	}
+	if _, err := t.r.Discard(int(req.Length)); err != nil {
+		return false, fmt.Errorf("skip %v payload: %w", req.Cmd, readErr(err))
+	}
+	return true, nil
 }
 
 // abandon gives back a request the reader took but could not finish
@@ -408,16 +450,16 @@ func (t *transmitter) check(r *Request) Errno {
 	if readOnly && r.Cmd.IsWrite() {
 		return EPERM
 	}
-	if r.Offset > size || uint64(r.Length) > size-r.Offset {
+	if r.Offset > size || r.Length > size-r.Offset {
 		if r.Cmd == CmdWrite || r.Cmd == CmdWriteZeroes {
 			return ENOSPC
 		}
 		return EINVAL
 	}
-	if r.Offset%t.minBlock != 0 || uint64(r.Length)%t.minBlock != 0 {
+	if r.Offset%t.minBlock != 0 || r.Length%t.minBlock != 0 {
 		return EINVAL
 	}
-	if r.Cmd == CmdRead && r.Length > t.maxPayload {
+	if r.Cmd == CmdRead && r.Length > uint64(t.maxPayload) {
 		return EINVAL
 	}
 	flags := t.srv.flagsFor(t.export, t.access)
@@ -550,9 +592,11 @@ func (t *transmitter) encode(sr *serverRequest) {
 	var hdr []byte
 	var payload []byte
 	switch {
+	case t.extended:
+		hdr, payload = t.encodeExtended(sr)
 	case t.structured && sr.Cmd == CmdRead && sr.errno == 0:
 		hdr = sr.hdr[:StructuredReplyBytes+8]
-		encodeChunk(hdr, ChunkFlagDone, ChunkOffsetData, sr.Cookie, 8+sr.Length)
+		encodeChunk(hdr, ChunkFlagDone, ChunkOffsetData, sr.Cookie, 8+uint32(sr.Length))
 		be.PutUint64(hdr[StructuredReplyBytes:], sr.Offset)
 		payload = sr.data
 	case t.structured && sr.Cmd == CmdBlockStatus && sr.errno == 0:
@@ -572,6 +616,31 @@ func (t *transmitter) encode(sr *serverRequest) {
 		}
 	}
 	sr.vec[0], sr.vec[1] = hdr, payload
+}
+
+// encodeExtended encodes sr's reply as one extended chunk: an error, the
+// data of a read, a block status answer, or NONE.
+func (t *transmitter) encodeExtended(sr *serverRequest) (hdr, payload []byte) {
+	switch {
+	case sr.errno != 0:
+		hdr = sr.hdr[:ExtendedReplyBytes+6]
+		encodeExtendedChunk(hdr, ChunkFlagDone, ChunkError, sr.Cookie, sr.Offset, 6)
+		be.PutUint32(hdr[ExtendedReplyBytes:], uint32(sr.errno))
+		be.PutUint16(hdr[ExtendedReplyBytes+4:], 0)
+	case sr.Cmd == CmdRead && sr.Length > 0:
+		hdr = sr.hdr[:ExtendedReplyBytes+8]
+		encodeExtendedChunk(hdr, ChunkFlagDone, ChunkOffsetData, sr.Cookie, sr.Offset, 8+sr.Length)
+		be.PutUint64(hdr[ExtendedReplyBytes:], sr.Offset)
+		payload = sr.data
+	case sr.Cmd == CmdBlockStatus:
+		hdr = sr.hdr[:ExtendedReplyBytes]
+		encodeExtendedChunk(hdr, ChunkFlagDone, ChunkBlockStatusExt, sr.Cookie, sr.Offset, uint64(len(sr.bsPayload)))
+		payload = sr.bsPayload
+	default:
+		hdr = sr.hdr[:ExtendedReplyBytes]
+		encodeExtendedChunk(hdr, ChunkFlagDone, ChunkNone, sr.Cookie, sr.Offset, 0)
+	}
+	return hdr, payload
 }
 
 // reply sends the reply of sr at once (the reader's error replies):

@@ -324,7 +324,7 @@ func (r *Remote) ping(c *conn) error {
 	if cap(r.pingBuf) < n {
 		r.pingBuf = make([]byte, n)
 	}
-	r.pingOp.Cmd, r.pingOp.Flags, r.pingOp.Offset, r.pingOp.Length, r.pingOp.Data = nbd.CmdRead, 0, 0, uint32(n), r.pingBuf[:n]
+	r.pingOp.Cmd, r.pingOp.Flags, r.pingOp.Offset, r.pingOp.Length, r.pingOp.Data = nbd.CmdRead, 0, 0, uint64(n), r.pingBuf[:n]
 	r.m.pings.Add(1)
 	c.extendWriteDeadline(r.opts.RequestTimeout)
 	if err := c.client.Submit(context.Background(), &r.pingOp); err != nil {

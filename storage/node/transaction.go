@@ -238,7 +238,7 @@ func (r *Remote) transact(ctx context.Context, w *waiter, cmd nbd.Command, flags
 		if w.tries > 1 {
 			r.m.retries.Add(1)
 		}
-		w.op.Cmd, w.op.Flags, w.op.Offset, w.op.Length, w.op.Data = cmd, flags, off, uint32(n), nil
+		w.op.Cmd, w.op.Flags, w.op.Offset, w.op.Length, w.op.Data = cmd, flags, off, uint64(n), nil
 		if cmd == nbd.CmdBlockStatus {
 			w.op.Extents = w.op.Extents[:w.extStart]
 		}

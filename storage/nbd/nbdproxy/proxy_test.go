@@ -90,7 +90,7 @@ func dial(t *testing.T, p *nbdproxy.Proxy) *nbd.Client {
 func submit(t *testing.T, c *nbd.Client, cmd nbd.Command, data []byte, off int64) <-chan error {
 	t.Helper()
 	done := make(chan error, 1)
-	op := &nbd.Op{Cmd: cmd, Offset: off, Length: uint32(len(data)), Data: data,
+	op := &nbd.Op{Cmd: cmd, Offset: off, Length: uint64(len(data)), Data: data,
 		Done: func(_ *nbd.Op, err error) { done <- err }}
 	require.NoError(t, c.Submit(testkit.Context(t, 30*time.Second), op))
 	return done
