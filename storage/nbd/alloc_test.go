@@ -13,6 +13,7 @@ import (
 	"dst/internal/testkit"
 	. "dst/storage/nbd"
 
+	"dst/storage/nbd/nbdtest"
 	"dst/storage/node"
 	"dst/storage/node/nodetest"
 )
@@ -143,4 +144,42 @@ func readFull(c net.Conn, p []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// TestSparseReadAllocatesNothing: a large structured read of a file with
+// holes (block status asked, chunks laid out) allocates nothing once
+// warmed up, nor does a block status request.
+func TestSparseReadAllocatesNothing(t *testing.T) {
+	testkit.SkipUnderRace(t)
+	const size = 8 << 20
+	f, err := node.OpenFile(nbdtest.File(t, size), node.FileOptions{})
+	require.NoError(t, err)
+	defer f.Close()
+	ctx := context.Background()
+	require.NoError(t, f.WriteAt(ctx, make([]byte, 64<<10), 1<<20, 0)) // data at 1 MiB, holes around it
+	require.NoError(t, f.WriteAt(ctx, []byte{1}, 1<<20, 0))
+	_, addr := startServer(t, ServerOptions{Exports: []*Export{{Name: "f", Size: size, Flags: f.Flags(), Backend: f}}})
+	c := dial(t, addr, ClientOptions{ExportName: "f", BlockStatus: true})
+	buf := make([]byte, 1<<20)
+	exts := make([]Extent, 0, 16)
+	for _, tc := range []struct {
+		name string
+		op   func() error
+	}{
+		{"read data and holes", func() error { return c.ReadAt(ctx, buf, 512<<10) }},
+		{"read a hole", func() error { return c.ReadAt(ctx, buf, 4<<20) }},
+		{"block status", func() error { _, err := c.BlockStatus(ctx, 0, size, exts[:0]); return err }},
+	} {
+		for range 50 {
+			require.NoError(t, tc.op(), tc.name)
+		}
+		var err error
+		allocs := testing.AllocsPerRun(200, func() {
+			if e := tc.op(); e != nil {
+				err = e
+			}
+		})
+		require.NoError(t, err)
+		require.Zero(t, allocs, "%s allocates %.2f times per request", tc.name, allocs)
+	}
 }

@@ -59,6 +59,137 @@ type BlockStatusBackend interface {
 	BlockStatus(ctx context.Context, off, length int64, dst []Extent) ([]Extent, error)
 }
 
+// SparseReadBackend is a BlockStatusBackend whose answer is cheap enough
+// to ask before every large read (a seek in a local file). On a
+// connection with structured replies the server then answers the holes
+// of a read larger than 64 KiB with OFFSET_HOLE chunks instead of reading
+// and sending zeroes, and a failure reading one of its data pieces with
+// ERROR_OFFSET naming where (the pieces before it were sent). With
+// CmdFlagDF only a read that is all hole is answered so (in one chunk).
+type SparseReadBackend interface {
+	BlockStatusBackend
+	// SparseReads reports whether the backend's block status is cheap.
+	SparseReads() bool
+}
+
+// sparseMaxChunks bounds the chunks of a sparse read reply: a read whose
+// range has more pieces is read and sent whole.
+const sparseMaxChunks = 16
+
+// planSparse asks a SparseReadBackend for the pieces of sr's read and
+// reports whether the reply is sparse: it has a zero piece, and either
+// no data piece or no DF flag. sr.sparse then holds the pieces, merged
+// where neighbours are both zero or both data.
+func (t *transmitter) planSparse(ctx context.Context, sr *serverRequest) bool {
+	n := int64(sr.Length)
+	if t.sparse == nil || !t.structured || n <= inPlaceMaxBytes {
+		return false
+	}
+	sr.extentBuffers()
+	exts, err := t.sparse.BlockStatus(ctx, int64(sr.Offset), n, sr.extents[:0:sparseMaxChunks])
+	if err != nil {
+		return false // a read tells
+	}
+	pieces := exts[:0] // merged in place: never ahead of what is read
+	var total int64
+	data := false
+	for _, x := range exts {
+		x.Flags &= StateZero
+		total += x.Length
+		if len(pieces) > 0 && pieces[len(pieces)-1].Flags == x.Flags {
+			pieces[len(pieces)-1].Length += x.Length
+			continue
+		}
+		data = data || x.Flags == 0
+		pieces = append(pieces, x)
+	}
+	if total != n || (data && len(pieces) == 1) || (data && sr.Flags&CmdFlagDF != 0) {
+		return false
+	}
+	if sr.chunks == nil {
+		sr.chunks = make([]byte, 0, sparseMaxChunks*(ExtendedReplyBytes+14))
+		sr.more = make([][]byte, 0, 2*sparseMaxChunks)
+	}
+	sr.sparse, sr.sparseData, sr.failAt = pieces, data, -1
+	return true
+}
+
+// readSparse reads the data pieces of a sparse read into sr.data.
+func (t *transmitter) readSparse(ctx context.Context, b Backend, sr *serverRequest) error {
+	at := int64(0)
+	for i, x := range sr.sparse {
+		if x.Flags == 0 {
+			if err := b.ReadAt(ctx, sr.data[at:at+x.Length], int64(sr.Offset)+at); err != nil {
+				sr.failAt = i
+				return err
+			}
+		}
+		at += x.Length
+	}
+	return nil
+}
+
+// encodeSparse lays out a sparse read's reply in sr.more: a chunk per
+// piece (OFFSET_HOLE or OFFSET_DATA), the last flagged DONE; after a
+// failed piece, ERROR_OFFSET at its offset ends the reply instead.
+func (t *transmitter) encodeSparse(sr *serverRequest) {
+	h, v := sr.chunks[:0], sr.more[:0]
+	last := len(sr.sparse) - 1
+	at := int64(0)
+	for i, x := range sr.sparse {
+		off := sr.Offset + uint64(at)
+		start := len(h)
+		flags := uint16(0)
+		if i == last {
+			flags = ChunkFlagDone
+		}
+		switch {
+		case sr.errno != 0 && i == sr.failAt:
+			h = t.appendChunk(h, ChunkFlagDone, ChunkErrorOffset, sr, 14)
+			h = be.AppendUint32(h, uint32(sr.errno))
+			h = be.AppendUint16(h, 0)
+			h = be.AppendUint64(h, off)
+			v = append(v, h[start:])
+			sr.more = v
+			return
+		case x.Flags != 0:
+			h = t.appendChunk(h, flags, ChunkOffsetHole, sr, 12)
+			h = be.AppendUint64(h, off)
+			h = be.AppendUint32(h, uint32(x.Length))
+			v = append(v, h[start:])
+		default:
+			h = t.appendChunk(h, flags, ChunkOffsetData, sr, 8+uint64(x.Length))
+			h = be.AppendUint64(h, off)
+			v = append(v, h[start:], sr.data[at:at+x.Length])
+		}
+		at += x.Length
+	}
+	sr.more = v
+}
+
+// appendChunk appends a chunk header of the connection's kind (extended
+// or structured) to h, within its capacity.
+func (t *transmitter) appendChunk(h []byte, flags, typ uint16, sr *serverRequest, length uint64) []byte {
+	n := len(h)
+	if t.extended {
+		h = h[:n+ExtendedReplyBytes]
+		encodeExtendedChunk(h[n:], flags, typ, sr.Cookie, sr.Offset, length)
+		return h
+	}
+	h = h[:n+StructuredReplyBytes]
+	encodeChunk(h[n:], flags, typ, sr.Cookie, uint32(length))
+	return h
+}
+
+// extentBuffers allocates sr's descriptor buffers at the first block
+// status request or sparse read of the slot.
+func (sr *serverRequest) extentBuffers() {
+	if sr.extents == nil {
+		sr.extents = make([]Extent, 0, MaxExtents)
+		sr.bsPayload = make([]byte, 0, 8+16*MaxExtents)
+	}
+}
+
 // EncodeMetaQuery encodes the payload of NBD_OPT_LIST_META_CONTEXT and
 // NBD_OPT_SET_META_CONTEXT: the export name and the queries, each with
 // its 32-bit length.
@@ -200,10 +331,7 @@ type metaSelection struct {
 // descriptors are a 64-bit length and 64-bit flags after the context id
 // and the descriptor count).
 func (t *transmitter) blockStatus(ctx context.Context, sr *serverRequest, off, n int64) error {
-	if sr.extents == nil {
-		sr.extents = make([]Extent, 0, MaxExtents)
-		sr.bsPayload = make([]byte, 0, 8+16*MaxExtents)
-	}
+	sr.extentBuffers()
 	exts := sr.extents[:0]
 	if sr.Flags&CmdFlagReqOne != 0 {
 		exts = sr.extents[:0:1]

@@ -595,14 +595,22 @@ func (c *Client) chunk(s *clientSlot, op *Op, rep *Reply) (done bool, err error)
 		if _, err := io.ReadFull(c.r, msg); err != nil {
 			return false, err
 		}
-		if _, err := c.r.Discard(int(n - 6 - int64(len(msg)))); err != nil {
+		rest := n - 6 - int64(len(msg))
+		where := ""
+		if rep.Type == ChunkErrorOffset && msgLen == int64(len(msg)) && rest == 8 {
+			if _, err := io.ReadFull(c.r, b[:8]); err != nil {
+				return false, err
+			}
+			where, rest = fmt.Sprintf(" at %d", be.Uint64(b[:8])), 0
+		}
+		if _, err := c.r.Discard(int(rest)); err != nil {
 			return false, err
 		}
 		if errno == 0 {
 			errno = EIO // an error chunk must carry an error
 		}
 		if s.err == nil {
-			s.err = fmt.Errorf("nbd: %v offset %d length %d: %w (%s)", op.Cmd, op.Offset, op.Length, errno, msg)
+			s.err = fmt.Errorf("nbd: %v offset %d length %d: %w%s (%s)", op.Cmd, op.Offset, op.Length, errno, where, msg)
 		}
 	}
 	if rep.Flags&ChunkFlagDone == 0 {

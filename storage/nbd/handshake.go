@@ -336,8 +336,8 @@ func (s *session) infoGo(opt Option, data []byte) (*negotiation, error) {
 	info = be.AppendUint64(info, uint64(e.Size))
 	flags := s.srv.flagsFor(e, access)
 	if s.structured {
-		// A read is answered in one chunk, so DF (do not fragment) is
-		// always honoured.
+		// DF (do not fragment) is honoured: a read with it is answered
+		// in one chunk (see SparseReadBackend).
 		flags |= FlagSendDF
 	}
 	info = be.AppendUint16(info, uint16(flags))

@@ -29,6 +29,15 @@ type serverRequest struct {
 	bsPayload []byte
 	vec       [2][]byte
 	bufs      net.Buffers
+	// A sparse read (SparseReadBackend): its pieces (in extents), whether
+	// one holds data, the index of the piece whose read failed (-1), and
+	// its chunk headers and reply vector (more, used instead of vec while
+	// not empty), allocated at the slot's first sparse read.
+	sparse     []Extent
+	sparseData bool
+	failAt     int
+	chunks     []byte
+	more       [][]byte
 }
 
 // transmitter serves the transmission phase of one connection.
@@ -56,6 +65,9 @@ type transmitter struct {
 	// wviews the memory to receive large writes into.
 	views  ViewBackend
 	wviews WriteViewBackend
+	// sparse is the backend when its block status is cheap: large
+	// structured reads answer holes without reading them.
+	sparse SparseReadBackend
 
 	// Replies are sent in batches (flat combining): a worker queues its
 	// reply; the first that finds no send in progress sends everything
@@ -85,6 +97,9 @@ func (c *serverConn) transmit(ctx context.Context, n *negotiation) error {
 	t.nowait, _ = n.export.Backend.(NowaitBackend)
 	t.views, _ = n.export.Backend.(ViewBackend)
 	t.wviews, _ = n.export.Backend.(WriteViewBackend)
+	if sb, ok := n.export.Backend.(SparseReadBackend); ok && sb.SparseReads() {
+		t.sparse = sb
+	}
 	t.queue = make([]*serverRequest, 0, s.opts.MaxInFlight)
 	t.spare = make([]*serverRequest, 0, s.opts.MaxInFlight)
 	t.wvec = make([][]byte, 0, 2*s.opts.MaxInFlight)
@@ -191,9 +206,9 @@ func (t *transmitter) readLoop(ctx context.Context) error {
 			}
 			continue
 		}
-		if sr.view && (sr.Cmd == CmdRead || sr.Flags&CmdFlagFUA == 0) {
-			// Received into, or replied from, the export's memory:
-			// nothing is left to do but reply.
+		if (sr.view && (sr.Cmd == CmdRead || sr.Flags&CmdFlagFUA == 0)) || (sr.sparse != nil && !sr.sparseData) {
+			// Received into, or replied from, the export's memory, or a
+			// read of holes only: nothing is left to do but reply.
 			t.settle(sr, nil)
 			continue
 		}
@@ -332,7 +347,12 @@ func (t *transmitter) releaseHeld() {
 func (t *transmitter) readPayload(ctx context.Context, sr *serverRequest) error {
 	n := int(sr.Length)
 	hasData := sr.Cmd == CmdWrite || sr.Cmd == CmdRead
-	if sr.errno == 0 && n > viewMinBytes {
+	sparse := sr.Cmd == CmdRead && sr.errno == 0 && t.planSparse(ctx, sr)
+	if sparse && !sr.sparseData {
+		sr.data = nil // all hole: nothing to read
+		return nil
+	}
+	if sr.errno == 0 && n > viewMinBytes && !sparse {
 		switch {
 		case sr.Cmd == CmdRead && t.viewRead(sr):
 			return nil
@@ -528,6 +548,10 @@ func (t *transmitter) sendQueued() {
 		t.qmu.Unlock()
 		v := t.wvec[:0]
 		for _, r := range batch {
+			if len(r.more) > 0 {
+				v = append(v, r.more...)
+				continue
+			}
 			v = append(v, r.vec[0])
 			if len(r.vec[1]) > 0 {
 				v = append(v, r.vec[1])
@@ -540,8 +564,11 @@ func (t *transmitter) sendQueued() {
 			t.c.wmu.Unlock()
 		}
 		clear(v)
+		t.wvec = v[:0] // keeps what sparse replies grew it to
 		for _, r := range batch {
 			r.vec[0], r.vec[1] = nil, nil
+			clear(r.more)
+			r.more = r.more[:0]
 			t.release(r)
 			t.c.end()
 		}
@@ -561,7 +588,10 @@ func (t *transmitter) run(ctx context.Context, b Backend, sr *serverRequest, off
 	var err error
 	switch sr.Cmd {
 	case CmdRead:
-		if n > 0 && !sr.view {
+		switch {
+		case sr.sparse != nil:
+			err = t.readSparse(ctx, b, sr)
+		case n > 0 && !sr.view:
 			err = b.ReadAt(ctx, sr.data, off)
 		}
 	case CmdWrite:
@@ -592,6 +622,8 @@ func (t *transmitter) encode(sr *serverRequest) {
 	var hdr []byte
 	var payload []byte
 	switch {
+	case sr.sparse != nil && (sr.errno == 0 || sr.failAt >= 0):
+		t.encodeSparse(sr)
 	case t.extended:
 		hdr, payload = t.encodeExtended(sr)
 	case t.structured && sr.Cmd == CmdRead && sr.errno == 0:
@@ -663,6 +695,7 @@ func (t *transmitter) reply(sr *serverRequest) error {
 
 // release returns the request's buffer and the request to their free lists.
 func (t *transmitter) release(sr *serverRequest) {
+	sr.sparse = nil
 	if sr.view {
 		sr.data, sr.view = nil, false
 	}

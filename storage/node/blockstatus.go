@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -30,10 +31,10 @@ func (f *File) BlockStatus(ctx context.Context, off, length int64, dst []nbd.Ext
 		return append(dst, nbd.Extent{Length: length}), nil
 	}
 	const hole = nbd.StateHole | nbd.StateZero
-	// os.File.Seek passes SEEK_DATA and SEEK_HOLE on to lseek (the file
-	// offset it moves is unused: I/O is positioned).
+	// lseek with SEEK_DATA and SEEK_HOLE (the file offset it moves is
+	// unused: I/O is positioned).
 	for off < end && len(dst) < cap(dst) {
-		data, err := f.f.Seek(off, unix.SEEK_DATA)
+		data, err := f.seek(off, unix.SEEK_DATA)
 		if errors.Is(err, unix.ENXIO) { // no data at or after off
 			dst = append(dst, nbd.Extent{Length: end - off, Flags: hole})
 			off = end
@@ -47,7 +48,7 @@ func (f *File) BlockStatus(ctx context.Context, off, length int64, dst []nbd.Ext
 		}
 		var h int64
 		if err == nil {
-			h, err = f.f.Seek(off, unix.SEEK_HOLE)
+			h, err = f.seek(off, unix.SEEK_HOLE)
 		}
 		if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP) {
 			break // no hole reporting here: what is left counts as data
@@ -63,6 +64,40 @@ func (f *File) BlockStatus(ctx context.Context, off, length int64, dst []nbd.Ext
 		dst = append(dst, nbd.Extent{Length: end - off})
 	}
 	return dst, nil
+}
+
+// SparseReads reports that the file's block status is cheap (two lseeks):
+// a server may ask it before every large read and answer holes without
+// reading them (nbd.SparseReadBackend). A block device says all data.
+func (f *File) SparseReads() bool { return !f.block }
+
+// seekOp is one lseek on the descriptor, pooled so that block status
+// allocates nothing (os.File.Seek wraps every error, ENXIO at the end of
+// the data included, in a new PathError).
+type seekOp struct {
+	off, res int64
+	whence   int
+	err      error
+	fn       func(fd uintptr)
+}
+
+var seekOps = sync.Pool{New: func() any {
+	op := &seekOp{}
+	op.fn = func(fd uintptr) { op.res, op.err = unix.Seek(int(fd), op.off, op.whence) }
+	return op
+}}
+
+// seek is lseek(off, whence) on the file; errors are the bare errno.
+func (f *File) seek(off int64, whence int) (int64, error) {
+	op := seekOps.Get().(*seekOp)
+	op.off, op.whence = off, whence
+	if cerr := f.rc.Control(op.fn); cerr != nil {
+		seekOps.Put(op)
+		return 0, cerr
+	}
+	res, err := op.res, op.err
+	seekOps.Put(op)
+	return res, err
 }
 
 // BlockStatus passes on the node below's answer; with an injector set,
