@@ -1,5 +1,6 @@
-// The engine's steady-state request path — a read, a write and a flush
-// split over members, through a mirror of stripes — allocates nothing.
+// The engine's steady-state request path — a read, a write, a flush and a
+// block status split over members, through a mirror of stripes —
+// allocates nothing.
 package engine
 
 import (
@@ -10,6 +11,7 @@ import (
 
 	"dst/internal/testkit"
 	"dst/storage/layout"
+	"dst/storage/nbd"
 )
 
 func TestSteadyStateAllocs(t *testing.T) {
@@ -27,10 +29,12 @@ func TestSteadyStateAllocs(t *testing.T) {
 	r := newRig(t, m, ms)
 	ctx := context.Background()
 	buf := make([]byte, 64<<10)
+	exts := make([]nbd.Extent, 0, 64)
 	for name, op := range map[string]func() error{
 		"read 64k at an odd offset": func() error { return r.e.ReadAt(ctx, buf, 4095) },
 		"write 64k":                 func() error { return r.e.WriteAt(ctx, buf, 12345, 0) },
 		"flush":                     func() error { return r.e.Flush(ctx) },
+		"block status 1m":           func() error { _, err := r.e.BlockStatus(ctx, 4095, 1<<20, exts[:0]); return err },
 	} {
 		testkit.NoAllocs(t, name, DefaultMaxInFlight+1, 200, op) // every pooled request grows once
 	}

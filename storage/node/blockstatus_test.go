@@ -8,6 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"dst/internal/testkit"
 	"dst/storage/nbd"
 	"dst/storage/node"
 )
@@ -66,3 +67,20 @@ func TestFileBlockStatus(t *testing.T) {
 }
 
 func ext(length int64, flags uint32) nbd.Extent { return nbd.Extent{Length: length, Flags: flags} }
+
+// TestFileBlockStatusAllocatesNothing: the lseeks are pooled and their
+// errors bare, so block status that ends in a hole (ENXIO) allocates
+// nothing.
+func TestFileBlockStatusAllocatesNothing(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "sparse.img")
+	require.NoError(t, os.WriteFile(p, []byte{1}, 0o644))
+	require.NoError(t, os.Truncate(p, 1<<20))
+	n, err := node.OpenFile(p, node.FileOptions{})
+	require.NoError(t, err)
+	t.Cleanup(func() { n.Close() })
+	buf := make([]nbd.Extent, 0, 16)
+	testkit.NoAllocs(t, "file block status ending in a hole", 10, 100, func() error {
+		_, err := n.BlockStatus(context.Background(), 0, 1<<20, buf[:0])
+		return err
+	})
+}
