@@ -55,6 +55,9 @@
 //	  quiet: 5s               # a region stays marked this long after its last write
 //	region_size: 1MiB         # bytes per write-intent bit: a power of two, 4KiB..1GiB
 //	allow_degraded: false     # start a mirror with members missing
+//	shutdown_timeout: 6s      # bounds a stop: a third for requests in flight, a third for the
+//	                          # final FLUSH (a member that does not answer it leaves service
+//	                          # where a replica stands in), a third for marking superblocks clean
 //	replace: [nbd://10.0.0.2:10809]  # members that may be overwritten although their superblock is
 //	                          # foreign or damaged (new media for a lost member): copied whole
 //
@@ -81,6 +84,8 @@ const (
 	DefaultResyncRate     = 100 << 20 // bytes per second
 	DefaultResyncInterval = time.Second
 	DefaultRegionSize     = meta.DefaultRegionSize
+	// DefaultShutdownTimeout bounds how long `dst serve` takes to stop.
+	DefaultShutdownTimeout = 6 * time.Second
 	// MaxBytes bounds the size of a config file Load reads.
 	MaxBytes = 1 << 20
 	// MaxRetries bounds node.retries.
@@ -114,6 +119,8 @@ type Config struct {
 	RegionSize int64
 	// AllowDegraded lets a mirror start with members missing.
 	AllowDegraded bool
+	// ShutdownTimeout bounds a stop (see serve.Server.Close); positive.
+	ShutdownTimeout time.Duration
 	// Replace are the member URLs (as the storage spells them) that may be
 	// overwritten although their superblock is foreign or damaged; they
 	// are copied whole.
@@ -233,8 +240,9 @@ func defaults(source string) *Config {
 			BackoffMax:     node.DefaultBackoffMax,
 			PingInterval:   node.DefaultPingInterval,
 		},
-		Resync:     Resync{RateBytesPerSec: DefaultResyncRate, Interval: DefaultResyncInterval, Failover: engine.DefaultFailover},
-		RegionSize: DefaultRegionSize,
+		Resync:          Resync{RateBytesPerSec: DefaultResyncRate, Interval: DefaultResyncInterval, Failover: engine.DefaultFailover},
+		RegionSize:      DefaultRegionSize,
+		ShutdownTimeout: DefaultShutdownTimeout,
 	}
 }
 

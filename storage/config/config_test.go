@@ -100,6 +100,7 @@ resync: {rate: 64MiB/s, interval: 250ms, failover: 2s}
 activity_log: {regions: 64, quiet: 2s}
 region_size: 64KiB
 allow_degraded: true
+shutdown_timeout: 2500ms
 replace: [file:local.img, nbd://host.example:10809]
 `
 	c, err := config.Parse(filepath.Join(dir, "storage.yaml"), []byte(yaml))
@@ -128,6 +129,7 @@ replace: [file:local.img, nbd://host.example:10809]
 	assert.Equal(t, config.Activity{Regions: 64, Quiet: 2 * time.Second}, c.Activity)
 	assert.Equal(t, engine.Options{ActivityRegions: 64, ActivityQuiet: 2 * time.Second}, c.EngineOptions())
 	assert.Equal(t, int64(64<<10), c.RegionSize)
+	assert.Equal(t, 2500*time.Millisecond, c.ShutdownTimeout)
 	assert.True(t, c.AllowDegraded)
 	assert.Equal(t, []string{local, "nbd://host.example"}, c.Replace, "replace entries name the members as the storage spells them")
 	acc := c.Export.Allow.Access(netip.MustParseAddr("10.1.2.3"))
@@ -197,6 +199,8 @@ func TestErrors(t *testing.T) {
 		{"listen without value", head + "listen:\n", "4: listen: has no value"},
 		{"bad bool", head + "allow_degraded: maybe\n", `4: allow_degraded: "maybe" is not a boolean`},
 		{"yes is no bool", head + "allow_degraded: yes\n", `4: allow_degraded: "yes" is not a boolean`},
+		{"zero shutdown", head + "shutdown_timeout: 0s\n", `4: shutdown_timeout: 0s must be positive`},
+		{"bad shutdown", head + "shutdown_timeout: soon\n", `4: shutdown_timeout: `},
 		{"export not a mapping", head + "export: disk\n", `4: export: export must be a mapping of fields, not "disk"`},
 		{"unknown export field", head + "export:\n  colour: blue\n", "5: export.colour: unknown field (known here: allow, description, name, read_only, tls)"},
 		{"bad read_only", head + "export: {read_only: 1}\n", `4: export.read_only: "1" is not a boolean`},

@@ -115,7 +115,19 @@ func (p *parser) parse(data []byte) {
 			p.cfg.RegionSize = n
 		},
 		"allow_degraded": func(f string, v *yaml.Node) { p.boolean(v, f, &p.cfg.AllowDegraded) },
-		"replace":        func(f string, v *yaml.Node) { p.replace(v, f) },
+		"shutdown_timeout": func(f string, v *yaml.Node) {
+			const unset = time.Duration(-1)
+			d := unset
+			p.duration(v, f, &d, false)
+			switch {
+			case d == unset: // not a duration: reported
+			case d <= 0:
+				p.errorf(v, f, "%s: must be positive", v.Value)
+			default:
+				p.cfg.ShutdownTimeout = d
+			}
+		},
+		"replace": func(f string, v *yaml.Node) { p.replace(v, f) },
 	})
 	if root.Kind == yaml.MappingNode && !sawStorage {
 		p.errorf(root, "storage", "missing: the storage is required (storage: {layout: ..., members: [...]})")

@@ -14,7 +14,13 @@
 // acknowledged it; FLUSH fans out to every member that completed a write
 // since its last flush and is acknowledged after all of them; FUA is passed
 // to every replica. The engine is shared by every client connection, so a
-// FLUSH covers writes from all of them and multi-conn is honest.
+// FLUSH covers writes from all of them and multi-conn is honest. A write
+// whose pieces went out is carried out on every replica even if its
+// caller's context ends (a client gone, a stop): its pieces end by their
+// nodes' budgets or an abort of a stalled member, which records the range
+// dirty, so replicas never differ unrecorded. A resync's commit flush of
+// its target counts as that member's flush: a later client FLUSH has
+// nothing to ask of it unless a write completed since.
 //
 // # Activity log
 //

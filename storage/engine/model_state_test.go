@@ -170,7 +170,9 @@ func (s *modelState) rejoin(i int) {
 		return
 	}
 	s.core.ResyncDone(i, true, membership.Facts{})
-	s.written[i] = s.written[i] || copies
+	if copies {
+		s.written[i] = false // the copy's commit flushed the member
+	}
 	s.missed[i], s.full[i] = false, false
 	s.recordMembership()
 }
@@ -344,15 +346,14 @@ func (c *modelCmd) nextSplitIO(s *modelState) {
 // crash the lowest in-sync member of a mirror serves and the rest are
 // copied from it; without one, members rejoin as Rejoin does.
 func (c *modelCmd) nextSettle(s *modelState) {
-	source := slices.IndexFunc(s.members(), s.inSync)
 	for i := range s.g.members() {
 		switch {
-		case (c.Op == "crash" || c.Op == "crashwrite") && s.mirror():
-			s.written[i] = i != source
 		case c.Op == "crash" || c.Op == "crashwrite":
+			// A new engine, and the crash copy's commit flushed what it
+			// copied.
 			s.written[i] = false
-		case !s.inSync(i):
-			s.written[i] = s.written[i] || s.missed[i] || s.full[i]
+		case !s.inSync(i) && (s.missed[i] || s.full[i]):
+			s.written[i] = false // the copy's commit flushed the member
 		}
 		s.server[i], s.link[i] = true, linkUp
 		s.full[i], s.wiped[i], s.missed[i] = false, false, false

@@ -139,6 +139,41 @@ func (e *Engine) watchdog(ctx context.Context, failover time.Duration) {
 	}
 }
 
+// FailBusy takes out of service, where another replica stands in, every
+// mirror member that has pieces other than FLUSH pending and finished none
+// during sample, and aborts what its node has in flight (as the watchdog
+// does after Failover). A stop calls it once its grace for requests in
+// flight is over: the watchdog has stopped with the engine's Run, and a
+// member still busy then is hung or too slow to wait for. It returns how
+// many members it took out.
+func (e *Engine) FailBusy(ctx context.Context, sample time.Duration) int {
+	done := make([]uint64, len(e.members))
+	for i, m := range e.members {
+		done[i] = m.completed.Load()
+	}
+	select {
+	case <-ctx.Done():
+		return 0
+	case <-time.After(sample):
+	}
+	out := 0
+	for i, m := range e.members {
+		busy := m.pending.Load() - m.flushing.Load()
+		if len(m.ancestors) == 0 || !m.writable() || busy <= 0 || m.completed.Load() != done[i] {
+			continue
+		}
+		err := fmt.Errorf("%w: %d pieces pending at shutdown and none finished for %v", ErrStalled, busy, sample)
+		if !e.leave(ctx, m, membership.Stalled, err).Abort {
+			continue // the last replica: its requests go on until their budget
+		}
+		out++
+		if a, ok := m.node.(Aborter); ok {
+			a.Abort(err)
+		}
+	}
+	return out
+}
+
 // Resume ends a member's suspension: it rejoins and catches up like a
 // member that returned. It blocks until the copy is done.
 func (e *Engine) Resume(ctx context.Context, i int) error {

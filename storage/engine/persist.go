@@ -82,7 +82,14 @@ func (e *Engine) persistDirty(ctx context.Context, mi *mirrorInfo) error {
 					if p.child != c {
 						continue
 					}
-					if err := writeDurably(ctx, m, p.buf, m.area.BitmapOffset+int64(p.index)*meta.PageSize); err != nil {
+					// Counted as a pending piece, so the watchdog sees a
+					// member that hangs on a page write (a writer waits on
+					// it before its data goes out).
+					m.pending.Add(1)
+					err := writeDurably(ctx, m, p.buf, m.area.BitmapOffset+int64(p.index)*meta.PageSize)
+					m.pending.Add(-1)
+					m.completed.Add(1)
+					if err != nil {
 						errs[l] = &persistError{m: m, err: fmt.Errorf("persist bitmap page %d on member %d (%v): %w", p.index, m.index, m.node, err)}
 						return
 					}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"dst/internal/bugs"
 	"dst/storage/iostats"
@@ -18,12 +19,15 @@ import (
 // (extents, tasks, pickers) lives inside it, so the common case allocates
 // nothing.
 type request struct {
-	e     *Engine
-	ctx   context.Context
-	cmd   nbd.Command
-	flags nbd.CmdFlags
-	off   int64
-	buf   []byte // read destination or write source; nil for trim/zeroes
+	e   *Engine
+	ctx context.Context
+	// detached is ctx without its cancellation, for a write's pieces once
+	// dispatched (writeLike).
+	detached detachedCtx
+	cmd      nbd.Command
+	flags    nbd.CmdFlags
+	off      int64
+	buf      []byte // read destination or write source; nil for trim/zeroes
 
 	// extBuf and taskBuf start with room for inlineExtents pieces and keep
 	// what they grew to, up to maxRetainedExtents, so requests that split
@@ -122,7 +126,7 @@ func (e *Engine) put(r *request) {
 	if c := cap(r.exts); c > cap(r.extBuf) && c <= maxRetainedExtents {
 		r.extBuf = r.exts[:0]
 	}
-	r.ctx, r.buf = nil, nil
+	r.ctx, r.buf, r.detached.parent = nil, nil, nil
 	clear(r.rp.excluded)
 	r.rp.noReplica, r.wp.noReplica = false, false
 	for i := range r.tasks {
@@ -304,6 +308,15 @@ func (e *Engine) writeLike(ctx context.Context, cmd nbd.Command, flags nbd.CmdFl
 		checkExtents(cmd, r.exts, length)
 		r.checkWriteLocks(off, length)
 	}
+	// Once the pieces go out, the write is carried out on every replica
+	// whatever becomes of the caller (a client that went away, a stop):
+	// a piece cancelled on one replica while another took it would leave
+	// them different, with nothing recorded to copy. Pieces end by their
+	// nodes' budgets, or an abort of a stalled member (the watchdog, or
+	// FailBusy at a stop), which records the range dirty.
+	r.detached.parent = ctx
+	ctx = &r.detached
+	r.ctx = ctx
 	r.setTasks()
 	r.dispatch()
 	var firstErr error
@@ -331,6 +344,16 @@ func (e *Engine) writeLike(ctx context.Context, cmd nbd.Command, flags nbd.CmdFl
 	}
 	return firstErr
 }
+
+// detachedCtx is a context.Context with its parent's values but never
+// done (context.WithoutCancel, kept in the pooled request so that a write
+// allocates nothing).
+type detachedCtx struct{ parent context.Context }
+
+func (detachedCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (detachedCtx) Done() <-chan struct{}       { return nil }
+func (detachedCtx) Err() error                  { return nil }
+func (c *detachedCtx) Value(key any) any        { return c.parent.Value(key) }
 
 // coveredElsewhere reports whether the buffer range of failed task i was
 // written by successful tasks on other members (other replicas).
@@ -415,16 +438,28 @@ func (e *Engine) Flush(ctx context.Context) error {
 	return err
 }
 
-func (e *Engine) flush(ctx context.Context) error {
+func (e *Engine) flush(ctx context.Context) error { return e.flushBy(ctx, nil) }
+
+// flushBy is flush; if answerBy is not nil, a member whose FLUSH has not
+// completed when answerBy ends (a hung machine at shutdown) is treated as
+// one whose FLUSH failed: it leaves service if a replica stands in, its
+// unflushed regions recorded as missed on the others.
+func (e *Engine) flushBy(ctx, answerBy context.Context) error {
 	r, err := e.get(ctx)
 	if err != nil {
 		return err
 	}
 	defer e.put(r)
+	if answerBy != nil {
+		r.ctx = answerBy
+	}
 	r.cmd = nbd.CmdFlush
 	r.exts = r.extBuf[:0]
 	for _, m := range e.members {
-		if m.writable() && m.written.Swap(false) {
+		// At shutdown (answerBy) every writable member is asked: one
+		// that does not answer must leave before the rest are marked
+		// clean.
+		if m.writable() && (m.written.Swap(false) || answerBy != nil) {
 			if bugs.On(bugs.FlushOneMember) && len(r.exts) > 0 {
 				continue
 			}

@@ -197,10 +197,18 @@ func (e *Engine) commitCopies(ctx context.Context, a ancestor, m *member, region
 		return nil
 	}
 	if !bugs.On(bugs.ResyncUnflushed) {
+		// The flush covers every write m completed before it, the copies
+		// and clients' alike: m has nothing unflushed for a client FLUSH
+		// to make durable unless a write completes after this point
+		// (that one sets written again). Without this, a client FLUSH
+		// flushed m anyway and, m cut meanwhile, failed for want of a
+		// record of m leaving (model seed 1796648404889492896).
+		m.written.Store(false)
 		m.flushing.Add(1)
 		err := m.node.Flush(ctx)
 		m.flushing.Add(-1)
 		if err != nil {
+			m.written.Store(true)
 			return fmt.Errorf("flush the copies: %w", err)
 		}
 	}

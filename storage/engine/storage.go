@@ -8,6 +8,7 @@ import (
 	"errors"
 	"log/slog"
 	"sync"
+	"time"
 
 	"dst/storage/meta"
 	"dst/storage/node"
@@ -106,7 +107,11 @@ func (s *Storage) replaceable(i int) bool {
 }
 
 // Close marks the superblocks clean when every member is in sync, stops
-// the engine and closes the members.
+// the engine and closes the members. A member that does not answer the
+// final FLUSH within half the time ctx leaves (its machine hangs) leaves
+// service first where a replica stands in, recorded as out of sync on the
+// others, so they are marked clean in time and the next start copies to
+// it what it may have missed.
 func (s *Storage) Close(ctx context.Context) error {
 	var err error
 	if s.e != nil {
@@ -128,7 +133,16 @@ func (s *Storage) Abandon() {
 }
 
 func (s *Storage) markClean(ctx context.Context) error {
-	if err := s.e.flush(ctx); err != nil {
+	// A member gets half of what is left to answer the FLUSH: one that
+	// does not (its machine hangs) leaves service where a replica stands
+	// in, so the rest can be marked clean in time.
+	answerBy := ctx
+	if d, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		answerBy, cancel = context.WithTimeout(ctx, time.Until(d)/2)
+		defer cancel()
+	}
+	if err := s.e.flushBy(ctx, answerBy); err != nil {
 		return err
 	}
 	if err := s.e.clearAllActive(ctx); err != nil {

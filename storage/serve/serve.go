@@ -9,7 +9,12 @@
 // acknowledged with FUA or once a later FLUSH is acknowledged. Run's
 // shutdown lets requests in flight complete, then flushes the storage and
 // marks its superblocks clean (Storage.Close), so a clean stop restarts
-// without a resync.
+// without a resync; all of it within the config's shutdown_timeout. A
+// request still waiting on a member at the first third is abandoned (its
+// client gets no reply: it was never acknowledged), and a member that does
+// not answer the final FLUSH leaves service where a replica stands in,
+// recorded on the others, so the next start copies to it what it may
+// have missed.
 package serve
 
 import (
@@ -29,9 +34,6 @@ import (
 	"dst/storage/export"
 	"dst/storage/node"
 )
-
-// CloseTimeout bounds the final flush and superblock write at shutdown.
-const CloseTimeout = 10 * time.Second
 
 // Server is an assembled storage, listening for NBD clients and (unless
 // the config turns it off) admin requests.
@@ -62,7 +64,10 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Server
 			s.Close()
 		}
 	}()
-	ecfg := export.Config{Listen: cfg.Listen, TLSRequired: cfg.Export.TLS.Required, Logger: log}
+	// A third of the shutdown bound for requests in flight, the rest for
+	// the storage's close (Close).
+	ecfg := export.Config{Listen: cfg.Listen, TLSRequired: cfg.Export.TLS.Required, Logger: log,
+		ShutdownTimeout: cfg.ShutdownTimeout / 3}
 	if cfg.Export.TLS.Enabled() {
 		if ecfg.TLS, err = export.LoadTLS(cfg.Export.TLS.Files()); err != nil {
 			return nil, fmt.Errorf("%s: export.tls: %w", cfg.Export.TLS.Where, err)
@@ -154,7 +159,13 @@ func (s *Server) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		err := s.srv.Serve(gctx, s.ln)
-		if errors.Is(err, export.ErrServerClosed) {
+		switch {
+		case errors.Is(err, export.ErrServerClosed):
+			return nil
+		case gctx.Err() != nil && errors.Is(err, context.DeadlineExceeded):
+			// The stop went on without the requests still in flight
+			// (logged by the export server): they were never
+			// acknowledged, and the stop is what was asked.
 			return nil
 		}
 		return err
@@ -163,6 +174,28 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.aln != nil {
 		g.Go(func() error { return admin.Serve(gctx, s.aln, s.h, s.log) })
 	}
+	// When the grace for requests in flight ends, a member still busy is
+	// hung: it leaves service (where a replica stands in) and its requests
+	// are aborted, so the export server's shutdown need not wait for its
+	// node's budget.
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-stopped:
+			return
+		case <-gctx.Done():
+		}
+		select {
+		case <-stopped:
+		case <-time.After(s.cfg.ShutdownTimeout / 3):
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout/3)
+			defer cancel()
+			if n := s.st.Engine().FailBusy(ctx, 100*time.Millisecond); n > 0 {
+				s.log.Warn("stopping: members still busy after the grace for requests in flight left service", "members", n)
+			}
+		}
+	}()
 	err := g.Wait()
 	if err == nil && ctx.Err() != nil {
 		s.log.Info("shutting down")
@@ -172,8 +205,12 @@ func (s *Server) Run(ctx context.Context) error {
 }
 
 // Close stops the listeners and the export server, then flushes the
-// storage and marks its superblocks clean (bounded by CloseTimeout). Run
-// calls it; call it instead of Run after a Start that is not run.
+// storage and marks its superblocks clean, within two thirds of the
+// config's shutdown_timeout (Run's graceful stop of the export server took
+// the first third): a member that does not answer the final FLUSH in half
+// of that leaves service where a replica stands in, so the others are
+// marked clean in time (engine.Storage.Close). Run calls it; call it
+// instead of Run after a Start that is not run.
 func (s *Server) Close() error {
 	s.closeOnce.Do(func() {
 		if s.aln != nil {
@@ -186,7 +223,7 @@ func (s *Server) Close() error {
 			s.srv.Close()
 		}
 		if s.st != nil {
-			cctx, cancel := context.WithTimeout(context.Background(), CloseTimeout)
+			cctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout*2/3)
 			defer cancel()
 			if err := s.st.Close(cctx); err != nil {
 				s.log.Warn("closing the storage", "err", err)
