@@ -13,6 +13,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -29,6 +30,7 @@ import (
 	"dst/internal/testkit"
 	"dst/storage/admin"
 	"dst/storage/engine"
+	"dst/storage/meta"
 )
 
 // startExport runs dst export serving file on listen.
@@ -458,4 +460,60 @@ resync: {interval: 100ms, rate: unlimited}
 	dataB, err := os.ReadFile(fileB)
 	require.NoError(t, err)
 	require.True(t, bytes.Equal(dataA[offA:offA+size], dataB[offB:offB+size]), "the data areas are identical after the copy")
+}
+
+// TestServeCorrectsReadErrors: a member whose media fails a read (a dst
+// export with a read EIO rule over bytes that rotted) is read around and
+// the range rewritten on it from the other replica: the client sees its
+// data, the member stays in sync, its image holds the data again, and
+// dst status counts the correction.
+func TestServeCorrectsReadErrors(t *testing.T) {
+	testkit.Need(t, "qemu-io")
+	dir := t.TempDir()
+	fileA, fileB := testkit.Image(t, "a.img", 16<<20), testkit.Image(t, "b.img", 16<<20)
+	area, err := meta.Plan(16<<20, 64<<10)
+	require.NoError(t, err)
+	// Member 0's media under 1M+64K..+8K of the storage fails its first
+	// read (the rule is there from the start: nothing reads the range
+	// before the test does).
+	at := area.DataOffset + 1<<20 + 64<<10
+	rules := filepath.Join(dir, "a.faults.json")
+	require.NoError(t, os.WriteFile(rules, fmt.Appendf(nil, `{"rules": [{"op": "read", "offset": %d, "length": 8192, "action": "eio", "count": 1}]}`, at), 0o644))
+	a := startExport(t, "127.0.0.1:0", fileA, "--faults", rules)
+	b := startExport(t, "127.0.0.1:0", fileB)
+	cfg := writeConfig(t, dir, fmt.Sprintf(`listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+storage:
+  layout: mirror
+  members: [nbd://%s, nbd://%s]
+region_size: 64KiB
+%s`, a.addrs[0], b.addrs[0], fastNodes))
+	s := startServe(t, cfg)
+	url, adminAddr := "nbd://"+s.addrs[0], s.addrs[1]
+	require.Equal(t, area.DataOffset, status(t, adminAddr).Members[0].DataOffset)
+	qemuIO(t, url, "write -P 0x3c 1M 1M", "flush")
+
+	// The bytes rot under the rule.
+	img, err := os.OpenFile(fileA, os.O_RDWR, 0)
+	require.NoError(t, err)
+	_, err = img.WriteAt(make([]byte, 8192), at)
+	require.NoError(t, err)
+	require.NoError(t, img.Close())
+
+	qemuIO(t, url, "read -P 0x3c 1M 1M")
+	st := status(t, adminAddr)
+	require.Equal(t, engine.InSync.String(), st.Members[0].State, "the member stays in service")
+	require.Equal(t, int64(1), st.Members[0].ReadErrorsCorrected)
+	resp, err := http.Get("http://" + adminAddr + "/metrics")
+	require.NoError(t, err)
+	metrics, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	require.NoError(t, err)
+	require.Contains(t, string(metrics), `dst_member_read_errors_corrected_total{member="0"`)
+	s.stopOK(t)
+	a.stopOK(t)
+	b.stopOK(t)
+	data, err := os.ReadFile(fileA)
+	require.NoError(t, err)
+	require.Equal(t, bytes.Repeat([]byte{0x3c}, 8192), data[at:at+8192], "the bad range was rewritten on member 0")
 }

@@ -113,6 +113,10 @@ func (h *Handler) WriteMetrics(b *bytes.Buffer) {
 		e.sample("dst_member_resynced_bytes_total", float64(m.ResyncedBytes), member(m)...)
 		resynced += m.ResyncedBytes
 	}
+	e.family("dst_member_read_errors_corrected_total", "counter", "Ranges each member failed to read with a media error that were served from another replica and rewritten on it.")
+	for _, m := range st.Members {
+		e.sample("dst_member_read_errors_corrected_total", float64(m.ReadErrorsCorrected), member(m)...)
+	}
 	e.family("dst_member_resync_zeroed_bytes_total", "counter", "Bytes resync wrote to each member as zeroes instead of copying (holes on the source).")
 	for _, m := range st.Members {
 		e.sample("dst_member_resync_zeroed_bytes_total", float64(m.ResyncZeroedBytes), member(m)...)

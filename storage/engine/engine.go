@@ -22,6 +22,13 @@
 // its target counts as that member's flush: a later client FLUSH has
 // nothing to ask of it unless a write completed since.
 //
+// A read that an in-sync mirror replica fails with a media error (EIO) is
+// served from another replica and the range rewritten on the failing one,
+// under the range's lock stripes (no client write runs between the read
+// of the good copy and the rewrite); the replica stays in sync if the
+// rewrite succeeds. The rewrite is a plain write: durable at the member's
+// next FLUSH, and if it is lost the next read finds the error again.
+//
 // # Activity log
 //
 // A mirror whose children are single members with metadata (Assemble)
@@ -377,6 +384,9 @@ type member struct {
 	// resyncZeroedBytes are the bytes a resync wrote as WRITE_ZEROES
 	// instead of copying (the source reads zeroes there).
 	resyncZeroedBytes atomic.Int64
+	// readErrorsCorrected counts the ranges the member failed to read with
+	// a media error and took rewritten from another replica.
+	readErrorsCorrected atomic.Int64
 	// crashRegions are the regions the start after an unclean stop marked
 	// to copy to the member from the activity log; crashFull is set if it
 	// had to be copied whole instead.

@@ -212,8 +212,12 @@ type MemberStatus struct {
 	ResyncedBytes int64  `json:"resynced_bytes"`
 	// ResyncZeroedBytes are the bytes resync wrote as zeroes instead of
 	// copying them (the source's block status said they read zeroes).
-	ResyncZeroedBytes int64  `json:"resync_zeroed_bytes"`
-	LastError         string `json:"last_error,omitempty"`
+	ResyncZeroedBytes int64 `json:"resync_zeroed_bytes"`
+	// ReadErrorsCorrected are the ranges the member failed to read with a
+	// media error (EIO) that were served from another replica and
+	// rewritten on it.
+	ReadErrorsCorrected int64  `json:"read_errors_corrected"`
+	LastError           string `json:"last_error,omitempty"`
 }
 
 // Status returns a snapshot of every member.
@@ -222,7 +226,7 @@ func (e *Engine) Status() []MemberStatus {
 	for i, m := range e.members {
 		st := MemberStatus{Index: i, Node: m.node.String(), State: m.State().String(),
 			Pending: int(m.pending.Load()), ResyncedBytes: m.resyncedBytes.Load(),
-			ResyncZeroedBytes: m.resyncZeroedBytes.Load()}
+			ResyncZeroedBytes: m.resyncZeroedBytes.Load(), ReadErrorsCorrected: m.readErrorsCorrected.Load()}
 		for _, a := range m.ancestors {
 			st.DirtyRegions += a.mi.count(a.child)
 		}

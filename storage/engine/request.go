@@ -230,8 +230,13 @@ func (e *Engine) readAt(ctx context.Context, cmd nbd.Command, p []byte, off, len
 	if invariantsOn && !r.rp.noReplica {
 		checkExtents(cmd, r.exts, length)
 	}
+	var bad []badRead // media errors to correct once the read is served
+	var badErr error
 	for {
 		if r.rp.noReplica {
+			if badErr != nil {
+				return badErr // no other replica has it: the media error stands
+			}
 			return fmt.Errorf("engine: %v offset %d length %d: %w", cmd, off, length, ErrNoReplica)
 		}
 		r.setTasks()
@@ -244,19 +249,121 @@ func (e *Engine) readAt(ctx context.Context, cmd nbd.Command, p []byte, off, len
 				continue
 			}
 			m := e.members[t.ext.Member]
-			if ctx.Err() != nil || !e.failRedundant(ctx, m, t.err) {
-				return fmt.Errorf("engine: %v offset %d length %d on member %d (%v): %w",
-					cmd, off+t.ext.BufOffset, t.ext.Length, m.index, m.node, t.err)
+			pieceErr := fmt.Errorf("engine: %v offset %d length %d on member %d (%v): %w",
+				cmd, off+t.ext.BufOffset, t.ext.Length, m.index, m.node, t.err)
+			switch {
+			case cmd == nbd.CmdRead && errors.Is(t.err, nbd.EIO) && len(m.ancestors) > 0 && m.State() == InSync:
+				// A bad range on a replica (md's read-error correction):
+				// served from another one, then rewritten on this one,
+				// which stays in service if it takes the rewrite.
+				bad = append(bad, badRead{m, off + t.ext.BufOffset, t.ext.Length})
+				if badErr == nil {
+					badErr = pieceErr
+				}
+			case ctx.Err() != nil || !e.failRedundant(ctx, m, t.err):
+				return pieceErr
 			}
 			r.rp.excluded[m.index] = true
 			exts = e.root.Map(exts, off+t.ext.BufOffset, t.ext.Length, t.ext.BufOffset, &r.rp)
 			retry = true
 		}
 		if !retry {
+			for _, b := range bad {
+				e.correct(ctx, b)
+			}
 			return nil
 		}
 		r.exts = exts
 	}
+}
+
+// badRead is a range of the storage one replica failed to read with a
+// media error.
+type badRead struct {
+	m           *member
+	off, length int64
+}
+
+// correct rewrites a range member b.m failed to read with a media error,
+// from another replica of its innermost mirror, holding the range's lock
+// stripes so that no client write to it runs meanwhile (the bytes are read
+// again under the lock). The member stays in service if the rewrite goes
+// through (counted in ReadErrorsCorrected); else it leaves service where a
+// replica stands in, the range recorded as missed by it.
+func (e *Engine) correct(ctx context.Context, b badRead) {
+	m := b.m
+	inner := m.ancestors[len(m.ancestors)-1]
+	cp := correctPicker{member: m, inner: inner.mi}
+	e.root.Map(nil, b.off, b.length, 0, &cp)
+	var err error
+	for _, x := range cp.ranges {
+		if err = e.rewrite(ctx, inner, m, x[0], x[1]); err != nil {
+			break
+		}
+	}
+	if err == nil {
+		m.readErrorsCorrected.Add(1)
+		m.log.Warn("read error corrected: the range was rewritten from another replica", "offset", b.off, "length", b.length)
+		return
+	}
+	m.log.Warn("read error not corrected", "offset", b.off, "length", b.length, "err", err)
+	if e.failRedundant(ctx, m, err) {
+		dp := dirtyPicker{e: e, member: m}
+		e.root.Map(nil, b.off, b.length, 0, &dp)
+		for _, mi := range dp.persist {
+			if perr := e.persist(ctx, mi); perr != nil {
+				m.log.Error("could not persist the range the member missed", "err", perr)
+			}
+		}
+	}
+}
+
+// rewrite copies [off, off+length) of mirror a.mi (its own offsets) from
+// another child to m, under the range's lock stripes.
+func (e *Engine) rewrite(ctx context.Context, a ancestor, m *member, off, length int64) error {
+	mi := a.mi
+	mask := mi.stripesOf(off, length)
+	for s := range lockStripes {
+		if mask&(1<<s) != 0 {
+			mi.locks[s].Lock()
+			defer mi.locks[s].Unlock()
+		}
+	}
+	rp := readPicker{e: e, excluded: make([]bool, len(e.members))}
+	for _, l := range mi.children[a.child] {
+		rp.excluded[l] = true
+	}
+	p := make([]byte, length)
+	if err := e.mapRun(ctx, mi.m, nbd.CmdRead, p, off, &rp); err != nil {
+		return fmt.Errorf("read the range from another replica: %w", err)
+	}
+	if rp.noReplica {
+		return fmt.Errorf("read the range from another replica: %w", ErrNoReplica)
+	}
+	if err := e.mapRun(ctx, mi.m, nbd.CmdWrite, p, off, &onlyPicker{member: m}); err != nil {
+		return fmt.Errorf("rewrite the range: %w", err)
+	}
+	return nil
+}
+
+// correctPicker maps a range of the storage to m, collecting the ranges of
+// m's innermost mirror it covers (in that mirror's offsets).
+type correctPicker struct {
+	member *member
+	inner  *mirrorInfo
+	ranges [][2]int64
+}
+
+func (p *correctPicker) Pick(m *layout.Mirror, off, length int64) layout.ReplicaSet {
+	for _, a := range p.member.ancestors {
+		if a.mi.m == m {
+			if a.mi == p.inner {
+				p.ranges = append(p.ranges, [2]int64{off, length})
+			}
+			return layout.Replica(a.child)
+		}
+	}
+	return layout.Replica(0)
 }
 
 // writeLike runs a write, trim or write-zeroes: to every writable replica;
