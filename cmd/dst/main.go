@@ -43,6 +43,7 @@ var commands = []command{
 	exportCommand,
 	serveCommand,
 	statusCommand,
+	scrubCommand,
 	attachCommand, detachCommand,
 	tortureCommand,
 }

@@ -517,3 +517,55 @@ region_size: 64KiB
 	require.NoError(t, err)
 	require.Equal(t, bytes.Repeat([]byte{0x3c}, 8192), data[at:at+8192], "the bad range was rewritten on member 0")
 }
+
+// TestScrubFindsAFlippedSector: a sector flipped on one replica's image
+// behind dst's back is what dst scrub reports (mirror, child, member,
+// range; exit 1), --repair rewrites it from the other replica, and a
+// second scrub finds the replicas agree.
+func TestScrubFindsAFlippedSector(t *testing.T) {
+	testkit.Need(t, "qemu-io")
+	dir := t.TempDir()
+	fileA, fileB := testkit.Image(t, "a.img", 16<<20), testkit.Image(t, "b.img", 16<<20)
+	a := startExport(t, "127.0.0.1:0", fileA)
+	b := startExport(t, "127.0.0.1:0", fileB)
+	cfg := writeConfig(t, dir, fmt.Sprintf(`listen: 127.0.0.1:0
+admin: 127.0.0.1:0
+storage:
+  layout: mirror
+  members: [nbd://%s, nbd://%s]
+region_size: 64KiB
+%s`, a.addrs[0], b.addrs[0], fastNodes))
+	s := startServe(t, cfg)
+	url, adminAddr := "nbd://"+s.addrs[0], s.addrs[1]
+	qemuIO(t, url, "write -P 0x71 0 8M", "flush")
+	off := status(t, adminAddr).Members[1].DataOffset
+
+	// One sector of member 1's image, at storage offset 5 MiB + 512, rots.
+	img, err := os.OpenFile(fileB, os.O_RDWR, 0)
+	require.NoError(t, err)
+	_, err = img.WriteAt(bytes.Repeat([]byte{0x8e}, 512), off+5<<20+512)
+	require.NoError(t, err)
+	require.NoError(t, img.Close())
+
+	code, out, errOut := runDst(t, "scrub", "--admin", adminAddr, "--json")
+	require.Equal(t, exitRuntime, code, "differences remain: exit 1\n%s%s", out, errOut)
+	var res engine.ScrubResult
+	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
+	require.Equal(t, []engine.ScrubMismatch{{Mirror: 0, Child: 1, Source: 0, Members: []int{1}, Offset: 5 << 20, Length: 4096}}, res.Mismatches)
+
+	code, out, errOut = runDst(t, "scrub", "--admin", adminAddr, "--repair")
+	require.Equal(t, exitOK, code, out+errOut)
+	require.Contains(t, out, "1 ranges differed (repaired)")
+	code, out, errOut = runDst(t, "scrub", "--admin", adminAddr)
+	require.Equal(t, exitOK, code, out+errOut)
+	require.Contains(t, out, "the replicas agree")
+	st := status(t, adminAddr)
+	require.NotNil(t, st.Scrub)
+	require.Equal(t, uint64(2), st.Scrub.Mismatches)
+	s.stopOK(t)
+	a.stopOK(t)
+	b.stopOK(t)
+	dataB, err := os.ReadFile(fileB)
+	require.NoError(t, err)
+	require.Equal(t, bytes.Repeat([]byte{0x71}, 4096), dataB[off+5<<20:off+5<<20+4096], "repaired on member 1")
+}

@@ -12,6 +12,10 @@
 //	POST /members/{index}/resume
 //	               end the suspension: the member rejoins at the monitor's
 //	               next probe and catches up; poll /status for "in-sync"
+//	POST /scrub[?repair=1&rate=BYTES]
+//	               compare every mirror's replicas region by region (and
+//	               rewrite what differs from the first in-sync one); the
+//	               answer is the result, when the scrub is done
 //
 // Request metrics are read from the counters the engine keeps where it
 // serves each request (storage/iostats: atomics into fixed histogram
@@ -120,6 +124,16 @@ type Status struct {
 	// Activity is the state of the mirrors' activity logs, if any keeps
 	// one.
 	Activity *engine.ActivityStatus `json:"activity,omitempty"`
+	// Scrub is the scrub in progress and the last one's result, for a
+	// storage that scrubs (Scrubber).
+	Scrub *engine.ScrubStatus `json:"scrub,omitempty"`
+}
+
+// Scrubber is a storage that compares its replicas (*engine.Engine is
+// one): with Control it serves POST /scrub.
+type Scrubber interface {
+	Scrub(ctx context.Context, opts engine.ScrubOptions) (*engine.ScrubResult, error)
+	ScrubStatus() engine.ScrubStatus
 }
 
 // MemberStatus is one member in Status: the engine's view and the node's.
@@ -187,11 +201,15 @@ func NewHandler(o Options) *Handler {
 	if o.Control != nil {
 		h.mux.HandleFunc("POST /members/{index}/suspend", h.control(o.Control.Suspend, "suspended"))
 		h.mux.HandleFunc("POST /members/{index}/resume", h.control(o.Control.Release, "resuming"))
+		if sc, ok := o.Control.(Scrubber); ok {
+			h.mux.HandleFunc("POST /scrub", h.scrub(sc))
+		}
 	}
 	h.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprint(w, "dst admin\n  /status   storage and member status (JSON)\n  /metrics  Prometheus metrics\n"+
-			"  POST /members/{index}/suspend, /members/{index}/resume  member maintenance\n")
+			"  POST /members/{index}/suspend, /members/{index}/resume  member maintenance\n"+
+			"  POST /scrub[?repair=1&rate=BYTES]  compare the replicas (and repair them); answers when done\n")
 	})
 	return h
 }
@@ -212,6 +230,10 @@ func (h *Handler) Status() Status {
 	}
 	if h.o.Generation != nil {
 		st.Generation = h.o.Generation()
+	}
+	if sc, ok := h.o.Storage.(Scrubber); ok {
+		ss := sc.ScrubStatus()
+		st.Scrub = &ss
 	}
 	if a, ok := h.o.Storage.(activityStorage); ok {
 		if as := a.Activity(); as.Mirrors > 0 {
@@ -285,6 +307,40 @@ func (h *Handler) control(do func(int) error, state string) http.HandlerFunc {
 			w.WriteHeader(http.StatusConflict)
 		}
 		_ = json.NewEncoder(w).Encode(res)
+	}
+}
+
+// scrub returns the handler of POST /scrub: it runs a scrub (repair=1
+// repairs, rate bounds the bytes read per second) and answers with its
+// result when it is done: 200, or 409 when one is running already, 400 for
+// a bad parameter, 500 with the partial result if it failed.
+func (h *Handler) scrub(sc Scrubber) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		q := r.URL.Query()
+		var opts engine.ScrubOptions
+		opts.Repair = q.Get("repair") == "1" || q.Get("repair") == "true"
+		if v := q.Get("rate"); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				w.WriteHeader(http.StatusBadRequest)
+				_ = json.NewEncoder(w).Encode(map[string]string{"error": fmt.Sprintf("rate %q is not a number of bytes per second", v)})
+				return
+			}
+			opts.Rate = n
+		}
+		res, err := sc.Scrub(r.Context(), opts)
+		switch {
+		case errors.Is(err, engine.ErrScrubRunning):
+			w.WriteHeader(http.StatusConflict)
+			_ = json.NewEncoder(w).Encode(map[string]string{"error": err.Error()})
+			return
+		case err != nil:
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(res)
 	}
 }
 

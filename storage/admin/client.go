@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"strings"
+
+	"dst/storage/engine"
 )
 
 // MaxStatusBytes bounds an answer Client reads.
@@ -71,6 +74,32 @@ func (c *Client) Suspend(ctx context.Context, i int) error {
 func (c *Client) Resume(ctx context.Context, i int) error {
 	_, err := c.do(ctx, http.MethodPost, fmt.Sprintf("/members/%d/resume", i))
 	return err
+}
+
+// Scrub runs a scrub of the storage's replicas (POST /scrub) and returns
+// its result when it is done; repair rewrites what differs, rate bounds
+// the bytes read per second (0: unlimited). A scrub that failed midway
+// returns its partial result with the error.
+func (c *Client) Scrub(ctx context.Context, repair bool, rate int64) (*engine.ScrubResult, error) {
+	path := fmt.Sprintf("/scrub?rate=%d", rate)
+	if repair {
+		path += "&repair=1"
+	}
+	body, err := c.do(ctx, http.MethodPost, path)
+	var he *HTTPError
+	if errors.As(err, &he) && he.Code == http.StatusInternalServerError {
+		body = []byte(he.Body)
+	} else if err != nil {
+		return nil, err
+	}
+	var res engine.ScrubResult
+	if uerr := json.Unmarshal(body, &res); uerr != nil {
+		return nil, fmt.Errorf("admin: the answer is not a scrub result: %w", uerr)
+	}
+	if res.Error != "" {
+		return &res, fmt.Errorf("admin: scrub failed: %s", res.Error)
+	}
+	return &res, nil
 }
 
 // HTTPError is an admin answer other than 2xx.

@@ -141,6 +141,28 @@ func (h *Handler) WriteMetrics(b *bytes.Buffer) {
 		}
 	}
 
+	if sc := st.Scrub; sc != nil {
+		running, lastMismatches, lastFinished := 0.0, 0.0, 0.0
+		if sc.Running {
+			running = 1
+		}
+		if sc.Last != nil {
+			lastMismatches, lastFinished = float64(sc.Last.MismatchCount), float64(sc.Last.Finished.Unix())
+		}
+		for _, g := range []struct {
+			name, typ, help string
+			v               float64
+		}{
+			{"dst_scrub_running", "gauge", "1 while a scrub compares the replicas.", running},
+			{"dst_scrub_mismatches_total", "counter", "Ranges where replicas differed, over every scrub.", float64(sc.Mismatches)},
+			{"dst_scrub_last_mismatches", "gauge", "Ranges where replicas differed in the last scrub.", lastMismatches},
+			{"dst_scrub_last_finished_seconds", "gauge", "When the last scrub ended (Unix time; 0: none yet).", lastFinished},
+		} {
+			e.family(g.name, g.typ, g.help)
+			e.sample(g.name, g.v)
+		}
+	}
+
 	var remotes []MemberStatus
 	for _, m := range st.Members {
 		if m.Remote != nil {

@@ -186,6 +186,8 @@ type Engine struct {
 	// mirrorList are the mirrors in walk order (outermost first); a
 	// mirror's index there is its index in core.
 	mirrorList []*mirrorInfo
+	// scrub is the scrub in progress and the last one's result (Scrub).
+	scrub scrubState
 
 	// stopActivity stops the activity logs' clearers; nil without logs.
 	stopActivity context.CancelFunc

@@ -149,12 +149,16 @@ func (m *Memory) BlockStatus(_ context.Context, off, length int64, dst []nbd.Ext
 // holding writes still in the cache is data (they are not below yet).
 func (v *Volatile) BlockStatus(ctx context.Context, off, length int64, dst []nbd.Extent) ([]nbd.Extent, error) {
 	start := len(dst)
+	// Held across the question below too: a write-back (under mu) moving
+	// a unit from the cache to the node below between the two looks
+	// would make written data look like a hole that reads zeroes, and a
+	// resync would zero a replica's data (torture smoke run, 2026-12-07).
+	v.mu.Lock()
+	defer v.mu.Unlock()
 	dst, err := BlockStatus(ctx, v.under, off, length, dst)
 	if err != nil {
 		return dst, err
 	}
-	v.mu.Lock()
-	defer v.mu.Unlock()
 	at := off
 	for i := start; i < len(dst); i++ {
 		d := &dst[i]

@@ -84,3 +84,36 @@ func TestFileBlockStatusAllocatesNothing(t *testing.T) {
 		return err
 	})
 }
+
+// A volatile cache's block status is taken with its write-back excluded:
+// a unit written back between the look below and the look at the cache
+// must not read as zeroes (a resync would zero a replica's data).
+func TestVolatileBlockStatusDuringWriteBack(t *testing.T) {
+	ctx := context.Background()
+	mem := node.NewMemory(1 << 20)
+	v, err := node.NewVolatile(mem, node.VolatileOptions{})
+	require.NoError(t, err)
+	p := make([]byte, node.VolatileUnit)
+	for i := range p {
+		p[i] = 0xa5
+	}
+	exts := make([]nbd.Extent, 0, 4)
+	units := int64(1<<20) / node.VolatileUnit
+	for round := range 20 {
+		for u := range units {
+			require.NoError(t, v.WriteAt(ctx, p, u*node.VolatileUnit, 0))
+		}
+		done := make(chan error, 1)
+		go func() { done <- v.Flush(ctx) }()
+		for u := range units {
+			got, err := v.BlockStatus(ctx, u*node.VolatileUnit, node.VolatileUnit, exts[:0])
+			require.NoError(t, err)
+			for _, x := range got {
+				require.Zero(t, x.Flags&nbd.StateZero, "round %d unit %d reads as zeroes: %v", round, u, got)
+			}
+		}
+		require.NoError(t, <-done)
+		require.NoError(t, v.Trim(ctx, 0, 1<<20, 0))
+		require.NoError(t, mem.WriteZeroes(ctx, 0, 1<<20, 0))
+	}
+}

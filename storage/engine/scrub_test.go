@@ -1,0 +1,118 @@
+package engine
+
+import (
+	"context"
+	"math/rand/v2"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"dst/internal/testkit"
+)
+
+// A scrub finds exactly the range where one replica's bytes were flipped
+// behind the engine's back, names the member, repairs it from the other
+// with repair, and a second scrub is clean.
+func TestScrubFindsAndRepairs(t *testing.T) {
+	ctx := testkit.Context(t, 30*time.Second)
+	r := mirror2(t)
+	rng := rand.New(rand.NewPCG(1, 2))
+	r.write(t, rng, 0, r.l.Size())
+	// A bit flips on member 1 at storage offset 300000 (in the block
+	// 299008..303104), and 5000 bytes rot at 700000.
+	at := int(dataOffset) + 300000
+	b := r.mems[1].Bytes(at, 1)
+	b[0] ^= 0x10
+	require.NoError(t, r.mems[1].WriteAt(context.Background(), b, int64(at), 0))
+	require.NoError(t, r.mems[1].WriteAt(context.Background(), make([]byte, 5000), int64(dataOffset)+700000, 0))
+
+	res, err := r.e.Scrub(ctx, ScrubOptions{})
+	require.NoError(t, err)
+	require.Equal(t, 2, res.MismatchCount)
+	require.Equal(t, []ScrubMismatch{
+		{Mirror: 0, Child: 1, Source: 0, Members: []int{1}, Offset: 299008, Length: 4096},
+		{Mirror: 0, Child: 1, Source: 0, Members: []int{1}, Offset: 696320, Length: 12288},
+	}, res.Mismatches)
+	require.Equal(t, r.e.mirrorList[0].regions(), res.Regions)
+	require.Equal(t, 2*r.l.Size(), res.BytesRead)
+
+	res, err = r.e.Scrub(ctx, ScrubOptions{Repair: true})
+	require.NoError(t, err)
+	require.Equal(t, 2, res.MismatchCount)
+	require.True(t, res.Mismatches[0].Repaired)
+	r.verify(t) // both members hold the model's bytes again
+
+	res, err = r.e.Scrub(ctx, ScrubOptions{})
+	require.NoError(t, err)
+	require.Zero(t, res.MismatchCount, "clean after the repair")
+	st := r.e.ScrubStatus()
+	require.False(t, st.Running)
+	require.Equal(t, uint64(4), st.Mismatches)
+	require.Equal(t, res, st.Last)
+}
+
+// Client writes during a scrub never show as mismatches: a region is
+// compared under its lock stripe.
+func TestScrubUnderWrites(t *testing.T) {
+	ctx := testkit.Context(t, 60*time.Second)
+	r := mirror2(t)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var writes atomic.Int64
+	for w := range 4 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(w), 9))
+			p := make([]byte, 64<<10)
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				n := int64(1+rng.IntN(16)) * 4096
+				for i := range p[:n] {
+					p[i] = byte(rng.Uint32())
+				}
+				if err := r.e.WriteAt(ctx, p[:n], rng.Int64N(r.l.Size()-n), 0); err != nil {
+					t.Error(err)
+					return
+				}
+				writes.Add(1)
+			}
+		})
+	}
+	for range 30 {
+		before := writes.Load()
+		res, err := r.e.Scrub(ctx, ScrubOptions{})
+		require.NoError(t, err)
+		require.Zero(t, res.MismatchCount, "%+v", res.Mismatches)
+		if writes.Load() == before {
+			time.Sleep(time.Millisecond) // let the writers in
+		}
+	}
+	close(stop)
+	wg.Wait()
+	require.Positive(t, writes.Load())
+}
+
+// A scrub's pace holds to its rate; a second scrub while one runs is
+// refused.
+func TestScrubRateAndExclusion(t *testing.T) {
+	ctx := testkit.Context(t, 30*time.Second)
+	r := mirror2(t)
+	done := make(chan *ScrubResult, 1)
+	begin := time.Now()
+	go func() {
+		res, err := r.e.Scrub(ctx, ScrubOptions{Rate: 8 << 20}) // 2 MiB read at 8 MiB/s: 250 ms
+		require.NoError(t, err)
+		done <- res
+	}()
+	require.Eventually(t, func() bool { return r.e.ScrubStatus().Running }, 5*time.Second, time.Millisecond)
+	_, err := r.e.Scrub(ctx, ScrubOptions{})
+	require.ErrorIs(t, err, ErrScrubRunning)
+	res := <-done
+	require.GreaterOrEqual(t, time.Since(begin), 200*time.Millisecond, "read %d bytes", res.BytesRead)
+}
