@@ -371,7 +371,7 @@ func (s *Storage) checkBoot(ctx context.Context, i int, boot string) error {
 	// restart, so the writes it was to cover may be gone, and its replay
 	// on the new boot would succeed over nothing (m.written was cleared
 	// when it began).
-	unflushed := m.written.Load() || m.flushing.Load() > 0
+	unflushed := m.unflushed()
 	if prev == "" || boot == "" || boot == prev || !unflushed || bugs.On(bugs.IgnoreBoot) {
 		return nil
 	}

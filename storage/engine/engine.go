@@ -379,9 +379,12 @@ type member struct {
 	// without metadata (New alone), whose dirty maps live in memory only.
 	area *meta.Area
 
-	state         atomic.Int32
-	pending       atomic.Int32 // pieces in flight, for read balancing
-	written       atomic.Bool  // completed a write since its last flush
+	state   atomic.Int32
+	pending atomic.Int32 // pieces in flight, for read balancing
+	written atomic.Bool  // completed a write since its last flush
+	// settling counts the flushes between clearing written and their end
+	// (see unflushed).
+	settling      atomic.Int32
 	resyncedBytes atomic.Int64
 	// resyncZeroedBytes are the bytes a resync wrote as WRITE_ZEROES
 	// instead of copying (the source reads zeroes there).
@@ -417,4 +420,12 @@ func (m *member) writable() bool { s := m.State(); return s == InSync || s == Re
 type ancestor struct {
 	mi    *mirrorInfo
 	child int
+}
+
+// unflushed reports whether m may hold writes not flushed: one completed
+// since its last flush, or a flush that has not ended (it began before a
+// restart of the member's machine, so what it was to cover may be gone,
+// and its replay on the new boot would succeed over nothing).
+func (m *member) unflushed() bool {
+	return m.written.Load() || m.flushing.Load() > 0 || m.settling.Load() > 0
 }

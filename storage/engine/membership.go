@@ -28,7 +28,7 @@ import (
 
 // facts are what the engine knows of m for a membership event.
 func (e *Engine) facts(m *member) membership.Facts {
-	return membership.Facts{Unflushed: m.written.Load() || m.flushing.Load() > 0, Logged: m.logged()}
+	return membership.Facts{Unflushed: m.unflushed(), Logged: m.logged()}
 }
 
 // decide runs one event on the membership core under failMu and applies

@@ -566,15 +566,32 @@ func (e *Engine) flushBy(ctx, answerBy context.Context) error {
 		// At shutdown (answerBy) every writable member is asked: one
 		// that does not answer must leave before the rest are marked
 		// clean.
-		if m.writable() && (m.written.Swap(false) || answerBy != nil) {
-			if bugs.On(bugs.FlushOneMember) && len(r.exts) > 0 {
-				continue
-			}
-			r.exts = append(r.exts, layout.Extent{Member: m.index})
+		if !m.writable() {
+			continue
 		}
+		// From clearing written until the FLUSH is counted in flushing,
+		// settling says the member still has writes not flushed (a
+		// restart of its machine noticed meanwhile must recopy them).
+		m.settling.Add(1)
+		if !m.written.Swap(false) && answerBy == nil {
+			m.settling.Add(-1)
+			continue
+		}
+		if bugs.On(bugs.FlushOneMember) && len(r.exts) > 0 {
+			m.settling.Add(-1)
+			continue
+		}
+		r.exts = append(r.exts, layout.Extent{Member: m.index})
 	}
 	r.setTasks()
 	r.dispatch()
+	for i := range r.tasks {
+		t := &r.tasks[i]
+		if t.err != nil {
+			e.members[t.ext.Member].written.Store(true) // still unflushed
+		}
+		e.members[t.ext.Member].settling.Add(-1)
+	}
 	var firstErr error
 	for i := range r.tasks {
 		t := &r.tasks[i]

@@ -203,12 +203,16 @@ func (e *Engine) commitCopies(ctx context.Context, a ancestor, m *member, region
 		// (that one sets written again). Without this, a client FLUSH
 		// flushed m anyway and, m cut meanwhile, failed for want of a
 		// record of m leaving (model seed 1796648404889492896).
+		m.settling.Add(1) // see Engine.flushBy
 		m.written.Store(false)
 		m.flushing.Add(1)
 		err := m.node.Flush(ctx)
 		m.flushing.Add(-1)
 		if err != nil {
 			m.written.Store(true)
+		}
+		m.settling.Add(-1)
+		if err != nil {
 			return fmt.Errorf("flush the copies: %w", err)
 		}
 	}
