@@ -122,14 +122,15 @@ resync:
   rate: unlimited
 `
 
-func TestServeMirrorSurvivesNodeLoss(t *testing.T) {
-	testkit.Need(t, "qemu-io")
-	start := time.Now()
-	dir := t.TempDir()
-	fileA, fileB := testkit.Image(t, "a.img", 32<<20), testkit.Image(t, "b.img", 32<<20)
-	a := startExport(t, "127.0.0.1:0", fileA)
-	b := startExport(t, "127.0.0.1:0", fileB)
-	cfg := writeConfig(t, dir, fmt.Sprintf(`listen: 127.0.0.1:0
+// mirrorOfExports starts two dst export processes over fresh images of
+// size bytes (extraA: more flags for the first) and writes the config of
+// a mirror of them, with 64 KiB regions and the config text extra.
+func mirrorOfExports(t *testing.T, size int64, extra string, extraA ...string) (cfg string, a, b *child, fileA, fileB string) {
+	t.Helper()
+	fileA, fileB = testkit.Image(t, "a.img", size), testkit.Image(t, "b.img", size)
+	a = startExport(t, "127.0.0.1:0", fileA, extraA...)
+	b = startExport(t, "127.0.0.1:0", fileB)
+	cfg = writeConfig(t, t.TempDir(), fmt.Sprintf(`listen: 127.0.0.1:0
 admin: 127.0.0.1:0
 storage:
   layout: mirror
@@ -137,7 +138,32 @@ storage:
     - nbd://%s
     - nbd://%s
 region_size: 64KiB
-%s`, a.addrs[0], b.addrs[0], fastNodes))
+%s`, a.addrs[0], b.addrs[0], extra))
+	return cfg, a, b, fileA, fileB
+}
+
+// requireSameDataAreas compares the data areas of two member images byte
+// for byte (their processes stopped).
+func requireSameDataAreas(t *testing.T, fileA, fileB string, offA, offB, size int64) {
+	t.Helper()
+	dataA, err := os.ReadFile(fileA)
+	require.NoError(t, err)
+	dataB, err := os.ReadFile(fileB)
+	require.NoError(t, err)
+	areaA, areaB := dataA[offA:offA+size], dataB[offB:offB+size]
+	if !bytes.Equal(areaA, areaB) {
+		for i := range areaA {
+			if areaA[i] != areaB[i] {
+				t.Fatalf("data areas differ first at data offset %d: %#x vs %#x", i, areaA[i], areaB[i])
+			}
+		}
+	}
+}
+
+func TestServeMirrorSurvivesNodeLoss(t *testing.T) {
+	testkit.Need(t, "qemu-io")
+	start := time.Now()
+	cfg, a, b, fileA, fileB := mirrorOfExports(t, 32<<20, fastNodes)
 	s := startServe(t, cfg)
 	url, adminAddr := "nbd://"+s.addrs[0], s.addrs[1]
 
@@ -182,17 +208,8 @@ region_size: 64KiB
 	require.Equal(t, exitOK, b.stop(t, syscall.SIGTERM), b.output())
 	dataA, err := os.ReadFile(fileA)
 	require.NoError(t, err)
-	dataB, err := os.ReadFile(fileB)
-	require.NoError(t, err)
-	areaA, areaB := dataA[offA:offA+size], dataB[offB:offB+size]
-	require.Equal(t, bytes.Repeat([]byte{0x66}, 2<<20), areaA[8<<20:10<<20], "member 0 got what it missed")
-	if !bytes.Equal(areaA, areaB) {
-		for i := range areaA {
-			if areaA[i] != areaB[i] {
-				t.Fatalf("data areas differ first at data offset %d: %#x vs %#x", i, areaA[i], areaB[i])
-			}
-		}
-	}
+	require.Equal(t, bytes.Repeat([]byte{0x66}, 2<<20), dataA[offA+8<<20:offA+10<<20], "member 0 got what it missed")
+	requireSameDataAreas(t, fileA, fileB, offA, offB, size)
 	t.Logf("data areas identical (%d bytes): %v", size, time.Since(start))
 }
 
@@ -407,21 +424,10 @@ func TestServeAndStatusHelp(t *testing.T) {
 // flushed.
 func TestServeStopsWithAMemberHung(t *testing.T) {
 	testkit.Need(t, "qemu-io")
-	dir := t.TempDir()
-	fileA, fileB := testkit.Image(t, "a.img", 32<<20), testkit.Image(t, "b.img", 32<<20)
-	a := startExport(t, "127.0.0.1:0", fileA)
-	b := startExport(t, "127.0.0.1:0", fileB)
-	cfg := writeConfig(t, dir, fmt.Sprintf(`listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-storage:
-  layout: mirror
-  members:
-    - nbd://%s
-    - nbd://%s
-region_size: 64KiB
-shutdown_timeout: 3s
+	// Default node timeouts: a request may wait 30 s for a node.
+	cfg, a, b, fileA, fileB := mirrorOfExports(t, 32<<20, `shutdown_timeout: 3s
 resync: {interval: 100ms, rate: unlimited}
-`, a.addrs[0], b.addrs[0])) // default node timeouts: a request may wait 30 s for a node
+`)
 	s := startServe(t, cfg)
 	url := "nbd://" + s.addrs[0]
 	qemuIO(t, url, "write -P 0x5a 0 4M", "flush")
@@ -455,11 +461,7 @@ resync: {interval: 100ms, rate: unlimited}
 	s2.stopOK(t)
 	a.stopOK(t)
 	b.stopOK(t)
-	dataA, err := os.ReadFile(fileA)
-	require.NoError(t, err)
-	dataB, err := os.ReadFile(fileB)
-	require.NoError(t, err)
-	require.True(t, bytes.Equal(dataA[offA:offA+size], dataB[offB:offB+size]), "the data areas are identical after the copy")
+	requireSameDataAreas(t, fileA, fileB, offA, offB, size)
 }
 
 // TestServeCorrectsReadErrors: a member whose media fails a read (a dst
@@ -469,25 +471,15 @@ resync: {interval: 100ms, rate: unlimited}
 // dst status counts the correction.
 func TestServeCorrectsReadErrors(t *testing.T) {
 	testkit.Need(t, "qemu-io")
-	dir := t.TempDir()
-	fileA, fileB := testkit.Image(t, "a.img", 16<<20), testkit.Image(t, "b.img", 16<<20)
 	area, err := meta.Plan(16<<20, 64<<10)
 	require.NoError(t, err)
 	// Member 0's media under 1M+64K..+8K of the storage fails its first
 	// read (the rule is there from the start: nothing reads the range
 	// before the test does).
 	at := area.DataOffset + 1<<20 + 64<<10
-	rules := filepath.Join(dir, "a.faults.json")
+	rules := filepath.Join(t.TempDir(), "a.faults.json")
 	require.NoError(t, os.WriteFile(rules, fmt.Appendf(nil, `{"rules": [{"op": "read", "offset": %d, "length": 8192, "action": "eio", "count": 1}]}`, at), 0o644))
-	a := startExport(t, "127.0.0.1:0", fileA, "--faults", rules)
-	b := startExport(t, "127.0.0.1:0", fileB)
-	cfg := writeConfig(t, dir, fmt.Sprintf(`listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-storage:
-  layout: mirror
-  members: [nbd://%s, nbd://%s]
-region_size: 64KiB
-%s`, a.addrs[0], b.addrs[0], fastNodes))
+	cfg, a, b, fileA, _ := mirrorOfExports(t, 16<<20, fastNodes, "--faults", rules)
 	s := startServe(t, cfg)
 	url, adminAddr := "nbd://"+s.addrs[0], s.addrs[1]
 	require.Equal(t, area.DataOffset, status(t, adminAddr).Members[0].DataOffset)
@@ -524,17 +516,7 @@ region_size: 64KiB
 // second scrub finds the replicas agree.
 func TestScrubFindsAFlippedSector(t *testing.T) {
 	testkit.Need(t, "qemu-io")
-	dir := t.TempDir()
-	fileA, fileB := testkit.Image(t, "a.img", 16<<20), testkit.Image(t, "b.img", 16<<20)
-	a := startExport(t, "127.0.0.1:0", fileA)
-	b := startExport(t, "127.0.0.1:0", fileB)
-	cfg := writeConfig(t, dir, fmt.Sprintf(`listen: 127.0.0.1:0
-admin: 127.0.0.1:0
-storage:
-  layout: mirror
-  members: [nbd://%s, nbd://%s]
-region_size: 64KiB
-%s`, a.addrs[0], b.addrs[0], fastNodes))
+	cfg, a, b, _, fileB := mirrorOfExports(t, 16<<20, fastNodes)
 	s := startServe(t, cfg)
 	url, adminAddr := "nbd://"+s.addrs[0], s.addrs[1]
 	qemuIO(t, url, "write -P 0x71 0 8M", "flush")

@@ -244,12 +244,10 @@ func fuzzClient(greeting, input []byte, opts ClientOptions, use func(context.Con
 	c.Close()
 }
 
-// FuzzClientStructured is FuzzClient on a connection that negotiated
-// structured replies and base:allocation: arbitrary chunks (data, holes,
-// errors, block status, unknown types) after a valid handshake must fail
-// cleanly or fill the read, never panic, hang or write outside the
-// caller's buffer.
-func FuzzClientStructured(f *testing.F) {
+// chunkedGreeting is what a server sends a client that asks for opt
+// (STRUCTURED_REPLY or EXTENDED_HEADERS) and base:allocation (context id
+// 1) and then GO: the acknowledgements and a 1 MiB export.
+func chunkedGreeting(opt Option) []byte {
 	optReply := func(opt Option, typ ReplyType, payload []byte) []byte {
 		b := be.AppendUint64(nil, MagicOptionReply)
 		b = be.AppendUint32(b, uint32(opt))
@@ -260,14 +258,39 @@ func FuzzClientStructured(f *testing.F) {
 	greeting := be.AppendUint64(nil, MagicNBD)
 	greeting = be.AppendUint64(greeting, MagicOption)
 	greeting = be.AppendUint16(greeting, HandshakeFixedNewstyle|HandshakeNoZeroes)
-	greeting = append(greeting, optReply(OptStructuredReply, RepAck, nil)...)
+	greeting = append(greeting, optReply(opt, RepAck, nil)...)
 	greeting = append(greeting, optReply(OptSetMetaContext, RepMetaContext, append([]byte{0, 0, 0, 1}, BaseAllocation...))...)
 	greeting = append(greeting, optReply(OptSetMetaContext, RepAck, nil)...)
 	exp := be.AppendUint16(nil, uint16(InfoExport))
 	exp = be.AppendUint64(exp, 1<<20)
 	exp = be.AppendUint16(exp, uint16(FlagHasFlags|FlagSendFlush))
 	greeting = append(greeting, optReply(OptGo, RepInfo, exp)...)
-	greeting = append(greeting, optReply(OptGo, RepAck, nil)...)
+	return append(greeting, optReply(OptGo, RepAck, nil)...)
+}
+
+// chunkedUse reads 512 bytes into a larger buffer and asks for block
+// status into room for 4 descriptors: the client must stay within both.
+func chunkedUse(t *testing.T) func(context.Context, *Client) {
+	return func(ctx context.Context, c *Client) {
+		buf := make([]byte, 512, 1024)
+		_ = c.ReadAt(ctx, buf, 0)
+		if tail := buf[512:1024]; !bytes.Equal(tail, make([]byte, 512)) {
+			t.Fatalf("the client wrote past the read buffer")
+		}
+		exts, _ := c.BlockStatus(ctx, 0, 1<<20, make([]Extent, 0, 4))
+		if len(exts) > 4 {
+			t.Fatalf("%d descriptors in room for 4", len(exts))
+		}
+	}
+}
+
+// FuzzClientStructured is FuzzClient on a connection that negotiated
+// structured replies and base:allocation: arbitrary chunks (data, holes,
+// errors, block status, unknown types) after a valid handshake must fail
+// cleanly or fill the read, never panic, hang or write outside the
+// caller's buffer.
+func FuzzClientStructured(f *testing.F) {
+	greeting := chunkedGreeting(OptStructuredReply)
 	chunk := func(flags, typ uint16, cookie uint64, payload []byte) []byte {
 		b := make([]byte, StructuredReplyBytes)
 		encodeChunk(b, flags, typ, cookie, uint32(len(payload)))
@@ -281,17 +304,7 @@ func FuzzClientStructured(f *testing.F) {
 	f.Add(chunk(ChunkFlagDone, 77, 0, []byte{1, 2, 3}))
 	f.Add(chunk(ChunkFlagDone, ChunkBlockStatus, 0, []byte{0, 0, 0, 1, 0, 0, 2, 0, 0, 0, 0, 3}))
 	f.Fuzz(func(t *testing.T, input []byte) {
-		fuzzClient(greeting, input, ClientOptions{MaxInFlight: 2, BlockStatus: true}, func(ctx context.Context, c *Client) {
-			buf := make([]byte, 512, 1024)
-			_ = c.ReadAt(ctx, buf, 0)
-			if tail := buf[512:1024]; !bytes.Equal(tail, make([]byte, 512)) {
-				t.Fatalf("the client wrote past the read buffer")
-			}
-			exts, _ := c.BlockStatus(ctx, 0, 1<<20, make([]Extent, 0, 4))
-			if len(exts) > 4 {
-				t.Fatalf("%d descriptors in room for 4", len(exts))
-			}
-		})
+		fuzzClient(greeting, input, ClientOptions{MaxInFlight: 2, BlockStatus: true}, chunkedUse(t))
 	})
 }
 
@@ -299,24 +312,7 @@ func FuzzClientStructured(f *testing.F) {
 // headers: every reply a 32-byte chunk header naming the request's offset,
 // block status in 64-bit descriptors.
 func FuzzClientExtended(f *testing.F) {
-	optReply := func(opt Option, typ ReplyType, payload []byte) []byte {
-		b := be.AppendUint64(nil, MagicOptionReply)
-		b = be.AppendUint32(b, uint32(opt))
-		b = be.AppendUint32(b, uint32(typ))
-		b = be.AppendUint32(b, uint32(len(payload)))
-		return append(b, payload...)
-	}
-	greeting := be.AppendUint64(nil, MagicNBD)
-	greeting = be.AppendUint64(greeting, MagicOption)
-	greeting = be.AppendUint16(greeting, HandshakeFixedNewstyle|HandshakeNoZeroes)
-	greeting = append(greeting, optReply(OptExtendedHeaders, RepAck, nil)...)
-	greeting = append(greeting, optReply(OptSetMetaContext, RepMetaContext, append([]byte{0, 0, 0, 1}, BaseAllocation...))...)
-	greeting = append(greeting, optReply(OptSetMetaContext, RepAck, nil)...)
-	exp := be.AppendUint16(nil, uint16(InfoExport))
-	exp = be.AppendUint64(exp, 1<<20)
-	exp = be.AppendUint16(exp, uint16(FlagHasFlags|FlagSendFlush))
-	greeting = append(greeting, optReply(OptGo, RepInfo, exp)...)
-	greeting = append(greeting, optReply(OptGo, RepAck, nil)...)
+	greeting := chunkedGreeting(OptExtendedHeaders)
 	chunk := func(flags, typ uint16, cookie, off uint64, payload []byte) []byte {
 		b := make([]byte, ExtendedReplyBytes)
 		encodeExtendedChunk(b, flags, typ, cookie, off, uint64(len(payload)))
@@ -332,16 +328,6 @@ func FuzzClientExtended(f *testing.F) {
 	f.Add(append(chunk(ChunkFlagDone, ChunkOffsetData, 0, 0, append(be.AppendUint64(nil, 0), make([]byte, 512)...)),
 		chunk(ChunkFlagDone, ChunkBlockStatusExt, 1, 0, bs)...))
 	f.Fuzz(func(t *testing.T, input []byte) {
-		fuzzClient(greeting, input, ClientOptions{MaxInFlight: 2, BlockStatus: true, ExtendedHeaders: true}, func(ctx context.Context, c *Client) {
-			buf := make([]byte, 512, 1024)
-			_ = c.ReadAt(ctx, buf, 0)
-			if tail := buf[512:1024]; !bytes.Equal(tail, make([]byte, 512)) {
-				t.Fatalf("the client wrote past the read buffer")
-			}
-			exts, _ := c.BlockStatus(ctx, 0, 1<<20, make([]Extent, 0, 4))
-			if len(exts) > 4 {
-				t.Fatalf("%d descriptors in room for 4", len(exts))
-			}
-		})
+		fuzzClient(greeting, input, ClientOptions{MaxInFlight: 2, BlockStatus: true, ExtendedHeaders: true}, chunkedUse(t))
 	})
 }
