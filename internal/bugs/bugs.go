@@ -20,8 +20,11 @@
 //	                  the member it copied to (the bug storage/sim found),
 //	                  so a member that loses power after its resync comes
 //	                  back in sync without the copy
+//	no-fence          a dst server does not close a session's older
+//	                  connections when a newer one fences them, so a write
+//	                  the network held back lands after newer writes
 //
-// The simulator (storage/sim) must catch every engine bug of the list;
+// The simulator (storage/sim) must catch every bug of Sim;
 // the torture harness catches flush-noop, flush-one-member and ignore-boot
 // with real processes.
 package bugs
@@ -33,13 +36,18 @@ const (
 	IgnoreBoot      = "ignore-boot"
 	ActivityNoMark  = "activity-no-mark"
 	ResyncUnflushed = "resync-unflushed"
+	NoFence         = "no-fence"
 )
 
 // All lists the planted bugs.
-var All = []string{FlushNoop, FlushOneMember, IgnoreBoot, ActivityNoMark, ResyncUnflushed}
+var All = []string{FlushNoop, FlushOneMember, IgnoreBoot, ActivityNoMark, ResyncUnflushed, NoFence}
 
 // Engine lists the bugs of the engine (the others are of dst export).
 var Engine = []string{FlushOneMember, IgnoreBoot, ActivityNoMark, ResyncUnflushed}
+
+// Sim lists the bugs the simulator must catch: the engine's, and the
+// server's fence (the simulator's links hold writes back).
+var Sim = append(append([]string(nil), Engine...), NoFence)
 
 // Env names the environment variable that picks the planted bug.
 const Env = "DST_PLANTED_BUG"

@@ -72,7 +72,7 @@ func Assemble(ctx context.Context, tree spec.Tree, opts AssembleOptions) (*Stora
 	ok := false
 	defer func() {
 		if !ok {
-			s.closeNodes()
+			s.Abandon() // the engine too, if one was made (its workers would leak)
 		}
 	}()
 	probes := make([]meta.Probe, len(urls))

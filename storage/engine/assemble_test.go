@@ -11,6 +11,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/require"
@@ -242,4 +243,31 @@ func TestAssembleUncleanRestartComposite(t *testing.T) {
 			}
 		})
 	}
+}
+
+// flushFails is a kept member whose FLUSH fails.
+type flushFails struct{ kept }
+
+func (flushFails) Flush(context.Context) error { return errors.New("flush: input/output error") }
+
+// An assembly that fails after it made the engine stops it: in a
+// testing/synctest bubble, a worker left running fails the test (the
+// simulator found this: an unclean restart whose first FLUSH failed).
+func TestAssembleFailureStopsTheEngine(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		c := newCluster(2<<20, "a", "b")
+		ctx := context.Background()
+		s, err := c.assemble(t, AssembleOptions{})
+		require.NoError(t, err)
+		require.NoError(t, s.Engine().WriteAt(ctx, []byte("x"), 0, 0))
+		s.Abandon() // a crash: the superblocks stay unclean
+		_, err = Assemble(ctx, c.tree, AssembleOptions{RegionSize: 64 << 10,
+			Open: func(_ context.Context, u string) (node.Node, error) {
+				if u == "a" {
+					return flushFails{kept{c.mems[u]}}, nil
+				}
+				return kept{c.mems[u]}, nil
+			}})
+		require.ErrorContains(t, err, "flush after an unclean stop")
+	})
 }

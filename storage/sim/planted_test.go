@@ -14,10 +14,10 @@ import (
 
 // TestSimCatchesPlantedBugs builds this test binary with the planted bugs
 // (build tag dstbugs) and requires the random simulation to fail within
-// 300 sequences from seed 1 for every engine bug of package bugs, each a
-// different kind: a FLUSH that skips a member, a restart with lost writes
-// ignored, writes unmarked in the activity log, a resync that clears marks
-// before its copy is durable.
+// 300 sequences from seed 1 for every bug of bugs.Sim, each a different
+// kind: a FLUSH that skips a member, a restart with lost writes ignored,
+// writes unmarked in the activity log, a resync that clears marks before
+// its copy is durable, a server that does not fence a stale connection.
 func TestSimCatchesPlantedBugs(t *testing.T) {
 	if bugs.Enabled {
 		t.Skip("this binary is the one with the bugs")
@@ -31,7 +31,7 @@ func TestSimCatchesPlantedBugs(t *testing.T) {
 	if out, err := exec.CommandContext(ctx, "go", "test", "-c", "-tags", "dstbugs", "-o", bin, "dst/storage/sim").CombinedOutput(); err != nil {
 		t.Fatalf("go test -c -tags dstbugs: %v\n%s", err, out)
 	}
-	for _, b := range bugs.Engine {
+	for _, b := range bugs.Sim {
 		t.Run(b, func(t *testing.T) {
 			cmd := exec.CommandContext(ctx, bin, "-test.run", "^TestSimMirror$", "-test.failfast", "-sim.seqs=300", "-sim.seed=1")
 			cmd.Env = append(os.Environ(), bugs.Env+"="+b)

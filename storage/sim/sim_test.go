@@ -1,11 +1,16 @@
 // Package sim_test runs the whole engine in a testing/synctest bubble: a
 // mirror assembled over in-memory disks, each behind a volatile write
 // cache (node.Volatile, a disk that can lose power) and a real nbd.Server,
-// reached by real node.Remote clients over net.Pipe links, takes a seeded
-// workload and a seeded fault schedule while the bubble's clock runs the
-// timeouts, failover and resync in virtual time.
+// reached by real node.Remote clients over net.Pipe links through the
+// real fault proxy (nbdproxy), takes a seeded workload and a seeded fault
+// schedule while the bubble's clock runs the timeouts, failover and
+// resync in virtual time.
 //
-// The faults: a link cut or hung and healed; a node's process killed (its
+// The faults: a link cut, hung or slowed and healed; a reply the proxy
+// swallows (the node times the request out and fences its connection); a
+// write the proxy holds back until the node fenced its connection and
+// newer data covers its range, then delivers (it must not land: the
+// server closed the fenced connection); a request duplicated; a node's process killed (its
 // cache survives, as a page cache does) or its machine's power cut (the
 // unflushed part of its cache is lost, and it boots with a new boot id);
 // its media replaced by a blank disk; a member suspended and resumed; the
@@ -51,6 +56,7 @@ import (
 
 	"dst/storage/engine"
 	"dst/storage/nbd"
+	"dst/storage/nbd/nbdproxy"
 	"dst/storage/node"
 	"dst/storage/spec"
 )
@@ -100,24 +106,41 @@ type simNode struct {
 	powerCut bool
 }
 
-// link is the wire between the engine and one node: net.Pipe pairs whose
-// server ends the node's current nbd.Server serves. Cut closes them and
-// refuses new dials; Hang stops delivering bytes in both directions (the
-// peer looks alive and silent) until Heal. A node that is down refuses
-// dials as well.
+// link is the wire between the engine and one node: net.Pipe pairs from
+// the engine to the link's fault proxy (the real nbdproxy.Proxy, which
+// parses the NBD stream) and from the proxy to the node's current
+// nbd.Server. Cut closes them and refuses new dials; Hang stops
+// delivering bytes in both directions on the engine's side (the peer
+// looks alive and silent) until Heal. A node that is down refuses dials
+// as well. The proxy loses replies, holds a write back past its fence,
+// duplicates requests and slows frames when the schedule says so.
 type link struct {
-	n *simNode
+	n  *simNode
+	px *nbdproxy.Proxy
 
-	mu    sync.Mutex
-	cut   bool
-	hung  chan struct{} // closed when not hung
-	conns []net.Conn    // both ends of every pipe
+	mu      sync.Mutex
+	cut     bool
+	hung    chan struct{}               // closed when not hung
+	conns   []net.Conn                  // both ends of every pipe
+	release func()                      // delivers the write the proxy holds back, if any
+	held    atomic.Pointer[nbd.Request] // the write it holds back
+	slow    bool                        // the proxy delays every frame
+	// trouble: a lost reply or a held write is armed and the engine has
+	// not yet been seen to take the member out for it; until then the
+	// member may leave at any moment, so it does not count as a replica
+	// standing in.
+	trouble bool
 }
 
-func newLink(n *simNode) *link {
+func newLink(n *simNode) (*link, error) {
 	l := &link{n: n, hung: make(chan struct{})}
 	close(l.hung)
-	return l
+	px, err := nbdproxy.NewConns(nbdproxy.Options{Dial: l.dialNode})
+	if err != nil {
+		return nil, err
+	}
+	l.px = px
+	return l, nil
 }
 
 func (l *link) dial(context.Context) (net.Conn, error) {
@@ -132,9 +155,81 @@ func (l *link) dial(context.Context) (net.Conn, error) {
 	c, s := net.Pipe()
 	gc, gs := newGated(c, l), newGated(s, l)
 	l.conns = append(l.conns, gc, gs)
-	srv := l.n.srv
-	go func() { _ = srv.ServeConn(context.Background(), gs) }()
+	l.px.ServeConn(gs)
 	return gc, nil
+}
+
+// dialNode is the proxy's dial of the node's server.
+func (l *link) dialNode(context.Context) (net.Conn, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.n.up {
+		return nil, errors.New("sim: connection refused (node down)")
+	}
+	c, s := net.Pipe()
+	l.conns = append(l.conns, c, s)
+	srv := l.n.srv
+	go func() { _ = srv.ServeConn(context.Background(), s) }()
+	return c, nil
+}
+
+// hold makes the proxy keep back the next write it sees (of data or of
+// metadata), until releaseHeld: by then the node has timed it out and
+// fenced its connection, so the write arrives stale.
+func (l *link) hold() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.release != nil {
+		return
+	}
+	var once atomic.Bool
+	l.held.Store(nil)
+	l.release = l.px.HoldWrites(func(req nbd.Request) bool {
+		if !once.CompareAndSwap(false, true) {
+			return false
+		}
+		l.held.Store(&req)
+		return true
+	})
+	l.trouble = true
+}
+
+// heldWrite returns the write the proxy holds back, if it caught one.
+func (l *link) heldWrite() (nbd.Request, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	req := l.held.Load()
+	if l.release == nil || req == nil {
+		return nbd.Request{}, false
+	}
+	return *req, true
+}
+
+// releaseHeld delivers what the proxy holds back and reports whether it
+// held anything back.
+func (l *link) releaseHeld() bool {
+	l.mu.Lock()
+	release := l.release
+	l.release = nil
+	l.mu.Unlock()
+	if release == nil {
+		return false
+	}
+	release()
+	return true
+}
+
+// dropHeld drops what the proxy holds back, with its connections (the
+// network lost it), and holds nothing more.
+func (l *link) dropHeld() {
+	l.mu.Lock()
+	release := l.release
+	l.release = nil
+	l.mu.Unlock()
+	if release != nil {
+		l.px.Cut()
+		release() // ends the hold rule; what it held died with its connection
+	}
 }
 
 // drop closes every connection (l.mu held).
@@ -163,9 +258,10 @@ func (l *link) setHung() {
 }
 
 func (l *link) heal() {
+	l.px.Delay(0)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.cut = false
+	l.cut, l.slow = false, false
 	select {
 	case <-l.hung:
 	default:
@@ -173,13 +269,54 @@ func (l *link) heal() {
 	}
 }
 
-// isUp reports whether the link is neither cut nor hung.
+// setSlow makes the proxy delay every frame by d until the link heals.
+func (l *link) setSlow(d time.Duration) {
+	l.px.Delay(d)
+	l.mu.Lock()
+	l.slow = true
+	l.mu.Unlock()
+}
+
+// loseReply makes the proxy swallow the reply to the next write or FLUSH.
+func (l *link) loseReply() {
+	var once atomic.Bool
+	l.px.DropReplies(func(req nbd.Request) bool {
+		return (req.Cmd == nbd.CmdWrite || req.Cmd == nbd.CmdFlush) && once.CompareAndSwap(false, true)
+	})
+	l.mu.Lock()
+	l.trouble = true
+	l.mu.Unlock()
+}
+
+// troubled reports whether a lost reply or a held write is armed on l
+// and the member, in state, has not been seen to leave for it; it
+// forgets the trouble once the member left.
+func (l *link) troubled(state string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.trouble && state != engine.InSync.String() {
+		l.trouble = false
+		return true // out of sync anyway
+	}
+	return l.trouble
+}
+
+// disarm turns off a lost reply that did not happen yet and forgets the
+// trouble (everything healed, at a settle point).
+func (l *link) disarm() {
+	l.px.DropReplies(nil)
+	l.mu.Lock()
+	l.trouble = false
+	l.mu.Unlock()
+}
+
+// isUp reports whether the link is neither cut nor hung nor slow.
 func (l *link) isUp() bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	select {
 	case <-l.hung:
-		return !l.cut
+		return !l.cut && !l.slow
 	default:
 		return false
 	}
@@ -305,6 +442,32 @@ type sim struct {
 	failed  error // the first invariant broken
 }
 
+// proxyTotals sums the fault proxies' counters over the sequences run.
+var proxyTotals proxyTotal
+
+type proxyTotal struct {
+	mu sync.Mutex
+	nbdproxy.Stats
+}
+
+func (t *proxyTotal) add(st nbdproxy.Stats) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.Held += st.Held
+	t.Released += st.Released
+	t.HeldDropped += st.HeldDropped
+	t.Duplicated += st.Duplicated
+	t.RepliesDropped += st.RepliesDropped
+	t.Accepted += st.Accepted
+}
+
+func (t *proxyTotal) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return fmt.Sprintf("%d connections, %d writes held back (%d released late, %d dropped), %d replies lost, %d requests duplicated",
+		t.Accepted, t.Held, t.Released, t.HeldDropped, t.RepliesDropped, t.Duplicated)
+}
+
 // errInvariant marks the error of a broken invariant.
 var errInvariant = errors.New("sim: invariant broken")
 
@@ -384,7 +547,11 @@ func newSim(tb testing.TB, seed uint64, geo geometry) (*sim, error) {
 	for i := range geo.members {
 		n := &simNode{disk: node.NewMemory(geo.memberBytes)}
 		s.nodes = append(s.nodes, n)
-		s.links = append(s.links, newLink(n))
+		l, err := newLink(n)
+		if err != nil {
+			return nil, err
+		}
+		s.links = append(s.links, l)
 		s.urls[fmt.Sprintf("sim-%d:10809", i)] = i
 		if err := s.startNode(i); err != nil {
 			return nil, err
@@ -392,6 +559,11 @@ func newSim(tb testing.TB, seed uint64, geo geometry) (*sim, error) {
 	}
 	tb.Cleanup(func() { // inside the bubble, also after a failure
 		for i, l := range s.links {
+			defer func() {
+				l.px.Close()
+				proxyTotals.add(l.px.Stats())
+			}()
+			l.dropHeld()
 			l.heal()
 			if !s.nodes[i].up {
 				_ = s.startNode(i)
@@ -527,6 +699,15 @@ func (s *sim) flushed() {
 // is up and every link healed first: assembling waits for every member.
 func (s *sim) crash(ctx context.Context, ops int, p []byte, off int64) error {
 	s.healAll()
+	for _, l := range s.links {
+		// A write held back in the network dies with the engine: a new
+		// engine is a new fencing session, which cannot fence the old
+		// one's connections (the documented limit of fencing). A lost
+		// reply armed and not yet struck is disarmed: assembling waits for
+		// every member.
+		l.dropHeld()
+		l.disarm()
+	}
 	if ops >= 0 {
 		s.budget.Store(int64(ops))
 		s.dying.Store(true)
@@ -554,6 +735,26 @@ func (s *sim) crash(ctx context.Context, ops int, p []byte, off int64) error {
 	return nil
 }
 
+// releaseHeld writes newer data over the range of the data write the
+// proxy holds back on link i, if it holds one, and then lets the old
+// write go: it must not land (the node fenced its connection).
+func (s *sim) releaseHeld(ctx context.Context, i int) error {
+	l := s.links[i]
+	if req, ok := l.heldWrite(); ok {
+		off, size := int64(req.Offset)-s.st.DataOffset(i), s.st.Engine().Size()
+		if n := min(int64(req.Length), size-off); off >= 0 && n > 0 {
+			s.logf("newer data over the write %d+%d held back on %d", off, n, i)
+			if err := s.write(ctx, off, s.payload(n)); err != nil {
+				return err
+			}
+		}
+	}
+	if l.releaseHeld() {
+		s.logf("release the write held back on %d", i)
+	}
+	return nil
+}
+
 // healAll heals every link and starts every node that is down.
 func (s *sim) healAll() {
 	for i, l := range s.links {
@@ -577,6 +778,9 @@ func (s *sim) servable(i int) bool {
 		}
 		return false
 	}
+	if s.links[i].troubled(m.State) {
+		return false
+	}
 	return n.up && s.links[i].isUp() && m.State == engine.InSync.String() && m.DirtyRegions == 0
 }
 
@@ -595,10 +799,20 @@ func (s *sim) othersServable(i int) bool {
 // replica's data area must equal it.
 func (s *sim) settle(ctx context.Context) error {
 	s.healAll()
+	for _, l := range s.links {
+		l.disarm()
+	}
 	s.logf("settle")
 	// Time for every node to reconnect (the backoff is at most 10 ms), so
-	// the engine has seen what a restart or a new disk left.
+	// the engine has seen what a restart or a new disk left; then the
+	// writes held back in the network arrive, behind the fences of those
+	// reconnects.
 	time.Sleep(time.Second)
+	for i := range s.links {
+		if err := s.releaseHeld(ctx, i); err != nil {
+			return err
+		}
+	}
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		ok := true
@@ -691,7 +905,8 @@ func runSeq(t *testing.T, seed uint64, steps int) (err error, trace []string, vi
 		t0 := time.Now()
 		s, e := newSim(t, seed, randomGeometry)
 		if e != nil {
-			err = e
+			err = fmt.Errorf("sim: build sequence %d: %w", seed, e)
+			t.Log(err)
 			return
 		}
 		defer func() { trace, virtual = s.Trace(), time.Since(t0) }()
@@ -734,6 +949,7 @@ func TestSimMirror(t *testing.T) {
 	cpu := cpuTime() - cpu0
 	t.Logf("%d sequences, %v of simulated time in %v of wall time and %v of CPU: %.0f sequences per wall minute, %.0f per CPU minute",
 		ran, virtual.Round(time.Second), wall.Round(time.Millisecond), cpu.Round(time.Millisecond), float64(ran)/wall.Minutes(), float64(ran)/cpu.Minutes())
+	t.Logf("fault proxies: %v", &proxyTotals)
 }
 
 // cpuTime is the user and system CPU time of this process so far.

@@ -6,9 +6,11 @@ import (
 	"encoding/binary"
 	"fmt"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"dst/storage/engine"
+	"dst/storage/nbd"
 )
 
 // model is what the device must hold: data, and for bytes a failed or
@@ -121,7 +123,7 @@ func (s *sim) step(ctx context.Context, i int) error {
 		n := 1 + s.rng.Int64N(128<<10)
 		return s.rng.Int64N(size - n), n
 	}
-	r := s.rng.IntN(100)
+	r := s.rng.IntN(105)
 	if !*faults {
 		r %= 70
 	}
@@ -240,7 +242,7 @@ func (s *sim) payload(n int64) []byte {
 	return p[:n]
 }
 
-// fault runs the fault numbered r (0..29). A fault that takes a member
+// fault runs the fault numbered r (0..34). A fault that takes a member
 // away runs only while another replica is in sync and reachable: losing
 // the last one fails I/O by design.
 func (s *sim) fault(ctx context.Context, r int) error {
@@ -303,6 +305,33 @@ func (s *sim) fault(ctx context.Context, r int) error {
 		n := 1 + s.rng.Int64N(256<<10)
 		off := s.rng.Int64N(s.st.Engine().Size() - n)
 		return s.crash(ctx, s.rng.IntN(6), s.payload(n), off)
+	case r < 29:
+		// The proxy swallows the reply to the next write or FLUSH: the
+		// node times it out and fences its connection, and the member
+		// may leave service.
+		if s.links[j].isUp() && away("lost reply") {
+			s.links[j].loseReply()
+			s.logf("lose the reply to the next write or flush on %d", j)
+		}
+	case r < 30:
+		// The proxy holds the next write back until a later release:
+		// the fence of the reconnect must keep it from landing.
+		if s.links[j].isUp() && away("held write") {
+			s.links[j].hold()
+			s.logf("hold back the next write on %d", j)
+		}
+	case r < 31:
+		var once atomic.Bool
+		s.links[j].px.Duplicate(func(req nbd.Request) bool { return req.Cmd.IsWrite() && once.CompareAndSwap(false, true) })
+		s.logf("duplicate the next write-like request on %d", j)
+	case r < 32:
+		if s.links[j].isUp() && away("slow link") {
+			d := time.Duration(1+s.rng.IntN(40)) * time.Millisecond
+			s.links[j].setSlow(d)
+			s.logf("slow %d: %v per frame", j, d)
+		}
+	case r < 33:
+		return s.releaseHeld(ctx, j)
 	default:
 		return s.settle(ctx)
 	}

@@ -9,6 +9,7 @@ package nbdproxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -61,6 +62,10 @@ type Options struct {
 	DialTimeout time.Duration
 	// Logger receives connection-level events at Debug; nil discards them.
 	Logger *slog.Logger
+	// Dial, if set, connects upstream instead of dialling the upstream
+	// address (an in-memory server, a simulation); DialTimeout still
+	// bounds it through its context. NewConns needs it.
+	Dial func(ctx context.Context) (net.Conn, error)
 }
 
 // Proxy forwards NBD connections from its own listener to an upstream
@@ -136,29 +141,7 @@ func New(network, upstream string, opts Options) (*Proxy, error) {
 	if opts.UpstreamNetwork == "" {
 		opts.UpstreamNetwork = network
 	}
-	if opts.MaxConns <= 0 {
-		opts.MaxConns = DefaultMaxConns
-	}
-	if opts.MaxInFlight <= 0 {
-		opts.MaxInFlight = DefaultMaxInFlight
-	}
-	if opts.MaxHeldRequests <= 0 {
-		opts.MaxHeldRequests = DefaultMaxHeldRequests
-	}
-	if opts.MaxHeldBytes <= 0 {
-		opts.MaxHeldBytes = DefaultMaxHeldBytes
-	}
-	if opts.MaxPayloadBytes <= 0 {
-		opts.MaxPayloadBytes = nbd.DefaultMaxPayload
-	}
-	if opts.DialTimeout <= 0 {
-		opts.DialTimeout = DefaultDialTimeout
-	}
-	p := &Proxy{opts: opts, network: network, upNetwork: opts.UpstreamNetwork, upstream: upstream,
-		log: opts.Logger, conns: map[*proxyConn]struct{}{}, changed: make(chan struct{})}
-	if p.log == nil {
-		p.log = slog.New(slog.DiscardHandler)
-	}
+	p := newProxy(network, upstream, opts)
 	switch network {
 	case "tcp", "tcp4":
 		ln, err := net.Listen(network, "127.0.0.1:0")
@@ -186,15 +169,69 @@ func New(network, upstream string, opts Options) (*Proxy, error) {
 	default:
 		return nil, fmt.Errorf("nbdproxy: proxy network %q (want tcp or unix)", network)
 	}
-	p.dialCtx, p.cancelDials = context.WithCancel(context.Background())
 	return p, nil
 }
 
-// Addr is the address clients dial: host:port, or the socket path.
-func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+// NewConns returns a proxy without a listener, to opts.Dial: ServeConn
+// hands it each client connection (the client end of a net.Pipe, say),
+// Run is not used, Close stops it. Every fault works as with New.
+func NewConns(opts Options) (*Proxy, error) {
+	if opts.Dial == nil {
+		return nil, errors.New("nbdproxy: NewConns needs Options.Dial")
+	}
+	return newProxy("", "", opts), nil
+}
 
-// Network is the network clients dial: "tcp" or "unix".
-func (p *Proxy) Network() string { return p.ln.Addr().Network() }
+func newProxy(network, upstream string, opts Options) *Proxy {
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = DefaultMaxConns
+	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = DefaultMaxInFlight
+	}
+	if opts.MaxHeldRequests <= 0 {
+		opts.MaxHeldRequests = DefaultMaxHeldRequests
+	}
+	if opts.MaxHeldBytes <= 0 {
+		opts.MaxHeldBytes = DefaultMaxHeldBytes
+	}
+	if opts.MaxPayloadBytes <= 0 {
+		opts.MaxPayloadBytes = nbd.DefaultMaxPayload
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = DefaultDialTimeout
+	}
+	p := &Proxy{opts: opts, network: network, upNetwork: opts.UpstreamNetwork, upstream: upstream,
+		log: opts.Logger, conns: map[*proxyConn]struct{}{}, changed: make(chan struct{})}
+	if p.log == nil {
+		p.log = slog.New(slog.DiscardHandler)
+	}
+	p.dialCtx, p.cancelDials = context.WithCancel(context.Background())
+	return p
+}
+
+// ServeConn serves conn, a client connection accepted elsewhere, as if
+// the proxy's listener had accepted it: it is refused (closed) while
+// Refuse is on, beyond MaxConns, or after Close.
+func (p *Proxy) ServeConn(conn net.Conn) { p.accept(conn) }
+
+// Addr is the address clients dial: host:port, or the socket path; ""
+// for a proxy made by NewConns.
+func (p *Proxy) Addr() string {
+	if p.ln == nil {
+		return ""
+	}
+	return p.ln.Addr().String()
+}
+
+// Network is the network clients dial: "tcp" or "unix"; "" for a proxy
+// made by NewConns.
+func (p *Proxy) Network() string {
+	if p.ln == nil {
+		return ""
+	}
+	return p.ln.Addr().Network()
+}
 
 // Run accepts and serves connections until ctx ends or Close is called.
 // Before returning it closes every connection and waits for their
@@ -210,6 +247,10 @@ func (p *Proxy) Run(ctx context.Context) error {
 	if p.running {
 		p.mu.Unlock()
 		panic("nbdproxy: Proxy.Run called twice")
+	}
+	if p.ln == nil {
+		p.mu.Unlock()
+		panic("nbdproxy: Proxy.Run on a proxy without a listener (NewConns)")
 	}
 	p.running = true
 	p.runWG.Add(1)
@@ -244,7 +285,9 @@ func (p *Proxy) Close() error {
 	already := p.closed
 	p.closed = true
 	p.mu.Unlock()
-	p.ln.Close()
+	if p.ln != nil {
+		p.ln.Close()
+	}
 	p.cancelDials()
 	p.killAll()
 	p.runWG.Wait()

@@ -2,6 +2,7 @@ package nbdproxy
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -67,8 +68,7 @@ func newProxyConn(p *Proxy, client net.Conn) *proxyConn {
 func (c *proxyConn) run() {
 	p := c.p
 	defer p.connWG.Done()
-	d := net.Dialer{Timeout: p.opts.DialTimeout}
-	server, err := d.DialContext(p.dialCtx, p.upNetwork, p.upstream)
+	server, err := p.dialUpstream()
 	if err != nil {
 		p.st.dialFailures.Add(1)
 		p.log.Debug("proxy: upstream dial failed", "conn", c.id, "err", err)
@@ -446,4 +446,15 @@ func (p *Proxy) dropHeld(c *proxyConn) {
 		p.st.heldDropped.Add(int64(len(dropped)))
 		p.event()
 	}
+}
+
+// dialUpstream connects to the upstream server, within DialTimeout.
+func (p *Proxy) dialUpstream() (net.Conn, error) {
+	if p.opts.Dial == nil {
+		d := net.Dialer{Timeout: p.opts.DialTimeout}
+		return d.DialContext(p.dialCtx, p.upNetwork, p.upstream)
+	}
+	ctx, cancel := context.WithTimeout(p.dialCtx, p.opts.DialTimeout)
+	defer cancel()
+	return p.opts.Dial(ctx)
 }

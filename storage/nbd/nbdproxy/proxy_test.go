@@ -21,6 +21,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/stretchr/testify/require"
@@ -599,4 +600,63 @@ func TestProxyMaxInFlight(t *testing.T) {
 	st := p.Stats()
 	require.Equal(t, int64(1), st.Errors)
 	require.Equal(t, int64(2), st.HeldDropped)
+}
+
+// A proxy without a listener serves the connections it is handed and
+// dials upstream with Options.Dial: here all in memory, inside a
+// testing/synctest bubble (the simulator's use), with a lost reply that
+// the client's deadline sees in virtual time and a hold that reorders.
+func TestProxyConnsInMemory(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := node.NewMemory(memBytes)
+		srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{
+			{Name: "mem", Size: m.Size(), Flags: node.MemoryFlags, Backend: m}}})
+		require.NoError(t, err)
+		_, err = nbdproxy.NewConns(nbdproxy.Options{})
+		require.ErrorContains(t, err, "Options.Dial")
+		p, err := nbdproxy.NewConns(nbdproxy.Options{Dial: func(context.Context) (net.Conn, error) {
+			c, s := net.Pipe()
+			go func() { _ = srv.ServeConn(context.Background(), s) }()
+			return c, nil
+		}})
+		require.NoError(t, err)
+		defer p.Close()
+		require.Empty(t, p.Addr())
+		connect := func() *nbd.Client {
+			c, s := net.Pipe()
+			p.ServeConn(s)
+			cl, err := nbd.NewClient(context.Background(), c, nbd.ClientOptions{ExportName: "mem"})
+			require.NoError(t, err)
+			t.Cleanup(func() { cl.Close() })
+			return cl
+		}
+		c := connect()
+		ctx := context.Background()
+		require.NoError(t, c.WriteAt(ctx, fill('a', 4096), 0, 0))
+
+		p.DropReplies(func(r nbd.Request) bool { return r.Cmd == nbd.CmdWrite })
+		start := time.Now()
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		require.ErrorIs(t, c.WriteAt(wctx, fill('b', 4096), 0, 0), context.DeadlineExceeded)
+		cancel()
+		require.Equal(t, time.Minute, time.Since(start), "the deadline ran in virtual time")
+		synctest.Wait()
+		require.Equal(t, fill('b', 4096), m.Bytes(0, 4096), "the server executed the write whose reply was lost")
+		p.DropReplies(nil)
+
+		c2 := connect()
+		release := p.HoldWrites(func(r nbd.Request) bool { return r.Offset == 8192 })
+		held := make(chan error, 1)
+		go func() { held <- c2.WriteAt(ctx, fill('o', 4096), 8192, 0) }()
+		synctest.Wait()
+		require.NoError(t, c2.WriteAt(ctx, fill('n', 4096), 16384, 0), "a later write passes the held one")
+		require.Equal(t, make([]byte, 4096), m.Bytes(8192, 4096))
+		release()
+		require.NoError(t, <-held)
+		require.Equal(t, fill('o', 4096), m.Bytes(8192, 4096))
+		st := p.Stats()
+		require.Equal(t, int64(2), st.Accepted)
+		require.Equal(t, int64(1), st.RepliesDropped)
+		require.Equal(t, int64(1), st.Released)
+	})
 }
