@@ -404,8 +404,13 @@ type member struct {
 	// flushing counts the FLUSH pieces among pending: a flush may take
 	// long on a busy disk without the member being stalled.
 	flushing atomic.Int32
-	errMu    sync.Mutex
-	lastErr  error
+	// writing counts the write-like pieces on their way to the member
+	// (from before the check that it is in service until their written
+	// flag is set): a member leaving service while one is in flight has
+	// unflushed writes (see unflushed and Engine.decide).
+	writing atomic.Int32
+	errMu   sync.Mutex
+	lastErr error
 }
 
 func (m *member) State() State { return State(m.state.Load()) }
@@ -427,5 +432,5 @@ type ancestor struct {
 // restart of the member's machine, so what it was to cover may be gone,
 // and its replay on the new boot would succeed over nothing).
 func (m *member) unflushed() bool {
-	return m.written.Load() || m.flushing.Load() > 0 || m.settling.Load() > 0
+	return m.written.Load() || m.flushing.Load() > 0 || m.settling.Load() > 0 || m.writing.Load() > 0
 }

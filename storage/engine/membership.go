@@ -45,6 +45,11 @@ func (e *Engine) decide(event func(c *membership.Core) (membership.Decision, err
 		e.markUnflushed(m)
 	}
 	m.state.Store(int32(d.To))
+	if d.Out() && d.Changed() && !d.MarkActive && m.writing.Load() > 0 {
+		// A write piece that passed its in-service check after the facts
+		// were read is on its way: what it writes is not flushed there.
+		e.markUnflushed(m)
+	}
 	if d.Changed() || d.Whole || len(d.Promote) > 0 {
 		e.log.Debug("membership", "decision", d.String())
 	}

@@ -146,23 +146,33 @@ func (t *task) run() {
 	r := t.r
 	m := r.e.members[t.ext.Member]
 	m.pending.Add(1)
-	switch r.cmd {
-	case nbd.CmdRead:
+	write := r.cmd.IsWrite()
+	if write {
+		// Counted before the check, so that a member leaving service
+		// either is seen to have left here (the piece is not sent, and
+		// the range is recorded as missed by it) or sees this piece in
+		// flight when it leaves (its active regions are marked missed).
+		m.writing.Add(1)
+	}
+	switch {
+	case write && !m.writable():
+		t.err = errLeftService
+	case r.cmd == nbd.CmdRead:
 		t.err = m.node.ReadAt(r.ctx, r.buf[t.ext.BufOffset:t.ext.BufOffset+t.ext.Length], t.ext.Offset)
 		if t.err == nil && !m.readable() {
 			// The member left service while the read ran (its media
 			// changed, say): its bytes may not be the storage's.
 			t.err = errLeftService
 		}
-	case nbd.CmdWrite:
+	case r.cmd == nbd.CmdWrite:
 		t.err = m.node.WriteAt(r.ctx, r.buf[t.ext.BufOffset:t.ext.BufOffset+t.ext.Length], t.ext.Offset, r.flags&nbd.CmdFlagFUA)
-	case nbd.CmdTrim:
+	case r.cmd == nbd.CmdTrim:
 		t.err = m.node.Trim(r.ctx, t.ext.Offset, t.ext.Length, r.flags&nbd.CmdFlagFUA)
-	case nbd.CmdWriteZeroes:
+	case r.cmd == nbd.CmdWriteZeroes:
 		t.err = m.node.WriteZeroes(r.ctx, t.ext.Offset, t.ext.Length, r.flags)
-	case nbd.CmdCache:
+	case r.cmd == nbd.CmdCache:
 		t.err = m.node.Cache(r.ctx, t.ext.Offset, t.ext.Length)
-	case nbd.CmdFlush:
+	case r.cmd == nbd.CmdFlush:
 		m.flushing.Add(1)
 		t.err = m.node.Flush(r.ctx)
 		m.flushing.Add(-1)
@@ -171,17 +181,21 @@ func (t *task) run() {
 	}
 	m.pending.Add(-1)
 	m.completed.Add(1)
-	if t.err == nil && r.cmd.IsWrite() {
-		// Set after completion, so a FLUSH that follows the client's
-		// acknowledgement of this write is sure to see it.
-		m.written.Store(true)
+	if write {
+		if t.err == nil {
+			// Set after completion, so a FLUSH that follows the client's
+			// acknowledgement of this write is sure to see it.
+			m.written.Store(true)
+		}
+		m.writing.Add(-1)
 	}
 	if r.pending.Add(-1) == 0 {
 		r.done <- struct{}{}
 	}
 }
 
-// errLeftService fails a read whose member left service while it ran.
+// errLeftService fails a read whose member left service while it ran, and
+// a write piece whose member left service before it was sent.
 var errLeftService = errors.New("engine: member left service during the read")
 
 // dispatch runs tasks: all but the first on the workers, the first on the

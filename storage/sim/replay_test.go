@@ -18,18 +18,22 @@ import (
 // or one the engine model test saved (its testdata/model-failures, the
 // same format), replayed step by step in virtual time.
 type script struct {
-	Layout   string       `json:"layout"`
-	Note     string       `json:"note,omitempty"`
-	Geometry string       `json:"geometry,omitempty"` // "model" (the default) or "random"
-	Seed     int64        `json:"seed,omitempty"`
-	Replay   string       `json:"replay,omitempty"`
-	Error    string       `json:"error,omitempty"`
-	Steps    []scriptStep `json:"steps"`
+	Layout   string `json:"layout"`
+	Note     string `json:"note,omitempty"`
+	Geometry string `json:"geometry,omitempty"` // "model" (the default) or "random"
+	// MonitorMs is the engine's probe interval in ms (0: the geometry's).
+	MonitorMs int          `json:"monitor_ms,omitempty"`
+	Seed      int64        `json:"seed,omitempty"`
+	Replay    string       `json:"replay,omitempty"`
+	Error     string       `json:"error,omitempty"`
+	Steps     []scriptStep `json:"steps"`
 }
 
 // scriptStep is one step, in the engine model's vocabulary (see
-// model_cmds_test.go) and two of the simulator's own: power (cut member's
-// power) and wait (ms of virtual time).
+// model_cmds_test.go) and the simulator's own: power (cut member's
+// power), wait (ms of virtual time), and the fault proxy's hold (the next
+// write to member), release (newer data over it, then deliver it), lose
+// (the reply to the next write or FLUSH) and slow (ms per frame).
 type scriptStep struct {
 	Op     string `json:"op"`
 	Member int    `json:"member,omitempty"`
@@ -60,6 +64,7 @@ func runScript(t *testing.T, sc script) (err error, trace []string) {
 	if sc.Geometry == "random" {
 		geo = randomGeometry
 	}
+	geo.monitor = time.Duration(sc.MonitorMs) * time.Millisecond
 	stall := time.AfterFunc(time.Minute, func() { panic("sim: a script made no progress for a minute of wall time") })
 	defer stall.Stop()
 	synctest.Test(t, func(t *testing.T) {
@@ -132,6 +137,17 @@ func (s *sim) scripted(ctx context.Context, k int, st scriptStep) error {
 	case "heal":
 		s.links[i].heal()
 		s.logf("heal %d", i)
+	case "hold":
+		s.links[i].hold()
+		s.logf("hold back the next write on %d", i)
+	case "release":
+		return s.releaseHeld(ctx, i)
+	case "lose":
+		s.links[i].loseReply()
+		s.logf("lose the reply to the next write or flush on %d", i)
+	case "slow":
+		s.links[i].setSlow(time.Duration(st.Ms) * time.Millisecond)
+		s.logf("slow %d: %dms per frame", i, st.Ms)
 	case "wait":
 		s.logf("wait %dms", st.Ms)
 		time.Sleep(time.Duration(st.Ms) * time.Millisecond)

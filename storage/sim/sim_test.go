@@ -33,6 +33,7 @@ package sim_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -80,6 +81,8 @@ type geometry struct {
 	// marked after its last write (0: the default).
 	activityRegions int
 	activityQuiet   time.Duration
+	// monitor is the engine's probe interval (0: 50 ms).
+	monitor time.Duration
 }
 
 var randomGeometry = geometry{members: 2, memberBytes: 2 << 20, cacheBytes: 256 << 10, activityRegions: 8}
@@ -658,7 +661,7 @@ func (s *sim) assemble() error {
 		RegionSize: 64 << 10,
 		Logger:     s.logger(),
 		Engine:     engine.Options{ActivityRegions: s.geo.activityRegions, ActivityQuiet: s.geo.activityQuiet},
-		Monitor:    engine.MonitorOptions{Interval: 50 * time.Millisecond, Failover: -1},
+		Monitor:    engine.MonitorOptions{Interval: cmp.Or(s.geo.monitor, 50*time.Millisecond), Failover: -1},
 		Rand:       rand.NewChaCha8(seedBytes(s.seed)),
 	})
 	if err != nil {
