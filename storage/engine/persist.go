@@ -11,22 +11,28 @@ import (
 )
 
 // persistError is a bitmap page write that failed on one member.
+// standIn says whether another member of the mirror in service took its
+// pages (or had none to take): only then does the failing member leave.
 type persistError struct {
-	m   *member
-	err error
+	m       *member
+	err     error
+	standIn bool
 }
 
 func (e *persistError) Error() string { return e.err.Error() }
 func (e *persistError) Unwrap() error { return e.err }
 
 // persist writes mi's changed bitmap pages (persistDirty). A member whose
-// page write fails leaves service if a replica stands in for it, and the
-// pages are written to the others; otherwise the error is returned.
+// page write fails leaves service if a replica stands in for it and
+// another member took its pages, and the pages are written to the
+// others; otherwise the error is returned. (When every member failed its
+// page write, as when all are unreachable, nobody leaves: the request
+// fails, and no member missed anything acknowledged.)
 func (e *Engine) persist(ctx context.Context, mi *mirrorInfo) error {
 	for range len(e.members) + 1 {
 		err := e.persistDirty(ctx, mi)
 		var pe *persistError
-		if err == nil || !errors.As(err, &pe) || ctx.Err() != nil || !e.failRedundant(ctx, pe.m, err) {
+		if err == nil || !errors.As(err, &pe) || !pe.standIn || ctx.Err() != nil || !e.failRedundant(ctx, pe.m, err) {
 			return err
 		}
 	}
@@ -102,10 +108,25 @@ func (e *Engine) persistDirty(ctx context.Context, mi *mirrorInfo) error {
 	}
 	wg.Wait()
 	var first error
+	failed := 0
 	for _, err := range errs {
-		if err != nil && first == nil {
-			first = err
+		if err != nil {
+			failed++
+			if first == nil {
+				first = err
+			}
 		}
+	}
+	if first != nil {
+		writable := 0
+		for _, leaves := range mi.children {
+			for _, l := range leaves {
+				if m := e.members[l]; m.area != nil && m.writable() {
+					writable++
+				}
+			}
+		}
+		first.(*persistError).standIn = writable > failed
 	}
 	mi.mu.Lock()
 	if first != nil {
