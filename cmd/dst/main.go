@@ -36,6 +36,9 @@ type command struct {
 	// setup builds the subcommand's flag set and the function that runs it
 	// once the flags are parsed.
 	setup func(stdout, stderr io.Writer) (*flag.FlagSet, func(ctx context.Context) error)
+	// args: the command takes positional arguments (its run reads them
+	// from the flag set).
+	args bool
 }
 
 // commands lists the subcommands in the order help shows them.
@@ -44,6 +47,7 @@ var commands = []command{
 	serveCommand,
 	statusCommand,
 	scrubCommand,
+	memberCommand,
 	attachCommand, detachCommand,
 	tortureCommand,
 }
@@ -104,7 +108,7 @@ func runCommand(ctx context.Context, c command, args []string, stdout, stderr io
 		fmt.Fprintf(stderr, "dst %s: %v\nRun 'dst %s --help' for usage.\n", c.name, err, c.name)
 		return exitUsage
 	}
-	if fs.NArg() > 0 {
+	if fs.NArg() > 0 && !c.args {
 		fmt.Fprintf(stderr, "dst %s: unexpected argument %q\nRun 'dst %s --help' for usage.\n", c.name, fs.Arg(0), c.name)
 		return exitUsage
 	}

@@ -114,6 +114,16 @@ func printStatus(w io.Writer, st *admin.Status) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	for _, m := range st.Members {
+		if c := m.Copy; c != nil {
+			eta := "unknown yet"
+			if c.ETASeconds >= 0 {
+				eta = (time.Duration(c.ETASeconds * float64(time.Second))).Round(time.Second).String()
+			}
+			fmt.Fprintf(w, "\nmember %d    copying: %.1f%%, %s done, %s left at %s/s, ETA %s\n", m.Index, c.Percent,
+				humanize.IBytes(uint64(c.DoneBytes)), humanize.IBytes(uint64(c.LeftBytes)), humanize.IBytes(uint64(c.BytesPerSecond)), eta)
+		}
+	}
 	if len(errs) > 0 {
 		fmt.Fprintf(w, "\nlast errors:\n  %s\n", strings.Join(errs, "\n  "))
 	}

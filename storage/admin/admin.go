@@ -94,6 +94,18 @@ type Options struct {
 	// Control, if set, serves the member maintenance endpoints
 	// (*engine.Engine is one); without it they answer 404.
 	Control Control
+	// Replacer, if set with Control, serves the replace endpoint and
+	// names the members' current URLs and nodes in the status.
+	Replacer Replacer
+}
+
+// Replacer is a storage whose members can be replaced online
+// (*engine.Storage is one): with Control it serves POST
+// /members/{index}/replace, and the status names each member's node as
+// it is now.
+type Replacer interface {
+	ReplaceMember(ctx context.Context, i int, url string, opts engine.ReplaceOptions) error
+	Member(i int) (url string, n node.Node)
 }
 
 // Control is what the maintenance endpoints act on.
@@ -204,6 +216,9 @@ func NewHandler(o Options) *Handler {
 		if sc, ok := o.Control.(Scrubber); ok {
 			h.mux.HandleFunc("POST /scrub", h.scrub(sc))
 		}
+		if o.Replacer != nil {
+			h.mux.HandleFunc("POST /members/{index}/replace", h.replace)
+		}
 	}
 	h.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -244,6 +259,9 @@ func (h *Handler) Status() Status {
 		m := MemberStatus{MemberStatus: ms}
 		if ms.Index >= 0 && ms.Index < len(h.o.Members) {
 			info := h.o.Members[ms.Index]
+			if h.o.Replacer != nil {
+				info.URL, info.Node = h.o.Replacer.Member(ms.Index)
+			}
 			m.URL, m.DataOffset = info.URL, info.DataOffset
 			if info.Node != nil {
 				m.NodeSize = info.Node.Size()
@@ -308,6 +326,41 @@ func (h *Handler) control(do func(int) error, state string) http.HandlerFunc {
 		}
 		_ = json.NewEncoder(w).Encode(res)
 	}
+}
+
+// replace serves POST /members/{index}/replace?url=URL[&force=1]: the
+// node at URL takes the member's position (engine.Storage.ReplaceMember)
+// and is copied whole in the background. It answers 200 once the new
+// node holds the position, 400 for a bad index or URL, a node that cannot
+// take the position or a member without an in-sync replica, 409 for a
+// member in sync without force; nothing changes unless it answers 200.
+func (h *Handler) replace(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	i, err := strconv.Atoi(r.PathValue("index"))
+	q := r.URL.Query()
+	url, force := q.Get("url"), q.Get("force") == "1" || q.Get("force") == "true"
+	switch {
+	case err != nil || i < 0:
+		w.WriteHeader(http.StatusBadRequest)
+		_ = json.NewEncoder(w).Encode(ControlResult{Member: -1, Error: fmt.Sprintf("member index %q is not a number", r.PathValue("index"))})
+		return
+	case url == "":
+		w.WriteHeader(http.StatusBadRequest)
+		_ = json.NewEncoder(w).Encode(ControlResult{Member: i, Error: "no url: name the replacement node (url=nbd://HOST:PORT/EXPORT or a file path)"})
+		return
+	}
+	res := ControlResult{Member: i, State: "replaced; copying"}
+	if err := h.o.Replacer.ReplaceMember(r.Context(), i, url, engine.ReplaceOptions{Force: force}); err != nil {
+		res.State, res.Error = "", err.Error()
+		code := http.StatusBadRequest
+		if errors.Is(err, engine.ErrMemberHealthy) {
+			code = http.StatusConflict
+		} else if !errors.Is(err, engine.ErrBadReplacement) && !errors.Is(err, engine.ErrNoReplica) {
+			code = http.StatusInternalServerError
+		}
+		w.WriteHeader(code)
+	}
+	_ = json.NewEncoder(w).Encode(res)
 }
 
 // scrub returns the handler of POST /scrub: it runs a scrub (repair=1

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	neturl "net/url"
 	"strings"
 
 	"dst/storage/engine"
@@ -73,6 +74,18 @@ func (c *Client) Suspend(ctx context.Context, i int) error {
 // returns once the rejoin started: poll Status for the end of its resync.
 func (c *Client) Resume(ctx context.Context, i int) error {
 	_, err := c.do(ctx, http.MethodPost, fmt.Sprintf("/members/%d/resume", i))
+	return err
+}
+
+// Replace puts the node at url in member i's position (POST
+// /members/{i}/replace); force replaces a member in sync. It returns once
+// the new node holds the position: poll Status for its copy.
+func (c *Client) Replace(ctx context.Context, i int, url string, force bool) error {
+	path := fmt.Sprintf("/members/%d/replace?url=%s", i, neturl.QueryEscape(url))
+	if force {
+		path += "&force=1"
+	}
+	_, err := c.do(ctx, http.MethodPost, path)
 	return err
 }
 

@@ -81,7 +81,8 @@ func Assemble(ctx context.Context, tree spec.Tree, opts AssembleOptions) (*Stora
 		if err != nil {
 			return nil, fmt.Errorf("engine: member %d (%s): %w", i, u, err)
 		}
-		s.nodes = append(s.nodes, n)
+		s.slots = append(s.slots, newSlot(n, u))
+		s.nodes = append(s.nodes, s.slots[i])
 		probes[i] = readSuper(ctx, n)
 	}
 	shape := tree.Shape()
@@ -312,6 +313,7 @@ func (s *Storage) build(areas []meta.Area) error {
 	e.onChange = s.recordMembership
 	s.e = e
 	s.boots = make([]string, len(s.nodes))
+	s.replacing = make([]bool, len(s.nodes))
 	for i, n := range s.nodes {
 		if b, ok := n.(interface{ BootID() string }); ok {
 			s.boots[i] = b.BootID()

@@ -409,8 +409,13 @@ type member struct {
 	// flag is set): a member leaving service while one is in flight has
 	// unflushed writes (see unflushed and Engine.decide).
 	writing atomic.Int32
-	errMu   sync.Mutex
-	lastErr error
+	// copyStart and copyBase are when the member's current resync began
+	// (unix ns, 0: none) and its copied plus zeroed bytes then: the
+	// status derives the copy's rate and ETA from them.
+	copyStart atomic.Int64
+	copyBase  atomic.Int64
+	errMu     sync.Mutex
+	lastErr   error
 }
 
 func (m *member) State() State { return State(m.state.Load()) }

@@ -218,6 +218,20 @@ type MemberStatus struct {
 	// rewritten on it.
 	ReadErrorsCorrected int64  `json:"read_errors_corrected"`
 	LastError           string `json:"last_error,omitempty"`
+	// Copy is the resync in progress, if any.
+	Copy *CopyProgress `json:"copy,omitempty"`
+}
+
+// CopyProgress is a resync in progress: what it has copied (or zeroed)
+// since it began, what is left (the regions still dirty), its mean rate
+// and the time left at that rate.
+type CopyProgress struct {
+	DoneBytes      int64   `json:"done_bytes"`
+	LeftBytes      int64   `json:"left_bytes"`
+	Percent        float64 `json:"percent"`
+	BytesPerSecond float64 `json:"bytes_per_second"`
+	// ETASeconds is -1 while no rate is known yet.
+	ETASeconds float64 `json:"eta_seconds"`
 }
 
 // Status returns a snapshot of every member.
@@ -227,8 +241,23 @@ func (e *Engine) Status() []MemberStatus {
 		st := MemberStatus{Index: i, Node: m.node.String(), State: m.State().String(),
 			Pending: int(m.pending.Load()), ResyncedBytes: m.resyncedBytes.Load(),
 			ResyncZeroedBytes: m.resyncZeroedBytes.Load(), ReadErrorsCorrected: m.readErrorsCorrected.Load()}
+		var left int64
 		for _, a := range m.ancestors {
-			st.DirtyRegions += a.mi.count(a.child)
+			n := a.mi.count(a.child)
+			st.DirtyRegions += n
+			left = max(left, int64(n)*a.mi.regionSize)
+		}
+		if t0 := m.copyStart.Load(); t0 != 0 && m.State() == Resyncing {
+			done := max(m.resyncedBytes.Load()+m.resyncZeroedBytes.Load()-m.copyBase.Load(), 0)
+			cp := &CopyProgress{DoneBytes: done, LeftBytes: left, ETASeconds: -1}
+			if done+left > 0 {
+				cp.Percent = 100 * float64(done) / float64(done+left)
+			}
+			if el := time.Since(time.Unix(0, t0)).Seconds(); el > 0 && done > 0 {
+				cp.BytesPerSecond = float64(done) / el
+				cp.ETASeconds = float64(left) / cp.BytesPerSecond
+			}
+			st.Copy = cp
 		}
 		m.errMu.Lock()
 		if m.lastErr != nil {

@@ -43,6 +43,12 @@ func (s *Storage) writeSupersOnce(ctx context.Context, clean bool) (int, error) 
 			mask = mask.With(i)
 		}
 	}
+	// The member table: every position's member id, on every superblock,
+	// so a medium replaced at a position is never trusted there again.
+	var table [meta.MaxMembers]meta.ID
+	for i := range s.supers {
+		table[i] = s.supers[i].MemberID
+	}
 	buf := make([]byte, meta.SuperblockSize)
 	var firstErr error
 	bad := -1
@@ -51,7 +57,7 @@ func (s *Storage) writeSupersOnce(ctx context.Context, clean bool) (int, error) 
 			continue
 		}
 		sb := &s.supers[i]
-		sb.Generation, sb.InSync = s.gen, mask
+		sb.Generation, sb.InSync, sb.Members = s.gen, mask, table
 		sb.Flags &^= meta.FlagClean | meta.FlagActivityLog
 		if clean {
 			sb.Flags |= meta.FlagClean

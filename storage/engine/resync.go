@@ -76,7 +76,10 @@ func (e *Engine) Rejoin(ctx context.Context, i int, full bool, limit *rate.Limit
 	}
 	m.log.Info("member rejoining; resync started", "was", d.From, "full", d.CopyWhole)
 	start, zeroed := time.Now(), m.resyncZeroedBytes.Load()
+	m.copyBase.Store(m.resyncedBytes.Load() + zeroed)
+	m.copyStart.Store(start.UnixNano())
 	copied, err := e.resync(ctx, m, limit)
+	m.copyStart.Store(0)
 	if err != nil {
 		e.resyncDone(ctx, m, err)
 		return fmt.Errorf("engine: resync of member %d stopped after %d bytes: %w", i, copied, err)

@@ -19,7 +19,8 @@ import (
 // superblocks kept up to date as members leave and rejoin.
 type Storage struct {
 	e     *Engine
-	nodes []node.Node
+	nodes []node.Node // the slots, as nodes
+	slots []*slot
 	tree  spec.Tree
 	log   *slog.Logger
 	opts  AssembleOptions
@@ -36,6 +37,11 @@ type Storage struct {
 	boots   []string
 	gen     uint64
 	created bool
+	// replacing[i]: a new node took position i and its identity is not
+	// recorded yet; the monitor leaves it alone until it is.
+	replacing []bool
+
+	changeMu sync.Mutex // one membership change (ReplaceMember) at a time
 }
 
 // Engine returns the storage's engine (an nbd.Backend).
@@ -46,6 +52,12 @@ func (s *Storage) Generation() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.gen
+}
+
+// Member returns the URL member i was opened from and its node, as they
+// are now (an online replacement changes them).
+func (s *Storage) Member(i int) (url string, n node.Node) {
+	return s.slots[i].url(), s.slots[i].node()
 }
 
 // DataOffset returns where member i's data area starts.
@@ -64,8 +76,11 @@ func (s *Storage) Run(ctx context.Context) error {
 func (s *Storage) probe(ctx context.Context, i int) (back, full bool) {
 	p := readSuper(ctx, s.nodes[i])
 	s.mu.Lock()
-	want := s.supers[i]
+	want, replacing := s.supers[i], s.replacing[i]
 	s.mu.Unlock()
+	if replacing {
+		return false, false
+	}
 	switch {
 	case p.Err == nil && p.Super.StorageID == want.StorageID && p.Super.MemberID == want.MemberID:
 		return true, false
@@ -76,9 +91,10 @@ func (s *Storage) probe(ctx context.Context, i int) (back, full bool) {
 			s.log.Warn("member returned with a foreign superblock; not touching it", "member", i, "storage", p.Super.StorageID)
 			return false, false
 		}
-		a, err := meta.Plan(s.nodes[i].Size(), want.RegionSize)
-		if err != nil || a != want.Area {
-			s.log.Warn("member returned with media of another size; not using it", "member", i, "size", s.nodes[i].Size())
+		// Media at least as large takes the member's area as it was (a
+		// larger disk's rest stays unused).
+		if s.nodes[i].Size() < want.RawSize {
+			s.log.Warn("member returned with smaller media; not using it", "member", i, "size", s.nodes[i].Size(), "needs", want.RawSize)
 			return false, false
 		}
 		mid, err := meta.NewID(s.opts.Rand)

@@ -145,6 +145,9 @@ type Assembly struct {
 //     at G must record the same InSync set M (else ErrSplitBrain). The
 //     newest member fixes Layout and RegionSize; a member that differs ->
 //     Mismatch.
+//     4a. A member complete in its own superblock whose MemberID is not
+//     the one the newest member's table records at its position was
+//     replaced there -> Mismatch (its data stopped when it left).
 //  5. A member not in its own InSync -> Rebuilding, full resync.
 //     Otherwise a member in M -> InSync (served; if its Generation is below
 //     G only its superblock lags, its data does not), and a member not in
@@ -274,6 +277,14 @@ func Classify(probes []Probe, opt Options) (as Assembly, err error) {
 		}
 		s := &p.Super
 		switch {
+		case !ref.Members[i].IsZero() && ref.Members[i] != s.MemberID && s.Complete():
+			// Rule 4a: the medium was replaced at this position (online, or
+			// wiped and copied anew) and would be trusted with data it
+			// never received.
+			valid[i] = false
+			refuse(i, StateMismatch, "member %s, but since generation %d or earlier position %d holds member %s (a replacement): "+
+				"put the replacement's URL at this position, or list this one under replace to copy it whole",
+				s.MemberID, ref.Generation, i, ref.Members[i])
 		case s.Generation == as.Generation && s.InSync != as.InSync:
 			return as, fmt.Errorf("%w: at generation %d member %d records in-sync %s, member %d records %s",
 				ErrSplitBrain, as.Generation, newest, as.InSync, i, s.InSync)

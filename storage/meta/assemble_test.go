@@ -30,6 +30,19 @@ func TestClassify(t *testing.T) {
 			s.Area = a
 		}
 	}
+	// table records member ids at positions: the newest writer's member
+	// table, with position r given to a replacement.
+	table := func(n, r int) func(*Superblock) {
+		return func(s *Superblock) {
+			for i := range n {
+				s.Members[i] = testSuper(t, i, n, 0, 0).MemberID
+			}
+			s.Members[r] = ID{0xbb, byte(r), 0, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 2}
+		}
+	}
+	replacement := func(r int) func(*Superblock) {
+		return func(s *Superblock) { s.MemberID = ID{0xbb, byte(r), 0, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 2} }
+	}
 	failed := func(err error) Probe { return Probe{Err: fmt.Errorf("member: %w", err)} }
 	blank, foreign, damaged := failed(ErrBlank), failed(ErrForeign), failed(ErrChecksum)
 	absent := failed(io.ErrUnexpectedEOF)
@@ -94,6 +107,18 @@ func TestClassify(t *testing.T) {
 		{name: "rebuilding member is newer than every complete one",
 			probes: []Probe{p(0, 3, 5, 0b011), p(1, 3, 7, 0b100), absent},
 			states: []State{stale, rebld, absnt}, actions: []Action{dirty, full, skip}, err: ErrNoSource, gen: 7, inSync: 0b100},
+		{name: "replaced member back at its old position: refused with what to change",
+			probes: []Probe{p(0, 2, 9, 0b01, table(2, 1)), p(1, 2, 5, 0b11, clean)},
+			states: []State{in, mism}, actions: []Action{serve, rfse}, err: ErrRefused},
+		{name: "replaced member back at its old position, replace allowed: copied whole",
+			probes: []Probe{p(0, 2, 9, 0b01, table(2, 1)), p(1, 2, 5, 0b11, clean)}, opt: Options{Replace: []bool{false, true}},
+			states: []State{in, mism}, actions: []Action{serve, full}, source: 0, gen: 9, inSync: 0b01},
+		{name: "the replacement, in sync, with the table",
+			probes: []Probe{p(0, 2, 9, 0b11, table(2, 1), clean), p(1, 2, 9, 0b11, table(2, 1), replacement(1), clean)},
+			states: []State{in, in}, actions: []Action{serve, serve}, source: 0, clean: true, gen: 9, inSync: 0b11},
+		{name: "the replacement in the middle of its copy",
+			probes: []Probe{p(0, 2, 9, 0b01, table(2, 1)), p(1, 2, 8, 0b01, replacement(1))},
+			states: []State{in, rebld}, actions: []Action{serve, full}, source: 0, gen: 9, inSync: 0b01},
 		{name: "not a dst member: refused",
 			probes: []Probe{p(0, 2, 4, 0b11), foreign},
 			states: []State{in, frgn}, actions: []Action{serve, rfse}, err: ErrRefused},

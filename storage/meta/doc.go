@@ -40,7 +40,10 @@
 //	128     2     layout description length (0..2048; 0 is invalid)
 //	130     2     reserved, zero
 //	132     2048  layout description, UTF-8, zero padded
-//	2180    1912  reserved, zero
+//	2180    1024  member table: 64 member ids (16 bytes each; zero: unknown;
+//	              zero at positions >= member count; the own entry is
+//	              zero or the member id)
+//	3204    888   reserved, zero
 //	4092    4     CRC32C (Castagnoli) of bytes 0..4091
 //
 // Magic and version keep their offsets in every future version, so old code

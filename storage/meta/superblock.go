@@ -46,7 +46,8 @@ const (
 	offCreated      = 120
 	offLayoutLen    = 128
 	offLayout       = 132
-	offReserved     = offLayout + MaxLayoutBytes // 2180
+	offMembers      = offLayout + MaxLayoutBytes // 2180
+	offReserved     = offMembers + MaxMembers*16 // 3204
 	offChecksum     = SuperblockSize - 4         // 4092
 )
 
@@ -153,6 +154,13 @@ type Superblock struct {
 	Layout string
 	// CreatedUnixNano is when the storage was created.
 	CreatedUnixNano int64
+	// Members is the member table: the MemberID of the medium at each
+	// position, as the writer knew them (zero: unknown, as in superblocks
+	// written before the table existed). A medium whose id differs from
+	// the newest table's at its position was replaced there: it is never
+	// trusted as in sync again (see Classify). Entries at MemberCount and
+	// beyond are zero; the own entry is zero or MemberID.
+	Members [MaxMembers]ID
 }
 
 // Clean reports whether FlagClean is set.
@@ -192,8 +200,12 @@ func (s *Superblock) MarshalTo(b []byte) error {
 	be.PutUint64(b[offCreated:], uint64(s.CreatedUnixNano))
 	be.PutUint16(b[offLayoutLen:], uint16(len(s.Layout)))
 	b[offLayoutLen+2], b[offLayoutLen+3] = 0, 0
-	n := copy(b[offLayout:offReserved], s.Layout)
-	copy(b[offLayout+n:offChecksum], zeroPage[:])
+	n := copy(b[offLayout:offMembers], s.Layout)
+	copy(b[offLayout+n:offMembers], zeroPage[:])
+	for i := range s.Members {
+		copy(b[offMembers+16*i:], s.Members[i][:])
+	}
+	copy(b[offReserved:offChecksum], zeroPage[:])
 	be.PutUint32(b[offChecksum:], crc32.Checksum(b[:offChecksum], castagnoli))
 	return nil
 }
@@ -261,10 +273,16 @@ func UnmarshalSuperblock(b []byte) (Superblock, error) {
 	if i := nonZero(b[offLayoutLen+2 : offLayout]); i >= 0 {
 		return Superblock{}, fmt.Errorf("%w: reserved byte at offset %d is %#02x", ErrCorrupt, offLayoutLen+2+i, b[offLayoutLen+2+i])
 	}
-	if i := nonZero(b[offLayout+n : offChecksum]); i >= 0 {
+	if i := nonZero(b[offLayout+n : offMembers]); i >= 0 {
 		return Superblock{}, fmt.Errorf("%w: padding byte at offset %d is %#02x", ErrCorrupt, offLayout+n+i, b[offLayout+n+i])
 	}
+	if i := nonZero(b[offReserved:offChecksum]); i >= 0 {
+		return Superblock{}, fmt.Errorf("%w: padding byte at offset %d is %#02x", ErrCorrupt, offReserved+i, b[offReserved+i])
+	}
 	s.Layout = string(b[offLayout : offLayout+n])
+	for i := range s.Members {
+		copy(s.Members[i][:], b[offMembers+16*i:])
+	}
 	if err := s.check(ErrCorrupt); err != nil {
 		return Superblock{}, err
 	}
@@ -286,6 +304,14 @@ func (s *Superblock) check(class error) error {
 		return fmt.Errorf("%w: member index %d: must be in [0, %d)", class, s.MemberIndex, s.MemberCount)
 	case s.MemberCount < MaxMembers && s.InSync>>uint(s.MemberCount) != 0:
 		return fmt.Errorf("%w: in-sync mask %s: members beyond count %d", class, s.InSync, s.MemberCount)
+	}
+	for i := s.MemberCount; i < MaxMembers; i++ {
+		if !s.Members[i].IsZero() {
+			return fmt.Errorf("%w: member table names member %d of %d", class, i, s.MemberCount)
+		}
+	}
+	if own := s.Members[s.MemberIndex]; !own.IsZero() && own != s.MemberID {
+		return fmt.Errorf("%w: member table names %s at the own position %d, the member is %s", class, own, s.MemberIndex, s.MemberID)
 	}
 	if err := s.Area.check(class); err != nil {
 		return err

@@ -35,6 +35,12 @@ func TestSuperblockRoundTrip(t *testing.T) {
 	assert.True(t, got.Clean())
 	assert.True(t, got.Complete())
 
+	// The member table round-trips, the own entry included.
+	s.Members[0], s.Members[1], s.Members[2] = ID{1, 2, 3}, s.MemberID, ID{7}
+	got, err = UnmarshalSuperblock(encode(t, s))
+	require.NoError(t, err)
+	assert.Equal(t, s, got)
+
 	// The longest layout fits exactly.
 	s.Layout = strings.Repeat("é", MaxLayoutBytes/2)
 	got, err = UnmarshalSuperblock(encode(t, s))
@@ -66,6 +72,9 @@ func TestUnmarshalSuperblockErrors(t *testing.T) {
 		{"index >= count", func(b []byte) []byte { binary.BigEndian.PutUint32(b[offMemberIndex:], 2); seal(b); return b }, ErrCorrupt, "member index 2"},
 		{"count 0", func(b []byte) []byte { binary.BigEndian.PutUint32(b[offMemberCount:], 0); seal(b); return b }, ErrCorrupt, "count 0"},
 		{"count 65", func(b []byte) []byte { binary.BigEndian.PutUint32(b[offMemberCount:], 65); seal(b); return b }, ErrCorrupt, "count 65"},
+		{"member table beyond count", func(b []byte) []byte { b[offMembers+16*2] = 1; seal(b); return b }, ErrCorrupt, "member table names member 2 of 2"},
+		{"member table disowns the member", func(b []byte) []byte { b[offMembers] = 1; seal(b); return b }, ErrCorrupt, "own position 0"},
+		{"reserved after the member table", func(b []byte) []byte { b[offReserved] = 1; seal(b); return b }, ErrCorrupt, "offset 3204"},
 		{"in-sync beyond count", func(b []byte) []byte { binary.BigEndian.PutUint64(b[offInSync:], 0b101); seal(b); return b }, ErrCorrupt, "{0,2}"},
 		{"region size 3 MiB", func(b []byte) []byte { binary.BigEndian.PutUint64(b[offRegionSize:], 3<<20); seal(b); return b }, ErrCorrupt, "region size 3145728"},
 		{"raw size beyond int64", func(b []byte) []byte { binary.BigEndian.PutUint64(b[offRawSize:], math.MaxUint64); seal(b); return b }, ErrCorrupt, "raw size 18446744073709551615"},

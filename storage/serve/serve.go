@@ -129,7 +129,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Server
 		s.h = admin.NewHandler(admin.Options{
 			Storage: eng, Layout: cfg.Storage.String(), Listen: s.ln.Addr().String(), Export: cfg.Export.Name,
 			Members: members, Generation: s.st.Generation, Requests: eng.Requests(), Started: s.started,
-			Control: eng,
+			Control: eng, Replacer: s.st,
 		})
 	}
 	return s, nil
