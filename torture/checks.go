@@ -27,6 +27,28 @@ func (r *runner) finalChecks(ctx context.Context) error {
 	}
 	r.check(name, true, fmt.Sprintf("in sync after %v", took.Round(time.Millisecond)), took)
 
+	// The engine's own online check (dst scrub) must agree.
+	start = time.Now()
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	res, err := eng.Scrub(sctx)
+	cancel()
+	name = "online scrub finds no difference"
+	switch {
+	case err != nil:
+		r.check(name, false, err.Error(), time.Since(start))
+		r.fail(-1, "final", name, []string{err.Error()})
+		return fmt.Errorf("%w: %s", ErrFailed, name)
+	case res.MismatchCount > 0:
+		var diag []string
+		for _, m := range res.Mismatches {
+			diag = append(diag, fmt.Sprintf("mirror %d child %d (members %v) differs from child %d at %d+%d", m.Mirror, m.Child, m.Members, m.Source, m.Offset, m.Length))
+		}
+		r.check(name, false, fmt.Sprintf("%d ranges differ", res.MismatchCount), time.Since(start))
+		r.fail(-1, "final", name, diag)
+		return fmt.Errorf("%w: %s", ErrFailed, name)
+	}
+	r.check(name, true, fmt.Sprintf("%d regions compared, %d bytes read", res.Regions, res.BytesRead), time.Since(start))
+
 	start = time.Now()
 	divs, err := r.c.Converged(ctx)
 	name = "mirror replicas byte-identical"

@@ -150,6 +150,7 @@ checks:
 		names[ch.Name] = true
 	}
 	require.Contains(t, names, "mirror replicas byte-identical")
+	require.Contains(t, names, "online scrub finds no difference")
 	requireReports(t, res)
 }
 

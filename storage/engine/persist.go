@@ -77,12 +77,14 @@ func (e *Engine) persistDirty(ctx context.Context, mi *mirrorInfo) error {
 	}
 	var wg sync.WaitGroup
 	errs := make([]error, len(e.members))
+	tried := 0
 	for c, leaves := range mi.children {
 		for _, l := range leaves {
 			m := e.members[l]
 			if m.area == nil || !m.writable() {
 				continue
 			}
+			tried++
 			wg.Go(func() {
 				for _, p := range pages {
 					if p.child != c {
@@ -118,15 +120,9 @@ func (e *Engine) persistDirty(ctx context.Context, mi *mirrorInfo) error {
 		}
 	}
 	if first != nil {
-		writable := 0
-		for _, leaves := range mi.children {
-			for _, l := range leaves {
-				if m := e.members[l]; m.area != nil && m.writable() {
-					writable++
-				}
-			}
-		}
-		first.(*persistError).standIn = writable > failed
+		// Another member took its pages (or had none to take): counted
+		// over the members this round wrote to, whatever their state now.
+		first.(*persistError).standIn = tried > failed
 	}
 	mi.mu.Lock()
 	if first != nil {

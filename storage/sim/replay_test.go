@@ -137,6 +137,8 @@ func (s *sim) scripted(ctx context.Context, k int, st scriptStep) error {
 	case "heal":
 		s.links[i].heal()
 		s.logf("heal %d", i)
+	case "replace-online":
+		return s.replaceOnline(ctx, i)
 	case "hold":
 		s.links[i].hold()
 		s.logf("hold back the next write on %d", i)

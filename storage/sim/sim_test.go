@@ -13,7 +13,9 @@
 // server closed the fenced connection); a request duplicated; a node's process killed (its
 // cache survives, as a page cache does) or its machine's power cut (the
 // unflushed part of its cache is lost, and it boots with a new boot id);
-// its media replaced by a blank disk; a member suspended and resumed; the
+// its media replaced by a blank disk; a member replaced online by a new
+// node (Storage.ReplaceMember, the config then naming the new node); a
+// member suspended and resumed; the
 // engine killed between two requests (Storage.Abandon, then Assemble from
 // the members' records) or in the middle of a write after a seeded number
 // of node operations.
@@ -421,8 +423,14 @@ type sim struct {
 	geo   geometry
 	nodes []*simNode
 	links []*link
-	urls  map[string]int
-	t0    time.Time
+	// addrs are the members' node addresses as the config names them
+	// (an online replacement changes one); byAddr finds each address's
+	// link, retired are the links of nodes replaced.
+	addrs        []string
+	byAddr       map[string]*link
+	retired      []*link
+	replacements int
+	t0           time.Time
 
 	st     *engine.Storage
 	stopSt context.CancelFunc
@@ -546,7 +554,7 @@ func (h traceHandler) WithGroup(string) slog.Handler { return h }
 // a bubble, and registers the cleanup there.
 func newSim(tb testing.TB, seed uint64, geo geometry) (*sim, error) {
 	s := &sim{tb: tb, rng: rand.New(rand.NewPCG(seed, 0x5eed)), seed: seed, geo: geo, t0: time.Now(),
-		urls: map[string]int{}, strict: true}
+		byAddr: map[string]*link{}, strict: true}
 	for i := range geo.members {
 		n := &simNode{disk: node.NewMemory(geo.memberBytes)}
 		s.nodes = append(s.nodes, n)
@@ -555,12 +563,20 @@ func newSim(tb testing.TB, seed uint64, geo geometry) (*sim, error) {
 			return nil, err
 		}
 		s.links = append(s.links, l)
-		s.urls[fmt.Sprintf("sim-%d:10809", i)] = i
+		s.addrs = append(s.addrs, fmt.Sprintf("sim-%d:10809", i))
+		s.byAddr[s.addrs[i]] = l
 		if err := s.startNode(i); err != nil {
 			return nil, err
 		}
 	}
 	tb.Cleanup(func() { // inside the bubble, also after a failure
+		for _, l := range s.retired {
+			defer func() {
+				l.px.Close()
+				proxyTotals.add(l.px.Stats())
+			}()
+			l.dropHeld()
+		}
 		for i, l := range s.links {
 			defer func() {
 				l.px.Close()
@@ -649,10 +665,10 @@ func (s *sim) assemble() error {
 	ro := node.RemoteOptions{RequestTimeout: 300 * time.Millisecond, Retries: 1, Budget: 150 * time.Millisecond,
 		BackoffMin: 2 * time.Millisecond, BackoffMax: 10 * time.Millisecond, PingInterval: -1, DialTimeout: time.Second,
 		Seed: s.seed,
-		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) { return s.links[s.urls[addr]].dial(ctx) }}
+		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) { return s.byAddr[addr].dial(ctx) }}
 	var tree []spec.Tree
 	for i := range s.nodes {
-		tree = append(tree, spec.Member(fmt.Sprintf("nbd://sim-%d:10809/m", i)))
+		tree = append(tree, spec.Member("nbd://"+s.addrs[i]+"/m"))
 	}
 	st, err := engine.Assemble(context.Background(), spec.Mirror(tree...), engine.AssembleOptions{
 		Open: func(ctx context.Context, u string) (node.Node, error) {
@@ -755,6 +771,34 @@ func (s *sim) releaseHeld(ctx context.Context, i int) error {
 	if l.releaseHeld() {
 		s.logf("release the write held back on %d", i)
 	}
+	return nil
+}
+
+// replaceOnline puts a new node with a blank disk in member j's position
+// while the storage serves (Storage.ReplaceMember), and names it in the
+// config the next assembly reads; the monitor copies it whole.
+func (s *sim) replaceOnline(ctx context.Context, j int) error {
+	s.replacements++
+	n := &simNode{disk: node.NewMemory(s.geo.memberBytes)}
+	l, err := newLink(n)
+	if err != nil {
+		return err
+	}
+	addr := fmt.Sprintf("sim-%d-r%d:10809", j, s.replacements)
+	s.byAddr[addr] = l
+	old := s.links[j]
+	s.nodes[j], s.links[j] = n, l
+	if err := s.startNode(j); err != nil {
+		return err
+	}
+	old.dropHeld()
+	old.heal()
+	s.retired = append(s.retired, old)
+	s.logf("replace member %d online by %s", j, addr)
+	if err := s.st.ReplaceMember(ctx, j, "nbd://"+addr+"/m", engine.ReplaceOptions{Force: true}); err != nil {
+		return s.fail("replace member %d online: %v", j, err)
+	}
+	s.addrs[j] = addr
 	return nil
 }
 

@@ -21,11 +21,14 @@ import (
 type model struct {
 	data, alt, unc []byte
 	flushed, since []byte
+	// flushedUnc is unc as of the last FLUSH: a byte undecided then is
+	// durable as one of its values, which flushed does not name.
+	flushedUnc []byte
 }
 
 func newModel(size int64) model {
 	return model{data: make([]byte, size), alt: make([]byte, size), unc: make([]byte, size),
-		flushed: make([]byte, size), since: make([]byte, size)}
+		flushed: make([]byte, size), since: make([]byte, size), flushedUnc: make([]byte, size)}
 }
 
 func (m *model) touch(off, n int64) {
@@ -58,6 +61,7 @@ func (m *model) failedWrite(off int64, p []byte) {
 // flushedAll records an acknowledged FLUSH.
 func (m *model) flushedAll() {
 	copy(m.flushed, m.data)
+	copy(m.flushedUnc, m.unc)
 	clear(m.since)
 }
 
@@ -68,6 +72,8 @@ func (m *model) lostUnflushed() {
 	for i, n := range m.since {
 		switch {
 		case n == 0:
+		case m.flushedUnc[i] != 0:
+			m.unc[i] = 2 // its flushed value was undecided
 		case n == 1 && m.unc[i] == 0 && m.flushed[i] != m.data[i]:
 			m.alt[i], m.unc[i] = m.flushed[i], 1
 		case n > 1 || m.unc[i] != 0:
@@ -123,7 +129,7 @@ func (s *sim) step(ctx context.Context, i int) error {
 		n := 1 + s.rng.Int64N(128<<10)
 		return s.rng.Int64N(size - n), n
 	}
-	r := s.rng.IntN(105)
+	r := s.rng.IntN(106)
 	if !*faults {
 		r %= 70
 	}
@@ -242,7 +248,7 @@ func (s *sim) payload(n int64) []byte {
 	return p[:n]
 }
 
-// fault runs the fault numbered r (0..34). A fault that takes a member
+// fault runs the fault numbered r (0..35). A fault that takes a member
 // away runs only while another replica is in sync and reachable: losing
 // the last one fails I/O by design.
 func (s *sim) fault(ctx context.Context, r int) error {
@@ -332,6 +338,10 @@ func (s *sim) fault(ctx context.Context, r int) error {
 		}
 	case r < 33:
 		return s.releaseHeld(ctx, j)
+	case r < 34:
+		if away("online replacement") {
+			return s.replaceOnline(ctx, j)
+		}
 	default:
 		return s.settle(ctx)
 	}

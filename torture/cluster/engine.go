@@ -192,6 +192,16 @@ func (e *Engine) Resume(ctx context.Context, i int) error {
 	return c.Resume(ctx, i)
 }
 
+// Scrub compares the replicas of every mirror online (POST /scrub) and
+// returns the result; it repairs nothing.
+func (e *Engine) Scrub(ctx context.Context) (*engine.ScrubResult, error) {
+	c, err := e.adminClient()
+	if err != nil {
+		return nil, err
+	}
+	return c.Scrub(ctx, false, 0)
+}
+
 // adminClient is a client of the engine's admin endpoint.
 func (e *Engine) adminClient() (*admin.Client, error) {
 	addr := e.AdminAddr()
