@@ -295,6 +295,29 @@ type fioReport struct {
 	} `json:"jobs"`
 }
 
+// fioResult is how a fio run ended: its output and error.
+type fioResult struct {
+	out string
+	err error
+}
+
+// fioVerify starts fio writing n bytes at random (4 KiB, queue depth 16)
+// through uri at most at rate (fio's notation, such as 16m) for at most
+// runtime, then verifying every block's crc32c; it returns the path of
+// fio's JSON report and the channel that gets its end.
+func (r *rig) fioVerify(name, uri string, n int, rate string, runtime time.Duration) (string, <-chan fioResult) {
+	report := filepath.Join(r.dir, name+"-fio.json")
+	done := make(chan fioResult, 1)
+	r.async(func() {
+		out, err := r.run(runtime+10*time.Second, "fio", "--name="+name, "--ioengine=nbd", "--uri="+uri,
+			"--rw=randwrite", "--bs=4k", "--iodepth=16", fmt.Sprintf("--size=%d", n),
+			"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--rate=,"+rate,
+			fmt.Sprintf("--runtime=%d", int(runtime.Seconds())), "--output-format=json", "--output="+report)
+		done <- fioResult{out, err}
+	})
+	return report, done
+}
+
 // TestProofMirrorFioSurvivesKill9: fio writes 32 MiB at random through a
 // mirror of two dst exports and verifies every block's crc32c; one export
 // is killed with SIGKILL during the write phase; fio must see no error,
@@ -317,19 +340,7 @@ func TestProofMirrorFioSurvivesKill9(t *testing.T) {
 
 	// The write phase is throttled to 16 MiB/s (about 2 s) so that the
 	// kill lands inside it; the verify phase reads at full speed.
-	report := filepath.Join(r.dir, "fio.json")
-	type result struct {
-		out string
-		err error
-	}
-	fioDone := make(chan result, 1)
-	r.async(func() {
-		out, err := r.run(70*time.Second, "fio", "--name=proof", "--ioengine=nbd", "--uri="+uri,
-			"--rw=randwrite", "--bs=4k", "--iodepth=16", fmt.Sprintf("--size=%d", fioBytes),
-			"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--rate=,16m",
-			"--runtime=60", "--output-format=json", "--output="+report)
-		fioDone <- result{out, err}
-	})
+	report, fioDone := r.fioVerify("proof", uri, fioBytes, "16m", 60*time.Second)
 
 	// Kill export A once a quarter of fio's writes completed.
 	const writesTotal = fioBytes / blockBytes
@@ -353,7 +364,7 @@ func TestProofMirrorFioSurvivesKill9(t *testing.T) {
 	r.note("export-a killed with SIGKILL after %d of %d writes, at %v", writesAtKill, writesTotal, time.Since(start))
 	require.Less(t, writesAtKill, uint64(writesTotal), "the kill landed in fio's write phase")
 
-	var res result
+	var res fioResult
 	select {
 	case res = <-fioDone:
 	case <-time.After(75 * time.Second):

@@ -2,7 +2,6 @@ package main
 
 import (
 	"encoding/json"
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -55,19 +54,7 @@ func TestProofReplaceKilledMemberDuringFio(t *testing.T) {
 	require.Equal(t, exitUsage, code, errOut)
 	require.True(t, allInSync(status(t, adminAddr)))
 
-	report := filepath.Join(r.dir, "fio.json")
-	type result struct {
-		out string
-		err error
-	}
-	fioDone := make(chan result, 1)
-	r.async(func() {
-		out, err := r.run(80*time.Second, "fio", "--name=replace", "--ioengine=nbd", "--uri="+uri,
-			"--rw=randwrite", "--bs=4k", "--iodepth=16", fmt.Sprintf("--size=%d", fioBytes),
-			"--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--verify_state_save=0", "--rate=,8m",
-			"--runtime=70", "--output-format=json", "--output="+report)
-		fioDone <- result{out, err}
-	})
+	report, fioDone := r.fioVerify("replace", uri, fioBytes, "8m", 70*time.Second)
 	const writesTotal = fioBytes / blockBytes
 	deadline := time.Now().Add(30 * time.Second)
 	for status(t, adminAddr).Requests["write"].Count < writesTotal/5 {
@@ -83,7 +70,7 @@ func TestProofReplaceKilledMemberDuringFio(t *testing.T) {
 	r.note("export-a killed, export-c took member 0 after %d of %d writes, at %v", writesAtReplace, writesTotal, time.Since(start))
 	require.Less(t, writesAtReplace, uint64(writesTotal), "the replace landed in fio's write phase")
 
-	var res result
+	var res fioResult
 	select {
 	case res = <-fioDone:
 	case <-time.After(85 * time.Second):
