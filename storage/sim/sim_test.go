@@ -427,6 +427,7 @@ type sim struct {
 	// (an online replacement changes one); byAddr finds each address's
 	// link, retired are the links of nodes replaced.
 	addrs        []string
+	addrMu       sync.Mutex // guards byAddr: the engine's nodes dial through it
 	byAddr       map[string]*link
 	retired      []*link
 	replacements int
@@ -665,7 +666,12 @@ func (s *sim) assemble() error {
 	ro := node.RemoteOptions{RequestTimeout: 300 * time.Millisecond, Retries: 1, Budget: 150 * time.Millisecond,
 		BackoffMin: 2 * time.Millisecond, BackoffMax: 10 * time.Millisecond, PingInterval: -1, DialTimeout: time.Second,
 		Seed: s.seed,
-		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) { return s.byAddr[addr].dial(ctx) }}
+		Dial: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			s.addrMu.Lock()
+			l := s.byAddr[addr]
+			s.addrMu.Unlock()
+			return l.dial(ctx)
+		}}
 	var tree []spec.Tree
 	for i := range s.nodes {
 		tree = append(tree, spec.Member("nbd://"+s.addrs[i]+"/m"))
@@ -785,7 +791,9 @@ func (s *sim) replaceOnline(ctx context.Context, j int) error {
 		return err
 	}
 	addr := fmt.Sprintf("sim-%d-r%d:10809", j, s.replacements)
+	s.addrMu.Lock()
 	s.byAddr[addr] = l
+	s.addrMu.Unlock()
 	old := s.links[j]
 	s.nodes[j], s.links[j] = n, l
 	if err := s.startNode(j); err != nil {
