@@ -12,6 +12,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -408,4 +409,57 @@ func TestMaintenanceEndpoints(t *testing.T) {
 	// Without a Control the endpoints do not exist.
 	plain := admin.NewHandler(admin.Options{Storage: &fakeStorage{size: 1}})
 	require.Equal(t, http.StatusNotFound, get(t, plain, http.MethodPost, "/members/1/suspend").StatusCode)
+}
+
+// fakeReplacer refuses as the engine does: member 0 is healthy, member 2
+// does not exist, url "bad" cannot take the position.
+type fakeReplacer struct{ urls []string }
+
+func (f *fakeReplacer) ReplaceMember(_ context.Context, i int, url string, o engine.ReplaceOptions) error {
+	switch {
+	case i >= len(f.urls):
+		return fmt.Errorf("no member %d: %w", i, engine.ErrBadReplacement)
+	case url == "bad":
+		return fmt.Errorf("it does not answer: %w", engine.ErrBadReplacement)
+	case i == 0 && !o.Force:
+		return fmt.Errorf("member 0: %w", engine.ErrMemberHealthy)
+	}
+	f.urls[i] = url
+	return nil
+}
+
+func (f *fakeReplacer) Member(i int) (string, node.Node) { return f.urls[i], nil }
+
+func TestReplaceEndpoint(t *testing.T) {
+	rep := &fakeReplacer{urls: []string{"nbd://a", "nbd://b"}}
+	fs := &fakeStorage{size: 1, members: []engine.MemberStatus{{Index: 0, State: "failed"}, {Index: 1, State: "resyncing"}}}
+	h := admin.NewHandler(admin.Options{Storage: fs, Control: &fakeControl{}, Replacer: rep,
+		Members: []admin.Member{{URL: "nbd://a"}, {URL: "nbd://b"}}})
+	code := func(path string) (int, admin.ControlResult) {
+		r := get(t, h, http.MethodPost, path)
+		var res admin.ControlResult
+		require.NoError(t, json.NewDecoder(r.Body).Decode(&res))
+		return r.StatusCode, res
+	}
+	c, res := code("/members/1/replace?url=nbd%3A%2F%2Fc")
+	require.Equal(t, http.StatusOK, c, res.Error)
+	require.Equal(t, "nbd://c", rep.urls[1])
+	c, res = code("/members/0/replace?url=nbd://d")
+	require.Equal(t, http.StatusConflict, c)
+	require.Contains(t, res.Error, "healthy")
+	c, _ = code("/members/0/replace?url=nbd://d&force=1")
+	require.Equal(t, http.StatusOK, c)
+	c, _ = code("/members/5/replace?url=nbd://d")
+	require.Equal(t, http.StatusBadRequest, c)
+	c, _ = code("/members/1/replace?url=bad")
+	require.Equal(t, http.StatusBadRequest, c)
+	c, res = code("/members/1/replace")
+	require.Equal(t, http.StatusBadRequest, c)
+	require.Contains(t, res.Error, "no url")
+	c, _ = code("/members/x/replace?url=nbd://d")
+	require.Equal(t, http.StatusBadRequest, c)
+	// The status names the members as they are now.
+	st := h.Status()
+	require.Equal(t, "nbd://d", st.Members[0].URL)
+	require.Equal(t, "nbd://c", st.Members[1].URL)
 }
