@@ -66,12 +66,17 @@ func TestProofEngineKillResyncsOnlyActiveRegions(t *testing.T) {
 	act := st.Activity
 	require.Zero(t, act.CrashFullCopies, "no replica copied whole: the logs were readable")
 	require.Positive(t, act.CrashResyncRegions, "the kill landed while regions were active")
-	require.LessOrEqual(t, act.CrashResyncRegions, bound, "at most the bounded active set")
+	// The copy is the union of the two members' logs, each within the
+	// bound; a kill between a clear's page write to one member and to the
+	// other leaves one with the old regions and one with the new, so the
+	// union may hold twice the bound (as the engine model allows: a CI
+	// run copied 78 regions of a 64-region log).
+	require.LessOrEqual(t, act.CrashResyncRegions, 2*bound, "at most the members' two bounded active sets")
 	var copied int64
 	for _, m := range st.Members {
 		copied += m.ResyncedBytes
 	}
-	require.LessOrEqual(t, copied, int64(bound)*region)
+	require.LessOrEqual(t, copied, 2*int64(bound)*region)
 	t.Logf("killed after %d writes; the restart copied %d regions, %d bytes of %d (%.2f%%), redundant again %v after the kill",
 		writes, act.CrashResyncRegions, copied, size, 100*float64(copied)/float64(size), redundant.Round(time.Millisecond))
 
