@@ -122,8 +122,10 @@ func (ns *netns) remove(ctx context.Context) error {
 	}
 	if out, err := runIP(ctx, "link", "show", ns.hostVeth); err == nil && out != "" {
 		// The kernel destroys the pair asynchronously after the namespace
-		// goes: the link may vanish between show and del.
-		if _, err := runIP(ctx, "link", "del", ns.hostVeth); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
+		// goes: the link may vanish between show and del (iproute2 says
+		// "Cannot find device" or, from the kernel, "No such device").
+		if _, err := runIP(ctx, "link", "del", ns.hostVeth); err != nil &&
+			!strings.Contains(err.Error(), "Cannot find device") && !strings.Contains(err.Error(), "No such device") {
 			errs = append(errs, err)
 		}
 	}
