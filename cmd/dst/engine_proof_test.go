@@ -301,11 +301,17 @@ type fioResult struct {
 	err error
 }
 
+// fioRun is a fio run started by fioVerify: done gets its end.
+type fioRun struct {
+	report string // the path of fio's JSON report
+	n      int
+	done   <-chan fioResult
+}
+
 // fioVerify starts fio writing n bytes at random (4 KiB, queue depth 16)
 // through uri at most at rate (fio's notation, such as 16m) for at most
-// runtime, then verifying every block's crc32c; it returns the path of
-// fio's JSON report and the channel that gets its end.
-func (r *rig) fioVerify(name, uri string, n int, rate string, runtime time.Duration) (string, <-chan fioResult) {
+// runtime, then verifying every block's crc32c.
+func (r *rig) fioVerify(name, uri string, n int, rate string, runtime time.Duration) *fioRun {
 	report := filepath.Join(r.dir, name+"-fio.json")
 	done := make(chan fioResult, 1)
 	r.async(func() {
@@ -315,7 +321,28 @@ func (r *rig) fioVerify(name, uri string, n int, rate string, runtime time.Durat
 			fmt.Sprintf("--runtime=%d", int(runtime.Seconds())), "--output-format=json", "--output="+report)
 		done <- fioResult{out, err}
 	})
-	return report, done
+	return &fioRun{report: report, n: n, done: done}
+}
+
+// wait waits at most timeout for fio to end and requires that it ended
+// well: no error, and its one job wrote and verified all n bytes.
+func (f *fioRun) wait(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	var res fioResult
+	select {
+	case res = <-f.done:
+	case <-time.After(timeout):
+		t.Fatalf("fio did not end within %v", timeout)
+	}
+	require.NoError(t, res.err, "fio:\n%s", res.out)
+	raw, err := os.ReadFile(f.report)
+	require.NoError(t, err)
+	var rep fioReport
+	require.NoError(t, json.Unmarshal(raw, &rep), "%s", raw)
+	require.Len(t, rep.Jobs, 1)
+	require.Zero(t, rep.Jobs[0].Error, "fio job error")
+	require.Equal(t, int64(f.n), rep.Jobs[0].Write.IOBytes, "fio wrote the whole size")
+	require.Equal(t, int64(f.n), rep.Jobs[0].Read.IOBytes, "fio verified the whole size")
 }
 
 // TestProofMirrorFioSurvivesKill9: fio writes 32 MiB at random through a
@@ -340,7 +367,7 @@ func TestProofMirrorFioSurvivesKill9(t *testing.T) {
 
 	// The write phase is throttled to 16 MiB/s (about 2 s) so that the
 	// kill lands inside it; the verify phase reads at full speed.
-	report, fioDone := r.fioVerify("proof", uri, fioBytes, "16m", 60*time.Second)
+	fio := r.fioVerify("proof", uri, fioBytes, "16m", 60*time.Second)
 
 	// Kill export A once a quarter of fio's writes completed.
 	const writesTotal = fioBytes / blockBytes
@@ -353,7 +380,7 @@ func TestProofMirrorFioSurvivesKill9(t *testing.T) {
 			break
 		}
 		select {
-		case res := <-fioDone:
+		case res := <-fio.done:
 			t.Fatalf("fio ended before a quarter of its writes were seen: %v\n%s", res.err, res.out)
 		default:
 		}
@@ -364,21 +391,7 @@ func TestProofMirrorFioSurvivesKill9(t *testing.T) {
 	r.note("export-a killed with SIGKILL after %d of %d writes, at %v", writesAtKill, writesTotal, time.Since(start))
 	require.Less(t, writesAtKill, uint64(writesTotal), "the kill landed in fio's write phase")
 
-	var res fioResult
-	select {
-	case res = <-fioDone:
-	case <-time.After(75 * time.Second):
-		t.Fatal("fio did not end within 75 s")
-	}
-	require.NoError(t, res.err, "fio:\n%s", res.out)
-	raw, err := os.ReadFile(report)
-	require.NoError(t, err)
-	var rep fioReport
-	require.NoError(t, json.Unmarshal(raw, &rep), "%s", raw)
-	require.Len(t, rep.Jobs, 1)
-	require.Zero(t, rep.Jobs[0].Error, "fio job error")
-	require.Equal(t, int64(fioBytes), rep.Jobs[0].Write.IOBytes, "fio wrote the whole size")
-	require.Equal(t, int64(fioBytes), rep.Jobs[0].Read.IOBytes, "fio verified the whole size")
+	fio.wait(t, 75*time.Second)
 	st = status(t, adminAddr)
 	require.Zero(t, st.Requests["write"].Errors, "no write failed")
 	require.Zero(t, st.Requests["read"].Errors, "no read failed")

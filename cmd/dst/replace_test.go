@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -54,7 +53,7 @@ func TestProofReplaceKilledMemberDuringFio(t *testing.T) {
 	require.Equal(t, exitUsage, code, errOut)
 	require.True(t, allInSync(status(t, adminAddr)))
 
-	report, fioDone := r.fioVerify("replace", uri, fioBytes, "8m", 70*time.Second)
+	fio := r.fioVerify("replace", uri, fioBytes, "8m", 70*time.Second)
 	const writesTotal = fioBytes / blockBytes
 	deadline := time.Now().Add(30 * time.Second)
 	for status(t, adminAddr).Requests["write"].Count < writesTotal/5 {
@@ -70,19 +69,7 @@ func TestProofReplaceKilledMemberDuringFio(t *testing.T) {
 	r.note("export-a killed, export-c took member 0 after %d of %d writes, at %v", writesAtReplace, writesTotal, time.Since(start))
 	require.Less(t, writesAtReplace, uint64(writesTotal), "the replace landed in fio's write phase")
 
-	var res fioResult
-	select {
-	case res = <-fioDone:
-	case <-time.After(85 * time.Second):
-		t.Fatal("fio did not end")
-	}
-	require.NoError(t, res.err, "fio:\n%s", res.out)
-	raw, err := os.ReadFile(report)
-	require.NoError(t, err)
-	var rep fioReport
-	require.NoError(t, json.Unmarshal(raw, &rep), "%s", raw)
-	require.Zero(t, rep.Jobs[0].Error, "fio job error")
-	require.Equal(t, int64(fioBytes), rep.Jobs[0].Read.IOBytes, "fio verified the whole size")
+	fio.wait(t, 85*time.Second)
 	st := waitStatus(t, adminAddr, 30*time.Second, "the replacement in sync", allInSync)
 	require.Equal(t, urlC, st.Members[0].URL)
 	require.Zero(t, st.Requests["write"].Errors)
