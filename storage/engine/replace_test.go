@@ -10,9 +10,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"dst/internal/testkit"
@@ -54,7 +56,9 @@ func TestReplaceMemberOnline(t *testing.T) {
 	c := newCluster(4<<20, "a", "b")
 	c.spares(8<<20, "c") // larger media take the member's area as it was
 	ctx := testkit.Context(t, 60*time.Second)
-	s, err := Assemble(ctx, c.tree, c.replaceOpts(AssembleOptions{}))
+	o := c.replaceOpts(AssembleOptions{})
+	o.Monitor.ResyncBytesPerSec = 2 << 20 // the 4 MiB copy takes about 1 s (2 MiB burst): client writes land during it
+	s, err := Assemble(ctx, c.tree, o)
 	require.NoError(t, err)
 	e := s.Engine()
 	rctx, stop := context.WithCancel(ctx)
@@ -66,6 +70,7 @@ func TestReplaceMemberOnline(t *testing.T) {
 	require.NoError(t, e.WriteAt(ctx, model, 0, 0))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
+	var writes atomic.Int64
 	done := make(chan struct{})
 	wg.Go(func() { // client writes all along
 		rng := rand.New(rand.NewPCG(8, 8))
@@ -78,9 +83,15 @@ func TestReplaceMemberOnline(t *testing.T) {
 			off := rng.Int64N(e.Size() - 8192)
 			p := fill(rng, 1+rng.IntN(8192))
 			mu.Lock()
-			require.NoError(t, e.WriteAt(ctx, p, off, 0))
-			copy(model[off:], p)
+			err := e.WriteAt(ctx, p, off, 0)
+			if err == nil {
+				copy(model[off:], p)
+			}
 			mu.Unlock()
+			if !assert.NoError(t, err, "client write %d", k) { // not require: this is not the test's goroutine
+				return
+			}
+			writes.Add(1)
 		}
 	})
 
@@ -88,7 +99,9 @@ func TestReplaceMemberOnline(t *testing.T) {
 	url, n := s.Member(1)
 	require.Equal(t, "c", url)
 	require.Equal(t, c.mems["c"], n.(kept).Memory)
+	atReplace := writes.Load()
 	waitInSync(t, e, 1)
+	require.Greater(t, writes.Load(), atReplace, "client writes landed during the copy")
 	close(done)
 	wg.Wait()
 	require.NoError(t, e.Flush(ctx))
