@@ -196,7 +196,7 @@ func (t *task) run() {
 
 // errLeftService fails a read whose member left service while it ran, and
 // a write piece whose member left service before it was sent.
-var errLeftService = errors.New("engine: member left service during the read")
+var errLeftService = errors.New("engine: member left service")
 
 // dispatch runs tasks: all but the first on the workers, the first on the
 // calling goroutine, and waits for all of them.
