@@ -43,11 +43,14 @@ func (s *Storage) writeSupersOnce(ctx context.Context, clean bool) (int, error) 
 			mask = mask.With(i)
 		}
 	}
-	// The member table: every position's member id, on every superblock,
-	// so a medium replaced at a position is never trusted there again.
+	// The member table: every position's member id and raw size, on
+	// every superblock, so a medium replaced at a position is never
+	// trusted there again and a member missing at a start has a known
+	// geometry (and identity to check when it answers).
 	var table [meta.MaxMembers]meta.ID
+	var raws [meta.MaxMembers]int64
 	for i := range s.supers {
-		table[i] = s.supers[i].MemberID
+		table[i], raws[i] = s.supers[i].MemberID, s.supers[i].RawSize
 	}
 	buf := make([]byte, meta.SuperblockSize)
 	var firstErr error
@@ -57,7 +60,7 @@ func (s *Storage) writeSupersOnce(ctx context.Context, clean bool) (int, error) 
 			continue
 		}
 		sb := &s.supers[i]
-		sb.Generation, sb.InSync, sb.Members = s.gen, mask, table
+		sb.Generation, sb.InSync, sb.Members, sb.RawSizes = s.gen, mask, table, raws
 		sb.Flags &^= meta.FlagClean | meta.FlagActivityLog
 		if clean {
 			sb.Flags |= meta.FlagClean

@@ -43,7 +43,10 @@
 //	2180    1024  member table: 64 member ids (16 bytes each; zero: unknown;
 //	              zero at positions >= member count; the own entry is
 //	              zero or the member id)
-//	3204    888   reserved, zero
+//	3204    512   member raw sizes: 64 signed 64-bit sizes, the raw size
+//	              each member's area was planned from (zero: unknown; the
+//	              same rules as the member table; known: >= the minimum)
+//	3716    376   reserved, zero
 //	4092    4     CRC32C (Castagnoli) of bytes 0..4091
 //
 // Magic and version keep their offsets in every future version, so old code

@@ -47,7 +47,8 @@ const (
 	offLayoutLen    = 128
 	offLayout       = 132
 	offMembers      = offLayout + MaxLayoutBytes // 2180
-	offReserved     = offMembers + MaxMembers*16 // 3204
+	offRawSizes     = offMembers + MaxMembers*16 // 3204
+	offReserved     = offRawSizes + MaxMembers*8 // 3716
 	offChecksum     = SuperblockSize - 4         // 4092
 )
 
@@ -161,6 +162,13 @@ type Superblock struct {
 	// trusted as in sync again (see Classify). Entries at MemberCount and
 	// beyond are zero; the own entry is zero or MemberID.
 	Members [MaxMembers]ID
+	// RawSizes is each position's raw size as the writer knew it (zero:
+	// unknown), the size its Area was planned from: with the region size
+	// it gives the geometry of a member that is missing at a start
+	// (Plan(RawSizes[i], RegionSize)). The same rules as for Members: zero
+	// at MemberCount and beyond, the own entry zero or RawSize, and a
+	// known entry at least MinRawSize.
+	RawSizes [MaxMembers]int64
 }
 
 // Clean reports whether FlagClean is set.
@@ -204,6 +212,7 @@ func (s *Superblock) MarshalTo(b []byte) error {
 	copy(b[offLayout+n:offMembers], zeroPage[:])
 	for i := range s.Members {
 		copy(b[offMembers+16*i:], s.Members[i][:])
+		be.PutUint64(b[offRawSizes+8*i:], uint64(s.RawSizes[i]))
 	}
 	copy(b[offReserved:offChecksum], zeroPage[:])
 	be.PutUint32(b[offChecksum:], crc32.Checksum(b[:offChecksum], castagnoli))
@@ -282,6 +291,7 @@ func UnmarshalSuperblock(b []byte) (Superblock, error) {
 	s.Layout = string(b[offLayout : offLayout+n])
 	for i := range s.Members {
 		copy(s.Members[i][:], b[offMembers+16*i:])
+		s.RawSizes[i] = int64(be.Uint64(b[offRawSizes+8*i:]))
 	}
 	if err := s.check(ErrCorrupt); err != nil {
 		return Superblock{}, err
@@ -306,9 +316,17 @@ func (s *Superblock) check(class error) error {
 		return fmt.Errorf("%w: in-sync mask %s: members beyond count %d", class, s.InSync, s.MemberCount)
 	}
 	for i := s.MemberCount; i < MaxMembers; i++ {
-		if !s.Members[i].IsZero() {
+		if !s.Members[i].IsZero() || s.RawSizes[i] != 0 {
 			return fmt.Errorf("%w: member table names member %d of %d", class, i, s.MemberCount)
 		}
+	}
+	for i, raw := range s.RawSizes[:s.MemberCount] {
+		if raw != 0 && raw < MinRawSize {
+			return fmt.Errorf("%w: member table gives member %d a raw size of %d bytes, below the minimum %d", class, i, raw, MinRawSize)
+		}
+	}
+	if own := s.RawSizes[s.MemberIndex]; own != 0 && own != s.RawSize {
+		return fmt.Errorf("%w: member table gives the own position %d a raw size of %d, the member's is %d", class, s.MemberIndex, own, s.RawSize)
 	}
 	if own := s.Members[s.MemberIndex]; !own.IsZero() && own != s.MemberID {
 		return fmt.Errorf("%w: member table names %s at the own position %d, the member is %s", class, own, s.MemberIndex, s.MemberID)

@@ -37,6 +37,7 @@ func TestSuperblockRoundTrip(t *testing.T) {
 
 	// The member table round-trips, the own entry included.
 	s.Members[0], s.Members[1], s.Members[2] = ID{1, 2, 3}, s.MemberID, ID{7}
+	s.RawSizes[0], s.RawSizes[1], s.RawSizes[2] = MinRawSize, s.RawSize, 1<<40
 	got, err = UnmarshalSuperblock(encode(t, s))
 	require.NoError(t, err)
 	assert.Equal(t, s, got)
@@ -74,7 +75,14 @@ func TestUnmarshalSuperblockErrors(t *testing.T) {
 		{"count 65", func(b []byte) []byte { binary.BigEndian.PutUint32(b[offMemberCount:], 65); seal(b); return b }, ErrCorrupt, "count 65"},
 		{"member table beyond count", func(b []byte) []byte { b[offMembers+16*2] = 1; seal(b); return b }, ErrCorrupt, "member table names member 2 of 2"},
 		{"member table disowns the member", func(b []byte) []byte { b[offMembers] = 1; seal(b); return b }, ErrCorrupt, "own position 0"},
-		{"reserved after the member table", func(b []byte) []byte { b[offReserved] = 1; seal(b); return b }, ErrCorrupt, "offset 3204"},
+		{"reserved after the member table", func(b []byte) []byte { b[offReserved] = 1; seal(b); return b }, ErrCorrupt, "offset 3716"},
+		{"raw size table beyond count", func(b []byte) []byte { b[offRawSizes+8*2+7] = 1; seal(b); return b }, ErrCorrupt, "member table names member 2 of 2"},
+		{"raw size table below the minimum", func(b []byte) []byte { b[offRawSizes+8*1+7] = 1; seal(b); return b }, ErrCorrupt, "member 1 a raw size of 1 bytes"},
+		{"raw size table disowns the member", func(b []byte) []byte {
+			binary.BigEndian.PutUint64(b[offRawSizes:], uint64(MinRawSize))
+			seal(b)
+			return b
+		}, ErrCorrupt, "own position 0 a raw size"},
 		{"in-sync beyond count", func(b []byte) []byte { binary.BigEndian.PutUint64(b[offInSync:], 0b101); seal(b); return b }, ErrCorrupt, "{0,2}"},
 		{"region size 3 MiB", func(b []byte) []byte { binary.BigEndian.PutUint64(b[offRegionSize:], 3<<20); seal(b); return b }, ErrCorrupt, "region size 3145728"},
 		{"raw size beyond int64", func(b []byte) []byte { binary.BigEndian.PutUint64(b[offRawSize:], math.MaxUint64); seal(b); return b }, ErrCorrupt, "raw size 18446744073709551615"},
