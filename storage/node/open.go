@@ -35,6 +35,12 @@ type OpenOptions struct {
 	// (its Size is learned from that handshake). Zero means
 	// DefaultConnectTimeout.
 	ConnectTimeout time.Duration
+	// Background returns a remote node that made no connection within
+	// ConnectTimeout anyway, its manager dialling on (a storage that may
+	// start without it: allow_degraded). Until its first connection its
+	// Size and Flags are zero and Remote.Info reports no handshake; its
+	// requests wait for a connection within their budget.
+	Background bool
 }
 
 // Open opens the member a URL names:
@@ -47,7 +53,7 @@ type OpenOptions struct {
 // NewRemote, its connection manager started (Close stops it), and Open
 // waits until its first connection is up, so that Size and Flags are
 // known when it returns; it fails if none comes within ConnectTimeout or
-// ctx. Errors name the URL and wrap ErrBadURL, fs.ErrNotExist, the errors
+// ctx (with Background, only if ctx ends first). Errors name the URL and wrap ErrBadURL, fs.ErrNotExist, the errors
 // of OpenFile or ErrUnavailable; on error nothing stays open or running.
 func Open(ctx context.Context, rawURL string, opts OpenOptions) (Node, error) {
 	scheme, _, _ := strings.Cut(rawURL, ":")
@@ -152,6 +158,15 @@ func openRemote(ctx context.Context, rawURL string, addr Address, opts OpenOptio
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if err := r.Ready(wctx); err != nil {
+		if opts.Background && ctx.Err() == nil {
+			mu.Lock()
+			why := lastErr
+			mu.Unlock()
+			if ro.Logger != nil {
+				ro.Logger.Warn("node not reachable yet; it is dialled on in the background", "node", rawURL, "waited", timeout, "err", why)
+			}
+			return r, nil
+		}
 		r.Close()
 		<-ran
 		mu.Lock()

@@ -153,3 +153,49 @@ func TestOpenRemoteUnreachable(t *testing.T) {
 	require.Error(t, err)
 	require.True(t, errors.Is(err, context.Canceled) || errors.Is(err, node.ErrUnavailable), "%v", err)
 }
+
+// With Background, a remote node that does not answer within the connect
+// timeout is returned anyway, not reached yet (no handshake, size zero),
+// and dials on: once a server listens at its address it connects and
+// serves.
+func TestOpenRemoteBackground(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	addr := ln.Addr().String()
+	require.NoError(t, ln.Close())
+
+	ctx := ctxFor(t, 20*time.Second)
+	n, err := node.Open(ctx, "nbd://"+addr+"/x", node.OpenOptions{
+		ConnectTimeout: 200 * time.Millisecond, Background: true,
+		Remote: node.RemoteOptions{BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond},
+	})
+	require.NoError(t, err)
+	t.Cleanup(func() { n.Close() })
+	r := n.(*node.Remote)
+	_, reached := r.Info()
+	require.False(t, reached, "no handshake yet")
+	require.Zero(t, n.Size())
+
+	const size = 1 << 20
+	mem := node.NewMemory(size)
+	srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{
+		Name: "x", Size: size, Flags: node.MemoryFlags, Backend: mem}}})
+	require.NoError(t, err)
+	ln, err = net.Listen("tcp", addr)
+	require.NoError(t, err)
+	sctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(sctx, ln) }()
+	t.Cleanup(func() { cancel(); <-served })
+
+	require.Eventually(t, func() bool { _, ok := r.Info(); return ok }, 10*time.Second, 5*time.Millisecond, "the node connects once its server listens")
+	require.Equal(t, int64(size), n.Size())
+	require.NoError(t, n.WriteAt(ctx, pattern(0x17, 4096), 4096, 0))
+	require.Equal(t, pattern(0x17, 4096), mem.Bytes(4096, 4096))
+
+	// A context that ends before the timeout still fails the open.
+	cctx, stop := context.WithCancel(context.Background())
+	stop()
+	_, err = node.Open(cctx, "nbd://127.0.0.1:1/x", node.OpenOptions{Background: true})
+	require.Error(t, err)
+}
