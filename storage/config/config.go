@@ -54,7 +54,9 @@
 //	                          # unclean stop then copies replicas whole)
 //	  quiet: 5s               # a region stays marked this long after its last write
 //	region_size: 1MiB         # bytes per write-intent bit: a power of two, 4KiB..1GiB
-//	allow_degraded: false     # start a mirror with members missing
+//	allow_degraded: false     # start a mirror with members missing or not answering (after
+//	                          # connect_timeout): it may have held newer data; it joins, copying
+//	                          # what it missed, when it answers as the member recorded
 //	shutdown_timeout: 6s      # bounds a stop: a third for requests in flight, a third for the
 //	                          # final FLUSH (a member that does not answer it leaves service
 //	                          # where a replica stands in), a third for marking superblocks clean
@@ -117,7 +119,10 @@ type Config struct {
 	// RegionSize is the bytes per write-intent bit, a power of two in
 	// [4 KiB, 1 GiB].
 	RegionSize int64
-	// AllowDegraded lets a mirror start with members missing.
+	// AllowDegraded lets a mirror start with members missing, also a
+	// remote member that makes no connection within the connect timeout
+	// (node.OpenOptions.Background): the member table of the others gives
+	// its identity and geometry, checked when it answers.
 	AllowDegraded bool
 	// ShutdownTimeout bounds a stop (see serve.Server.Close); positive.
 	ShutdownTimeout time.Duration

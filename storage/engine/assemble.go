@@ -127,6 +127,9 @@ func verdicts(urls []string, as meta.Assembly) string {
 
 // readSuper reads both superblock slots of a member.
 func readSuper(ctx context.Context, n node.Node) meta.Probe {
+	if !reached(n) {
+		return meta.Probe{Err: fmt.Errorf("%w: no connection yet", node.ErrUnavailable)}
+	}
 	if n.Size() < meta.MinRawSize {
 		return meta.Probe{Err: fmt.Errorf("%w: %d bytes, fewer than the %d a member needs", meta.ErrTooSmall, n.Size(), meta.MinRawSize)}
 	}
@@ -185,12 +188,34 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 	s.supers = make([]meta.Superblock, len(s.nodes))
 	areas := make([]meta.Area, len(s.nodes))
 	src := probes[as.Source].Super
+	s.unconfirmed = make([]uint64, len(s.nodes))
 	for i, n := range s.nodes {
 		v := as.Members[i]
 		if probes[i].Err == nil && v.Action != meta.ActionResyncFull {
 			s.supers[i] = probes[i].Super
 			areas[i] = probes[i].Super.Area
 			continue
+		}
+		if v.State == meta.StateAbsent {
+			// Missing (a node that does not answer, a read that failed):
+			// the member table gives its identity and geometry, checked
+			// when it answers (probe). Without a table (superblocks of an
+			// older dst) it gets a fresh identity, copied whole when back.
+			if id, raw := src.Members[i], src.RawSizes[i]; !id.IsZero() && raw != 0 {
+				a, err := meta.Plan(raw, as.RegionSize)
+				if err != nil {
+					return fmt.Errorf("engine: member %d (%v): the recorded raw size: %w", i, n, err)
+				}
+				areas[i] = a
+				s.supers[i] = meta.Superblock{StorageID: as.StorageID, MemberID: id, MemberIndex: i, MemberCount: len(s.nodes),
+					Area: a, Layout: as.Layout, CreatedUnixNano: src.CreatedUnixNano}
+				s.unconfirmed[i] = as.Generation
+				continue
+			}
+			if !reached(n) {
+				return fmt.Errorf("engine: member %d (%v) does not answer, and no superblock records its geometry "+
+					"(they were written by an older dst): start once with it reachable", i, n)
+			}
 		}
 		// New, wiped or replaced media: a fresh identity in this storage.
 		a, err := meta.Plan(n.Size(), as.RegionSize)
@@ -243,6 +268,20 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 		case meta.ActionResyncFull:
 			e.start(i, membership.CopyWhole)
 		case meta.ActionSkip:
+			if s.unconfirmed[i] == 0 {
+				e.start(i, membership.Skip)
+				break
+			}
+			// It keeps its identity: when it answers it copies what it
+			// missed, as the source's bitmap records it, and after an
+			// unclean stop what the activity log marked (or everything).
+			if err := s.loadDirty(ctx, m, as.Source); err != nil {
+				return err
+			}
+			if !as.Clean && !s.copyLogged(ctx, m, as, probes, sources, logs) {
+				e.start(i, membership.CopyWhole)
+				break
+			}
 			e.start(i, membership.Skip)
 		default:
 			return fmt.Errorf("engine: member %d (%v) refused: %s", i, m.node, v.Reason)
@@ -314,6 +353,9 @@ func (s *Storage) build(areas []meta.Area) error {
 	s.e = e
 	s.boots = make([]string, len(s.nodes))
 	s.replacing = make([]bool, len(s.nodes))
+	if s.unconfirmed == nil {
+		s.unconfirmed = make([]uint64, len(s.nodes)) // assemble sets it first
+	}
 	for i, n := range s.nodes {
 		if b, ok := n.(interface{ BootID() string }); ok {
 			s.boots[i] = b.BootID()

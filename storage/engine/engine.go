@@ -243,7 +243,9 @@ func New(root layout.Layout, nodes []node.Node, opts Options) (*Engine, error) {
 		if m.leaf == nil {
 			return nil, fmt.Errorf("engine: member %d is not a leaf of %v", m.index, root)
 		}
-		if end := m.leaf.DataOffset() + m.leaf.DataSize(); end > m.node.Size() {
+		// A node not reached yet has no size to check; the monitor checks
+		// its superblock and area when it answers.
+		if end := m.leaf.DataOffset() + m.leaf.DataSize(); reached(m.node) && end > m.node.Size() {
 			return nil, fmt.Errorf("engine: member %d (%v): data area ends at %d, beyond the node's %d bytes",
 				m.index, m.node, end, m.node.Size())
 		}
@@ -309,11 +311,16 @@ func (e *Engine) walk(l layout.Layout, anc []ancestor) error {
 }
 
 // capabilities are the NBD flags every member supports; the engine adds
-// multi-conn, which it makes true (see the package doc).
+// multi-conn, which it makes true (see the package doc). A member not
+// reached yet does not count: it must have them when it answers, or it
+// is not taken back (Storage.probe).
 func (e *Engine) capabilities() nbd.TransmissionFlags {
 	f := nbd.FlagSendFlush | nbd.FlagSendFUA | nbd.FlagSendTrim | nbd.FlagSendWriteZero | nbd.FlagSendCache
 	ro := false
 	for _, m := range e.members {
+		if !reached(m.node) {
+			continue
+		}
 		nf := m.node.Flags()
 		f &= nf | nbd.FlagSendFUA | nbd.FlagSendFlush | nbd.FlagSendWriteZero | nbd.FlagSendCache
 		if nf&nbd.FlagReadOnly != 0 {

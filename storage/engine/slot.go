@@ -88,6 +88,15 @@ func (s *slot) BootID() string {
 	return ""
 }
 
+// Info is the node's latest handshake and whether it had one (a node
+// without handshakes, such as a file, has always been reached).
+func (s *slot) Info() (nbd.ExportInfo, bool) {
+	if r, ok := s.node().(interface{ Info() (nbd.ExportInfo, bool) }); ok {
+		return r.Info()
+	}
+	return nbd.ExportInfo{}, true
+}
+
 // SetVerify gives the check of every reconnect to the node in the slot
 // and to every node it takes later.
 func (s *slot) SetVerify(f func(context.Context, *nbd.Client) error) {
@@ -110,4 +119,15 @@ func (s *slot) Abort(reason error) {
 	if a, ok := s.node().(Aborter); ok {
 		a.Abort(reason)
 	}
+}
+
+// reached reports whether n has had a connection, so its Size and Flags
+// are known: false only for a remote node opened in the background
+// (node.OpenOptions.Background) that has not connected yet.
+func reached(n node.Node) bool {
+	if r, ok := n.(interface{ Info() (nbd.ExportInfo, bool) }); ok {
+		_, had := r.Info()
+		return had
+	}
+	return true
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"dst/storage/meta"
+	"dst/storage/nbd"
 	"dst/storage/node"
 	"dst/storage/spec"
 )
@@ -40,6 +41,12 @@ type Storage struct {
 	// replacing[i]: a new node took position i and its identity is not
 	// recorded yet; the monitor leaves it alone until it is.
 	replacing []bool
+	// unconfirmed[i] (non-zero) is the generation member i was assembled
+	// at while missing, under the identity the member table gave it: a
+	// medium with that identity but a newer generation ran on without
+	// this storage, or one in the middle of a full copy, is copied whole
+	// when it answers.
+	unconfirmed []uint64
 
 	changeMu sync.Mutex // one membership change (ReplaceMember) at a time
 }
@@ -81,8 +88,28 @@ func (s *Storage) probe(ctx context.Context, i int) (back, full bool) {
 	if replacing {
 		return false, false
 	}
+	n := s.nodes[i]
+	if missing := s.e.flags & nbd.FlagSendTrim &^ n.Flags(); reached(n) && (missing != 0 || n.Flags()&nbd.FlagReadOnly != 0 && s.e.flags&nbd.FlagReadOnly == 0) {
+		s.log.Warn("member answered without a capability the storage offers (TRIM, or writes); not using it", "member", i, "flags", uint16(n.Flags()))
+		return false, false
+	}
 	switch {
-	case p.Err == nil && p.Super.StorageID == want.StorageID && p.Super.MemberID == want.MemberID:
+	case p.Err == nil && p.Super.StorageID == want.StorageID && p.Super.MemberID == want.MemberID && p.Super.Area == want.Area:
+		s.mu.Lock()
+		g := s.unconfirmed[i]
+		s.unconfirmed[i] = 0
+		s.mu.Unlock()
+		if g != 0 && (p.Super.Generation > g || !p.Super.Complete()) {
+			// Missing at the start: it ran on without this storage since
+			// (its writes there are lost to it), or it was being copied
+			// whole when it went away.
+			s.log.Warn("member missing at the start answered; it is copied whole", "member", i,
+				"generation", p.Super.Generation, "start generation", g, "complete", p.Super.Complete())
+			return true, true
+		}
+		if g != 0 {
+			s.log.Info("member missing at the start answered as the member recorded; it copies what it missed", "member", i)
+		}
 		return true, false
 	case p.Err == nil || errors.Is(p.Err, meta.ErrBlank):
 		// Other media than the member had: copy everything, and give it a
@@ -93,8 +120,8 @@ func (s *Storage) probe(ctx context.Context, i int) (back, full bool) {
 		}
 		// Media at least as large takes the member's area as it was (a
 		// larger disk's rest stays unused).
-		if s.nodes[i].Size() < want.RawSize {
-			s.log.Warn("member returned with smaller media; not using it", "member", i, "size", s.nodes[i].Size(), "needs", want.RawSize)
+		if n.Size() < want.RawSize {
+			s.log.Warn("member returned with smaller media; not using it", "member", i, "size", n.Size(), "needs", want.RawSize)
 			return false, false
 		}
 		mid, err := meta.NewID(s.opts.Rand)

@@ -80,6 +80,10 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Server
 	opened := map[string]node.Node{}
 	openOpts := cfg.Node.OpenOptions()
 	openOpts.Remote.Logger = log
+	// A degraded start may go on without a member that does not answer:
+	// its node dials on, and the member joins when it answers as the
+	// member the others record (engine.Storage).
+	openOpts.Background = cfg.AllowDegraded
 	open := func(ctx context.Context, url string) (node.Node, error) {
 		n, err := node.Open(ctx, url, openOpts)
 		if err == nil {
@@ -101,6 +105,9 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Server
 		Logger:        log,
 	})
 	if err != nil {
+		if errors.Is(err, node.ErrUnavailable) && !cfg.AllowDegraded {
+			err = fmt.Errorf("%w (a mirror may start without a member that does not answer, with allow_degraded: true)", err)
+		}
 		return nil, err
 	}
 	eng := s.st.Engine()
