@@ -27,7 +27,18 @@ type AssembleOptions struct {
 	// An existing storage keeps the region size it was created with.
 	RegionSize int64
 	// AllowDegraded assembles a mirror even when an in-sync member is
-	// missing (it may have held newer data).
+	// missing: a read of its superblock fails, or its node has not
+	// connected (node.OpenOptions.Background). The member table gives it
+	// its recorded identity and geometry; it stays out of service until
+	// it answers as that member, then copies what it missed (Storage.probe).
+	//
+	// Durability: the storage serves what the members present hold, which
+	// includes every write an earlier engine acknowledged while they were
+	// in sync. What it gives up is a missing member that ran on alone
+	// after the others left (writes acknowledged by such a run): that
+	// medium answers with a newer generation and is copied whole, those
+	// writes discarded. Writes acknowledged from here on follow the usual
+	// contract on the members in service.
 	AllowDegraded bool
 	// Replace lists member URLs that may be overwritten although their
 	// superblock is foreign, damaged or mismatched.

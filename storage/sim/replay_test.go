@@ -157,6 +157,8 @@ func (s *sim) scripted(ctx context.Context, k int, st scriptStep) error {
 		return s.settle(ctx)
 	case "crash":
 		return s.crash(ctx, -1, nil, 0)
+	case "crash-degraded":
+		return s.crashDegraded(ctx, i)
 	case "crashwrite":
 		return s.crash(ctx, st.Ops, s.payload(st.Len), st.Off)
 	default:

@@ -598,7 +598,7 @@ func newSim(tb testing.TB, seed uint64, geo geometry) (*sim, error) {
 			tb.Errorf("close: %v", err)
 		}
 	})
-	if err := s.assemble(); err != nil {
+	if err := s.assemble(false); err != nil {
 		return nil, err
 	}
 	return s, nil
@@ -661,8 +661,9 @@ func (s *sim) replaceMedia(i int) error {
 func (s *sim) logger() *slog.Logger { return slog.New(traceHandler{s: s}) }
 
 // assemble assembles the mirror from the members' records and runs its
-// monitor.
-func (s *sim) assemble() error {
+// monitor; degraded starts it with allow_degraded, a member that does not
+// answer within 200 ms staying behind (dialled on in the background).
+func (s *sim) assemble(degraded bool) error {
 	ro := node.RemoteOptions{RequestTimeout: 300 * time.Millisecond, Retries: 1, Budget: 150 * time.Millisecond,
 		BackoffMin: 2 * time.Millisecond, BackoffMax: 10 * time.Millisecond, PingInterval: -1, DialTimeout: time.Second,
 		Seed: s.seed,
@@ -678,9 +679,13 @@ func (s *sim) assemble() error {
 	}
 	st, err := engine.Assemble(context.Background(), spec.Mirror(tree...), engine.AssembleOptions{
 		Open: func(ctx context.Context, u string) (node.Node, error) {
+			if degraded {
+				return node.Open(ctx, u, node.OpenOptions{Remote: ro, ConnectTimeout: 200 * time.Millisecond, Background: true})
+			}
 			return node.Open(ctx, u, node.OpenOptions{Remote: ro, ConnectTimeout: 5 * time.Second})
 		},
-		RegionSize: 64 << 10,
+		AllowDegraded: degraded,
+		RegionSize:    64 << 10,
 		Logger:     s.logger(),
 		Engine:     engine.Options{ActivityRegions: s.geo.activityRegions, ActivityQuiet: s.geo.activityQuiet},
 		Monitor:    engine.MonitorOptions{Interval: cmp.Or(s.geo.monitor, 50*time.Millisecond), Failover: -1},
@@ -723,6 +728,20 @@ func (s *sim) flushed() {
 // assembles the mirror again from what the members recorded. Every node
 // is up and every link healed first: assembling waits for every member.
 func (s *sim) crash(ctx context.Context, ops int, p []byte, off int64) error {
+	return s.restart(ctx, ops, p, off, -1)
+}
+
+// crashDegraded kills the engine between two requests and starts it again
+// with allow_degraded while member j does not answer (its link cut): the
+// start goes on without it, and j joins when a later heal lets it answer,
+// copying what it missed (or everything, after a run without this engine
+// or in the middle of a copy).
+func (s *sim) crashDegraded(ctx context.Context, j int) error {
+	return s.restart(ctx, -1, nil, 0, j)
+}
+
+// restart is crash, leaving member away (>= 0) cut off for a degraded start.
+func (s *sim) restart(ctx context.Context, ops int, p []byte, off int64, away int) error {
 	s.healAll()
 	for _, l := range s.links {
 		// A write held back in the network dies with the engine: a new
@@ -754,7 +773,11 @@ func (s *sim) crash(ctx context.Context, ops int, p []byte, off int64) error {
 	s.st.Abandon()
 	s.st = nil
 	s.dying.Store(false)
-	if err := s.assemble(); err != nil {
+	if away >= 0 {
+		s.links[away].setCut()
+		s.logf("crash; start degraded with %d cut off", away)
+	}
+	if err := s.assemble(away >= 0); err != nil {
 		return s.fail("assemble after the crash: %v", err)
 	}
 	return nil

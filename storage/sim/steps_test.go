@@ -342,6 +342,10 @@ func (s *sim) fault(ctx context.Context, r int) error {
 		if away("online replacement") {
 			return s.replaceOnline(ctx, j)
 		}
+	case r < 35:
+		if away("degraded start") {
+			return s.crashDegraded(ctx, j)
+		}
 	default:
 		return s.settle(ctx)
 	}
