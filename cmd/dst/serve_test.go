@@ -551,3 +551,47 @@ func TestScrubFindsAFlippedSector(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, bytes.Repeat([]byte{0x71}, 4096), dataB[off+5<<20:off+5<<20+4096], "repaired on member 1")
 }
+
+// TestScheduledScrubRepairs: with scrub: {interval: 1s, repair: true} the
+// storage scrubs by itself: a sector flipped on one replica's image is
+// found and repaired by a scheduled scrub, a later one finds the replicas
+// agree, and dst status shows the last result and the next start.
+func TestScheduledScrubRepairs(t *testing.T) {
+	testkit.Need(t, "qemu-io")
+	cfg, a, b, _, fileB := mirrorOfExports(t, 16<<20, fastNodes+"scrub: {interval: 1s, repair: true}\n")
+	s := startServe(t, cfg)
+	url, adminAddr := "nbd://"+s.addrs[0], s.addrs[1]
+	qemuIO(t, url, "write -P 0x5e 0 4M", "flush")
+	st := status(t, adminAddr)
+	require.NotNil(t, st.Scrub)
+	require.NotNil(t, st.Scrub.Next, "a scrub is scheduled")
+	off := st.Members[1].DataOffset
+	img, err := os.OpenFile(fileB, os.O_RDWR, 0)
+	require.NoError(t, err)
+	_, err = img.WriteAt(bytes.Repeat([]byte{0xa1}, 512), off+3<<20)
+	require.NoError(t, err)
+	require.NoError(t, img.Close())
+
+	// The scrub that found it, then a clean one after it.
+	var found time.Time
+	require.Eventually(t, func() bool {
+		l := status(t, adminAddr).Scrub.Last
+		if l != nil && l.MismatchCount == 1 && found.IsZero() {
+			require.Equal(t, int64(3<<20), l.Mismatches[0].Offset)
+			require.True(t, l.Mismatches[0].Repaired)
+			found = l.Started
+		}
+		return !found.IsZero() && l != nil && l.Started.After(found) && l.MismatchCount == 0
+	}, 20*time.Second, 50*time.Millisecond, "a scheduled scrub repairs the sector and a later one is clean")
+	code, table, errOut := runDst(t, "status", "--admin", adminAddr)
+	require.Equal(t, exitOK, code, errOut)
+	require.Contains(t, table, "last scrub")
+	require.Contains(t, table, "the replicas agreed")
+	require.Contains(t, table, "next scrub")
+	s.stopOK(t)
+	a.stopOK(t)
+	b.stopOK(t)
+	dataB, err := os.ReadFile(fileB)
+	require.NoError(t, err)
+	require.Equal(t, bytes.Repeat([]byte{0x5e}, 4096), dataB[off+3<<20:off+3<<20+4096], "repaired on member 1")
+}

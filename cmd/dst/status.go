@@ -13,6 +13,7 @@ import (
 
 	"dst/storage/admin"
 	"dst/storage/config"
+	"dst/storage/engine"
 )
 
 var statusCommand = command{
@@ -90,6 +91,9 @@ func printStatus(w io.Writer, st *admin.Status) error {
 				a.CrashResyncRegions, humanize.IBytes(uint64(max(int64(a.CrashResyncRegions)*a.RegionSize, 0))), a.CrashFullCopies)
 		}
 	}
+	if sc := st.Scrub; sc != nil {
+		printScrubStatus(w, sc)
+	}
 	fmt.Fprintln(w)
 
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
@@ -128,4 +132,27 @@ func printStatus(w io.Writer, st *admin.Status) error {
 		fmt.Fprintf(w, "\nlast errors:\n  %s\n", strings.Join(errs, "\n  "))
 	}
 	return nil
+}
+
+// printScrubStatus prints the scrub lines of the status: the one running,
+// the last result, the next scheduled start.
+func printScrubStatus(w io.Writer, sc *engine.ScrubStatus) {
+	if sc.Running {
+		fmt.Fprintf(w, "scrub       running: %d of %d regions compared\n", sc.Done, sc.Total)
+	}
+	if l := sc.Last; l != nil {
+		what := "the replicas agreed"
+		switch {
+		case l.Error != "":
+			what = "ended early: " + l.Error
+		case l.MismatchCount > 0 && l.Repair:
+			what = fmt.Sprintf("%d ranges differed (repaired)", l.MismatchCount)
+		case l.MismatchCount > 0:
+			what = fmt.Sprintf("%d ranges differ (dst scrub --repair)", l.MismatchCount)
+		}
+		fmt.Fprintf(w, "last scrub  %s, %s\n", l.Finished.Format(time.RFC3339), what)
+	}
+	if sc.Next != nil {
+		fmt.Fprintf(w, "next scrub  %s (in %v)\n", sc.Next.Format(time.RFC3339), time.Until(*sc.Next).Round(time.Second))
+	}
 }

@@ -53,6 +53,11 @@
 //	  regions: 1024           # active regions per mirror at most; "off" keeps no log (an
 //	                          # unclean stop then copies replicas whole)
 //	  quiet: 5s               # a region stays marked this long after its last write
+//	scrub:                    # scheduled scrubs of the mirrors (md's periodic check; dst scrub
+//	                          # runs one by hand)
+//	  interval: off           # time between scrub starts, the first one interval after start
+//	  rate: unlimited         # bytes read per second over all replicas, such as 100MiB/s
+//	  repair: false           # rewrite differing ranges from the first in-sync replica
 //	region_size: 1MiB         # bytes per write-intent bit: a power of two, 4KiB..1GiB
 //	allow_degraded: false     # start a mirror with members missing or not answering (after
 //	                          # connect_timeout): it may have held newer data; it joins, copying
@@ -116,6 +121,8 @@ type Config struct {
 	Resync Resync
 	// Activity configures the mirrors' activity log.
 	Activity Activity
+	// Scrub schedules scrubs of the mirrors.
+	Scrub Scrub
 	// RegionSize is the bytes per write-intent bit, a power of two in
 	// [4 KiB, 1 GiB].
 	RegionSize int64
@@ -206,6 +213,17 @@ type Resync struct {
 	Failover time.Duration
 }
 
+// Scrub schedules scrubs (engine.ScrubSchedule): md's periodic check.
+type Scrub struct {
+	// Interval between scrub starts; -1 (off) schedules none.
+	Interval time.Duration
+	// RateBytesPerSec bounds the bytes a scrub reads per second over all
+	// replicas; zero is unlimited.
+	RateBytesPerSec int64
+	// Repair rewrites differing ranges from the first in-sync replica.
+	Repair bool
+}
+
 // Activity configures the mirrors' activity log (engine.Options).
 type Activity struct {
 	// Regions bounds the active regions of a mirror; -1 is off, 0 the
@@ -227,7 +245,8 @@ func (c *Config) EngineOptions() engine.Options {
 // MonitorOptions returns the options of the engine's monitor.
 func (c *Config) MonitorOptions() engine.MonitorOptions {
 	return engine.MonitorOptions{Interval: c.Resync.Interval, ResyncBytesPerSec: c.Resync.RateBytesPerSec,
-		Failover: c.Resync.Failover}
+		Failover: c.Resync.Failover,
+		Scrub:    engine.ScrubSchedule{Interval: c.Scrub.Interval, Rate: c.Scrub.RateBytesPerSec, Repair: c.Scrub.Repair}}
 }
 
 // defaults returns a Config with every default filled in.

@@ -98,6 +98,7 @@ node:
   ping_interval: off
 resync: {rate: 64MiB/s, interval: 250ms, failover: 2s}
 activity_log: {regions: 64, quiet: 2s}
+scrub: {interval: 168h, rate: 100MiB/s, repair: true}
 region_size: 64KiB
 allow_degraded: true
 shutdown_timeout: 2500ms
@@ -127,6 +128,7 @@ replace: [file:local.img, nbd://host.example:10809]
 	assert.Equal(t, time.Minute, c.Node.OpenOptions().ConnectTimeout)
 	assert.Equal(t, config.Resync{RateBytesPerSec: 64 << 20, Interval: 250 * time.Millisecond, Failover: 2 * time.Second}, c.Resync)
 	assert.Equal(t, config.Activity{Regions: 64, Quiet: 2 * time.Second}, c.Activity)
+	assert.Equal(t, engine.ScrubSchedule{Interval: 168 * time.Hour, Rate: 100 << 20, Repair: true}, c.MonitorOptions().Scrub)
 	assert.Equal(t, engine.Options{ActivityRegions: 64, ActivityQuiet: 2 * time.Second}, c.EngineOptions())
 	assert.Equal(t, int64(64<<10), c.RegionSize)
 	assert.Equal(t, 2500*time.Millisecond, c.ShutdownTimeout)
@@ -229,6 +231,9 @@ func TestErrors(t *testing.T) {
 		{"region not a power of two", head + "region_size: 3000\n", "4: region_size: 3000 is not a power of two from 4KiB to 1GiB"},
 		{"activity regions not a number", head + "activity_log: {regions: lots}\n", `4: activity_log.regions: "lots" is not a whole number from 1 to 1048576, or off`},
 		{"activity regions zero", head + "activity_log: {regions: 0}\n", `4: activity_log.regions: "0" is not a whole number from 1 to 1048576, or off`},
+		{"scrub interval zero", head + "scrub: {interval: 0s}\n", `4: scrub.interval: 0s: must be positive, or off`},
+		{"scrub rate not a size", head + "scrub: {rate: fast}\n", `4: scrub.rate:`},
+		{"scrub repair not a bool", head + "scrub: {repair: maybe}\n", `4: scrub.repair: "maybe" is not a boolean`},
 		{"activity quiet not a duration", head + "activity_log: {quiet: 5}\n", `4: activity_log.quiet: "5" is not a duration (use 5s)`},
 		{"region too small", head + "region_size: 2KiB\n", "4: region_size: 2KiB is not a power of two"},
 		{"region too large", head + "region_size: 2GiB\n", "4: region_size: 2GiB is not a power of two"},

@@ -103,6 +103,7 @@ func (p *parser) parse(data []byte) {
 		"node":         func(f string, v *yaml.Node) { p.node(v, f) },
 		"resync":       func(f string, v *yaml.Node) { p.resync(v, f) },
 		"activity_log": func(f string, v *yaml.Node) { p.activity(v, f) },
+		"scrub":        func(f string, v *yaml.Node) { p.scrub(v, f) },
 		"region_size": func(f string, v *yaml.Node) {
 			n, ok := p.size(v, f)
 			if !ok {
@@ -377,25 +378,42 @@ func (p *parser) node(v *yaml.Node, path string) {
 func (p *parser) resync(v *yaml.Node, path string) {
 	r := &p.cfg.Resync
 	p.mapping(v, path, map[string]func(string, *yaml.Node){
-		"rate": func(f string, v *yaml.Node) {
-			s, ok := p.scalar(v, f)
-			if !ok {
-				return
-			}
-			if s == "unlimited" || s == "0" {
-				r.RateBytesPerSec = 0
-				return
-			}
-			bare := strings.TrimSuffix(s, "/s")
-			n, err := size.Parse(bare)
-			if err != nil {
-				p.errorf(v, f, "%s", strings.Replace(err.Error(), strconv.Quote(bare), strconv.Quote(s), 1))
-				return
-			}
-			r.RateBytesPerSec = n
-		},
+		"rate":     func(f string, v *yaml.Node) { p.rate(v, f, &r.RateBytesPerSec) },
 		"interval": func(f string, v *yaml.Node) { p.duration(v, f, &r.Interval, false) },
 		"failover": func(f string, v *yaml.Node) { p.duration(v, f, &r.Failover, true) },
+	})
+}
+
+// rate parses a byte rate (SIZE or SIZE/s; "unlimited" or 0 is zero).
+func (p *parser) rate(v *yaml.Node, f string, dst *int64) {
+	s, ok := p.scalar(v, f)
+	if !ok {
+		return
+	}
+	if s == "unlimited" || s == "0" {
+		*dst = 0
+		return
+	}
+	bare := strings.TrimSuffix(s, "/s")
+	n, err := size.Parse(bare)
+	if err != nil {
+		p.errorf(v, f, "%s", strings.Replace(err.Error(), strconv.Quote(bare), strconv.Quote(s), 1))
+		return
+	}
+	*dst = n
+}
+
+func (p *parser) scrub(v *yaml.Node, path string) {
+	sc := &p.cfg.Scrub
+	p.mapping(v, path, map[string]func(string, *yaml.Node){
+		"interval": func(f string, v *yaml.Node) {
+			p.duration(v, f, &sc.Interval, true)
+			if sc.Interval == 0 {
+				p.errorf(v, f, "%s: must be positive, or off", v.Value)
+			}
+		},
+		"rate":   func(f string, v *yaml.Node) { p.rate(v, f, &sc.RateBytesPerSec) },
+		"repair": func(f string, v *yaml.Node) { p.boolean(v, f, &sc.Repair) },
 	})
 }
 

@@ -31,6 +31,9 @@ type MonitorOptions struct {
 	// needs a full copy (new or foreign media); nil probes with a read of
 	// the member's first data byte and asks for an incremental copy.
 	Probe func(ctx context.Context, i int) (back, full bool)
+	// Scrub schedules scrubs of the mirrors beside the probes; the zero
+	// value schedules none.
+	Scrub ScrubSchedule
 }
 
 // DefaultFailover is MonitorOptions.Failover when zero.
@@ -48,17 +51,21 @@ type Aborter interface {
 
 // Run probes failed members every interval and resyncs those that came
 // back, one at a time, until ctx ends. Suspended members wait for Resume.
-// Beside it, a watchdog fails stalled mirror members (Failover).
+// Beside it, a watchdog fails stalled mirror members (Failover), and
+// scheduled scrubs run (Scrub).
 func (e *Engine) Run(ctx context.Context, opts MonitorOptions) error {
 	if opts.Failover == 0 {
 		opts.Failover = DefaultFailover
 	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
 	if opts.Failover > 0 && len(e.mirrors) > 0 {
-		var wg sync.WaitGroup
-		defer wg.Wait()
-		wctx, stop := context.WithCancel(ctx)
-		defer stop()
 		wg.Go(func() { e.watchdog(wctx, opts.Failover) })
+	}
+	if opts.Scrub.Interval > 0 && len(e.mirrors) > 0 {
+		wg.Go(func() { e.scheduleScrubs(wctx, opts.Scrub) })
 	}
 	if opts.Interval <= 0 {
 		opts.Interval = time.Second

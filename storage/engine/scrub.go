@@ -75,6 +75,9 @@ type ScrubStatus struct {
 	Done  int          `json:"done"`
 	Total int          `json:"total"`
 	Last  *ScrubResult `json:"last,omitempty"`
+	// Next is when the next scheduled scrub starts (MonitorOptions.Scrub),
+	// if one is scheduled.
+	Next *time.Time `json:"next,omitempty"`
 	// Mismatches counts the differing ranges every scrub found so far.
 	Mismatches uint64 `json:"mismatches_total"`
 }
@@ -92,8 +95,46 @@ type scrubState struct {
 	running     atomic.Bool
 	done, total atomic.Int64
 	mismatches  atomic.Uint64
+	next        atomic.Int64 // unix ns of the next scheduled scrub, 0: none
 	mu          sync.Mutex
 	last        *ScrubResult
+}
+
+// ScrubSchedule runs a scrub at an interval beside Run (MonitorOptions.Scrub),
+// like md's periodic check: the first one interval after Run starts.
+type ScrubSchedule struct {
+	// Interval between the start of a scrub and the next one's; zero or
+	// negative schedules none.
+	Interval time.Duration
+	// Repair and Rate are the scrubs' ScrubOptions.
+	Repair bool
+	Rate   int64
+}
+
+// scheduleScrubs runs a scrub every s.Interval until ctx ends. A scrub
+// started by hand at the time is left alone (this one is skipped), and an
+// error ends only that scrub; both are logged, the result is the status's
+// Last as for any scrub.
+func (e *Engine) scheduleScrubs(ctx context.Context, s ScrubSchedule) {
+	defer e.scrub.next.Store(0)
+	t := time.NewTimer(s.Interval)
+	defer t.Stop()
+	for {
+		e.scrub.next.Store(time.Now().Add(s.Interval).UnixNano())
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		t.Reset(s.Interval) // the interval counts from the start
+		_, err := e.Scrub(ctx, ScrubOptions{Repair: s.Repair, Rate: s.Rate})
+		switch {
+		case errors.Is(err, ErrScrubRunning):
+			e.log.Info("scheduled scrub skipped: a scrub is running")
+		case err != nil && ctx.Err() == nil:
+			e.log.Warn("scheduled scrub ended early", "err", err)
+		}
+	}
 }
 
 // Scrub compares the replicas of every mirror (see the comment above
@@ -171,6 +212,10 @@ func (e *Engine) ScrubStatus() ScrubStatus {
 	sc.mu.Lock()
 	st.Last = sc.last
 	sc.mu.Unlock()
+	if n := sc.next.Load(); n != 0 {
+		next := time.Unix(0, n)
+		st.Next = &next
+	}
 	return st
 }
 

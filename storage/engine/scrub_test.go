@@ -116,3 +116,45 @@ func TestScrubRateAndExclusion(t *testing.T) {
 	res := <-done
 	require.GreaterOrEqual(t, time.Since(begin), 200*time.Millisecond, "read %d bytes", res.BytesRead)
 }
+
+// A scheduled scrub (MonitorOptions.Scrub) runs an interval after Run
+// starts and at every interval after: the first finds and repairs the
+// flipped byte, a later one is clean; the status names the next start
+// while Run runs, and none after.
+func TestScheduledScrub(t *testing.T) {
+	ctx := testkit.Context(t, 30*time.Second)
+	r := mirror2(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	r.write(t, rng, 0, r.l.Size())
+	at := int(dataOffset) + 123456
+	b := r.mems[1].Bytes(at, 1)
+	b[0] ^= 0x01
+	require.NoError(t, r.mems[1].WriteAt(context.Background(), b, int64(at), 0))
+
+	rctx, stop := context.WithCancel(ctx)
+	ran := make(chan error, 1)
+	begun := time.Now()
+	const every = 100 * time.Millisecond
+	go func() {
+		ran <- r.e.Run(rctx, MonitorOptions{Interval: time.Hour, Scrub: ScrubSchedule{Interval: every, Repair: true}})
+	}()
+	require.Eventually(t, func() bool { return r.e.ScrubStatus().Next != nil }, 5*time.Second, time.Millisecond)
+	require.Nil(t, r.e.ScrubStatus().Last, "none before the interval")
+
+	var first *ScrubResult
+	require.Eventually(t, func() bool { first = r.e.ScrubStatus().Last; return first != nil }, 10*time.Second, 5*time.Millisecond)
+	require.GreaterOrEqual(t, first.Started.Sub(begun), every, "the first one interval after Run started")
+	require.Equal(t, 1, first.MismatchCount)
+	require.Equal(t, int64(122880), first.Mismatches[0].Offset)
+	require.True(t, first.Repair && first.Mismatches[0].Repaired)
+	r.verify(t)
+
+	require.Eventually(t, func() bool {
+		last := r.e.ScrubStatus().Last
+		return last != first && last.Started.After(first.Started)
+	}, 10*time.Second, 5*time.Millisecond, "a second scheduled scrub")
+	require.Zero(t, r.e.ScrubStatus().Last.MismatchCount, "clean after the repair")
+	stop()
+	require.NoError(t, <-ran)
+	require.Nil(t, r.e.ScrubStatus().Next, "nothing scheduled once Run ended")
+}
