@@ -2,10 +2,12 @@ package torture
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"dst/reports"
+	"dst/torture/cluster"
 )
 
 // resetAfterBytes is where a reset fault cuts a connection.
@@ -76,7 +78,7 @@ func (r *runner) fault(ctx context.Context, f Fault) {
 		r.fail(-1, "fault", fmt.Sprintf("injecting or healing %v", f), []string{err.Error()})
 	}
 	r.event("recovery", "", map[string]any{"detail": "healed " + f.String(), "target": f.Target})
-	if f.Kind == "replace" && member >= 0 && err == nil {
+	if (f.Kind == "replace" || f.Kind == "replace-online") && member >= 0 && err == nil {
 		// Blank media must be noticed and copied whole: until the engine
 		// has, "in sync" would be the old state.
 		bm := before.Members[member]
@@ -104,7 +106,7 @@ func (r *runner) fault(ctx context.Context, f Fault) {
 		if n := after.Members[member].ResyncedBytes - before.Members[member].ResyncedBytes; n > 0 {
 			r.mu.Lock()
 			r.run.Resyncs = append(r.run.Resyncs, reports.Resync{Member: f.Target, Start: rec.End, Bytes: n,
-				Duration: took, Full: f.Kind == "replace"})
+				Duration: took, Full: f.Kind == "replace" || f.Kind == "replace-online"})
 			r.mu.Unlock()
 		}
 	}
@@ -175,6 +177,8 @@ func (r *runner) applyFault(ctx context.Context, f Fault, member int) error {
 		return firstErr(n.Cont(), werr)
 	case "replace":
 		return n.ReplaceMedia(heal)
+	case "replace-online":
+		return r.replaceOnline(ctx, f, n, member)
 	case "power-cut", "torn-write":
 		return r.applyPowerFault(ctx, f, n, wait)
 	case "media-error", "bit-flip", "lost-write":
@@ -216,6 +220,37 @@ func (r *runner) applyFault(ctx context.Context, f Fault, member int) error {
 		return nil
 	}
 	return fmt.Errorf("unknown fault kind %q", f.Kind)
+}
+
+// replaceOnline puts a new machine (a blank node on a new address) in
+// member's position with dst member replace while the workload runs, as
+// an administrator swaps a disk: with an even seed the old machine still
+// serves when the replace starts (md's hot replace), with an odd one it
+// died first. The old machine is retired once the new one holds the
+// position; the engine copies the new one whole, and the engine's next
+// config names it.
+func (r *runner) replaceOnline(ctx context.Context, f Fault, n *cluster.Node, member int) error {
+	if member < 0 {
+		return fmt.Errorf("node %q is no member", f.Target)
+	}
+	rep, err := n.StartReplacement(ctx)
+	if err != nil {
+		return err
+	}
+	hot := f.Seed%2 == 0
+	if !hot {
+		if err := n.Kill(); err != nil {
+			return errors.Join(err, rep.Discard())
+		}
+	}
+	if err := r.c.Engine().Replace(ctx, member, rep.URL()); err != nil {
+		// The position is the old machine's still: bring it back.
+		return errors.Join(fmt.Errorf("replace member %d by %s: %w", member, rep.URL(), err),
+			rep.Discard(), n.Start(context.WithoutCancel(ctx)))
+	}
+	r.event("fault", "", map[string]any{"detail": fmt.Sprintf("member %d replaced by %s (old machine %s)", member, rep.URL(),
+		map[bool]string{true: "serving", false: "dead"}[hot]), "target": f.Target, "fault": f.Kind})
+	return n.Adopt(rep)
 }
 
 func firstErr(errs ...error) error {

@@ -287,3 +287,69 @@ workload:
 	requireReports(t, res)
 	require.False(t, errors.Is(err, context.DeadlineExceeded))
 }
+
+// TestReplaceOnlineShort replaces the members of a mirror online by new
+// machines (blank nodes on new addresses behind new proxies, the old one
+// serving or dead) under ext4, raw sectors and engine SIGKILLs: every
+// replacement is copied whole and recovers, the engine's restarts name the
+// new URLs (the old machines are gone), every byte verifies and the
+// replicas and the online scrub agree.
+func TestReplaceOnlineShort(t *testing.T) {
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
+	sc := parse(t, `name: replace-online
+description: online replacement of mirror members by new machines under ext4, raw sectors and engine kills
+duration: 40s
+`+powerMirror+`workload:
+  filesystems: [ext4]
+  write_budget: 4MiB
+  engine_crash: true
+  raw: {every: 1, ops: 800, concurrency: 4, flush_every: 40, fua_percent: 5}
+faults:
+  interval: 3s
+  kinds:
+    - {kind: replace-online, targets: [a, b]}
+checks:
+  resync_within: 40s
+`)
+	res, err := run(t, sc, 41, hooks{})
+	require.NoError(t, err)
+	require.Equal(t, reports.ResultPass, res.Run.Result)
+	n, kills := 0, 0
+	for _, f := range res.Run.Faults {
+		switch f.Kind {
+		case "replace-online":
+			n++
+			_, ok := f.Recovery()
+			require.True(t, ok, "%s %s recovered", f.Kind, f.Target)
+		case "engine-kill":
+			kills++
+		}
+	}
+	t.Logf("%d online replacements, %d engine kills, %d bytes verified", n, kills, res.Run.Counters.BytesVerified)
+	require.GreaterOrEqual(t, n, 2, "a fault every 1.5 s to 4.5 s must hit a 40 s run twice")
+	require.Positive(t, kills, "the engine restarted after a replacement, from a config naming the new URLs")
+	full := 0
+	for _, rs := range res.Run.Resyncs {
+		if rs.Full {
+			full++
+		}
+	}
+	require.Positive(t, full, "replacements are copied whole")
+	data, err := os.ReadFile(filepath.Join(res.Dir, reports.EventsFile))
+	require.NoError(t, err)
+	evs, err := reports.ReadEvents(strings.NewReader(string(data)))
+	require.NoError(t, err)
+	variants := map[string]int{}
+	for _, e := range evs {
+		for _, v := range []string{"(old machine serving)", "(old machine dead)"} {
+			if strings.Contains(e.Detail, v) {
+				variants[v]++
+			}
+		}
+	}
+	require.Len(t, variants, 2, "both a hot replacement and one of a dead machine: %v", variants)
+	for _, ch := range res.Run.Checks {
+		require.True(t, ch.Passed, "%s: %s", ch.Name, ch.Message)
+	}
+	requireReports(t, res)
+}

@@ -145,8 +145,9 @@ func (c *Cluster) startNodes(ctx context.Context) error {
 			if err != nil {
 				return fmt.Errorf("cluster: proxy of node %s: %w", spec.Name, err)
 			}
-			n.proxy, n.proxyDone = p, make(chan error, 1)
-			go func() { n.proxyDone <- p.Run(c.proxyCtx) }()
+			done := make(chan error, 1) // not n.proxyDone in the goroutine: a replacement changes it
+			n.proxy, n.proxyDone = p, done
+			go func() { done <- p.Run(c.proxyCtx) }()
 		}
 	}
 	return nil
@@ -230,7 +231,7 @@ func (c *Cluster) close(ctx context.Context) error {
 		if n.Stopped() {
 			errs = append(errs, n.Cont())
 		}
-		if p := n.proxy; p != nil {
+		if p := n.Proxy(); p != nil {
 			p.Blackhole(false)
 			p.Refuse(false)
 			p.Delay(0)
@@ -244,12 +245,15 @@ func (c *Cluster) close(ctx context.Context) error {
 	}
 	c.proxyCancel()
 	for _, n := range c.order {
-		if n.proxy == nil {
+		n.addrMu.Lock()
+		p, done := n.proxy, n.proxyDone
+		n.addrMu.Unlock()
+		if p == nil {
 			continue
 		}
-		n.proxy.Close()
+		p.Close()
 		select {
-		case err := <-n.proxyDone:
+		case err := <-done:
 			if err != nil {
 				errs = append(errs, fmt.Errorf("cluster: proxy of node %s: %w", n.spec.Name, err))
 			}

@@ -162,7 +162,7 @@ func readThrough(files images, l layout.Layout, off int64, p []byte, extents []l
 func (c *Cluster) locateIn(l layout.Layout, x int64, pick layout.Picker) Location {
 	e := l.Map(nil, x, 1, 0, pick)[0]
 	n := c.leaf(e.Member)
-	return Location{Leaf: e.Member, Node: n.spec.Name, URL: n.URL(), File: n.file, Offset: e.Offset}
+	return Location{Leaf: e.Member, Node: n.spec.Name, URL: n.URL(), File: n.File(), Offset: e.Offset}
 }
 
 // flush sends a FLUSH to the engine over a connection of its own.

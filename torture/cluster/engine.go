@@ -192,6 +192,24 @@ func (e *Engine) Resume(ctx context.Context, i int) error {
 	return c.Resume(ctx, i)
 }
 
+// Replace puts the node at url in member i's position online (POST
+// /members/{i}/replace, with force: also over a member in sync); it
+// returns once the new node holds the position: poll Status or
+// WaitInSync for the end of its copy. A refusal is an *admin.HTTPError.
+func (e *Engine) Replace(ctx context.Context, i int, url string) error {
+	c, err := e.adminClient()
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, replaceTimeout)
+	defer cancel()
+	return c.Replace(ctx, i, url, true)
+}
+
+// replaceTimeout bounds a replace call: the member's pieces in flight
+// drain first, within the node's retry budget.
+const replaceTimeout = time.Minute
+
 // Scrub compares the replicas of every mirror online (POST /scrub) and
 // returns the result; it repairs nothing.
 func (e *Engine) Scrub(ctx context.Context) (*engine.ScrubResult, error) {

@@ -180,7 +180,7 @@ func (c *Cluster) Where(off int64) []Location {
 	var out []Location
 	for _, e := range c.geo.root.l.Map(nil, off, 1, 0, layout.AllReplicas) {
 		n := c.leaf(e.Member)
-		out = append(out, Location{Leaf: e.Member, Node: n.spec.Name, URL: n.URL(), File: n.file, Offset: e.Offset})
+		out = append(out, Location{Leaf: e.Member, Node: n.spec.Name, URL: n.URL(), File: n.File(), Offset: e.Offset})
 	}
 	return out
 }

@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"strings"
+	"path/filepath"
 	"sync"
 	"syscall"
 
@@ -18,8 +18,9 @@ import (
 
 // Node is one node: a `dst export` process serving the node's image file.
 // Its address (and the proxy's, if any) stays the same across restarts,
-// since the engine's configuration names it. Its methods are safe for
-// concurrent use.
+// since the engine's configuration names it, until a new machine takes
+// its position (StartReplacement, Adopt: an online replacement). Its
+// methods are safe for concurrent use.
 type Node struct {
 	c    *Cluster
 	spec NodeSpec
@@ -34,8 +35,11 @@ type Node struct {
 	mu sync.Mutex // serialises starts and stops; guards p
 	p  *proc.Process
 
-	addrMu sync.Mutex // guards listen, so it is read while a start waits
+	addrMu sync.Mutex // guards listen, file and proxy, so they are read while a start waits
 	listen string     // the export's address, fixed by the first start
+	// machines counts the replacement machines the node's position got
+	// (StartReplacement), under mu.
+	machines int
 
 	boots int // power cuts so far, under mu: the boot id is NAME-boot-N
 }
@@ -54,7 +58,11 @@ func (n *Node) Name() string { return n.spec.Name }
 func (n *Node) Spec() NodeSpec { return n.spec }
 
 // File returns the path of the node's image.
-func (n *Node) File() string { return n.file }
+func (n *Node) File() string {
+	n.addrMu.Lock()
+	defer n.addrMu.Unlock()
+	return n.file
+}
 
 // Log returns the path of the node's log.
 func (n *Node) Log() string { return n.log }
@@ -69,14 +77,18 @@ func (n *Node) Addr() string {
 // URL returns the member URL the engine uses: the proxy's address when
 // the node has a proxy, else the export's.
 func (n *Node) URL() string {
-	if n.proxy != nil {
-		return "nbd://" + n.proxy.Addr()
+	if p := n.Proxy(); p != nil {
+		return "nbd://" + p.Addr()
 	}
 	return "nbd://" + n.Addr()
 }
 
 // Proxy returns the node's fault proxy, or nil if it has none.
-func (n *Node) Proxy() *nbdproxy.Proxy { return n.proxy }
+func (n *Node) Proxy() *nbdproxy.Proxy {
+	n.addrMu.Lock()
+	defer n.addrMu.Unlock()
+	return n.proxy
+}
 
 // Alive reports whether the export process runs (a stopped one counts).
 func (n *Node) Alive() bool {
@@ -109,12 +121,36 @@ func (n *Node) startLocked(ctx context.Context) error {
 	}
 	listen := n.Addr()
 	if listen == "" {
-		listen = "127.0.0.1:0"
-		if n.ns != nil {
-			listen = fmt.Sprintf("%s:%d", n.ns.nsIP, netnsPort)
-		}
+		listen = n.freshListen()
 	}
-	argv := []string{n.c.o.Binary, "export", "--listen", listen, "--file", n.file, "--name", n.spec.Name,
+	p, addr, err := n.startExport(ctx, listen, n.File())
+	if err != nil {
+		return err
+	}
+	n.p = p
+	n.addrMu.Lock()
+	if n.listen == "" {
+		n.listen = addr
+	}
+	n.addrMu.Unlock()
+	n.lg.Info("node started", "pid", p.Pid(), "addr", addr)
+	return nil
+}
+
+// freshListen is the address a new machine of the node listens on: any
+// loopback port, or in netns mode the namespace's address on a port of
+// its own per machine. Call with mu held.
+func (n *Node) freshListen() string {
+	if n.ns != nil {
+		return fmt.Sprintf("%s:%d", n.ns.nsIP, netnsPort+n.machines)
+	}
+	return "127.0.0.1:0"
+}
+
+// startExport starts a dst export of file on listen and returns it with
+// its address. Call with mu held.
+func (n *Node) startExport(ctx context.Context, listen, file string) (*proc.Process, string, error) {
+	argv := []string{n.c.o.Binary, "export", "--listen", listen, "--file", file, "--name", n.spec.Name,
 		"--shutdown-timeout", "2s"}
 	if n.spec.Volatile {
 		argv = append(argv, "--volatile-cache", VolatileCache, "--torn-percent", fmt.Sprint(TornPercent),
@@ -128,16 +164,9 @@ func (n *Node) startLocked(ctx context.Context) error {
 	}
 	p, got, err := startProc(ctx, "node "+n.spec.Name, argv, n.log, []string{"listening on "})
 	if err != nil {
-		return err
+		return nil, "", err
 	}
-	n.p = p
-	n.addrMu.Lock()
-	if n.listen == "" {
-		n.listen = got[0]
-	}
-	n.addrMu.Unlock()
-	n.lg.Info("node started", "pid", p.Pid(), "addr", got[0])
-	return nil
+	return p, got[0], nil
 }
 
 // Kill kills the export with SIGKILL and waits until it was reaped. A
@@ -192,7 +221,9 @@ func (n *Node) PowerCut(torn bool) error {
 }
 
 // faultsFile is where the node's media-fault rules are.
-func (n *Node) faultsFile() string { return strings.TrimSuffix(n.file, ".img") + ".faults.json" }
+func (n *Node) faultsFile() string {
+	return filepath.Join(n.c.o.Dir, "nodes", n.spec.Name+".faults.json")
+}
 
 // SetMediaFaults makes the node (NodeSpec.MediaFaults) inject rules from
 // now on, replacing earlier ones; no rules heal the media. The rules
@@ -276,14 +307,103 @@ func (n *Node) ReplaceMedia(ctx context.Context) error {
 	if err := n.killLocked(); err != nil {
 		return err
 	}
-	if err := os.Remove(n.file); err != nil && !errors.Is(err, os.ErrNotExist) {
+	file := n.File()
+	if err := os.Remove(file); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("cluster: node %s: remove media: %w", n.spec.Name, err)
 	}
-	if err := createImage(n.file, n.spec.Size); err != nil {
+	if err := createImage(file, n.spec.Size); err != nil {
 		return err
 	}
-	n.lg.Info("node media replaced", "file", n.file)
+	n.lg.Info("node media replaced", "file", file)
 	return n.startLocked(ctx)
+}
+
+// Replacement is a new machine for a node's position (an online
+// replacement, dst member replace): a dst export over a blank image on
+// an address of its own, behind a fault proxy of its own if the node has
+// one. The node stays the old machine until Adopt.
+type Replacement struct {
+	n         *Node
+	file      string
+	p         *proc.Process
+	listen    string
+	proxy     *nbdproxy.Proxy
+	proxyDone chan error
+}
+
+// URL is the member URL of the replacement.
+func (r *Replacement) URL() string {
+	if r.proxy != nil {
+		return "nbd://" + r.proxy.Addr()
+	}
+	return "nbd://" + r.listen
+}
+
+// StartReplacement starts a new machine for the node's position: a blank
+// image of the node's size, its export on a new address (a new boot id)
+// and a proxy if the node has one.
+func (n *Node) StartReplacement(ctx context.Context) (*Replacement, error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.machines++
+	n.boots++ // another machine, another boot
+	r := &Replacement{n: n, file: filepath.Join(n.c.o.Dir, "nodes", fmt.Sprintf("%s.m%d.img", n.spec.Name, n.machines))}
+	if err := createImage(r.file, n.spec.Size); err != nil {
+		return nil, err
+	}
+	var err error
+	if r.p, r.listen, err = n.startExport(ctx, n.freshListen(), r.file); err != nil {
+		os.Remove(r.file)
+		return nil, err
+	}
+	if n.spec.Proxy {
+		if r.proxy, err = nbdproxy.New("tcp", r.listen, nbdproxy.Options{Logger: n.lg.With("proxy", true)}); err != nil {
+			r.p.Kill()
+			os.Remove(r.file)
+			return nil, fmt.Errorf("cluster: proxy of node %s's replacement: %w", n.spec.Name, err)
+		}
+		done, px := make(chan error, 1), r.proxy
+		r.proxyDone = done
+		go func() { done <- px.Run(n.c.proxyCtx) }()
+	}
+	n.lg.Info("replacement machine started", "pid", r.p.Pid(), "addr", r.listen, "url", r.URL(), "file", r.file)
+	return r, nil
+}
+
+// Adopt makes r the node: the old machine's export is killed (if it
+// still runs), its proxy closed and its image removed; from now on the
+// node's address, proxy and image are r's (the engine's next config names
+// r's URL).
+func (n *Node) Adopt(r *Replacement) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	err := n.killLocked()
+	n.addrMu.Lock()
+	oldProxy, oldDone, oldFile := n.proxy, n.proxyDone, n.file
+	n.p, n.listen, n.file, n.proxy, n.proxyDone = r.p, r.listen, r.file, r.proxy, r.proxyDone
+	n.addrMu.Unlock()
+	if oldProxy != nil {
+		oldProxy.Close()
+		if perr := <-oldDone; perr != nil && err == nil {
+			err = fmt.Errorf("cluster: old proxy of node %s: %w", n.spec.Name, perr)
+		}
+	}
+	if rerr := os.Remove(oldFile); rerr != nil && err == nil {
+		err = fmt.Errorf("cluster: node %s: remove the old image: %w", n.spec.Name, rerr)
+	}
+	n.lg.Info("node replaced by a new machine", "addr", r.listen, "url", r.URL(), "file", r.file)
+	return err
+}
+
+// Discard stops a replacement that did not take the position and
+// removes its image.
+func (r *Replacement) Discard() error {
+	err := r.p.Kill()
+	if r.proxy != nil {
+		r.proxy.Close()
+		<-r.proxyDone
+	}
+	return errors.Join(err, os.Remove(r.file))
 }
 
 // createImage creates a sparse file of size bytes at path, or keeps an

@@ -49,8 +49,9 @@
 //	faults:                     # omit for none
 //	  interval: 20s             # pause between faults (drawn from interval/2 .. interval*3/2)
 //	  kinds:
-//	    - kind: kill            # kill | hang | replace | suspend | cut | delay | blackhole | reset
-//	                            # | power-cut | torn-write | media-error | bit-flip | lost-write
+//	    - kind: kill            # kill | hang | replace | replace-online | suspend | cut | delay
+//	                            # | blackhole | reset | power-cut | torn-write | media-error
+//	                            # | bit-flip | lost-write
 //	      targets: [a, b]       # node names
 //	      weight: 3             # relative frequency (default 1)
 //	      downtime: 2s..8s      # how long the fault lasts ("3s" or "MIN..MAX")
@@ -58,6 +59,13 @@
 //	      partner: hang         # power-cut, torn-write: hang (or cut: needs proxies) the target's
 //	                            # mirror replicas over the same downtime — two faults at once
 //	      op: read              # media-error: the failing request (read | write | flush)
+//
+// replace gives a node blank media on the same address (the engine finds
+// it by itself); replace-online puts a new machine (a blank node on a new
+// address, behind a new proxy) in the node's position with dst member
+// replace while the workload runs, the old machine serving still (even
+// seeds) or dead (odd), and retires the old one: the engine copies the new
+// one whole, and its later configs name the new URL.
 //
 // Power and media faults (the nodes they target get a volatile write
 // cache or a fault-rules file; every one needs a mirror replica):
@@ -90,7 +98,7 @@
 // Faults that take a node away for longer than the engine's retry budget
 // (request_timeout × (retries+1)) are only allowed on nodes that have a
 // mirror replica: on any other node they would fail client I/O by design.
-// replace and suspend need a mirror replica too.
+// replace, replace-online and suspend need a mirror replica too.
 package scenario
 
 import (
@@ -215,7 +223,7 @@ type Checks struct {
 }
 
 // Kinds of faults.
-var faultKinds = []string{"kill", "hang", "replace", "suspend", "cut", "delay", "blackhole", "reset",
+var faultKinds = []string{"kill", "hang", "replace", "replace-online", "suspend", "cut", "delay", "blackhole", "reset",
 	"power-cut", "torn-write", "media-error", "bit-flip", "lost-write"}
 
 // PowerKinds lose a node's volatile cache; their targets run with one.
@@ -226,7 +234,7 @@ var MediaKinds = map[string]bool{"media-error": true, "bit-flip": true, "lost-wr
 
 // needReplica are the kinds that lose data or fail I/O by design on a
 // node without a mirror replica.
-var needReplica = map[string]bool{"replace": true, "suspend": true, "power-cut": true, "torn-write": true,
+var needReplica = map[string]bool{"replace": true, "replace-online": true, "suspend": true, "power-cut": true, "torn-write": true,
 	"media-error": true, "bit-flip": true, "lost-write": true}
 
 // proxyKinds need a proxy in front of the target.
@@ -483,7 +491,7 @@ func (p *parser) faults(f *faultsYAML, t *Topology) Faults {
 			p.errorf(k.line, field+".kind", "%q is not a fault (%s)", fk.Kind, strings.Join(faultKinds, ", "))
 		}
 		fk.DowntimeMin, fk.DowntimeMax = p.span(k.Downtime, field+".downtime")
-		if fk.DowntimeMax == 0 && fk.Kind != "replace" && fk.Kind != "reset" {
+		if fk.DowntimeMax == 0 && fk.Kind != "replace" && fk.Kind != "replace-online" && fk.Kind != "reset" {
 			p.errorf(k.line, field+".downtime", "missing: how long the fault lasts")
 		}
 		fk.Delay = p.duration(k.Delay, field+".delay")
