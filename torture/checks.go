@@ -39,15 +39,19 @@ func (r *runner) finalChecks(ctx context.Context) error {
 		r.fail(-1, "final", name, []string{err.Error()})
 		return fmt.Errorf("%w: %s", ErrFailed, name)
 	case res.MismatchCount > 0:
-		var diag []string
-		for _, m := range res.Mismatches {
-			diag = append(diag, fmt.Sprintf("mirror %d child %d (members %v) differs from child %d at %d+%d", m.Mirror, m.Child, m.Members, m.Source, m.Offset, m.Length))
-		}
 		r.check(name, false, fmt.Sprintf("%d ranges differ", res.MismatchCount), time.Since(start))
-		r.fail(-1, "final", name, diag)
+		r.fail(-1, "final", name, scrubDiagnosis(res))
 		return fmt.Errorf("%w: %s", ErrFailed, name)
 	}
 	r.check(name, true, fmt.Sprintf("%d regions compared, %d bytes read", res.Regions, res.BytesRead), time.Since(start))
+	if iv := r.c.Topology().Engine.ScrubInterval; iv > 0 {
+		// A scrub that found a difference failed the run when it was seen
+		// (watchScrubs); this says how many ran.
+		r.mu.Lock()
+		n := r.scrubsSeen
+		r.mu.Unlock()
+		r.check("scheduled scrubs ran", n > 0, fmt.Sprintf("%d scheduled scrubs seen (every %v)", n, iv), 0)
+	}
 
 	start = time.Now()
 	divs, err := r.c.Converged(ctx)

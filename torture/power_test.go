@@ -279,3 +279,36 @@ func TestLostWriteIsFound(t *testing.T) {
 	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
 	requireFound(t, silentFault(t, "lost-write"), "lost-write", 62)
 }
+
+// TestScheduledScrubFindsBitFlip: with topology.engine.scrub_interval the
+// engine scrubs during the run, and a scrub that finds replicas differing
+// fails the run in its own phase: b's media flips bits in long raw cycles
+// (whose own verify comes late), and the scheduled scrub names member 1
+// (node b) and the fault.
+func TestScheduledScrubFindsBitFlip(t *testing.T) {
+	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
+	sc := parse(t, `name: scrub-bit-flip
+description: b's media flips bits under long raw cycles; scheduled scrubs every 500 ms
+duration: 15s
+`+strings.Replace(powerMirror, "resync_interval: 200ms}", "resync_interval: 200ms, scrub_interval: 500ms}", 1)+`workload:
+  raw: {every: 1, ops: 50000, concurrency: 4, flush_every: 30, max_request: 16KiB}
+faults:
+  interval: 1s
+  kinds:
+    - {kind: bit-flip, targets: [b], downtime: 300ms..600ms}
+checks:
+  resync_within: 30s
+`)
+	res, err := run(t, sc, 63, hooks{}, func(o *Options) { o.KeepGoing = true })
+	require.ErrorIs(t, err, ErrFailed)
+	var scrub []string
+	for _, f := range res.Run.Failures {
+		if f.Phase == "scrub" {
+			scrub = append(scrub, f.Message+": "+strings.Join(f.Diagnosis, "; "))
+		}
+	}
+	require.NotEmpty(t, scrub, "a scheduled scrub failed the run:\n%s", diagnosis(res))
+	t.Logf("scheduled scrub failures: %d, first: %s", len(scrub), scrub[0])
+	require.Contains(t, scrub[0], "(members [1])")
+	require.Contains(t, scrub[0], "bit-flip b")
+}

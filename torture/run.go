@@ -109,6 +109,8 @@ type runner struct {
 	quiet sync.Mutex
 	// active describes the fault being injected or healed, under mu.
 	active string
+	// scrubsSeen counts the scheduled scrubs watchScrubs saw, under mu.
+	scrubsSeen int
 
 	att    *attach.Attachment
 	attDev node.Node
@@ -232,6 +234,10 @@ func (r *runner) execute(ctx context.Context) (err error) {
 	if len(r.sc.Faults.Kinds) > 0 {
 		bg.Add(1)
 		go func() { defer bg.Done(); r.injectFaults(bgCtx) }()
+	}
+	if iv := topo.Engine.ScrubInterval; iv > 0 {
+		bg.Add(1)
+		go func() { defer bg.Done(); r.watchScrubs(bgCtx, iv) }()
 	}
 	defer func() {
 		bgCancel()
@@ -390,7 +396,7 @@ func clusterTopology(sc *scenario.Scenario) cluster.Topology {
 	out := cluster.Topology{Netns: t.Netns, Storage: t.Storage, Engine: cluster.EngineSpec{
 		RequestTimeout: t.Engine.RequestTimeout, Retries: t.Engine.Retries, BackoffMax: t.Engine.BackoffMax,
 		PingInterval: t.Engine.PingInterval, ResyncRate: t.Engine.ResyncRate, ResyncInterval: t.Engine.ResyncInterval,
-		RegionSize: t.Engine.RegionSize,
+		RegionSize: t.Engine.RegionSize, ScrubInterval: t.Engine.ScrubInterval,
 	}}
 	for _, n := range t.Nodes {
 		out.Nodes = append(out.Nodes, cluster.NodeSpec{Name: n.Name, Size: n.Size, Proxy: n.Proxy,

@@ -45,7 +45,7 @@ func parse(t *testing.T, text string) *scenario.Scenario {
 
 // run runs sc and returns the result; the run's folder is printed when the
 // test fails.
-func run(t *testing.T, sc *scenario.Scenario, seed uint64, h hooks) (*Result, error) {
+func run(t *testing.T, sc *scenario.Scenario, seed uint64, h hooks, with ...func(*Options)) (*Result, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
@@ -54,9 +54,13 @@ func run(t *testing.T, sc *scenario.Scenario, seed uint64, h hooks) (*Result, er
 		// Keep the run folders (with the work tree) for a post-mortem.
 		out = filepath.Join(keep, t.Name())
 	}
-	res, err := Run(ctx, Options{Scenario: sc, Seed: seed, Binary: dstBinary, Out: out, KeepWork: os.Getenv("DST_TEST_OUT") != "",
+	o := Options{Scenario: sc, Seed: seed, Binary: dstBinary, Out: out, KeepWork: os.Getenv("DST_TEST_OUT") != "",
 		Logger: slog.New(slog.NewTextHandler(testkit.LogWriter(t), &slog.HandlerOptions{Level: slog.LevelInfo})),
-		Replay: fmt.Sprintf("go test ./torture -run '%s'", t.Name()), hooks: h})
+		Replay: fmt.Sprintf("go test ./torture -run '%s'", t.Name()), hooks: h}
+	for _, w := range with {
+		w(&o)
+	}
+	res, err := Run(ctx, o)
 	if res != nil {
 		t.Cleanup(func() {
 			if t.Failed() {

@@ -78,8 +78,10 @@ type ScrubStatus struct {
 	// Next is when the next scheduled scrub starts (MonitorOptions.Scrub),
 	// if one is scheduled.
 	Next *time.Time `json:"next,omitempty"`
-	// Mismatches counts the differing ranges every scrub found so far.
+	// Mismatches counts the differing ranges every scrub found so far,
+	// Scrubs the scrubs that ran (to the end or not).
 	Mismatches uint64 `json:"mismatches_total"`
+	Scrubs     uint64 `json:"scrubs_total"`
 }
 
 const (
@@ -95,6 +97,7 @@ type scrubState struct {
 	running     atomic.Bool
 	done, total atomic.Int64
 	mismatches  atomic.Uint64
+	scrubs      atomic.Uint64
 	next        atomic.Int64 // unix ns of the next scheduled scrub, 0: none
 	mu          sync.Mutex
 	last        *ScrubResult
@@ -194,6 +197,7 @@ func (e *Engine) Scrub(ctx context.Context, opts ScrubOptions) (*ScrubResult, er
 		res.Error = err.Error()
 	}
 	sc.mismatches.Add(uint64(res.MismatchCount))
+	sc.scrubs.Add(1)
 	sc.mu.Lock()
 	sc.last = res
 	sc.mu.Unlock()
@@ -205,7 +209,7 @@ func (e *Engine) Scrub(ctx context.Context, opts ScrubOptions) (*ScrubResult, er
 // ScrubStatus returns the scrub in progress and the last result.
 func (e *Engine) ScrubStatus() ScrubStatus {
 	sc := &e.scrub
-	st := ScrubStatus{Running: sc.running.Load(), Mismatches: sc.mismatches.Load()}
+	st := ScrubStatus{Running: sc.running.Load(), Mismatches: sc.mismatches.Load(), Scrubs: sc.scrubs.Load()}
 	if st.Running {
 		st.Done, st.Total = int(sc.done.Load()), int(sc.total.Load())
 	}

@@ -338,6 +338,9 @@ func (c *Cluster) serveConfig(listen, adm string) string {
 	if e.AllowDegraded {
 		b.WriteString("allow_degraded: true\n")
 	}
+	if e.ScrubInterval > 0 {
+		fmt.Fprintf(&b, "scrub: {interval: %v}\n", e.ScrubInterval)
+	}
 	return b.String()
 }
 

@@ -97,6 +97,9 @@ type EngineSpec struct {
 	RegionSize int64
 	// AllowDegraded lets the engine start a mirror with members missing.
 	AllowDegraded bool
+	// ScrubInterval schedules the engine's scrubs (none if zero); they
+	// repair nothing.
+	ScrubInterval time.Duration
 }
 
 // regionSize is the region size the engine uses for a new storage.

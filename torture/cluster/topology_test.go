@@ -116,7 +116,7 @@ func TestServeConfig(t *testing.T) {
 		}},
 		Engine: EngineSpec{RequestTimeout: time.Second, Retries: -1, BackoffMax: 20 * time.Millisecond,
 			PingInterval: -1, ResyncRate: 1 << 20, ResyncInterval: 100 * time.Millisecond, RegionSize: 64 << 10,
-			AllowDegraded: true},
+			AllowDegraded: true, ScrubInterval: 90 * time.Second},
 	}
 	require.NoError(t, topo.Validate())
 	c := &Cluster{o: Options{Topology: topo}, nodes: map[string]*Node{}}
@@ -138,4 +138,6 @@ func TestServeConfig(t *testing.T) {
 	require.Equal(t, 100*time.Millisecond, cfg.Resync.Interval)
 	require.Equal(t, int64(64<<10), cfg.RegionSize)
 	require.True(t, cfg.AllowDegraded)
+	require.Equal(t, 90*time.Second, cfg.Scrub.Interval)
+	require.False(t, cfg.Scrub.Repair, "a torture run repairs nothing")
 }

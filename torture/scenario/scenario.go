@@ -32,6 +32,8 @@
 //	    resync_rate: 200MiB     # bytes per second
 //	    resync_interval: 500ms
 //	    region_size: 1MiB
+//	    scrub_interval: 10m     # scheduled scrubs (none by default); one that finds replicas
+//	                            # that differ fails the run
 //	workload:
 //	  filesystems: [ext4, xfs, btrfs]   # rotated per cycle; empty: no filesystem workload
 //	  rebuild_every: 3          # mkfs every N cycles (1: every cycle)
@@ -90,7 +92,7 @@
 //	             downtime. Like bit-flip, the run must fail and say where.
 //
 // bit-flip and lost-write are detection faults: scenarios meant to pass
-// leave them out (there is no scrub to repair them yet).
+// leave them out (a torture run repairs nothing; scrub_interval finds them too).
 //
 //	checks:
 //	  resync_within: 2m         # a fault's members must be in sync again this long after it healed
@@ -162,6 +164,9 @@ type Engine struct {
 	ResyncRate     int64
 	ResyncInterval time.Duration
 	RegionSize     int64
+	// ScrubInterval schedules the engine's scrubs (none if zero); the
+	// run fails if one finds replicas that differ.
+	ScrubInterval time.Duration
 }
 
 // RetryBudget is how long the engine keeps trying a node before it
@@ -381,6 +386,7 @@ func (p *parser) topology(t *topologyYAML) Topology {
 		ResyncRate:     p.size(e.ResyncRate, "topology.engine.resync_rate"),
 		ResyncInterval: p.duration(e.ResyncInterval, "topology.engine.resync_interval"),
 		RegionSize:     p.size(e.RegionSize, "topology.engine.region_size"),
+		ScrubInterval:  p.duration(e.ScrubInterval, "topology.engine.scrub_interval"),
 	}
 	return out
 }

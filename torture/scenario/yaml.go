@@ -95,6 +95,7 @@ type engineYAML struct {
 	ResyncRate     scalar `yaml:"resync_rate"`
 	ResyncInterval scalar `yaml:"resync_interval"`
 	RegionSize     scalar `yaml:"region_size"`
+	ScrubInterval  scalar `yaml:"scrub_interval"`
 }
 
 type workloadYAML struct {
