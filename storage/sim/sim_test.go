@@ -686,10 +686,10 @@ func (s *sim) assemble(degraded bool) error {
 		},
 		AllowDegraded: degraded,
 		RegionSize:    64 << 10,
-		Logger:     s.logger(),
-		Engine:     engine.Options{ActivityRegions: s.geo.activityRegions, ActivityQuiet: s.geo.activityQuiet},
-		Monitor:    engine.MonitorOptions{Interval: cmp.Or(s.geo.monitor, 50*time.Millisecond), Failover: -1},
-		Rand:       rand.NewChaCha8(seedBytes(s.seed)),
+		Logger:        s.logger(),
+		Engine:        engine.Options{ActivityRegions: s.geo.activityRegions, ActivityQuiet: s.geo.activityQuiet},
+		Monitor:       engine.MonitorOptions{Interval: cmp.Or(s.geo.monitor, 50*time.Millisecond), Failover: -1},
+		Rand:          rand.NewChaCha8(seedBytes(s.seed)),
 	})
 	if err != nil {
 		return err
