@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"dst/internal/testkit"
+	"dst/storage/node"
 )
 
 // A scrub finds exactly the range where one replica's bytes were flipped
@@ -23,10 +24,7 @@ func TestScrubFindsAndRepairs(t *testing.T) {
 	r.write(t, rng, 0, r.l.Size())
 	// A bit flips on member 1 at storage offset 300000 (in the block
 	// 299008..303104), and 5000 bytes rot at 700000.
-	at := int(dataOffset) + 300000
-	b := r.mems[1].Bytes(at, 1)
-	b[0] ^= 0x10
-	require.NoError(t, r.mems[1].WriteAt(context.Background(), b, int64(at), 0))
+	flipBit(t, r.mems[1], int(dataOffset)+300000, 0x10)
 	require.NoError(t, r.mems[1].WriteAt(context.Background(), make([]byte, 5000), int64(dataOffset)+700000, 0))
 
 	res, err := r.e.Scrub(ctx, ScrubOptions{})
@@ -52,6 +50,15 @@ func TestScrubFindsAndRepairs(t *testing.T) {
 	require.False(t, st.Running)
 	require.Equal(t, uint64(4), st.Mismatches)
 	require.Equal(t, res, st.Last)
+}
+
+// flipBit flips the bits of mask in the byte at at of m, behind the
+// engine's back (bit rot).
+func flipBit(t *testing.T, m *node.Memory, at int, mask byte) {
+	t.Helper()
+	b := m.Bytes(at, 1)
+	b[0] ^= mask
+	require.NoError(t, m.WriteAt(context.Background(), b, int64(at), 0))
 }
 
 // Client writes during a scrub never show as mismatches: a region is
@@ -126,10 +133,7 @@ func TestScheduledScrub(t *testing.T) {
 	r := mirror2(t)
 	rng := rand.New(rand.NewPCG(3, 4))
 	r.write(t, rng, 0, r.l.Size())
-	at := int(dataOffset) + 123456
-	b := r.mems[1].Bytes(at, 1)
-	b[0] ^= 0x01
-	require.NoError(t, r.mems[1].WriteAt(context.Background(), b, int64(at), 0))
+	flipBit(t, r.mems[1], int(dataOffset)+123456, 0x01)
 
 	rctx, stop := context.WithCancel(ctx)
 	ran := make(chan error, 1)
