@@ -21,7 +21,12 @@
 #   SIZE_MIB     size of the backing file in MiB [1024]
 #   SERVERS      subset/order of: dst nbdkit qemu-nbd [all three]
 #   WORKLOADS    subset of: randread-4k-qd32 randwrite-4k-qd32 read-1m-qd8
-#                write-1m-qd8 randread-4k-qd1 [all five]
+#                write-1m-qd8 randread-4k-qd1 randwrite-4k-qd1
+#                randwrite-4k-qd1-sync randread-4k-rate randwrite-4k-rate
+#                [all nine]
+#   RATE_IOPS    the fixed offered load of the *-rate workloads (4k QD32 at
+#                fio's rate_iops) [chosen from a probe: 70% of the slowest
+#                server's 4k QD32 IOPS, in thousands, printed]
 #   PINGPONG_BENCHTIME  -benchtime of BenchmarkTCPPingPong4K [3s]
 #   QD1_REFERENCE  1: add `nbdkit null` (a server doing no I/O) to the 4k
 #                randread QD1 rotation, as fio's own floor on this machine;
@@ -85,9 +90,24 @@
 #             +70%, single runs), so auto prefers it; --shared=0 allows any
 #             number of connections).
 #
+#   * Cost at a fixed offered load (the *-rate workloads): every server gets
+#     the same 4k QD32 requests at RATE_IOPS, so what differs is what each
+#     one spends on them: the server's CPU (user+sys from /proc/PID/stat,
+#     the whole run, no ramp) in microseconds per I/O completed, median and
+#     min-max over the reps. On 2 shared cores this, not IOPS at QD32
+#     (which measure fio as much as the server), says how many clients a
+#     box can serve.
+#   * QD1: 4k random read, random write, and random write with a FLUSH
+#     after every write (fio's nbd engine cannot send FUA; a write plus a
+#     flush is the sync write a journal does), IOPS and p50/p99 of fio's
+#     total latency, each next to `nbdkit null` (QD1_REFERENCE).
+#
 # Targets shown next to the ratios (reported, not enforced):
 #   dst >= 1.2 x the best other server on the four QD32/QD8 workloads;
-#   dst 4k randread QD1 IOPS >= 0.8 x the loopback ping-pong IOPS.
+#   dst 4k randread QD1 IOPS >= 0.8 x the loopback ping-pong IOPS;
+#   issue 17: dst CPU per 4k I/O at the fixed rate <= 0.8 x nbdkit file's
+#   (read and write); dst 4k randread QD1 IOPS >= 0.95 x nbdkit null's,
+#   its p99 latency <= nbdkit file's.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -97,7 +117,8 @@ RAMP=${RAMP:-1}
 SIZE_MIB=${SIZE_MIB:-1024}
 SERVERS=${SERVERS:-"dst nbdkit qemu-nbd"}
 QD1_REFERENCE=${QD1_REFERENCE:-1}
-WORKLOADS=${WORKLOADS:-"randread-4k-qd32 randwrite-4k-qd32 read-1m-qd8 write-1m-qd8 randread-4k-qd1"}
+WORKLOADS=${WORKLOADS:-"randread-4k-qd32 randwrite-4k-qd32 read-1m-qd8 write-1m-qd8 randread-4k-qd1 randwrite-4k-qd1 randwrite-4k-qd1-sync randread-4k-rate randwrite-4k-rate"}
+RATE_IOPS=${RATE_IOPS:-}
 PINGPONG_BENCHTIME=${PINGPONG_BENCHTIME:-3s}
 QEMU_AIO=${QEMU_AIO:-auto}
 NBDKIT_THREADS=${NBDKIT_THREADS:-}
@@ -117,7 +138,8 @@ for s in "${SERVER_LIST[@]}"; do
 	case $s in dst | nbdkit | qemu-nbd) ;; *) die "SERVERS: unknown server '$s' (dst, nbdkit, qemu-nbd)" ;; esac
 done
 for w in "${WORKLOAD_LIST[@]}"; do
-	case $w in randread-4k-qd32 | randwrite-4k-qd32 | read-1m-qd8 | write-1m-qd8 | randread-4k-qd1) ;;
+	case $w in randread-4k-qd32 | randwrite-4k-qd32 | read-1m-qd8 | write-1m-qd8 | randread-4k-qd1 | randwrite-4k-qd1 | \
+		randwrite-4k-qd1-sync | randread-4k-rate | randwrite-4k-rate) ;;
 	*) die "WORKLOADS: unknown workload '$w'" ;;
 	esac
 done
@@ -203,7 +225,13 @@ WORKLOADS = {  # name: (label, unit, target ratio vs the best other, or None)
     "read-1m-qd8": ("1MiB seq read QD8", "MiB/s", 1.2),
     "write-1m-qd8": ("1MiB seq write QD8", "MiB/s", 1.2),
     "randread-4k-qd1": ("4k randread QD1", "IOPS", None),
+    "randwrite-4k-qd1": ("4k randwrite QD1", "IOPS", None),
+    "randwrite-4k-qd1-sync": ("4k write+flush QD1", "IOPS", None),
+    "randread-4k-rate": ("4k randread @rate", "IOPS", None),
+    "randwrite-4k-rate": ("4k randwrite @rate", "IOPS", None),
 }
+CPU_TARGET = 0.8      # dst's CPU per I/O at the fixed rate over nbdkit file's, at most
+NULL_TARGET = 0.95    # dst's 4k randread QD1 IOPS over nbdkit null's, at least
 PINGPONG_TARGET = 0.8
 
 
@@ -240,6 +268,10 @@ def record(argv):
     # Total latency (submission + completion): with the nbd engine most of a
     # request's time can fall in either part, so only the sum compares.
     pct = io.get("lat_ns", {}).get("percentile", {})
+    # CPU per I/O counts the whole run (the rated runs have no ramp, so
+    # it is exact there; elsewhere it includes the ramp's I/O).
+    ios = io["total_ios"]
+    rec["cpu_us_per_io"] = round((p1 - p0) / CLK_TCK * 1e6 / ios, 2) if ios else None
     rec.update(iops=io["iops"], mib_s=io["bw_bytes"] / 2**20, ios=io["total_ios"],
                lat_mean_us=io.get("lat_ns", {}).get("mean", 0) / 1000,
                lat_p50_us=pct.get("50.000000", 0) / 1000, lat_p99_us=pct.get("99.000000", 0) / 1000,
@@ -357,15 +389,62 @@ def report(argv):
                   f"{pp2_iops / 1000:.1f}k IOPS; dst = {(f'{ratio2:.2f}x' if ratio2 else '-')} of it "
                   f"(target >={PINGPONG_TARGET}x) {verdict2}")
 
-    ref = [r["iops"] for r in ok if r["server"] == "nbdkit-null"]
-    if ref:
-        ref_iops = statistics.median(ref)
-        per = {s: (qd1["median"].get(s) / ref_iops if qd1 and qd1["median"].get(s) else None) for s in servers}
-        result["qd1_reference"] = {"server": "nbdkit null plugin (no backend I/O)", "iops": ref, "median_iops": ref_iops,
-                                   "over_reference": per}
-        print(f"QD1 reference: the same fio job against nbdkit's null plugin (no I/O at all) {fmt(ref_iops, 'IOPS')} IOPS "
-              f"(median of {len(ref)}); as a fraction of it: "
-              + ", ".join(f"{s} {per[s]:.2f}x" for s in servers if per[s] is not None))
+    qd1_rows = [e for e in rows if "-qd1" in e["workload"]]
+    if qd1_rows:
+        result["qd1"] = {}
+        print()
+        print("QD1: IOPS and fio total latency p50/p99 (us), medians; nbdkit-null serves no I/O at all (fio's own floor here)")
+        for e in qd1_rows:
+            wl = e["workload"]
+            ref = [r["iops"] for r in ok if r["server"] == "nbdkit-null" and r["workload"] == wl]
+            ref_iops = statistics.median(ref) if ref else None
+            cells = []
+            for s in servers + (["nbdkit-null"] if ref else []):
+                v = med(s, wl, "iops")
+                if v is None:
+                    continue
+                cells.append(f"{s} {fmt(v, 'IOPS')} {med(s, wl, 'lat_p50_us'):.0f}/{med(s, wl, 'lat_p99_us'):.0f}")
+            entry = {"reference_iops": ref_iops,
+                     "iops": {s: med(s, wl, "iops") for s in servers + ["nbdkit-null"]},
+                     "p50_us": {s: med(s, wl, "lat_p50_us") for s in servers + ["nbdkit-null"]},
+                     "p99_us": {s: med(s, wl, "lat_p99_us") for s in servers + ["nbdkit-null"]}}
+            line = f"  {e['label']:<20} " + ", ".join(cells)
+            d = entry["iops"].get("dst")
+            if ref_iops and d:
+                entry["dst_over_null"] = d / ref_iops
+                line += f"; dst/null {d / ref_iops:.2f}x"
+                if wl == "randread-4k-qd1":
+                    verdict = "PASS" if d / ref_iops >= NULL_TARGET else "MISS"
+                    line += f" (target >={NULL_TARGET}x) {verdict}"
+            dp99, kp99 = entry["p99_us"].get("dst"), entry["p99_us"].get("nbdkit")
+            if wl == "randread-4k-qd1" and dp99 and kp99:
+                line += f"; p99 dst/nbdkit {dp99 / kp99:.2f}x (target <=1x) {'PASS' if dp99 <= kp99 else 'MISS'}"
+            result["qd1"][wl] = entry
+            print(line)
+
+    rate_rows = [e for e in rows if e["workload"].endswith("-rate")]
+    if rate_rows:
+        result["cost"] = {"rate_iops": meta.get("rate_iops")}
+        print()
+        print(f"cost at a fixed offered load of {meta.get('rate_iops')} IOPS (4k QD32): server CPU us per I/O, median (min-max)")
+        for e in rate_rows:
+            wl = e["workload"]
+            cells, med_us = [], {}
+            for s in servers:
+                xs = [r["cpu_us_per_io"] for r in ok if r["server"] == s and r["workload"] == wl and r.get("cpu_us_per_io")]
+                if xs:
+                    med_us[s] = statistics.median(xs)
+                    cells.append(f"{s} {med_us[s]:.1f} ({min(xs):.1f}-{max(xs):.1f})")
+            got = {s: med(s, wl, "iops") for s in servers}
+            line = f"  {e['label']:<20} " + ", ".join(cells)
+            if med_us.get("dst") and med_us.get("nbdkit"):
+                r = med_us["dst"] / med_us["nbdkit"]
+                line += f"; dst/nbdkit {r:.2f}x (target <={CPU_TARGET}x) {'PASS' if r <= CPU_TARGET else 'MISS'}"
+            slow = [s for s, v in got.items() if v and meta.get("rate_iops") and v < 0.97 * meta["rate_iops"]]
+            if slow:
+                line += f"  <-- below the offered rate: {', '.join(slow)}"
+            result["cost"][wl] = {"cpu_us_per_io": med_us, "iops": got}
+            print(line)
 
     bg = [r["background_cores"] for r in ok if "background_cores" in r]
     if bg:
@@ -486,6 +565,10 @@ fio_args() {
 	read-1m-qd8) echo --rw=read --bs=1m --iodepth=8 ;;
 	write-1m-qd8) echo --rw=write --bs=1m --iodepth=8 ;;
 	randread-4k-qd1) echo --rw=randread --bs=4k --iodepth=1 ;;
+	randwrite-4k-qd1) echo --rw=randwrite --bs=4k --iodepth=1 ;;
+	randwrite-4k-qd1-sync) echo --rw=randwrite --bs=4k --iodepth=1 --fsync=1 ;;
+	randread-4k-rate) echo --rw=randread --bs=4k --iodepth=32 --rate_iops="$RATE_IOPS" ;;
+	randwrite-4k-rate) echo --rw=randwrite --bs=4k --iodepth=32 --rate_iops="$RATE_IOPS" ;;
 	esac
 }
 
@@ -499,12 +582,14 @@ run_one() {
 		return 0
 	fi
 	out=$TMP/fio-$rep-$wl-$srv.json
+	local ramp=$RAMP
+	[[ $wl == *-rate ]] && ramp=0 # the CPU per I/O counts every I/O of the run
 	before=$(snap "$SRV_PID")
 	frc=0
 	# shellcheck disable=SC2046 # fio_args is a list of words
 	run_bg "$FIO_TIMEOUT" "$out.log" fio --name="$wl" --ioengine=nbd --uri="nbd://127.0.0.1:$SRV_PORT/" \
 		$(fio_args "$wl") --numjobs=1 --size="${SIZE_MIB}M" --time_based --runtime="$RUNTIME" \
-		--ramp_time="$RAMP" --norandommap --lat_percentiles=1 --output-format=json --output="$out" || frc=$?
+		--ramp_time="$ramp" --norandommap --lat_percentiles=1 --output-format=json --output="$out" || frc=$?
 	after=$(snap "$SRV_PID")
 	is_alive=0
 	if alive "$SRV_PID"; then is_alive=1; fi
@@ -518,7 +603,9 @@ run_one() {
 }
 
 # --- time bound --------------------------------------------------------------
-nruns=$((REPS * (${#SERVER_LIST[@]} * ${#WORKLOAD_LIST[@]} + QD1_REFERENCE)))
+nqd1=0
+for w in "${WORKLOAD_LIST[@]}"; do [[ $w == *-qd1* ]] && nqd1=$((nqd1 + 1)); done
+nruns=$((REPS * (${#SERVER_LIST[@]} * ${#WORKLOAD_LIST[@]} + QD1_REFERENCE * nqd1)))
 estimate=$((nruns * (RUNTIME + RAMP + 2) + REPS * 6 + SIZE_MIB / 200 + 30))
 MAX_SECONDS=${MAX_SECONDS:-$((2 * estimate + 120))}
 START=$SECONDS
@@ -551,6 +638,32 @@ for s in "${SERVER_LIST[@]}"; do
 	log "qemu-nbd --aio=$QEMU_AIO"
 done
 
+# --- the fixed offered load ----------------------------------------------------
+# A rate every server sustains: 70% of the slowest server's 4k QD32 IOPS
+# (read or write) in a 2 s probe, in whole thousands.
+if [[ -z $RATE_IOPS ]] && [[ " ${WORKLOAD_LIST[*]} " == *-rate* ]]; then
+	lowest=""
+	for s in "${SERVER_LIST[@]}"; do
+		for rw in randread randwrite; do
+			start_server "$s" || die "$s failed to start for the rate probe"
+			rc=0
+			run_bg 40 "$TMP/probe.log" fio --name=probe --ioengine=nbd --uri="nbd://127.0.0.1:$SRV_PORT/" --rw=$rw --bs=4k \
+				--iodepth=32 --numjobs=1 --size="${SIZE_MIB}M" --time_based --runtime=2 --norandommap \
+				--output-format=json --output="$TMP/probe.json" || rc=$?
+			stop_server
+			((rc == 0)) || die "the rate probe failed against $s"
+			iops=$(python3 -c 'import json,sys; t=open(sys.argv[1]).read(); j=json.loads(t[t.index("{"):])["jobs"][0]; print(int(j[sys.argv[2]]["iops"]))' \
+				"$TMP/probe.json" "${rw#rand}")
+			log "rate probe: $s $rw 4k QD32 $iops IOPS"
+			if [[ -z $lowest ]] || ((iops < lowest)); then lowest=$iops; fi
+		done
+	done
+	RATE_IOPS=$((lowest * 7 / 10 / 1000 * 1000))
+	((RATE_IOPS >= 1000)) || RATE_IOPS=1000
+	log "fixed offered load: $RATE_IOPS IOPS (70% of the slowest probe, $lowest)"
+fi
+RATE_IOPS=${RATE_IOPS:-0}
+
 # --- the matrix --------------------------------------------------------------
 : >"$TMP/runs.jsonl"
 : >"$TMP/pingpong.txt"
@@ -576,7 +689,7 @@ for ((rep = 0; rep < REPS; rep++)); do
 		# against a server that does no I/O at all (nbdkit's null plugin),
 		# i.e. what fio, libnbd, loopback TCP and two processes waking
 		# each other cost on this machine at that moment.
-		if ((QD1_REFERENCE)) && [[ $wl == randread-4k-qd1 ]]; then
+		if ((QD1_REFERENCE)) && [[ $wl == *-qd1* ]]; then
 			rotation+=(nbdkit-null)
 		fi
 		n=${#rotation[@]}
@@ -599,7 +712,8 @@ cat >"$TMP/meta.json" <<EOF
  "dst": "$DST", "dst_commit": "$(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo unknown)$(cd "$ROOT" && git diff --quiet HEAD -- . 2>/dev/null || echo -dirty)",
  "fio": "$(fio --version)", "nbdkit": "$(nbdkit --version | head -1)", "nbdkit_threads": "${NBDKIT_THREADS:-default (16)}",
  "qemu_nbd": "$(qemu-nbd --version | head -1)", "qemu_aio": "$QEMU_AIO",
- "cpus": $(nproc), "kernel": "$(uname -r)", "incomplete": $incomplete, "pingpong_benchtime": "$PINGPONG_BENCHTIME"}
+ "cpus": $(nproc), "kernel": "$(uname -r)", "incomplete": $incomplete, "pingpong_benchtime": "$PINGPONG_BENCHTIME",
+ "rate_iops": $RATE_IOPS}
 EOF
 python3 "$PY" report "$TMP/runs.jsonl" "$TMP/pingpong.txt" "$TMP/meta.json" "$OUT_DIR/fio-$stamp.json"
 
