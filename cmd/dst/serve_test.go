@@ -523,11 +523,7 @@ func TestScrubFindsAFlippedSector(t *testing.T) {
 	off := status(t, adminAddr).Members[1].DataOffset
 
 	// One sector of member 1's image, at storage offset 5 MiB + 512, rots.
-	img, err := os.OpenFile(fileB, os.O_RDWR, 0)
-	require.NoError(t, err)
-	_, err = img.WriteAt(bytes.Repeat([]byte{0x8e}, 512), off+5<<20+512)
-	require.NoError(t, err)
-	require.NoError(t, img.Close())
+	rotSector(t, fileB, off+5<<20+512, 0x8e)
 
 	code, out, errOut := runDst(t, "scrub", "--admin", adminAddr, "--json")
 	require.Equal(t, exitRuntime, code, "differences remain: exit 1\n%s%s", out, errOut)
@@ -552,6 +548,17 @@ func TestScrubFindsAFlippedSector(t *testing.T) {
 	require.Equal(t, bytes.Repeat([]byte{0x71}, 4096), dataB[off+5<<20:off+5<<20+4096], "repaired on member 1")
 }
 
+// rotSector overwrites the 512 bytes at off of a member image behind
+// dst's back with b (a sector that rots).
+func rotSector(t *testing.T, file string, off int64, b byte) {
+	t.Helper()
+	img, err := os.OpenFile(file, os.O_RDWR, 0)
+	require.NoError(t, err)
+	_, err = img.WriteAt(bytes.Repeat([]byte{b}, 512), off)
+	require.NoError(t, err)
+	require.NoError(t, img.Close())
+}
+
 // TestScheduledScrubRepairs: with scrub: {interval: 1s, repair: true} the
 // storage scrubs by itself: a sector flipped on one replica's image is
 // found and repaired by a scheduled scrub, a later one finds the replicas
@@ -566,23 +573,19 @@ func TestScheduledScrubRepairs(t *testing.T) {
 	require.NotNil(t, st.Scrub)
 	require.NotNil(t, st.Scrub.Next, "a scrub is scheduled")
 	off := st.Members[1].DataOffset
-	img, err := os.OpenFile(fileB, os.O_RDWR, 0)
-	require.NoError(t, err)
-	_, err = img.WriteAt(bytes.Repeat([]byte{0xa1}, 512), off+3<<20)
-	require.NoError(t, err)
-	require.NoError(t, img.Close())
+	rotSector(t, fileB, off+3<<20, 0xa1)
 
 	// The scrub that found it, then a clean one after it.
-	var found time.Time
-	require.Eventually(t, func() bool {
-		l := status(t, adminAddr).Scrub.Last
-		if l != nil && l.MismatchCount == 1 && found.IsZero() {
-			require.Equal(t, int64(3<<20), l.Mismatches[0].Offset)
-			require.True(t, l.Mismatches[0].Repaired)
-			found = l.Started
-		}
-		return !found.IsZero() && l != nil && l.Started.After(found) && l.MismatchCount == 0
-	}, 20*time.Second, 50*time.Millisecond, "a scheduled scrub repairs the sector and a later one is clean")
+	st = waitStatus(t, adminAddr, 20*time.Second, "a scheduled scrub that found the sector", func(st admin.Status) bool {
+		return st.Scrub != nil && st.Scrub.Last != nil && st.Scrub.Last.MismatchCount == 1
+	})
+	found := st.Scrub.Last
+	require.Equal(t, int64(3<<20), found.Mismatches[0].Offset)
+	require.True(t, found.Mismatches[0].Repaired)
+	waitStatus(t, adminAddr, 20*time.Second, "a later scheduled scrub that is clean", func(st admin.Status) bool {
+		l := st.Scrub.Last
+		return l != nil && l.Started.After(found.Started) && l.MismatchCount == 0
+	})
 	code, table, errOut := runDst(t, "status", "--admin", adminAddr)
 	require.Equal(t, exitOK, code, errOut)
 	require.Contains(t, table, "last scrub")
