@@ -29,7 +29,8 @@ import (
 // fails; until answer.
 type away struct {
 	kept
-	up atomic.Bool
+	up   atomic.Bool
+	lose nbd.TransmissionFlags // capabilities it answers without
 }
 
 func (a *away) answer() { a.up.Store(true) }
@@ -49,7 +50,7 @@ func (a *away) Flags() nbd.TransmissionFlags {
 	if !a.up.Load() {
 		return 0
 	}
-	return a.kept.Flags()
+	return a.kept.Flags() &^ a.lose
 }
 
 func (a *away) ReadAt(ctx context.Context, p []byte, off int64) error {
@@ -194,4 +195,31 @@ func TestDegradedStartWithoutRecordedGeometry(t *testing.T) {
 	editSuper(t, c.mems["a"], func(sb *meta.Superblock) { sb.RawSizes = [meta.MaxMembers]int64{} })
 	_, err := Assemble(ctx, c.tree, c.degradedOpts("b", &away{kept: kept{c.mems["b"]}}))
 	require.ErrorContains(t, err, "no superblock records its geometry")
+}
+
+// A member missing at the start that answers without TRIM, which the
+// storage offers, is not taken back (nor is one read-only): the status
+// keeps it failed with nothing copied.
+func TestDegradedStartMemberWithoutTrim(t *testing.T) {
+	for _, lose := range []nbd.TransmissionFlags{nbd.FlagSendTrim, 0} {
+		c, _ := degradedSetup(t)
+		ctx := testkit.Context(t, 30*time.Second)
+		w := &away{kept: kept{c.mems["b"]}, lose: lose}
+		s, err := Assemble(ctx, c.tree, c.degradedOpts("b", w))
+		require.NoError(t, err)
+		e := s.Engine()
+		require.NotZero(t, e.Flags()&nbd.FlagSendTrim)
+		runStorage(t, s)
+		w.answer()
+		if lose == 0 {
+			waitInSync(t, e, 1) // the same node with TRIM joins
+			require.NoError(t, s.Close(ctx))
+			continue
+		}
+		time.Sleep(100 * time.Millisecond) // 20 probes at 5 ms
+		st := e.Status()[1]
+		require.Equal(t, Failed.String(), st.State, "without TRIM it is not taken back")
+		require.Zero(t, st.ResyncedBytes+st.ResyncZeroedBytes)
+		s.Abandon()
+	}
 }

@@ -334,6 +334,21 @@ func (e *Engine) capabilities() nbd.TransmissionFlags {
 	return f
 }
 
+// takes says why node n cannot serve a member of this storage: it lacks
+// TRIM, which the storage offers (FLUSH, FUA and write-zeroes the engine
+// makes whatever the node has; see capabilities), or it is read-only
+// under a writable storage. Nil if it can.
+func (e *Engine) takes(n node.Node) error {
+	f := n.Flags()
+	switch {
+	case e.flags&nbd.FlagSendTrim != 0 && f&nbd.FlagSendTrim == 0:
+		return errors.New("it lacks TRIM, which the storage offers")
+	case f&nbd.FlagReadOnly != 0 && e.flags&nbd.FlagReadOnly == 0:
+		return errors.New("it is read-only")
+	}
+	return nil
+}
+
 // Size returns the bytes the storage exposes.
 func (e *Engine) Size() int64 { return e.root.Size() }
 

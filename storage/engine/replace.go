@@ -33,7 +33,6 @@ import (
 
 	"dst/storage/membership"
 	"dst/storage/meta"
-	"dst/storage/nbd"
 )
 
 // Errors of ReplaceMember, for callers that tell them apart (the admin
@@ -128,11 +127,8 @@ func (s *Storage) ReplaceMember(ctx context.Context, i int, url string, opts Rep
 	if n.Size() < want.RawSize {
 		return fmt.Errorf("engine: replace member %d with %s: %w: it has %d bytes, the member needs %d", i, url, ErrBadReplacement, n.Size(), want.RawSize)
 	}
-	if missing := s.slots[i].Flags() &^ n.Flags() & (nbd.FlagSendFlush | nbd.FlagSendFUA | nbd.FlagSendTrim | nbd.FlagSendWriteZero); missing != 0 {
-		return fmt.Errorf("engine: replace member %d with %s: %w: it lacks capabilities the member had (flags %#x)", i, url, ErrBadReplacement, uint16(missing))
-	}
-	if n.Flags()&nbd.FlagReadOnly != 0 {
-		return fmt.Errorf("engine: replace member %d with %s: %w: it is read-only", i, url, ErrBadReplacement)
+	if err := e.takes(n); err != nil {
+		return fmt.Errorf("engine: replace member %d with %s: %w: %w", i, url, ErrBadReplacement, err)
 	}
 	mid, err := meta.NewID(s.opts.Rand)
 	if err != nil {

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"dst/storage/meta"
-	"dst/storage/nbd"
 	"dst/storage/node"
 	"dst/storage/spec"
 )
@@ -89,8 +88,8 @@ func (s *Storage) probe(ctx context.Context, i int) (back, full bool) {
 		return false, false
 	}
 	n := s.nodes[i]
-	if missing := s.e.flags & nbd.FlagSendTrim &^ n.Flags(); reached(n) && (missing != 0 || n.Flags()&nbd.FlagReadOnly != 0 && s.e.flags&nbd.FlagReadOnly == 0) {
-		s.log.Warn("member answered without a capability the storage offers (TRIM, or writes); not using it", "member", i, "flags", uint16(n.Flags()))
+	if err := s.e.takes(n); reached(n) && err != nil {
+		s.log.Warn("member answered, but cannot serve: not using it", "member", i, "why", err)
 		return false, false
 	}
 	switch {
