@@ -103,7 +103,15 @@ func Assemble(ctx context.Context, tree spec.Tree, opts AssembleOptions) (*Stora
 			replace[i] = replace[i] || r == u
 		}
 	}
-	as, err := meta.Classify(probes, meta.Options{Layout: shape, Replace: replace, AllowDegraded: opts.AllowDegraded})
+	mo := meta.Options{Layout: shape, Replace: replace, AllowDegraded: opts.AllowDegraded}
+	ch, err := findChange(tree, probes)
+	if err != nil {
+		return nil, fmt.Errorf("engine: assemble %s: %w", tree.String(), err)
+	}
+	if ch != nil {
+		mo.Layout, mo.Recorded, s.change = ch.layout, ch.recorded, ch
+	}
+	as, err := meta.Classify(probes, mo)
 	switch {
 	case errors.Is(err, meta.ErrUnformatted) && allBlank(probes):
 		err = s.create(ctx, shape)
@@ -200,10 +208,19 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 	areas := make([]meta.Area, len(s.nodes))
 	src := probes[as.Source].Super
 	s.unconfirmed = make([]uint64, len(s.nodes))
+	shape := s.tree.Shape()
+	rec := func(i int) int { return i }
+	if s.change != nil {
+		rec = func(i int) int { return s.change.recorded[i] }
+	}
 	for i, n := range s.nodes {
 		v := as.Members[i]
 		if probes[i].Err == nil && v.Action != meta.ActionResyncFull {
+			// Its position and the layout as the config has them (a change
+			// of membership, or superblocks that lag one, numbered it
+			// otherwise): the next superblock write records them.
 			s.supers[i] = probes[i].Super
+			s.supers[i].MemberIndex, s.supers[i].MemberCount, s.supers[i].Layout = i, len(s.nodes), shape
 			areas[i] = probes[i].Super.Area
 			continue
 		}
@@ -212,14 +229,14 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 			// the member table gives its identity and geometry, checked
 			// when it answers (probe). Without a table (superblocks of an
 			// older dst) it gets a fresh identity, copied whole when back.
-			if id, raw := src.Members[i], src.RawSizes[i]; !id.IsZero() && raw != 0 {
+			if id, raw := src.Members[rec(i)], src.RawSizes[rec(i)]; !id.IsZero() && raw != 0 {
 				a, err := meta.Plan(raw, as.RegionSize)
 				if err != nil {
 					return fmt.Errorf("engine: member %d (%v): the recorded raw size: %w", i, n, err)
 				}
 				areas[i] = a
 				s.supers[i] = meta.Superblock{StorageID: as.StorageID, MemberID: id, MemberIndex: i, MemberCount: len(s.nodes),
-					Area: a, Layout: as.Layout, CreatedUnixNano: src.CreatedUnixNano}
+					Area: a, Layout: shape, CreatedUnixNano: src.CreatedUnixNano}
 				s.unconfirmed[i] = as.Generation
 				continue
 			}
@@ -239,10 +256,18 @@ func (s *Storage) assemble(ctx context.Context, as meta.Assembly, probes []meta.
 		}
 		areas[i] = a
 		s.supers[i] = meta.Superblock{StorageID: as.StorageID, MemberID: mid, MemberIndex: i, MemberCount: len(s.nodes),
-			Area: a, Layout: as.Layout, CreatedUnixNano: src.CreatedUnixNano}
+			Area: a, Layout: shape, CreatedUnixNano: src.CreatedUnixNano}
 	}
 	if err := s.build(areas); err != nil {
 		return err
+	}
+	if c := s.change; c != nil {
+		if got := s.e.Size(); got != c.size {
+			return fmt.Errorf("engine: %s: the storage would have %d bytes, it has %d: a replica added must be at least as large "+
+				"as its mirror, and a replica removed must not leave a mirror larger than it was (the rest of its replicas hold "+
+				"no copy there); replace it with one that fits instead", c.what, got, c.size)
+		}
+		s.log.Warn("membership changed by the config", "change", c.what, "recorded", c.layout, "config", shape)
 	}
 	e := s.e
 	var copies []bool

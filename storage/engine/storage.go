@@ -46,6 +46,9 @@ type Storage struct {
 	// this storage, or one in the middle of a full copy, is copied whole
 	// when it answers.
 	unconfirmed []uint64
+	// change is the membership change the config made at the start (nil:
+	// none); the first superblock write records it.
+	change *change
 
 	changeMu sync.Mutex // one membership change (ReplaceMember) at a time
 }

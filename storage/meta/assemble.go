@@ -3,6 +3,7 @@ package meta
 import (
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Probe is what the engine read from one member position: the result of
@@ -31,6 +32,14 @@ type Options struct {
 	// AllowDegraded assembles even when a member of the newest in-sync set
 	// is absent or damaged, accepting that it may have held newer data.
 	AllowDegraded bool
+	// Recorded, if set, maps each position to the position the newest
+	// member's table records its member at, or -1 for a position added
+	// since: the positions are those of a new membership (a mirror replica
+	// added or removed, see the engine's Assemble), the superblocks those
+	// of the old one. Members are then checked against their recorded
+	// positions, Layout is the recorded layout, and a position added is
+	// copied whole. Nil is the identity.
+	Recorded []int
 }
 
 // State is what Classify found on a member.
@@ -140,7 +149,15 @@ type Assembly struct {
 //  2. The storage id is Options.StorageID, else the one most members carry.
 //     A valid superblock of another storage -> Foreign.
 //  3. A member of this storage with MemberIndex != i, MemberCount !=
-//     len(probes), or a Layout other than Options.Layout -> Mismatch.
+//     len(probes), or a Layout other than Options.Layout -> Mismatch
+//     (with Options.Recorded: its recorded position, and the newest
+//     member's count). Except a member older than the newest that the
+//     newest member's table records at this position: it is taken as it
+//     is (a change of membership renumbered the positions, and the
+//     change's superblock writes did not reach it before a crash). At a
+//     position added, a member of this storage that the table does not
+//     hold (removed earlier, or an add interrupted) -> Rebuilding, full
+//     resync; one the table holds elsewhere -> Mismatch.
 //  4. G is the highest Generation among the remaining members; all of them
 //     at G must record the same InSync set M (else ErrSplitBrain). The
 //     newest member fixes Layout and RegionSize; a member that differs ->
@@ -238,20 +255,58 @@ func Classify(probes []Probe, opt Options) (as Assembly, err error) {
 	}
 
 	// Rule 3, and G over the members left.
+	var ref *Superblock // the newest member of the storage, wherever it is
+	for i, p := range probes {
+		if valid[i] && p.Super.StorageID == as.StorageID && (ref == nil || p.Super.Generation > ref.Generation) {
+			ref = &probes[i].Super
+		}
+	}
+	rec := func(i int) int { return i }
+	count := n
+	if opt.Recorded != nil {
+		if len(opt.Recorded) != n {
+			return as, fmt.Errorf("%w: %d recorded positions for %d members", ErrInvalid, len(opt.Recorded), n)
+		}
+		rec = func(i int) int { return opt.Recorded[i] }
+		if ref != nil {
+			count = ref.MemberCount
+		}
+	}
 	newest := -1
 	for i, p := range probes {
 		if !valid[i] {
 			continue
 		}
 		s := &p.Super
+		r := rec(i)
 		switch {
 		case s.StorageID != as.StorageID:
 			valid[i] = false
 			refuse(i, StateForeign, "member of storage %s, not %s", s.StorageID, as.StorageID)
-		case s.MemberIndex != i || s.MemberCount != n:
+		case r < 0:
+			// A position added: any superblock of this storage here is of
+			// a member no longer in the table (removed, or an add that was
+			// interrupted), so nothing on it is trusted.
 			valid[i] = false
-			refuse(i, StateMismatch, "member %d of %d found at position %d of %d", s.MemberIndex, s.MemberCount, i, n)
-		case opt.Layout != "" && s.Layout != opt.Layout:
+			if slices.Contains(ref.Members[:], s.MemberID) {
+				refuse(i, StateMismatch, "member %s is recorded at another position (%d of the table), not new here",
+					s.MemberID, slices.Index(ref.Members[:], s.MemberID))
+				break
+			}
+			set(i, StateRebuilding, ActionResyncFull, "position added: member %s of this storage is not in the member table of generation %d; copied whole",
+				s.MemberID, ref.Generation)
+		case s.Generation < ref.Generation && (s.MemberIndex != r || s.MemberCount != count) &&
+			!ref.Members[r].IsZero() && ref.Members[r] == s.MemberID:
+			// Its superblock lags a change of membership that renumbered
+			// the positions (a crash while the change was being recorded):
+			// the table of the newest says this is its position.
+			if newest < 0 || s.Generation > probes[newest].Super.Generation {
+				newest = i
+			}
+		case s.MemberIndex != r || s.MemberCount != count:
+			valid[i] = false
+			refuse(i, StateMismatch, "member %d of %d found at position %d of %d", s.MemberIndex, s.MemberCount, r, count)
+		case opt.Layout != "" && s.Layout != opt.Layout && !(s.Generation < ref.Generation && ref.Members[r] == s.MemberID):
 			valid[i] = false
 			refuse(i, StateMismatch, "layout %q, want %q", s.Layout, opt.Layout)
 		case newest < 0 || s.Generation > probes[newest].Super.Generation:
@@ -269,26 +324,28 @@ func Classify(probes []Probe, opt Options) (as Assembly, err error) {
 	}
 
 	// Rule 4.
-	ref := &probes[newest].Super
+	ref = &probes[newest].Super
 	as.Generation, as.InSync, as.Layout, as.RegionSize = ref.Generation, ref.InSync, ref.Layout, ref.RegionSize
 	for i, p := range probes {
 		if !valid[i] {
 			continue
 		}
 		s := &p.Super
+		r := rec(i)
+		lags := s.Generation < ref.Generation && ref.Members[r] == s.MemberID
 		switch {
-		case !ref.Members[i].IsZero() && ref.Members[i] != s.MemberID && s.Complete():
+		case !ref.Members[r].IsZero() && ref.Members[r] != s.MemberID && s.Complete():
 			// Rule 4a: the medium was replaced at this position (online, or
 			// wiped and copied anew) and would be trusted with data it
 			// never received.
 			valid[i] = false
 			refuse(i, StateMismatch, "member %s, but since generation %d or earlier position %d holds member %s (a replacement): "+
 				"put the replacement's URL at this position, or list this one under replace to copy it whole",
-				s.MemberID, ref.Generation, i, ref.Members[i])
+				s.MemberID, ref.Generation, i, ref.Members[r])
 		case s.Generation == as.Generation && s.InSync != as.InSync:
 			return as, fmt.Errorf("%w: at generation %d member %d records in-sync %s, member %d records %s",
 				ErrSplitBrain, as.Generation, newest, as.InSync, i, s.InSync)
-		case s.Layout != as.Layout:
+		case s.Layout != as.Layout && !lags:
 			valid[i] = false
 			refuse(i, StateMismatch, "layout %q, newest member %d has %q", s.Layout, newest, as.Layout)
 		case s.RegionSize != as.RegionSize:
@@ -307,7 +364,7 @@ func Classify(probes []Probe, opt Options) (as Assembly, err error) {
 		switch {
 		case !s.Complete():
 			set(i, StateRebuilding, ActionResyncFull, "generation %d: full resync was not finished", s.Generation)
-		case as.InSync.Has(i):
+		case as.InSync.Has(rec(i)):
 			set(i, StateInSync, ActionServe, "generation %d of %d, in-sync %s", s.Generation, as.Generation, as.InSync)
 			if as.Source < 0 || s.Generation == as.Generation && probes[as.Source].Super.Generation != as.Generation {
 				as.Source = i
@@ -336,7 +393,7 @@ func Classify(probes []Probe, opt Options) (as Assembly, err error) {
 	// Rule 8.
 	if !opt.AllowDegraded {
 		for i, v := range as.Members {
-			if as.InSync.Has(i) && v.State == StateAbsent {
+			if rec(i) >= 0 && as.InSync.Has(rec(i)) && v.State == StateAbsent {
 				return as, fmt.Errorf("%w: member %d is %s and was in sync at generation %d; it may hold newer data",
 					ErrDegraded, i, v.State, as.Generation)
 			}

@@ -43,6 +43,14 @@ func TestClassify(t *testing.T) {
 	replacement := func(r int) func(*Superblock) {
 		return func(s *Superblock) { s.MemberID = ID{0xbb, byte(r), 0, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 2} }
 	}
+	// id is the member id testSuper gives index i; tbl writes a member
+	// table, mid a member id.
+	id := func(i int) ID { return testSuper(t, i, 1, 0, 0).MemberID }
+	newcomer := ID{0xcc, 1, 0, 0, 0, 0, 0x40, 0, 0x80, 0, 0, 0, 0, 0, 0, 3}
+	tbl := func(ids ...ID) func(*Superblock) {
+		return func(s *Superblock) { s.Members = [MaxMembers]ID{}; copy(s.Members[:], ids) }
+	}
+	mid := func(v ID) func(*Superblock) { return func(s *Superblock) { s.MemberID = v } }
 	failed := func(err error) Probe { return Probe{Err: fmt.Errorf("member: %w", err)} }
 	blank, foreign, damaged := failed(ErrBlank), failed(ErrForeign), failed(ErrChecksum)
 	absent := failed(io.ErrUnexpectedEOF)
@@ -195,6 +203,31 @@ func TestClassify(t *testing.T) {
 		{name: "all absent",
 			probes: []Probe{absent, absent},
 			states: []State{absnt, absnt}, actions: []Action{skip, skip}, err: ErrNoSource},
+		{name: "a replica added at position 1: copied whole",
+			probes: []Probe{p(0, 2, 4, 0b11, clean), blank, p(1, 2, 4, 0b11, clean)}, opt: Options{Recorded: []int{0, -1, 1}},
+			states: []State{in, blnk, in}, actions: []Action{serve, full, serve}, source: 0, clean: true, gen: 4, inSync: 0b11},
+		{name: "a replica added on a disk that a removed member left: copied whole",
+			probes: []Probe{p(0, 2, 4, 0b11, tbl(id(0), id(1))), p(1, 3, 2, 0b111, mid(newcomer)), p(1, 2, 4, 0b11, tbl(id(0), id(1)))},
+			opt:    Options{Recorded: []int{0, -1, 1}},
+			states: []State{in, rebld, in}, actions: []Action{serve, full, serve}, source: 0, gen: 4, inSync: 0b11},
+		{name: "a member of the table at a position added: refused",
+			probes: []Probe{p(0, 2, 4, 0b11, tbl(id(0), id(1))), p(1, 2, 4, 0b11, tbl(id(0), id(1))), blank},
+			opt:    Options{Recorded: []int{0, -1, 1}},
+			states: []State{in, mism, blnk}, actions: []Action{serve, rfse, full}, err: ErrRefused},
+		{name: "a replica removed: the others serve",
+			probes: []Probe{p(0, 3, 5, 0b111, clean), p(2, 3, 5, 0b111, clean)}, opt: Options{Recorded: []int{0, 2}},
+			states: []State{in, in}, actions: []Action{serve, serve}, source: 0, clean: true, gen: 5, inSync: 0b111},
+		{name: "a replica removed, the recorded positions checked",
+			probes: []Probe{p(0, 3, 5, 0b111), p(1, 3, 5, 0b111)}, opt: Options{Recorded: []int{0, 2}},
+			states: []State{in, mism}, actions: []Action{serve, rfse}, err: ErrRefused},
+		{name: "a change of membership recorded in part: the lagging member renumbered serves",
+			probes: []Probe{p(0, 3, 6, 0b101, tbl(id(0), newcomer, id(1))), p(1, 3, 6, 0b101, mid(newcomer), tbl(id(0), newcomer, id(1))),
+				p(1, 2, 5, 0b11, clean, layout("mirror(#0,#1)"))},
+			states: []State{in, rebld, in}, actions: []Action{serve, full, serve}, source: 0, gen: 6, inSync: 0b101},
+		{name: "a renumbered member the table does not name: refused",
+			probes: []Probe{p(0, 3, 6, 0b101, tbl(id(0), newcomer, id(2))), p(1, 3, 6, 0b101, mid(newcomer)),
+				p(1, 2, 5, 0b11, clean, layout("mirror(#0,#1)"))},
+			states: []State{in, rebld, mism}, actions: []Action{serve, full, rfse}, err: ErrRefused},
 		{name: "no members", probes: nil, err: ErrInvalid},
 		{name: "too many members", probes: make([]Probe, MaxMembers+1), err: ErrInvalid},
 	}

@@ -22,9 +22,10 @@ func SlotOffset(generation uint64) int64 {
 // SlotOffset(generation), where a write of that generation goes.
 //
 // If only one slot is valid it is returned: the other is blank, foreign or
-// torn. If both are valid but name a different storage, member id or
-// member index (a member re-created over an old one and interrupted), the
-// error wraps ErrCorrupt: which one is current cannot be known.
+// torn. If both are valid but name a different storage or member id (a
+// member re-created over an old one and interrupted), the error wraps
+// ErrCorrupt: which one is current cannot be known. (The member index may
+// differ: a change of membership renumbers the members.)
 //
 // If neither is valid: ErrBlank if both are blank, ErrForeign if both are
 // blank or foreign (no dst superblock at all), otherwise the errors of the
@@ -35,7 +36,7 @@ func Newest(slot0, slot1 []byte) (Superblock, int, error) {
 	b, errB := UnmarshalSuperblock(slot1)
 	switch {
 	case errA == nil && errB == nil:
-		if a.StorageID != b.StorageID || a.MemberID != b.MemberID || a.MemberIndex != b.MemberIndex {
+		if a.StorageID != b.StorageID || a.MemberID != b.MemberID {
 			return Superblock{}, -1, fmt.Errorf(
 				"%w: superblock slots disagree: slot 0 storage %s member %s index %d generation %d, slot 1 storage %s member %s index %d generation %d",
 				ErrCorrupt, a.StorageID, a.MemberID, a.MemberIndex, a.Generation,

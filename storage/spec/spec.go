@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 
 	"dst/internal/size"
@@ -256,4 +257,122 @@ func (t Tree) Partners(leaf string) []string {
 		return out
 	}
 	return nil
+}
+
+// ParseShape reads a Shape back into a tree whose leaves are named "#0",
+// "#1", … in leaf order: the layout a storage's superblocks record, to
+// compare with a config that changed its membership.
+func ParseShape(s string) (Tree, error) {
+	p := shapeParser{s: s}
+	t, err := p.tree(1)
+	if err == nil && p.i != len(s) {
+		err = fmt.Errorf("unexpected %q", s[p.i:])
+	}
+	if err == nil {
+		err = t.Validate()
+	}
+	if err != nil {
+		return Tree{}, fmt.Errorf("spec: recorded layout %q: %w", s, err)
+	}
+	return t, nil
+}
+
+type shapeParser struct {
+	s string
+	i int
+}
+
+func (p *shapeParser) tree(depth int) (Tree, error) {
+	if depth > MaxDepth {
+		return Tree{}, fmt.Errorf("layouts nest more than %d deep", MaxDepth)
+	}
+	if strings.HasPrefix(p.s[p.i:], "#") {
+		j := p.i + 1
+		for j < len(p.s) && p.s[j] >= '0' && p.s[j] <= '9' {
+			j++
+		}
+		if j == p.i+1 {
+			return Tree{}, fmt.Errorf("a member number expected at %d", p.i)
+		}
+		t := Member(p.s[p.i:j])
+		p.i = j
+		return t, nil
+	}
+	open := strings.IndexByte(p.s[p.i:], '(')
+	if open < 0 {
+		return Tree{}, fmt.Errorf("a layout expected at %d", p.i)
+	}
+	name := p.s[p.i : p.i+open]
+	p.i += open + 1
+	t := Tree{}
+	if k, chunk, ok := strings.Cut(name, "/"); ok {
+		n, err := strconv.ParseInt(chunk, 10, 64)
+		if err != nil || k != string(KindStripe) {
+			return Tree{}, fmt.Errorf("layout %q", name)
+		}
+		t.Kind, t.Chunk = KindStripe, n
+	} else if k, ok := ParseKind(name); ok && k != KindStripe {
+		t.Kind = k
+	} else {
+		return Tree{}, fmt.Errorf("layout %q", name)
+	}
+	for {
+		c, err := p.tree(depth + 1)
+		if err != nil {
+			return Tree{}, err
+		}
+		t.Members = append(t.Members, c)
+		if p.i >= len(p.s) {
+			return Tree{}, errors.New("unclosed layout")
+		}
+		p.i++
+		if p.s[p.i-1] == ')' {
+			return t, nil
+		}
+		if p.s[p.i-1] != ',' {
+			return Tree{}, fmt.Errorf("',' or ')' expected at %d", p.i-1)
+		}
+	}
+}
+
+// WithoutLeaf returns the tree without leaf i (in leaf order), which must
+// be a replica of a mirror that keeps at least one other. The tree is
+// copied; t is unchanged.
+func (t Tree) WithoutLeaf(i int) (Tree, error) {
+	out, found, err := t.without(i, new(int))
+	if err == nil && !found {
+		err = fmt.Errorf("the tree has no member %d", i)
+	}
+	return out, err
+}
+
+func (t *Tree) without(i int, next *int) (Tree, bool, error) {
+	out := *t
+	if t.IsLeaf() {
+		*next++
+		return out, false, nil
+	}
+	out.Members = nil
+	found := false
+	for c := range t.Members {
+		m := &t.Members[c]
+		if m.IsLeaf() && *next == i {
+			*next++
+			found = true
+			switch {
+			case t.Kind != KindMirror:
+				return Tree{}, true, fmt.Errorf("member %d is under a %s, not a mirror: its data exists nowhere else", i, t.Kind)
+			case len(t.Members) == 1:
+				return Tree{}, true, fmt.Errorf("member %d is its mirror's only replica", i)
+			}
+			continue
+		}
+		sub, f, err := m.without(i, next)
+		if err != nil {
+			return Tree{}, true, err
+		}
+		found = found || f
+		out.Members = append(out.Members, sub)
+	}
+	return out, found, nil
 }

@@ -93,3 +93,44 @@ func TestPartners(t *testing.T) {
 	require.Empty(t, tree.Partners("d"), "no mirror above d")
 	require.Empty(t, tree.Partners("nope"))
 }
+
+func TestParseShapeRoundTrips(t *testing.T) {
+	for _, tree := range []spec.Tree{
+		m("a"),
+		spec.Mirror(m("a"), m("b")),
+		spec.Linear(spec.Mirror(m("a"), m("b")), spec.Stripe(65536, m("c"), spec.Mirror(m("d"), m("e"), m("f")))),
+	} {
+		got, err := spec.ParseShape(tree.Shape())
+		require.NoError(t, err, tree.Shape())
+		require.Equal(t, tree.Shape(), got.Shape())
+		require.Equal(t, len(tree.Leaves()), len(got.Leaves()))
+	}
+	for _, bad := range []string{"", "mirror(", "mirror()", "mirror(#0", "mirror(#0;#1)", "raid5(#0)", "stripe/x(#0)", "mirror(#0)x", "#"} {
+		_, err := spec.ParseShape(bad)
+		require.Error(t, err, bad)
+	}
+}
+
+func TestWithoutLeaf(t *testing.T) {
+	tree := spec.Linear(spec.Mirror(m("a"), m("b")), spec.Mirror(m("c"), spec.Stripe(65536, m("d"), m("e"))), m("f"))
+	got, err := tree.WithoutLeaf(1)
+	require.NoError(t, err)
+	require.Equal(t, "linear(mirror(a), mirror(c, stripe/64KiB(d, e)), f)", got.String())
+	require.Equal(t, "linear(mirror(a, b), mirror(c, stripe/64KiB(d, e)), f)", tree.String(), "the tree is unchanged")
+	got, err = tree.WithoutLeaf(2)
+	require.NoError(t, err)
+	require.Equal(t, "linear(mirror(a, b), mirror(stripe/64KiB(d, e)), f)", got.String())
+	for _, tc := range []struct {
+		i    int
+		want string
+	}{{3, "under a stripe"}, {5, "under a linear"}, {6, "no member 6"}} {
+		_, err := tree.WithoutLeaf(tc.i)
+		require.ErrorContains(t, err, tc.want)
+	}
+	_, err = got.WithoutLeaf(0)
+	require.NoError(t, err)
+	one, err := got.WithoutLeaf(1)
+	require.NoError(t, err)
+	_, err = one.WithoutLeaf(0)
+	require.ErrorContains(t, err, "only replica")
+}
