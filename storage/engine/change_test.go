@@ -183,4 +183,3 @@ func TestChangeRefusals(t *testing.T) {
 		})
 	}
 }
-
