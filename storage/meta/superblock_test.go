@@ -190,6 +190,8 @@ func TestNewest(t *testing.T) {
 	other.StorageID = testOther
 	otherMember := testSuper(t, 0, 2, 9, 0b11)
 	otherMember.MemberID[15] = 0x77
+	renumbered := testSuper(t, 0, 2, 9, 0b11)
+	renumbered.MemberIndex, renumbered.MemberCount = 2, 3
 
 	tests := []struct {
 		name       string
@@ -218,6 +220,7 @@ func TestNewest(t *testing.T) {
 		{name: "short buffers", a: nil, b: blank[:10], err: []error{ErrTruncated}},
 		{name: "slots of two storages", a: at(8), b: encode(t, other), err: []error{ErrCorrupt}, errMessage: "slots disagree"},
 		{name: "slots of two media", a: at(8), b: encode(t, otherMember), err: []error{ErrCorrupt}, errMessage: "slots disagree"},
+		{name: "a change of membership renumbered the member", a: at(8), b: encode(t, renumbered), slot: 1, gen: 9},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
