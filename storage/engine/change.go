@@ -188,23 +188,8 @@ func differs(tree spec.Tree, ref *meta.Superblock, at []int, candidates int) err
 // newestSuper is the newest superblock of the storage most members carry
 // (nil if there is none, or a tie: Classify reports it).
 func newestSuper(probes []meta.Probe) *meta.Superblock {
-	votes := map[meta.ID]int{}
-	for _, p := range probes {
-		if p.Err == nil {
-			votes[p.Super.StorageID]++
-		}
-	}
-	var id meta.ID
-	best, tie := 0, false
-	for v, c := range votes {
-		switch {
-		case c > best:
-			id, best, tie = v, c, false
-		case c == best:
-			tie = true
-		}
-	}
-	if best == 0 || tie {
+	id, tie := meta.Majority(probes)
+	if id.IsZero() || tie {
 		return nil
 	}
 	var ref *meta.Superblock

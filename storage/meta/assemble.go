@@ -239,15 +239,9 @@ func Classify(probes []Probe, opt Options) (as Assembly, err error) {
 	// Rule 2.
 	as.StorageID = opt.StorageID
 	if as.StorageID.IsZero() {
-		best, tie := 0, false
-		for id, v := range votes {
-			switch {
-			case v > best:
-				as.StorageID, best, tie = id, v, false
-			case v == best:
-				tie = true
-			}
-		}
+		var best int
+		var tie bool
+		as.StorageID, best, tie = majority(votes)
 		if tie {
 			return as, fmt.Errorf("%w: members carry %d storages, the largest groups tie at %d members; name the storage id",
 				ErrAmbiguous, len(votes), best)
@@ -400,6 +394,31 @@ func Classify(probes []Probe, opt Options) (as Assembly, err error) {
 		}
 	}
 	return as, nil
+}
+
+// Majority is the storage id that most probes' superblocks carry (rule 2
+// of Classify), and whether the largest groups tie; zero if none does.
+func Majority(probes []Probe) (id ID, tie bool) {
+	votes := map[ID]int{}
+	for _, p := range probes {
+		if p.Err == nil {
+			votes[p.Super.StorageID]++
+		}
+	}
+	id, _, tie = majority(votes)
+	return id, tie
+}
+
+func majority(votes map[ID]int) (id ID, best int, tie bool) {
+	for v, c := range votes {
+		switch {
+		case c > best:
+			id, best, tie = v, c, false
+		case c == best:
+			tie = true
+		}
+	}
+	return id, best, tie
 }
 
 // refusedOr returns ErrRefused naming the first refused member, or err.
