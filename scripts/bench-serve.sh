@@ -91,7 +91,7 @@ for rep in $(seq "$REPS"); do
       lat[$layout,$w]+="$p50:$p99 "
       echo "bench-serve: rep $rep $layout $rw $bs QD$qd: $iops IOPS $mibs MiB/s, latency p50 $p50 us p99 $p99 us" >&2
       if [ "$bs" = 4k ] && [ "$qd" != 1 ] && [ "$RATE_IOPS" != 0 ]; then
-        read -r iops mibs us < <(fiojob "$uri" "$rw" "$bs" "$qd" "$RATE_IOPS")
+        read -r iops mibs us _ < <(fiojob "$uri" "$rw" "$bs" "$qd" "$RATE_IOPS")
         cpu[$layout,$w]+="$us "
         echo "bench-serve: rep $rep $layout $rw $bs QD$qd at $RATE_IOPS IOPS: $iops IOPS, server $us us CPU per I/O" >&2
       fi
