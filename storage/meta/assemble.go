@@ -266,6 +266,12 @@ func Classify(probes []Probe, opt Options) (as Assembly, err error) {
 			count = ref.MemberCount
 		}
 	}
+	// lags: s's superblock is older than the newest, whose table records
+	// s at position r (a change of membership renumbered the positions and
+	// its superblock writes did not reach s before a crash).
+	lags := func(s *Superblock, r int) bool {
+		return s.Generation < ref.Generation && !ref.Members[r].IsZero() && ref.Members[r] == s.MemberID
+	}
 	newest := -1
 	for i, p := range probes {
 		if !valid[i] {
@@ -289,18 +295,14 @@ func Classify(probes []Probe, opt Options) (as Assembly, err error) {
 			}
 			set(i, StateRebuilding, ActionResyncFull, "position added: member %s of this storage is not in the member table of generation %d; copied whole",
 				s.MemberID, ref.Generation)
-		case s.Generation < ref.Generation && (s.MemberIndex != r || s.MemberCount != count) &&
-			!ref.Members[r].IsZero() && ref.Members[r] == s.MemberID:
-			// Its superblock lags a change of membership that renumbered
-			// the positions (a crash while the change was being recorded):
-			// the table of the newest says this is its position.
+		case (s.MemberIndex != r || s.MemberCount != count) && lags(s, r):
 			if newest < 0 || s.Generation > probes[newest].Super.Generation {
 				newest = i
 			}
 		case s.MemberIndex != r || s.MemberCount != count:
 			valid[i] = false
 			refuse(i, StateMismatch, "member %d of %d found at position %d of %d", s.MemberIndex, s.MemberCount, r, count)
-		case opt.Layout != "" && s.Layout != opt.Layout && !(s.Generation < ref.Generation && ref.Members[r] == s.MemberID):
+		case opt.Layout != "" && s.Layout != opt.Layout:
 			valid[i] = false
 			refuse(i, StateMismatch, "layout %q, want %q", s.Layout, opt.Layout)
 		case newest < 0 || s.Generation > probes[newest].Super.Generation:
@@ -326,7 +328,6 @@ func Classify(probes []Probe, opt Options) (as Assembly, err error) {
 		}
 		s := &p.Super
 		r := rec(i)
-		lags := s.Generation < ref.Generation && ref.Members[r] == s.MemberID
 		switch {
 		case !ref.Members[r].IsZero() && ref.Members[r] != s.MemberID && s.Complete():
 			// Rule 4a: the medium was replaced at this position (online, or
@@ -339,7 +340,7 @@ func Classify(probes []Probe, opt Options) (as Assembly, err error) {
 		case s.Generation == as.Generation && s.InSync != as.InSync:
 			return as, fmt.Errorf("%w: at generation %d member %d records in-sync %s, member %d records %s",
 				ErrSplitBrain, as.Generation, newest, as.InSync, i, s.InSync)
-		case s.Layout != as.Layout && !lags:
+		case s.Layout != as.Layout && !lags(s, r):
 			valid[i] = false
 			refuse(i, StateMismatch, "layout %q, newest member %d has %q", s.Layout, newest, as.Layout)
 		case s.RegionSize != as.RegionSize:
