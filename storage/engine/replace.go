@@ -121,7 +121,7 @@ func (s *Storage) ReplaceMember(ctx context.Context, i int, url string, opts Rep
 	case p.Err == nil && !opts.Force:
 		return fmt.Errorf("engine: replace member %d with %s: %w: it carries member %d of dst storage %s; replace with force to overwrite it",
 			i, url, ErrBadReplacement, p.Super.MemberIndex, p.Super.StorageID)
-	case p.Err != nil && !errors.Is(p.Err, meta.ErrBlank) && !errors.Is(p.Err, meta.ErrForeign) && !isDamage(p.Err):
+	case !reachedProbe(p):
 		return fmt.Errorf("engine: replace member %d with %s: %w: read its first pages: %w", i, url, ErrBadReplacement, p.Err)
 	}
 	if n.Size() < want.RawSize {
