@@ -131,6 +131,8 @@ func (r *runner) crashName() string {
 
 // crash is the crash of a crash cycle: killEngine, or powerLoss.
 func (r *runner) crash(ctx context.Context, seed uint64) (string, error) {
+	r.grown.Lock()
+	defer r.grown.Unlock()
 	if r.sc.Workload.PowerLoss {
 		return r.powerLoss(ctx, r.seed^seed*0x2545f4914f6cdd1d)
 	}

@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"dst/reports"
+	"dst/storage/admin"
 	"dst/torture/cluster"
 )
 
@@ -179,6 +181,8 @@ func (r *runner) applyFault(ctx context.Context, f Fault, member int) error {
 		return n.ReplaceMedia(heal)
 	case "replace-online":
 		return r.replaceOnline(ctx, f, n, member)
+	case "add-online":
+		return r.addOnline(ctx, f, n, member)
 	case "power-cut", "torn-write":
 		return r.applyPowerFault(ctx, f, n, wait)
 	case "media-error", "bit-flip", "lost-write":
@@ -251,6 +255,71 @@ func (r *runner) replaceOnline(ctx context.Context, f Fault, n *cluster.Node, me
 	r.event("fault", "", map[string]any{"detail": fmt.Sprintf("member %d replaced by %s (old machine %s)", member, rep.URL(),
 		map[bool]string{true: "serving", false: "dead"}[hot]), "target": f.Target, "fault": f.Kind})
 	return n.Adopt(rep)
+}
+
+// addOnline grows the mirror member is a replica of by a new machine (a
+// blank node of the node's size on a new address) with dst member add
+// while the workload runs, waits until it is copied whole and in sync,
+// and removes it again with dst member remove; the new machine is then
+// retired. The storage ends with the membership it had (the engine's
+// config names it still).
+func (r *runner) addOnline(ctx context.Context, f Fault, n *cluster.Node, member int) error {
+	path, ok := r.c.Topology().Storage.ParentMirror(member)
+	if member < 0 || !ok {
+		return fmt.Errorf("node %q is no mirror replica", f.Target)
+	}
+	r.grown.Lock()
+	defer r.grown.Unlock()
+	rep, err := n.StartReplacement(ctx)
+	if err != nil {
+		return err
+	}
+	eng := r.c.Engine()
+	var res admin.ChangeResult
+	err = retryBusy(ctx, r.sc.Checks.ResyncWithin, func() (err error) {
+		res, err = eng.AddMember(ctx, path, rep.URL())
+		return err
+	})
+	if err != nil {
+		return errors.Join(fmt.Errorf("add %s to mirror %s: %w", rep.URL(), path, err), rep.Discard())
+	}
+	r.event("fault", "", map[string]any{"detail": fmt.Sprintf("member %d (%s) added to mirror %s; clients paused %.1f ms",
+		res.Member, rep.URL(), path, res.PausedSeconds*1e3), "target": f.Target, "fault": f.Kind})
+	wctx, cancel := context.WithTimeout(ctx, r.sc.Checks.ResyncWithin)
+	_, _, werr := eng.WaitInSync(wctx)
+	cancel()
+	if werr != nil {
+		werr = fmt.Errorf("the replica added was not in sync within %v: %w", r.sc.Checks.ResyncWithin, werr)
+	}
+	var out admin.ChangeResult
+	err = retryBusy(context.WithoutCancel(ctx), r.sc.Checks.ResyncWithin, func() (err error) {
+		out, err = eng.RemoveMember(context.WithoutCancel(ctx), res.Member)
+		return err
+	})
+	if err != nil {
+		// It stays a member: the storage serves with it, the machine too.
+		return errors.Join(werr, fmt.Errorf("remove member %d (%s) again: %w", res.Member, rep.URL(), err))
+	}
+	r.event("fault", "", map[string]any{"detail": fmt.Sprintf("member %d (%s) removed again; clients paused %.1f ms",
+		res.Member, rep.URL(), out.PausedSeconds*1e3), "target": f.Target, "fault": f.Kind})
+	return errors.Join(werr, rep.Discard())
+}
+
+// retryBusy calls change until it is not refused for a scrub running
+// (a periodic scrub holds the admin endpoint), for at most within.
+func retryBusy(ctx context.Context, within time.Duration, change func() error) error {
+	deadline := time.Now().Add(within)
+	for {
+		err := change()
+		if err == nil || !strings.Contains(err.Error(), "a scrub") || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return errors.Join(err, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 func firstErr(errs ...error) error {

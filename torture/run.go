@@ -100,6 +100,11 @@ type runner struct {
 	c    *cluster.Cluster
 	m    *Meter
 
+	// grown is held while an add-online fault has a replica in the
+	// storage that the engine's config does not name: an engine crash
+	// waits, so it never restarts with a membership the config changes.
+	grown sync.Mutex
+
 	mu  sync.Mutex
 	run reports.Run
 

@@ -32,7 +32,7 @@ type Fault struct {
 func (f Fault) String() string {
 	s := fmt.Sprintf("fault %d: %s %s", f.Index, f.Kind, f.Target)
 	switch f.Kind {
-	case "replace", "replace-online", "reset":
+	case "replace", "replace-online", "add-online", "reset":
 	case "delay":
 		s += fmt.Sprintf(" +%v for %v", f.Delay, f.Downtime)
 	default:

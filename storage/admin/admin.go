@@ -12,6 +12,16 @@
 //	POST /members/{index}/resume
 //	               end the suspension: the member rejoins at the monitor's
 //	               next probe and catches up; poll /status for "in-sync"
+//	POST /members/{index}/replace?url=URL[&force=1]
+//	               put another node in a mirror member's place; it is
+//	               copied whole in the background
+//	POST /members/add?mirror=PATH&url=URL[&force=1]
+//	               add a replica to the mirror at PATH ("/" the root,
+//	               "/1" the root's second child); copied whole in the
+//	               background
+//	POST /members/{index}/remove
+//	               remove a mirror replica (refused when it is the last
+//	               in-sync replica of its data)
 //	POST /scrub[?repair=1&rate=BYTES]
 //	               compare every mirror's replicas region by region (and
 //	               rewrite what differs from the first in-sync one); the
@@ -97,6 +107,31 @@ type Options struct {
 	// Replacer, if set with Control, serves the replace endpoint and
 	// names the members' current URLs and nodes in the status.
 	Replacer Replacer
+	// Changer, if set with Control, serves the add and remove endpoints.
+	Changer Changer
+}
+
+// Changer is a storage whose membership changes online (*serve.Server
+// is one). Each call returns once the change is recorded and the storage
+// serves with it; an error wrapping engine.ErrBadChange changed nothing.
+type Changer interface {
+	AddMember(ctx context.Context, mirror, url string, force bool) (ChangeResult, error)
+	RemoveMember(ctx context.Context, i int) (ChangeResult, error)
+}
+
+// ChangeResult is the JSON body of the add and remove endpoints' answer.
+type ChangeResult struct {
+	// Member is the position added or removed.
+	Member int    `json:"member"`
+	URL    string `json:"url,omitempty"`
+	// Layout is the storage's layout after the change (before it, when
+	// the change failed): what the config's storage must name for the
+	// next start to keep it.
+	Layout     string `json:"layout,omitempty"`
+	Generation uint64 `json:"generation,omitempty"`
+	// PausedSeconds is how long client requests were held.
+	PausedSeconds float64 `json:"paused_seconds"`
+	Error         string  `json:"error,omitempty"`
 }
 
 // Replacer is a storage whose members can be replaced online
@@ -219,11 +254,16 @@ func NewHandler(o Options) *Handler {
 		if o.Replacer != nil {
 			h.mux.HandleFunc("POST /members/{index}/replace", h.replace)
 		}
+		if o.Changer != nil {
+			h.mux.HandleFunc("POST /members/add", h.add)
+			h.mux.HandleFunc("POST /members/{index}/remove", h.remove)
+		}
 	}
 	h.mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprint(w, "dst admin\n  /status   storage and member status (JSON)\n  /metrics  Prometheus metrics\n"+
 			"  POST /members/{index}/suspend, /members/{index}/resume  member maintenance\n"+
+			"  POST /members/{index}/replace?url=URL, /members/add?mirror=PATH&url=URL, /members/{index}/remove  membership\n"+
 			"  POST /scrub[?repair=1&rate=BYTES]  compare the replicas (and repair them); answers when done\n")
 	})
 	return h
@@ -359,6 +399,46 @@ func (h *Handler) replace(w http.ResponseWriter, r *http.Request) {
 			code = http.StatusInternalServerError
 		}
 		w.WriteHeader(code)
+	}
+	_ = json.NewEncoder(w).Encode(res)
+}
+
+// add serves POST /members/add?mirror=PATH&url=URL[&force=1] (Changer):
+// 200 once the replica is a member (its copy runs in the background),
+// 400 for a change that cannot be made (nothing changed), 500 when the
+// new membership failed to assemble (the old one serves again).
+func (h *Handler) add(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	url, mirror, force := q.Get("url"), q.Get("mirror"), q.Get("force") == "1" || q.Get("force") == "true"
+	if url == "" || mirror == "" {
+		writeChange(w, ChangeResult{Member: -1}, fmt.Errorf("%w: name the mirror (mirror=/ for the root, /1 for its second child) "+
+			"and the node to add (url=nbd://HOST:PORT/EXPORT or file:PATH)", engine.ErrBadChange))
+		return
+	}
+	res, err := h.o.Changer.AddMember(r.Context(), mirror, url, force)
+	writeChange(w, res, err)
+}
+
+// remove serves POST /members/{index}/remove (Changer), answering as add.
+func (h *Handler) remove(w http.ResponseWriter, r *http.Request) {
+	i, err := strconv.Atoi(r.PathValue("index"))
+	if err != nil || i < 0 {
+		writeChange(w, ChangeResult{Member: -1}, fmt.Errorf("%w: member index %q is not a number", engine.ErrBadChange, r.PathValue("index")))
+		return
+	}
+	res, err := h.o.Changer.RemoveMember(r.Context(), i)
+	writeChange(w, res, err)
+}
+
+func writeChange(w http.ResponseWriter, res ChangeResult, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	if err != nil {
+		res.Error = err.Error()
+		if errors.Is(err, engine.ErrBadChange) {
+			w.WriteHeader(http.StatusBadRequest)
+		} else {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
 	}
 	_ = json.NewEncoder(w).Encode(res)
 }

@@ -89,6 +89,40 @@ func (c *Client) Replace(ctx context.Context, i int, url string, force bool) err
 	return err
 }
 
+// AddMember adds the node at url as a replica of the mirror at path
+// (POST /members/add); force overwrites a node carrying another
+// storage. It returns once the replica is a member: poll Status for its
+// copy.
+func (c *Client) AddMember(ctx context.Context, mirror, url string, force bool) (ChangeResult, error) {
+	path := fmt.Sprintf("/members/add?mirror=%s&url=%s", neturl.QueryEscape(mirror), neturl.QueryEscape(url))
+	if force {
+		path += "&force=1"
+	}
+	return c.change(ctx, path)
+}
+
+// RemoveMember removes mirror replica i (POST /members/{i}/remove).
+func (c *Client) RemoveMember(ctx context.Context, i int) (ChangeResult, error) {
+	return c.change(ctx, fmt.Sprintf("/members/%d/remove", i))
+}
+
+// change posts a membership change; an answer with an error is returned
+// with it (its Layout is the membership that serves).
+func (c *Client) change(ctx context.Context, path string) (ChangeResult, error) {
+	var res ChangeResult
+	body, err := c.do(ctx, http.MethodPost, path)
+	var he *HTTPError
+	if errors.As(err, &he) && json.Unmarshal([]byte(he.Body), &res) == nil && res.Error != "" {
+		return res, fmt.Errorf("admin: %s", res.Error)
+	} else if err != nil {
+		return res, err
+	}
+	if err := json.Unmarshal(body, &res); err != nil {
+		return res, fmt.Errorf("admin: the answer is not a membership change result: %w", err)
+	}
+	return res, nil
+}
+
 // Scrub runs a scrub of the storage's replicas (POST /scrub) and returns
 // its result when it is done; repair rewrites what differs, rate bounds
 // the bytes read per second (0: unlimited). A scrub that failed midway

@@ -60,6 +60,12 @@ type AssembleOptions struct {
 // mismatched members are refused with an error naming them, unless listed
 // in Replace.
 func Assemble(ctx context.Context, tree spec.Tree, opts AssembleOptions) (*Storage, error) {
+	return assemble(ctx, tree, opts, false)
+}
+
+// assemble is Assemble; keep leaves the nodes open when it fails (their
+// owner is the caller: Reassemble).
+func assemble(ctx context.Context, tree spec.Tree, opts AssembleOptions, keep bool) (*Storage, error) {
 	if err := tree.Validate(); err != nil {
 		return nil, fmt.Errorf("engine: storage %s: %w", tree.String(), err)
 	}
@@ -82,7 +88,16 @@ func Assemble(ctx context.Context, tree spec.Tree, opts AssembleOptions) (*Stora
 	}
 	ok := false
 	defer func() {
-		if !ok {
+		switch {
+		case ok:
+		case keep:
+			for _, sl := range s.slots {
+				sl.SetVerify(nil) // the nodes outlive this storage
+			}
+			if s.e != nil {
+				s.e.Close()
+			}
+		case !keep:
 			s.Abandon() // the engine too, if one was made (its workers would leak)
 		}
 	}()

@@ -143,6 +143,10 @@ type Options struct {
 	ActivityQuiet time.Duration
 	// Logger receives state changes; nil discards them.
 	Logger *slog.Logger
+	// Requests, if set, are the counters the engine counts its client
+	// requests in (a storage whose membership changed online counts on
+	// in its predecessor's); nil means counters of its own.
+	Requests *iostats.Requests
 }
 
 // ErrNoReplica is wrapped by errors for a mirror range that no in-sync
@@ -159,7 +163,7 @@ type Engine struct {
 	members []*member
 	mirrors map[*layout.Mirror]*mirrorInfo
 	flags   nbd.TransmissionFlags
-	reqs    iostats.Requests // the client requests served, for the admin endpoint
+	reqs    *iostats.Requests // the client requests served, for the admin endpoint
 
 	free chan *request
 	work chan *task
@@ -212,7 +216,10 @@ func New(root layout.Layout, nodes []node.Node, opts Options) (*Engine, error) {
 	if opts.ActivityQuiet <= 0 {
 		opts.ActivityQuiet = DefaultActivityQuiet
 	}
-	e := &Engine{opts: opts, log: opts.Logger, root: root, mirrors: map[*layout.Mirror]*mirrorInfo{}}
+	e := &Engine{opts: opts, log: opts.Logger, root: root, mirrors: map[*layout.Mirror]*mirrorInfo{}, reqs: opts.Requests}
+	if e.reqs == nil {
+		e.reqs = new(iostats.Requests)
+	}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
@@ -361,7 +368,7 @@ func (e *Engine) Layout() layout.Layout { return e.root }
 // Requests are the counters of the client requests the engine served
 // (ReadAt, WriteAt, Flush, Trim, WriteZeroes, Cache): what the admin
 // endpoint reports.
-func (e *Engine) Requests() *iostats.Requests { return &e.reqs }
+func (e *Engine) Requests() *iostats.Requests { return e.reqs }
 
 // String names the engine by its layout, for logs.
 func (e *Engine) String() string { return "storage " + e.root.String() }

@@ -23,7 +23,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -38,14 +40,26 @@ import (
 // Server is an assembled storage, listening for NBD clients and (unless
 // the config turns it off) admin requests.
 type Server struct {
-	cfg     *config.Config
-	log     *slog.Logger
+	cfg *config.Config
+	log *slog.Logger
+	// st is the storage that serves; a membership change replaces it
+	// (nil after one that could assemble neither membership).
+	stMu    sync.Mutex
 	st      *engine.Storage
+	gate    *gate // what the export server serves: st's engine
 	srv     *export.Server
 	ln      net.Listener
 	aln     net.Listener // nil without admin
-	h       *admin.Handler
+	h       atomic.Pointer[admin.Handler]
 	started time.Time
+
+	// adminMu is held shared by every admin request but the membership
+	// changes, and exclusively while a change swaps the storage, so no
+	// request acts on a storage that no longer serves.
+	adminMu  sync.RWMutex
+	changeMu sync.Mutex      // one membership change at a time
+	changes  chan *changeReq // to the monitor loop (Run), which makes them
+	stopped  chan struct{}   // closed when the monitor loop ends
 
 	closeOnce sync.Once
 	closeErr  error
@@ -58,7 +72,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Server
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log, started: time.Now()}
+	s := &Server{cfg: cfg, log: log, started: time.Now(), changes: make(chan *changeReq), stopped: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -74,25 +88,13 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Server
 		}
 	}
 
-	// Open members through node.Open, remembering each node for the admin
-	// endpoint (remote counters, sizes).
-	var mu sync.Mutex
-	opened := map[string]node.Node{}
 	openOpts := cfg.Node.OpenOptions()
 	openOpts.Remote.Logger = log
 	// A degraded start may go on without a member that does not answer:
 	// its node dials on, and the member joins when it answers as the
 	// member the others record (engine.Storage).
 	openOpts.Background = cfg.AllowDegraded
-	open := func(ctx context.Context, url string) (node.Node, error) {
-		n, err := node.Open(ctx, url, openOpts)
-		if err == nil {
-			mu.Lock()
-			opened[url] = n
-			mu.Unlock()
-		}
-		return n, err
-	}
+	open := func(ctx context.Context, url string) (node.Node, error) { return node.Open(ctx, url, openOpts) }
 	eo := cfg.EngineOptions()
 	eo.Logger = log
 	s.st, err = engine.Assemble(ctx, cfg.Storage, engine.AssembleOptions{
@@ -110,10 +112,10 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Server
 		}
 		return nil, err
 	}
-	eng := s.st.Engine()
+	s.gate = newGate(s.st.Engine())
 	ecfg.Exports = []export.ExportConfig{{
 		Name: cfg.Export.Name, Description: cfg.Export.Description, ReadOnly: cfg.Export.ReadOnly,
-		Node: eng, Allow: cfg.Export.Allow,
+		Node: s.gate, Allow: cfg.Export.Allow,
 	}}
 	if s.srv, err = export.New(ecfg); err != nil {
 		return nil, err
@@ -126,20 +128,35 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Server
 		if s.aln, err = lc.Listen(ctx, "tcp", cfg.Admin); err != nil {
 			return nil, fmt.Errorf("admin: %w", err)
 		}
-		leaves := cfg.Storage.Leaves()
-		members := make([]admin.Member, len(leaves))
-		mu.Lock()
-		for i, u := range leaves {
-			members[i] = admin.Member{URL: u, Node: opened[u], DataOffset: s.st.DataOffset(i)}
-		}
-		mu.Unlock()
-		s.h = admin.NewHandler(admin.Options{
-			Storage: eng, Layout: cfg.Storage.String(), Listen: s.ln.Addr().String(), Export: cfg.Export.Name,
-			Members: members, Generation: s.st.Generation, Requests: eng.Requests(), Started: s.started,
-			Control: eng, Replacer: s.st,
-		})
+		s.h.Store(s.newHandler(s.st))
 	}
 	return s, nil
+}
+
+// newHandler is the admin handler of st.
+func (s *Server) newHandler(st *engine.Storage) *admin.Handler {
+	eng := st.Engine()
+	tree := st.Tree()
+	members := make([]admin.Member, len(tree.Leaves()))
+	for i := range members {
+		members[i].URL, members[i].Node = st.Member(i)
+		members[i].DataOffset = st.DataOffset(i)
+	}
+	return admin.NewHandler(admin.Options{
+		Storage: eng, Layout: tree.String(), Listen: s.ln.Addr().String(), Export: s.cfg.Export.Name,
+		Members: members, Generation: st.Generation, Requests: eng.Requests(), Started: s.started,
+		Control: eng, Replacer: st, Changer: s,
+	})
+}
+
+// ServeHTTP serves the admin endpoint with the handler of the storage
+// that serves now; a membership change waits for the other requests.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !isChange(r) {
+		s.adminMu.RLock()
+		defer s.adminMu.RUnlock()
+	}
+	s.h.Load().ServeHTTP(w, r)
 }
 
 // Addr is the NBD address clients connect to.
@@ -154,15 +171,21 @@ func (s *Server) AdminAddr() net.Addr {
 	return s.aln.Addr()
 }
 
-// Storage is the assembled storage.
-func (s *Server) Storage() *engine.Storage { return s.st }
+// Storage is the assembled storage that serves now (a membership change
+// replaces it; nil after one that could assemble neither membership).
+func (s *Server) Storage() *engine.Storage {
+	s.stMu.Lock()
+	defer s.stMu.Unlock()
+	return s.st
+}
 
 // Run serves NBD clients, the resync monitor and the admin endpoint until
 // ctx ends or one of them fails, then shuts down (Close). It returns the
 // first failure, nil after ctx ended.
 func (s *Server) Run(ctx context.Context) error {
-	s.log.Info("storage serving", "layout", s.cfg.Storage.String(), "size", s.st.Engine().Size(),
-		"generation", s.st.Generation(), "listen", s.ln.Addr(), "admin", s.AdminAddr())
+	st := s.Storage()
+	s.log.Info("storage serving", "layout", st.Tree().String(), "size", st.Engine().Size(),
+		"generation", st.Generation(), "listen", s.ln.Addr(), "admin", s.AdminAddr())
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		err := s.srv.Serve(gctx, s.ln)
@@ -177,9 +200,9 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		return err
 	})
-	g.Go(func() error { return s.st.Run(gctx) })
+	g.Go(func() error { return s.monitor(gctx) })
 	if s.aln != nil {
-		g.Go(func() error { return admin.Serve(gctx, s.aln, s.h, s.log) })
+		g.Go(func() error { return admin.Serve(gctx, s.aln, s, s.log) })
 	}
 	// When the grace for requests in flight ends, a member still busy is
 	// hung: it leaves service (where a replica stands in) and its requests
@@ -198,7 +221,11 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-time.After(s.cfg.ShutdownTimeout / 3):
 			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout/3)
 			defer cancel()
-			if n := s.st.Engine().FailBusy(ctx, 100*time.Millisecond); n > 0 {
+			st := s.Storage()
+			if st == nil {
+				return
+			}
+			if n := st.Engine().FailBusy(ctx, 100*time.Millisecond); n > 0 {
 				s.log.Warn("stopping: members still busy after the grace for requests in flight left service", "members", n)
 			}
 		}
@@ -229,10 +256,13 @@ func (s *Server) Close() error {
 		if s.srv != nil {
 			s.srv.Close()
 		}
-		if s.st != nil {
+		// A membership change in progress ends first (within its bound).
+		s.changeMu.Lock()
+		defer s.changeMu.Unlock()
+		if st := s.Storage(); st != nil {
 			cctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout*2/3)
 			defer cancel()
-			if err := s.st.Close(cctx); err != nil {
+			if err := st.Close(cctx); err != nil {
 				s.log.Warn("closing the storage", "err", err)
 				s.closeErr = err
 			}

@@ -376,3 +376,125 @@ func (t *Tree) without(i int, next *int) (Tree, bool, error) {
 	}
 	return out, found, nil
 }
+
+// MirrorAt is a mirror of a tree, found by Mirrors.
+type MirrorAt struct {
+	// Path is where the mirror is: its child indexes from the root,
+	// joined by "/", with a leading "/" ("/" is the root itself, "/1/0"
+	// the first child of the root's second child).
+	Path string
+	// Leaves are the member indexes (leaf order) under the mirror.
+	Leaves []int
+}
+
+// Mirrors lists the tree's mirrors, outermost first.
+func (t Tree) Mirrors() []MirrorAt {
+	var out []MirrorAt
+	next := 0
+	var walk func(t *Tree, path string)
+	walk = func(t *Tree, path string) {
+		if t.IsLeaf() {
+			next++
+			return
+		}
+		at := -1
+		if t.Kind == KindMirror {
+			at = len(out)
+			out = append(out, MirrorAt{Path: path})
+		}
+		first := next
+		for c := range t.Members {
+			walk(&t.Members[c], strings.TrimSuffix(path, "/")+"/"+strconv.Itoa(c))
+		}
+		if at >= 0 {
+			for i := first; i < next; i++ {
+				out[at].Leaves = append(out[at].Leaves, i)
+			}
+		}
+	}
+	walk(&t, "/")
+	return out
+}
+
+// WithLeaf returns the tree with leaf added as the last replica of the
+// mirror at path (as MirrorAt.Path spells it), and the new leaf's index
+// in leaf order. The tree is copied; t is unchanged.
+func (t Tree) WithLeaf(path, leaf string) (Tree, int, error) {
+	var idx []int
+	if p := strings.Trim(path, "/"); p != "" {
+		for _, s := range strings.Split(p, "/") {
+			c, err := strconv.Atoi(s)
+			if err != nil || c < 0 {
+				return Tree{}, 0, fmt.Errorf("mirror path %q: %q is not a child index", path, s)
+			}
+			idx = append(idx, c)
+		}
+	}
+	out := t.clone()
+	n := &out
+	before := 0 // leaves before the new one
+	for d, c := range idx {
+		if n.IsLeaf() || c >= len(n.Members) {
+			return Tree{}, 0, fmt.Errorf("mirror path %q: the tree has no node at /%s", path, joinInts(idx[:d+1]))
+		}
+		for k := range c {
+			before += len(n.Members[k].Leaves())
+		}
+		n = &n.Members[c]
+	}
+	if n.Kind != KindMirror {
+		return Tree{}, 0, fmt.Errorf("mirror path %q: the node there is a %s, not a mirror", path, n.Kind)
+	}
+	before += len(n.Leaves())
+	n.Members = append(n.Members, Member(leaf))
+	return out, before, nil
+}
+
+func (t Tree) clone() Tree {
+	out := t
+	out.Members = make([]Tree, len(t.Members))
+	for i := range t.Members {
+		out.Members[i] = t.Members[i].clone()
+	}
+	if t.Members == nil {
+		out.Members = nil
+	}
+	return out
+}
+
+func joinInts(v []int) string {
+	s := make([]string, len(v))
+	for i, x := range v {
+		s[i] = strconv.Itoa(x)
+	}
+	return strings.Join(s, "/")
+}
+
+// ParentMirror is the path (as MirrorAt.Path spells it) of the mirror
+// whose direct child is leaf i (leaf order); false when leaf i's parent
+// is not a mirror (or there is no leaf i).
+func (t Tree) ParentMirror(i int) (string, bool) {
+	next := 0
+	var walk func(t *Tree, path string) (at string, mirror, found bool)
+	walk = func(t *Tree, path string) (string, bool, bool) {
+		for c := range t.Members {
+			m := &t.Members[c]
+			if m.IsLeaf() {
+				if next == i {
+					return path, t.Kind == KindMirror, true
+				}
+				next++
+				continue
+			}
+			if p, mirror, found := walk(m, strings.TrimSuffix(path, "/")+"/"+strconv.Itoa(c)); found {
+				return p, mirror, true
+			}
+		}
+		return "", false, false
+	}
+	if t.IsLeaf() {
+		return "", false
+	}
+	p, mirror, _ := walk(&t, "/")
+	return p, mirror
+}

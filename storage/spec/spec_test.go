@@ -134,3 +134,59 @@ func TestWithoutLeaf(t *testing.T) {
 	_, err = one.WithoutLeaf(0)
 	require.ErrorContains(t, err, "only replica")
 }
+
+func TestMirrorsAndWithLeaf(t *testing.T) {
+	tree := spec.Linear(spec.Mirror(m("a"), m("b")), spec.Mirror(m("c"), spec.Stripe(65536, m("d"), m("e"))), m("f"))
+	require.Equal(t, []spec.MirrorAt{{Path: "/0", Leaves: []int{0, 1}}, {Path: "/1", Leaves: []int{2, 3, 4}}}, tree.Mirrors())
+	require.Equal(t, []spec.MirrorAt{{Path: "/", Leaves: []int{0, 1}}}, spec.Mirror(m("a"), m("b")).Mirrors())
+	require.Empty(t, spec.Stripe(65536, m("a"), m("b")).Mirrors())
+
+	got, k, err := tree.WithLeaf("/0", "g")
+	require.NoError(t, err)
+	require.Equal(t, 2, k)
+	require.Equal(t, "linear(mirror(a, b, g), mirror(c, stripe/64KiB(d, e)), f)", got.String())
+	require.Equal(t, "linear(mirror(a, b), mirror(c, stripe/64KiB(d, e)), f)", tree.String(), "the tree is unchanged")
+	without, err := got.WithoutLeaf(k)
+	require.NoError(t, err)
+	require.Equal(t, tree.Shape(), without.Shape(), "WithoutLeaf undoes WithLeaf")
+	got, k, err = tree.WithLeaf("1", "g")
+	require.NoError(t, err)
+	require.Equal(t, 5, k)
+	require.Equal(t, "linear(mirror(a, b), mirror(c, stripe/64KiB(d, e), g), f)", got.String())
+	got, k, err = spec.Mirror(m("a")).WithLeaf("/", "b")
+	require.NoError(t, err)
+	require.Equal(t, 1, k)
+	require.Equal(t, "mirror(a, b)", got.String())
+	for _, tc := range []struct{ path, want string }{
+		{"/", "a linear, not a mirror"}, {"/2", "a member, not a mirror"}, {"/1/1", "a stripe, not a mirror"},
+		{"/3", "no node at /3"}, {"/2/0", "no node at /2/0"}, {"/x", `"x" is not a child index`}, {"/-1", "not a child index"},
+	} {
+		_, _, err := tree.WithLeaf(tc.path, "g")
+		require.ErrorContains(t, err, tc.want, tc.path)
+	}
+}
+
+func TestParentMirror(t *testing.T) {
+	tree := spec.Linear(spec.Mirror(m("a"), m("b")), spec.Mirror(m("c"), spec.Stripe(65536, m("d"), m("e"))), m("f"))
+	for i, want := range []struct {
+		path string
+		ok   bool
+	}{{"/0", true}, {"/0", true}, {"/1", true}, {"", false}, {"", false}, {"", false}, {"", false}} {
+		p, ok := tree.ParentMirror(i)
+		require.Equal(t, want.ok, ok, "leaf %d", i)
+		if ok {
+			require.Equal(t, want.path, p, "leaf %d", i)
+		}
+	}
+	p, ok := spec.Mirror(m("a"), m("b")).ParentMirror(1)
+	require.True(t, ok)
+	require.Equal(t, "/", p)
+	_, ok = m("a").ParentMirror(0)
+	require.False(t, ok)
+	other := spec.Mirror(spec.Stripe(65536, m("a"), m("b")), m("c"))
+	_, ok = other.ParentMirror(0)
+	require.False(t, ok, "a is under a stripe")
+	p, ok = other.ParentMirror(2)
+	require.True(t, ok)
+	require.Equal(t, "/", p)
+}

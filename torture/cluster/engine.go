@@ -206,6 +206,30 @@ func (e *Engine) Replace(ctx context.Context, i int, url string) error {
 	return c.Replace(ctx, i, url, true)
 }
 
+// AddMember adds the node at url as a replica of the mirror at path
+// online (POST /members/add, with force); it returns once the replica is
+// a member: poll Status or WaitInSync for the end of its copy.
+func (e *Engine) AddMember(ctx context.Context, path, url string) (admin.ChangeResult, error) {
+	c, err := e.adminClient()
+	if err != nil {
+		return admin.ChangeResult{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, replaceTimeout)
+	defer cancel()
+	return c.AddMember(ctx, path, url, true)
+}
+
+// RemoveMember removes mirror replica i online (POST /members/{i}/remove).
+func (e *Engine) RemoveMember(ctx context.Context, i int) (admin.ChangeResult, error) {
+	c, err := e.adminClient()
+	if err != nil {
+		return admin.ChangeResult{}, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, replaceTimeout)
+	defer cancel()
+	return c.RemoveMember(ctx, i)
+}
+
 // replaceTimeout bounds a replace call: the member's pieces in flight
 // drain first, within the node's retry budget.
 const replaceTimeout = time.Minute

@@ -51,7 +51,7 @@
 //	faults:                     # omit for none
 //	  interval: 20s             # pause between faults (drawn from interval/2 .. interval*3/2)
 //	  kinds:
-//	    - kind: kill            # kill | hang | replace | replace-online | suspend | cut | delay
+//	    - kind: kill            # kill | hang | replace | replace-online | add-online | suspend | cut | delay
 //	                            # | blackhole | reset | power-cut | torn-write | media-error
 //	                            # | bit-flip | lost-write
 //	      targets: [a, b]       # node names
@@ -68,6 +68,11 @@
 // replace while the workload runs, the old machine serving still (even
 // seeds) or dead (odd), and retires the old one: the engine copies the new
 // one whole, and its later configs name the new URL.
+// add-online grows the mirror the node is a replica of by a new machine
+// (a blank node of the node's size on a new address) with dst member add
+// while the workload runs, waits for it to be copied whole and in sync,
+// and removes it again with dst member remove: two membership changes
+// online, the clients held at the gate through each.
 //
 // Power and media faults (the nodes they target get a volatile write
 // cache or a fault-rules file; every one needs a mirror replica):
@@ -100,7 +105,8 @@
 // Faults that take a node away for longer than the engine's retry budget
 // (request_timeout × (retries+1)) are only allowed on nodes that have a
 // mirror replica: on any other node they would fail client I/O by design.
-// replace, replace-online and suspend need a mirror replica too.
+// replace, replace-online, add-online and suspend need a mirror replica
+// too.
 package scenario
 
 import (
@@ -228,7 +234,7 @@ type Checks struct {
 }
 
 // Kinds of faults.
-var faultKinds = []string{"kill", "hang", "replace", "replace-online", "suspend", "cut", "delay", "blackhole", "reset",
+var faultKinds = []string{"kill", "hang", "replace", "replace-online", "add-online", "suspend", "cut", "delay", "blackhole", "reset",
 	"power-cut", "torn-write", "media-error", "bit-flip", "lost-write"}
 
 // PowerKinds lose a node's volatile cache; their targets run with one.
@@ -239,7 +245,7 @@ var MediaKinds = map[string]bool{"media-error": true, "bit-flip": true, "lost-wr
 
 // needReplica are the kinds that lose data or fail I/O by design on a
 // node without a mirror replica.
-var needReplica = map[string]bool{"replace": true, "replace-online": true, "suspend": true, "power-cut": true, "torn-write": true,
+var needReplica = map[string]bool{"replace": true, "replace-online": true, "add-online": true, "suspend": true, "power-cut": true, "torn-write": true,
 	"media-error": true, "bit-flip": true, "lost-write": true}
 
 // proxyKinds need a proxy in front of the target.
@@ -497,7 +503,7 @@ func (p *parser) faults(f *faultsYAML, t *Topology) Faults {
 			p.errorf(k.line, field+".kind", "%q is not a fault (%s)", fk.Kind, strings.Join(faultKinds, ", "))
 		}
 		fk.DowntimeMin, fk.DowntimeMax = p.span(k.Downtime, field+".downtime")
-		if fk.DowntimeMax == 0 && fk.Kind != "replace" && fk.Kind != "replace-online" && fk.Kind != "reset" {
+		if fk.DowntimeMax == 0 && fk.Kind != "replace" && fk.Kind != "replace-online" && fk.Kind != "add-online" && fk.Kind != "reset" {
 			p.errorf(k.line, field+".downtime", "missing: how long the fault lasts")
 		}
 		fk.Delay = p.duration(k.Delay, field+".delay")
@@ -536,6 +542,8 @@ func (p *parser) faults(f *faultsYAML, t *Topology) Faults {
 				p.errorf(tg.Line, tf, "a %s fault needs a proxy in front of node %q (proxy: true)", fk.Kind, tg.Value)
 			case fk.Partner == "cut" && !allProxied(t.Storage.Partners(tg.Value), proxied):
 				p.errorf(tg.Line, tf, "partner: cut needs a proxy in front of every replica of node %q", tg.Value)
+			case fk.Kind == "add-online" && !underMirror(t.Storage, tg.Value):
+				p.errorf(tg.Line, tf, "node %q is not a replica of a mirror (a direct child): add-online grows the mirror it is a replica of", tg.Value)
 			case needReplica[fk.Kind] && !redundant[tg.Value]:
 				p.errorf(tg.Line, tf, "node %q has no mirror replica: %s would lose its data by design", tg.Value, fk.Kind)
 			case !redundant[tg.Value] && fk.Kind != "delay" && fk.DowntimeMax >= budget:
@@ -627,4 +635,11 @@ func (p *parser) count(v scalar, field string, minimum int) int {
 		return 0
 	}
 	return n
+}
+
+// underMirror: the node named leaf is a direct child of a mirror.
+func underMirror(t spec.Tree, leaf string) bool {
+	i := slices.Index(t.Leaves(), leaf)
+	_, ok := t.ParentMirror(i)
+	return i >= 0 && ok
 }
