@@ -26,7 +26,7 @@ func (r *runner) crashCycle(ctx context.Context, i int) error {
 		fs = fsys.String()
 	}
 	r.beginCycle(i, fs)
-	r.quiet.Lock()
+	r.lockQuiet(ctx)
 	defer r.quiet.Unlock()
 	rebuild := i%w.RebuildEvery == 0
 	if w.Raw != nil && (len(w.Filesystems) == 0 || rebuild) && (i/w.RebuildEvery)%w.Raw.Every == 0 {
@@ -131,8 +131,6 @@ func (r *runner) crashName() string {
 
 // crash is the crash of a crash cycle: killEngine, or powerLoss.
 func (r *runner) crash(ctx context.Context, seed uint64) (string, error) {
-	r.grown.Lock()
-	defer r.grown.Unlock()
 	if r.sc.Workload.PowerLoss {
 		return r.powerLoss(ctx, r.seed^seed*0x2545f4914f6cdd1d)
 	}

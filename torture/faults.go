@@ -31,7 +31,9 @@ func (r *runner) injectFaults(ctx context.Context) {
 			return
 		case <-time.After(f.Gap):
 		}
+		r.faultDue.Store(true)
 		r.quiet.Lock()
+		r.faultDue.Store(false)
 		if ctx.Err() != nil {
 			r.quiet.Unlock()
 			return
@@ -261,15 +263,14 @@ func (r *runner) replaceOnline(ctx context.Context, f Fault, n *cluster.Node, me
 // blank node of the node's size on a new address) with dst member add
 // while the workload runs, waits until it is copied whole and in sync,
 // and removes it again with dst member remove; the new machine is then
-// retired. The storage ends with the membership it had (the engine's
-// config names it still).
+// retired. The storage ends with the membership it had, which the
+// engine's config names (no engine crash comes between: the fault holds
+// quiet).
 func (r *runner) addOnline(ctx context.Context, f Fault, n *cluster.Node, member int) error {
 	path, ok := r.c.Topology().Storage.ParentMirror(member)
 	if member < 0 || !ok {
 		return fmt.Errorf("node %q is no mirror replica", f.Target)
 	}
-	r.grown.Lock()
-	defer r.grown.Unlock()
 	rep, err := n.StartReplacement(ctx)
 	if err != nil {
 		return err

@@ -62,7 +62,7 @@ func (r *runner) rawPhase(ctx context.Context, i int) error {
 	if r.c.Replicas() < 2 {
 		return nil
 	}
-	r.quiet.Lock()
+	r.lockQuiet(ctx)
 	defer r.quiet.Unlock()
 	return r.rawVerifyReplicas(ctx, i, l)
 }

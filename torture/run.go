@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"dst/reports"
@@ -100,11 +101,6 @@ type runner struct {
 	c    *cluster.Cluster
 	m    *Meter
 
-	// grown is held while an add-online fault has a replica in the
-	// storage that the engine's config does not name: an engine crash
-	// waits, so it never restarts with a membership the config changes.
-	grown sync.Mutex
-
 	mu  sync.Mutex
 	run reports.Run
 
@@ -112,6 +108,10 @@ type runner struct {
 	// healing, and by the cycle loop while it needs the storage without
 	// faults (engine crash, convergence check).
 	quiet sync.Mutex
+	// faultDue is set while the fault injector waits for quiet: the cycle
+	// loop lets it in first (lockQuiet), so a fault is not starved by
+	// cycles that take quiet again as soon as they let go of it.
+	faultDue atomic.Bool
 	// active describes the fault being injected or healed, under mu.
 	active string
 	// scrubsSeen counts the scheduled scrubs watchScrubs saw, under mu.
@@ -408,4 +408,13 @@ func clusterTopology(sc *scenario.Scenario) cluster.Topology {
 			Volatile: volatile[n.Name] || sc.Workload.PowerLoss, MediaFaults: media[n.Name]})
 	}
 	return out
+}
+
+// lockQuiet takes quiet for the cycle loop, after the fault due, if one
+// waits for it.
+func (r *runner) lockQuiet(ctx context.Context) {
+	for r.faultDue.Load() && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	r.quiet.Lock()
 }
