@@ -33,7 +33,7 @@ const (
 )
 
 var modelOps = []string{"write", "read", "flush", "trim", "zeroes", "kill", "restart", "replace", "suspend", "resume",
-	"hang", "cut", "heal", "settle", "crash", "crashwrite"}
+	"hang", "cut", "heal", "settle", "crash", "crashwrite", "grow", "growcrash"}
 
 func opClass(op string) int {
 	switch op {
@@ -43,7 +43,7 @@ func opClass(op string) int {
 		return classMember
 	case "hang", "cut", "heal":
 		return classLink
-	case "settle", "crash", "crashwrite":
+	case "settle", "crash", "crashwrite", "grow", "growcrash":
 		return classSettle
 	}
 	panic(fmt.Sprintf("model: unknown op %q", op))
@@ -74,6 +74,10 @@ func (c *modelCmd) String() string {
 			return "crash-engine-and-settle"
 		case "crashwrite":
 			return fmt.Sprintf("crash-during-write(%d,+%d,after %d ops)-and-settle", c.Off, c.Len, c.Ops)
+		case "grow":
+			return "settle-add-a-replica-online-copy-and-remove-it"
+		case "growcrash":
+			return fmt.Sprintf("settle-add-a-replica-online-crash(after %d ops)-and-settle", c.Ops)
 		}
 		return c.Op
 	}
@@ -137,7 +141,10 @@ func (c *modelCmd) Run(sut commands.SystemUnderTest) commands.Result {
 		r.err = c.runMember(m)
 		r.rejoinErr = m.lastRejoinErr
 	default:
-		r.err = c.runSettle(m, r)
+		r.err = c.runSettle(m, r, false)
+	}
+	if r.err == nil && (c.Op == "grow" || c.Op == "growcrash") {
+		r.err = c.runGrow(m, r)
 	}
 	if m.st != nil {
 		for _, mb := range m.st.e.members {
@@ -229,6 +236,93 @@ func (c *modelCmd) runMember(m *modelSUT) error {
 	return nil
 }
 
+// crashEngine kills the engine as a crash does: a membership change
+// still pending is recorded first (with every member back, the monitor's
+// next tick would: the model runs no monitor), so the superblocks name
+// the members the model counts in sync (a crash with a record pending is
+// the simulator's to check: storage/sim crashes at any point); then a
+// crashwrite's write, then the engine stops without a clean shutdown.
+func (c *modelCmd) crashEngine(m *modelSUT, r *cmdResult) error {
+	if m.st.e.changePending.Load() {
+		if err := m.st.e.recordChange(context.Background()); err != nil {
+			return fmt.Errorf("record the pending membership change before the crash: %w", err)
+		}
+	}
+	if c.Op == "crashwrite" {
+		r.data = c.crashWrite(m)
+	}
+	m.st.e.Close() // no clean shutdown: superblocks say unclean
+	m.st.closeNodes()
+	m.st = nil
+	m.dying.Store(false)
+	return nil
+}
+
+// crashes: the command's settle crashes the engine first.
+func (c *modelCmd) crashes() bool { return c.Op == "crash" || c.Op == "crashwrite" }
+
+// modelSpareURL names the spare medium grow adds as a third replica.
+const modelSpareURL = "memory:spare"
+
+// runGrow, after the settle (every member in sync): a replica is added
+// online (Storage.PrepareChange, Reassemble) and copied whole, then
+// removed again, so the storage ends with the members the model knows.
+// growcrash lets c.Ops state-changing member operations of the add
+// through and crashes the engine there, then assembles the model's
+// config again (which removes the spare if the add was recorded) and
+// settles.
+func (c *modelCmd) runGrow(m *modelSUT, r *cmdResult) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m.spare = node.NewMemory(int(m.g.raw[0]))
+	tree := m.st.Tree()
+	grown, k, err := tree.WithLeaf("/", modelSpareURL)
+	if err != nil {
+		return err
+	}
+	change := func(to spec.Tree) error {
+		ch, err := m.st.PrepareChange(ctx, to, ReassembleOptions{})
+		if err != nil {
+			return fmt.Errorf("prepare the change to %s: %w", to.String(), err)
+		}
+		ns, err := m.st.Reassemble(ctx, ch)
+		m.st = ns
+		if err != nil {
+			return fmt.Errorf("change to %s: %w", to.String(), err)
+		}
+		return nil
+	}
+	if c.Op == "growcrash" {
+		// The operations past the budget fail (the engine died before
+		// them), so the change fails, and so may its undoing: whatever
+		// it returns, the engine dies here.
+		m.budget.Store(int64(c.Ops))
+		m.dying.Store(true)
+		_ = change(grown)
+		if m.st != nil {
+			m.st.e.Close() // no clean shutdown
+			m.st.closeNodes()
+			m.st = nil
+		}
+		m.dying.Store(false)
+		return c.runSettle(m, r, true)
+	}
+	if err := change(grown); err != nil {
+		return err
+	}
+	if st := m.st.e.members[k].State(); st != Failed {
+		return fmt.Errorf("the replica added is %v before its copy", st)
+	}
+	if err := m.rejoin(ctx, k); err != nil {
+		return fmt.Errorf("copy the replica added: %w", err)
+	}
+	got, want := m.spare.Bytes(int(m.st.DataOffset(k)), int(m.g.size)), m.mems[0].Bytes(int(m.st.DataOffset(0)), int(m.g.size))
+	if at := firstDiff(got, want); at >= 0 {
+		return fmt.Errorf("the replica added differs from member 0 at byte %d of its data area after its copy", at)
+	}
+	return change(tree)
+}
+
 func (m *modelSUT) linkDown(i int) bool { return m.down[i] }
 
 // heal brings member i's link back: the connections the fault held are
@@ -259,7 +353,7 @@ func (m *modelSUT) rejoin(ctx context.Context, i int) error {
 	return m.st.e.Rejoin(ctx, i, full, nil)
 }
 
-func (c *modelCmd) runSettle(m *modelSUT, r *cmdResult) error {
+func (c *modelCmd) runSettle(m *modelSUT, r *cmdResult, crashed bool) error {
 	for i := range m.mems {
 		if m.down[i] {
 			if err := m.heal(i); err != nil {
@@ -278,24 +372,12 @@ func (c *modelCmd) runSettle(m *modelSUT, r *cmdResult) error {
 			}
 		}
 	}
-	if c.Op == "crash" || c.Op == "crashwrite" {
-		// With every member back, the monitor's next tick records a
-		// membership change still pending (the model runs no monitor):
-		// the crash comes after it, so the superblocks name the members
-		// the model counts in sync. A crash with a record pending is the
-		// simulator's to check (storage/sim crashes at any point).
-		if m.st.e.changePending.Load() {
-			if err := m.st.e.recordChange(context.Background()); err != nil {
-				return fmt.Errorf("record the pending membership change before the crash: %w", err)
+	if c.crashes() || crashed {
+		if !crashed {
+			if err := c.crashEngine(m, r); err != nil {
+				return err
 			}
 		}
-		if c.Op == "crashwrite" {
-			r.data = c.crashWrite(m)
-		}
-		m.st.e.Close() // no clean shutdown: superblocks say unclean
-		m.st.closeNodes()
-		m.st = nil
-		m.dying.Store(false)
 		if err := m.assemble(); err != nil {
 			return fmt.Errorf("re-assemble: %w", err)
 		}
@@ -428,7 +510,7 @@ func (c *modelCmd) crashWrite(m *modelSUT) []byte {
 // crashwrite left each byte of its range old or new, the same on every
 // member (checkMembers), which the model takes on.
 func (c *modelCmd) checkCrash(s *modelState, r *cmdResult) string {
-	if c.Op != "crash" && c.Op != "crashwrite" {
+	if !c.crashes() && c.Op != "growcrash" {
 		return ""
 	}
 	if r.crashFull != 0 {

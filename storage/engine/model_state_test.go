@@ -233,7 +233,7 @@ func (c *modelCmd) NextState(st commands.State) commands.State {
 				s.rejoin(i)
 			}
 		}
-	case "settle", "crash", "crashwrite":
+	case "settle", "crash", "crashwrite", "grow", "growcrash":
 		c.nextSettle(s)
 		s.checkSince, s.since = s.since, make([]bool, len(s.since))
 	}
@@ -348,8 +348,9 @@ func (c *modelCmd) nextSplitIO(s *modelState) {
 func (c *modelCmd) nextSettle(s *modelState) {
 	for i := range s.g.members() {
 		switch {
-		case c.Op == "crash" || c.Op == "crashwrite":
-			// A new engine, and the crash copy's commit flushed what it
+		case c.Op != "settle":
+			// A new engine (after a crash, or a membership change's
+			// clean stop), and the crash copy's commit flushed what it
 			// copied.
 			s.written[i] = false
 		case !s.inSync(i) && (s.missed[i] || s.full[i]):

@@ -6,11 +6,12 @@
 // chunk put boundaries inside pages), interleaved with killing and
 // restarting member servers, hanging, cutting and healing their links,
 // replacing media, suspending and resuming members, crashing and
-// re-assembling the engine, and resync; the model predicts which requests
-// succeed (a mirror serves while a replica is gone, a linear or stripe
-// range fails exactly when a member it touches is gone), what every read
-// returns and each member's state, and members must hold the model's bytes
-// after heal and settle. A failing sequence shrinks, is logged with the
+// re-assembling the engine, adding a replica online (copied whole) and
+// removing it again, with a crash at any step of the add, and resync;
+// the model predicts which requests succeed (a mirror serves while a
+// replica is gone, a linear or stripe range fails exactly when a member
+// it touches is gone), what every read returns and each member's state,
+// and members must hold the model's bytes after heal and settle. A failing sequence shrinks, is logged with the
 // replay line (internal/proptest) and is saved under
 // testdata/model-failures, where TestModelSavedFailures replays it.
 package engine
@@ -174,6 +175,8 @@ type modelSUT struct {
 	// connected[i] is signalled when member i's node installs a connection.
 	connected []chan struct{}
 	st        *Storage
+	// spare is the medium grow adds as a third replica.
+	spare *node.Memory
 	// plant, if set, wraps member i's node: a deliberate bug.
 	plant func(i int, n node.Node) node.Node
 	// boots, if set, are the boot ids member servers report (startServer);
@@ -338,6 +341,9 @@ func (m *modelSUT) assemble() error {
 	}
 	st, err := Assemble(context.Background(), tree, AssembleOptions{
 		Open: func(ctx context.Context, u string) (node.Node, error) {
+			if u == modelSpareURL {
+				return kept{m.spare}, nil
+			}
 			i := index[u]
 			ro := modelRemote
 			ro.OnState = func(s node.State, _ error) {
@@ -406,6 +412,7 @@ func modelWeights(g *modelGeometry) map[string]int {
 		"kill": 4, "restart": 6, "hang": 2, "cut": 2, "heal": 5, "settle": 3, "crash": 2}
 	if g.kind == spec.KindMirror {
 		w["replace"], w["suspend"], w["resume"], w["crashwrite"] = 2, 3, 3, 3
+		w["grow"], w["growcrash"] = 2, 2
 	}
 	return w
 }
@@ -451,6 +458,12 @@ func (r modelRun) commands(t testing.TB) *commands.ProtoCommands {
 				case classMember, classLink:
 					gn = gen.IntRange(0, g.members()-1).Map(func(i int) commands.Command { return &modelCmd{Op: op, Member: i} })
 				case classSettle:
+					if op == "growcrash" {
+						// Through the clean stop's flushes and page writes
+						// and the new membership's superblock writes.
+						gn = gen.IntRange(0, 12).Map(func(n int) commands.Command { return &modelCmd{Op: op, Ops: n} })
+						break
+					}
 					if op == "crashwrite" {
 						// Up to 7 operations: two mark pages, two data
 						// writes and what the clearer does between them.
