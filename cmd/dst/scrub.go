@@ -110,6 +110,10 @@ func printScrub(w io.Writer, res *engine.ScrubResult) error {
 	took := res.Finished.Sub(res.Started).Round(time.Millisecond)
 	fmt.Fprintf(w, "scrub       %d regions compared, %d skipped (fewer than two in-sync replicas), %s read in %v\n",
 		res.Regions, res.Skipped, humanize.IBytes(uint64(max(res.BytesRead, 0))), took)
+	if res.DigestedBytes > 0 {
+		fmt.Fprintf(w, "digests     %s of it compared by the digests the members' nodes computed (%s of digests sent instead)\n",
+			humanize.IBytes(uint64(res.DigestedBytes)), humanize.IBytes(uint64(max(res.DigestBytes, 0))))
+	}
 	if res.MismatchCount == 0 {
 		fmt.Fprintln(w, "result      the replicas agree")
 		return nil

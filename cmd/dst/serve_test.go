@@ -530,6 +530,8 @@ func TestScrubFindsAFlippedSector(t *testing.T) {
 	var res engine.ScrubResult
 	require.NoError(t, json.Unmarshal([]byte(out), &res), out)
 	require.Equal(t, []engine.ScrubMismatch{{Mirror: 0, Child: 1, Source: 0, Members: []int{1}, Offset: 5 << 20, Length: 4096}}, res.Mismatches)
+	require.Positive(t, res.DigestedBytes, "dst exports compare by digests")
+	require.Less(t, res.DigestedBytes, res.BytesRead, "the region that differs is read")
 
 	code, out, errOut = runDst(t, "scrub", "--admin", adminAddr, "--repair")
 	require.Equal(t, exitOK, code, out+errOut)
@@ -537,6 +539,7 @@ func TestScrubFindsAFlippedSector(t *testing.T) {
 	code, out, errOut = runDst(t, "scrub", "--admin", adminAddr)
 	require.Equal(t, exitOK, code, out+errOut)
 	require.Contains(t, out, "the replicas agree")
+	require.Contains(t, out, "compared by the digests the members' nodes computed")
 	st := status(t, adminAddr)
 	require.NotNil(t, st.Scrub)
 	require.Equal(t, uint64(2), st.Scrub.Mismatches)

@@ -46,6 +46,12 @@ type AssembleOptions struct {
 	// Engine and Monitor configure the engine and its resync monitor.
 	Engine  Options
 	Monitor MonitorOptions
+	// OpenDigests, if set, opens the digest export of a member's node
+	// (node.DigestURL): a scrub then compares the replicas behind dst
+	// exports by the digests their nodes compute, and reads only the
+	// regions that differ. It should fail fast where there is none (a
+	// foreign NBD server): its member is read, as without it.
+	OpenDigests func(ctx context.Context, url string) (node.Node, error)
 	// Rand is the source of storage and member ids; nil means crypto/rand.
 	Rand io.Reader
 	// Logger receives assembly and membership events; nil discards them.
@@ -401,6 +407,7 @@ func (s *Storage) build(areas []meta.Area) error {
 	}
 	e.enableActivity()
 	e.onChange = s.recordMembership
+	e.openDigests = s.opts.OpenDigests
 	s.e = e
 	s.boots = make([]string, len(s.nodes))
 	s.replacing = make([]bool, len(s.nodes))

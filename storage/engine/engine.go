@@ -192,6 +192,11 @@ type Engine struct {
 	mirrorList []*mirrorInfo
 	// scrub is the scrub in progress and the last one's result (Scrub).
 	scrub scrubState
+	// digests are the members' digest exports a scrub compares by
+	// (scrubdigest.go), opened by openDigests (nil: none).
+	openDigests func(ctx context.Context, url string) (node.Node, error)
+	digestMu    sync.Mutex
+	digests     map[int]digestNode
 
 	// stopActivity stops the activity logs' clearers; nil without logs.
 	stopActivity context.CancelFunc
@@ -377,6 +382,7 @@ func (e *Engine) String() string { return "storage " + e.root.String() }
 // closed (their owner closes them).
 func (e *Engine) Close() error {
 	e.closeOnce.Do(func() {
+		e.closeDigests()
 		if e.stopActivity != nil {
 			e.stopActivity()
 		}

@@ -18,6 +18,9 @@ import (
 // repair, the ranges that differ are rewritten from the first in-sync
 // child. A region is compared holding its lock stripe, so no client write
 // to it runs meanwhile and a write never shows as a false mismatch.
+// Where every in-sync child is one member behind a dst export, the region
+// is first compared by the digests the members' nodes compute, and read
+// only if they differ (scrubdigest.go).
 //
 // Durability: a repair is a plain write to the differing child, durable at
 // that member's next FLUSH (Scrub flushes the repaired members before it
@@ -59,8 +62,12 @@ type ScrubResult struct {
 	// Regions compared, and skipped (fewer than two in-sync children).
 	Regions int `json:"regions"`
 	Skipped int `json:"skipped"`
-	// BytesRead over all replicas.
-	BytesRead int64 `json:"bytes_read"`
+	// BytesRead over all replicas: read into the engine, or hashed by
+	// their nodes (DigestedBytes of them, whose digests agreed: only
+	// DigestBytes of digests crossed the network for those).
+	BytesRead     int64 `json:"bytes_read"`
+	DigestedBytes int64 `json:"digested_bytes"`
+	DigestBytes   int64 `json:"digest_bytes"`
 	// Mismatches lists the differing ranges (at most maxScrubListed);
 	// MismatchCount counts all of them.
 	Mismatches    []ScrubMismatch `json:"mismatches"`
@@ -252,6 +259,13 @@ func (e *Engine) scrubRegion(ctx context.Context, mIdx int, mi *mirrorInfo, r in
 		bufs = append(bufs, make([]byte, mi.regionSize))
 	}
 	var read int64
+	ok, same, dn := e.digestsAgree(ctx, mi, children, off, length, bufs)
+	res.DigestBytes += dn
+	if ok && same {
+		res.Regions++
+		res.DigestedBytes += length * int64(len(children))
+		return length * int64(len(children)), bufs, nil
+	}
 	for k, c := range children {
 		cp := childPicker{readPicker: readPicker{e: e, excluded: make([]bool, len(e.members))}, mi: mi, child: c}
 		if err := e.mapRun(ctx, mi.m, nbd.CmdRead, bufs[k][:length], off, &cp); err != nil {

@@ -8,6 +8,7 @@ package export_test
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -23,6 +24,7 @@ import (
 
 	"dst/internal/testkit"
 	"dst/storage/export"
+	"dst/storage/node"
 )
 
 // nbdinfoExport is the part of `nbdinfo --json` output the tests check.
@@ -148,6 +150,38 @@ func TestNbdcopy(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "out.img")
 	mustRunTool(t, "nbdcopy", nbdURI(srv, "d"), out)
 	require.Equal(t, sha256File(t, src), sha256File(t, out), "copied out byte for byte")
+}
+
+// nbdcopy reads the digest export beside an export: the CRC-32C of each
+// 4 KiB block of the data, big-endian, as the test computes them; nbdinfo
+// --list shows only the export itself, and a lone export still answers to
+// the default name.
+func TestDigestExport(t *testing.T) {
+	testkit.Need(t, "nbdcopy", "nbdinfo")
+	const size = 3*mib + 1000
+	src := randomFile(t, size)
+	srv := startServer(t, export.Config{Exports: []export.ExportConfig{{Name: "d", Path: src}}})
+	out := filepath.Join(t.TempDir(), "digests")
+	mustRunTool(t, "nbdcopy", nbdURI(srv, "d"+node.DigestSuffix), out)
+	got, err := os.ReadFile(out)
+	require.NoError(t, err)
+	data, err := os.ReadFile(src)
+	require.NoError(t, err)
+	want := make([]byte, 0, len(got))
+	for off := 0; off < len(data); off += node.DigestBlock {
+		want = binary.BigEndian.AppendUint32(want, node.Digest(data[off:min(off+node.DigestBlock, len(data))]))
+	}
+	require.Equal(t, want, got)
+	alias := filepath.Join(t.TempDir(), "digests-of-default")
+	mustRunTool(t, "nbdcopy", nbdURI(srv, node.DigestSuffix), alias)
+	got, err = os.ReadFile(alias)
+	require.NoError(t, err)
+	require.Equal(t, want, got, "the lone export's digests answer to the default name's too")
+	list := mustRunTool(t, "nbdinfo", "--list", "--json", nbdURI(srv, ""))
+	require.NotContains(t, list, node.DigestSuffix, "the digest export is not listed")
+	require.Contains(t, mustRunTool(t, "nbdinfo", "--size", nbdURI(srv, "")), fmt.Sprint(size), "the lone export answers to the default name")
+	_, err = runTool(t, nil, "nbdcopy", src, nbdURI(srv, "d"+node.DigestSuffix))
+	require.Error(t, err, "the digest export is read-only")
 }
 
 func TestFio(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -155,9 +156,13 @@ func New(cfg Config) (*Server, error) {
 	names := map[string]bool{}
 	exports := make([]*nbd.Export, 0, len(cfg.Exports))
 	for _, ec := range cfg.Exports {
-		if names[ec.Name] {
+		if names[ec.Name] || names[ec.Name+node.DigestSuffix] {
 			s.closeFiles()
 			return nil, fmt.Errorf("%w: two exports named %q", ErrConfig, ec.Name)
+		}
+		if strings.HasSuffix(ec.Name, node.DigestSuffix) {
+			s.closeFiles()
+			return nil, fmt.Errorf("%w: export %q: names ending in %q are the digest exports dst export adds", ErrConfig, ec.Name, node.DigestSuffix)
 		}
 		names[ec.Name] = true
 		n, err := s.open(ec)
@@ -174,6 +179,22 @@ func New(cfg Config) (*Server, error) {
 		}
 		exports = append(exports, e)
 		s.allow[e] = exportPolicy{acl: ec.Allow, readOnly: ec.ReadOnly}
+		// The digests of its blocks, for a scrub that compares replicas
+		// without reading them over the network (node.Digests): hidden,
+		// read-only, to whoever may read the export.
+		d := node.NewDigests(n)
+		de := &nbd.Export{Name: ec.Name + node.DigestSuffix, Description: "CRC-32C of each 4 KiB block of " + ec.Name,
+			Size: d.Size(), Flags: d.Flags(), Backend: d, Hidden: true}
+		exports = append(exports, de)
+		s.allow[de] = exportPolicy{acl: ec.Allow, readOnly: true}
+		if len(cfg.Exports) == 1 && ec.Name != "" {
+			// A lone export answers to the default name: its digests
+			// to the default name's.
+			alias := *de
+			alias.Name = node.DigestSuffix
+			exports = append(exports, &alias)
+			s.allow[&alias] = s.allow[de]
+		}
 		log.Info("export ready", "export", ec.Name, "node", n.String(), "size", n.Size(),
 			"read_only", ec.ReadOnly, "allow", aclText(ec.Allow), "flags", e.Flags)
 	}

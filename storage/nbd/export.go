@@ -109,6 +109,10 @@ type Export struct {
 	MinBlock, PreferredBlock, MaxBlock uint32
 	// Backend serves the requests.
 	Backend Backend
+	// Hidden exports answer to their name only: NBD_OPT_LIST leaves them
+	// out, and they do not count for the lone export that answers to the
+	// empty name (dst export's digest exports).
+	Hidden bool
 }
 
 // Access is what a peer may do with an export.

@@ -204,8 +204,18 @@ func (s *session) replyErr(opt Option, typ ReplyType, msg string) error {
 // export.
 func (s *session) lookup(name string) *Export {
 	exps := s.srv.opts.Exports
-	if name == "" && len(exps) == 1 {
-		return exps[0]
+	if name == "" {
+		var lone *Export
+		shown := 0
+		for _, e := range exps {
+			if !e.Hidden {
+				lone = e
+				shown++
+			}
+		}
+		if shown == 1 {
+			return lone
+		}
 	}
 	for _, e := range exps {
 		if e.Name == name {
@@ -227,7 +237,7 @@ func (s *session) list(data []byte) error {
 		return s.replyErr(OptList, RepErrInvalid, "LIST takes no data")
 	}
 	for _, e := range s.srv.opts.Exports {
-		if a, _ := s.authorize(e); a == AccessDenied {
+		if a, _ := s.authorize(e); a == AccessDenied || e.Hidden {
 			continue
 		}
 		p := make([]byte, 4+len(e.Name))

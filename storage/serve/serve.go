@@ -95,10 +95,16 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Server
 	// member the others record (engine.Storage).
 	openOpts.Background = cfg.AllowDegraded
 	open := func(ctx context.Context, url string) (node.Node, error) { return node.Open(ctx, url, openOpts) }
+	// A scrub compares replicas behind dst exports by their digests; a
+	// node without them (a foreign server) is found out within a second.
+	digestOpts := openOpts
+	digestOpts.Background, digestOpts.ConnectTimeout = false, time.Second
+	openDigests := func(ctx context.Context, url string) (node.Node, error) { return node.Open(ctx, url, digestOpts) }
 	eo := cfg.EngineOptions()
 	eo.Logger = log
 	s.st, err = engine.Assemble(ctx, cfg.Storage, engine.AssembleOptions{
 		Open:          open,
+		OpenDigests:   openDigests,
 		RegionSize:    cfg.RegionSize,
 		AllowDegraded: cfg.AllowDegraded,
 		Replace:       cfg.Replace,
