@@ -38,6 +38,7 @@ bench: build ## Go benchmarks, then fio against dst, nbdkit and qemu-nbd side by
 	$(GO) test -run '^$$' -bench . -benchmem ./storage/...
 	./scripts/bench-fio.sh
 	./scripts/bench-serve.sh
+	./scripts/bench-scrub.sh
 
 fuzz: ## a short run of every fuzz target (FUZZTIME=10s each)
 	@set -e; for pkg in $$($(GO) list ./storage/... ./torture/...); do \

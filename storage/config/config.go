@@ -58,6 +58,9 @@
 //	  interval: off           # time between scrub starts, the first one interval after start
 //	  rate: unlimited         # bytes read per second over all replicas, such as 100MiB/s
 //	  repair: false           # rewrite differing ranges from the first in-sync replica
+//	  digests: true           # compare replicas behind dst exports by the CRC-32C their
+//	                          # nodes compute (4 bytes per 4 KiB cross the network); a
+//	                          # region whose digests differ is read
 //	region_size: 1MiB         # bytes per write-intent bit: a power of two, 4KiB..1GiB
 //	allow_degraded: false     # start a mirror with members missing or not answering (after
 //	                          # connect_timeout): it may have held newer data; it joins, copying
@@ -222,6 +225,10 @@ type Scrub struct {
 	RateBytesPerSec int64
 	// Repair rewrites differing ranges from the first in-sync replica.
 	Repair bool
+	// NoDigests (digests: false) reads every replica to compare it, also
+	// those behind dst exports, which can hash their data where it is
+	// (engine.AssembleOptions.OpenDigests).
+	NoDigests bool
 }
 
 // Activity configures the mirrors' activity log (engine.Options).

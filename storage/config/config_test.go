@@ -98,7 +98,7 @@ node:
   ping_interval: off
 resync: {rate: 64MiB/s, interval: 250ms, failover: 2s}
 activity_log: {regions: 64, quiet: 2s}
-scrub: {interval: 168h, rate: 100MiB/s, repair: true}
+scrub: {interval: 168h, rate: 100MiB/s, repair: true, digests: false}
 region_size: 64KiB
 allow_degraded: true
 shutdown_timeout: 2500ms
@@ -129,6 +129,7 @@ replace: [file:local.img, nbd://host.example:10809]
 	assert.Equal(t, config.Resync{RateBytesPerSec: 64 << 20, Interval: 250 * time.Millisecond, Failover: 2 * time.Second}, c.Resync)
 	assert.Equal(t, config.Activity{Regions: 64, Quiet: 2 * time.Second}, c.Activity)
 	assert.Equal(t, engine.ScrubSchedule{Interval: 168 * time.Hour, Rate: 100 << 20, Repair: true}, c.MonitorOptions().Scrub)
+	assert.True(t, c.Scrub.NoDigests, "digests: false")
 	assert.Equal(t, engine.Options{ActivityRegions: 64, ActivityQuiet: 2 * time.Second}, c.EngineOptions())
 	assert.Equal(t, int64(64<<10), c.RegionSize)
 	assert.Equal(t, 2500*time.Millisecond, c.ShutdownTimeout)

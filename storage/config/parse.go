@@ -414,6 +414,11 @@ func (p *parser) scrub(v *yaml.Node, path string) {
 		},
 		"rate":   func(f string, v *yaml.Node) { p.rate(v, f, &sc.RateBytesPerSec) },
 		"repair": func(f string, v *yaml.Node) { p.boolean(v, f, &sc.Repair) },
+		"digests": func(f string, v *yaml.Node) {
+			on := true
+			p.boolean(v, f, &on)
+			sc.NoDigests = !on
+		},
 	})
 }
 

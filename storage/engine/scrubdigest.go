@@ -18,8 +18,11 @@ package engine
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"sync"
 	"time"
 
+	"dst/storage/nbd"
 	"dst/storage/node"
 )
 
@@ -57,6 +60,16 @@ func (e *Engine) digestsOf(ctx context.Context, m *member) node.Node {
 	octx, cancel := context.WithTimeout(ctx, digestOpenTimeout)
 	n, err := e.openDigests(octx, du)
 	cancel()
+	if err == nil {
+		// A server that ignores export names (nbdkit's file plugin does)
+		// serves the data itself under the digest name: the size and the
+		// read-only flag tell it from a digest export.
+		want := (m.node.Size() + node.DigestBlock - 1) / node.DigestBlock * node.DigestSize
+		if n.Size() != want || n.Flags()&nbd.FlagReadOnly == 0 {
+			err = fmt.Errorf("%s is not a digest export: %d bytes (want %d), flags %v", du, n.Size(), want, n.Flags())
+			n.Close()
+		}
+	}
 	if err != nil {
 		m.log.Info("scrub: the member's node offers no digests; its replicas are read to compare", "url", du, "err", err)
 		n = nil
@@ -82,33 +95,42 @@ func (e *Engine) closeDigests() {
 }
 
 // digestsAgree compares [off, off+length) of mirror mi across children by
-// their members' digests, into bufs (one per child). ok is false when the
-// region cannot be compared so (then it is read); same reports whether
-// every child's digests are the first's. n is the digest bytes read.
+// their members' digests, into bufs (one per child), asking the children
+// in parallel. ok is false when the region cannot be compared so (then it
+// is read); same reports whether every child's digests are the first's.
+// n is the digest bytes read.
 func (e *Engine) digestsAgree(ctx context.Context, mi *mirrorInfo, children []int, off, length int64, bufs [][]byte) (ok, same bool, n int64) {
-	if !mi.persistable() || e.openDigests == nil {
-		return false, false, 0
+	if !mi.persistable() || e.openDigests == nil || length%node.DigestBlock != 0 {
+		return false, false, 0 // a partial block would hash bytes beyond the region
 	}
-	var first []byte
+	nodes := make([]node.Node, len(children))
+	starts := make([]int64, len(children))
 	for k, c := range children {
 		m := e.members[mi.children[c][0]]
-		start := m.leaf.DataOffset() + off
-		if start%node.DigestBlock != 0 || length%node.DigestBlock != 0 {
-			return false, false, n // a partial block would hash bytes beyond the region
+		starts[k] = m.leaf.DataOffset() + off
+		if starts[k]%node.DigestBlock != 0 {
+			return false, false, 0
 		}
-		d := e.digestsOf(ctx, m)
-		if d == nil {
-			return false, false, n
+		if nodes[k] = e.digestsOf(ctx, m); nodes[k] == nil {
+			return false, false, 0
 		}
-		p := bufs[k][:length/node.DigestBlock*node.DigestSize]
-		if err := d.ReadAt(ctx, p, start/node.DigestBlock*node.DigestSize); err != nil {
-			m.log.Debug("scrub: digests not read; the region is read", "offset", off, "err", err)
-			return false, false, n
+	}
+	size := length / node.DigestBlock * node.DigestSize
+	errs := make([]error, len(children))
+	var wg sync.WaitGroup
+	for k := range children {
+		wg.Go(func() { errs[k] = nodes[k].ReadAt(ctx, bufs[k][:size], starts[k]/node.DigestBlock*node.DigestSize) })
+	}
+	wg.Wait()
+	for k, err := range errs {
+		if err != nil {
+			e.members[mi.children[children[k]][0]].log.Debug("scrub: digests not read; the region is read", "offset", off, "err", err)
+			return false, false, 0
 		}
-		n += int64(len(p))
-		if k == 0 {
-			first = p
-		} else if !bytes.Equal(first, p) {
+	}
+	n = size * int64(len(children))
+	for k := 1; k < len(children); k++ {
+		if !bytes.Equal(bufs[0][:size], bufs[k][:size]) {
 			return true, false, n
 		}
 	}

@@ -21,6 +21,13 @@ import (
 // export does (with its digest export), or as a foreign server does
 // (nbd.Server alone: no digests). It returns the member URL.
 func serveMemory(t *testing.T, m *node.Memory, dst bool) string {
+	return serveMemoryAs(t, m, dst, false)
+}
+
+// serveMemoryAs is serveMemory; ignoreNames makes the foreign server
+// answer the digest export's name with the data (as nbdkit's file plugin
+// answers any name).
+func serveMemoryAs(t *testing.T, m *node.Memory, dst, ignoreNames bool) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -33,7 +40,11 @@ func serveMemory(t *testing.T, m *node.Memory, dst bool) string {
 		go func() { done <- srv.Serve(ctx, ln) }()
 		t.Cleanup(func() { cancel(); <-done; srv.Close() })
 	} else {
-		srv, err := nbd.NewServer(nbd.ServerOptions{Exports: []*nbd.Export{{Name: "d", Size: m.Size(), Flags: m.Flags(), Backend: m}}})
+		exps := []*nbd.Export{{Name: "d", Size: m.Size(), Flags: m.Flags(), Backend: m}}
+		if ignoreNames {
+			exps = append(exps, &nbd.Export{Name: "d" + node.DigestSuffix, Size: m.Size(), Flags: m.Flags(), Backend: m})
+		}
+		srv, err := nbd.NewServer(nbd.ServerOptions{Exports: exps})
 		require.NoError(t, err)
 		ln, err = net.Listen("tcp", "127.0.0.1:0")
 		require.NoError(t, err)
@@ -52,10 +63,20 @@ func TestScrubByDigests(t *testing.T) {
 	const raw = 4 << 20
 	opts := node.OpenOptions{ConnectTimeout: time.Second}
 	open := func(ctx context.Context, u string) (node.Node, error) { return node.Open(ctx, u, opts) }
-	for _, foreign := range []bool{false, true} {
-		t.Run(fmt.Sprintf("foreign=%v", foreign), func(t *testing.T) {
+	for _, tc := range []struct {
+		name                 string
+		foreign, ignoreNames bool
+	}{{"dst exports", false, false}, {"a foreign server", true, false}, {"foreign servers that ignore export names", true, true}} {
+		foreign := tc.foreign
+		t.Run(tc.name, func(t *testing.T) {
 			a, b := node.NewMemory(raw), node.NewMemory(raw)
-			tree := spec.Mirror(spec.Member(serveMemory(t, a, true)), spec.Member(serveMemory(t, b, !foreign)))
+			// Name-ignoring servers serve both replicas: the bytes they
+			// give under the digest name are the same on both.
+			ua := serveMemory(t, a, true)
+			if tc.ignoreNames {
+				ua = serveMemoryAs(t, a, false, true)
+			}
+			tree := spec.Mirror(spec.Member(ua), spec.Member(serveMemoryAs(t, b, !foreign, tc.ignoreNames)))
 			s, err := Assemble(ctx, tree, AssembleOptions{Open: open, OpenDigests: open, RegionSize: 256 << 10})
 			require.NoError(t, err)
 			defer s.Close(ctx)
@@ -73,6 +94,14 @@ func TestScrubByDigests(t *testing.T) {
 			require.Equal(t, 2*e.Size(), res.BytesRead)
 			if foreign {
 				require.Zero(t, res.DigestedBytes, "a foreign replica is read")
+				// Even where the bytes a name-ignoring server gives for
+				// "digests" are the same on both replicas, a difference
+				// is found: the data is compared.
+				flipBit(t, b, int(s.DataOffset(1)+3<<20), 0x01)
+				res, err = e.Scrub(ctx, ScrubOptions{})
+				require.NoError(t, err)
+				require.Equal(t, 1, res.MismatchCount)
+				require.Zero(t, res.DigestedBytes)
 				return
 			}
 			require.Equal(t, res.BytesRead, res.DigestedBytes, "every region compared by digests")

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"hash/crc32"
+	"sync"
 
 	"dst/storage/nbd"
 )
@@ -57,7 +58,14 @@ var _ Node = (*Digests)(nil)
 func NewDigests(under Node) *Digests { return &Digests{under: under} }
 
 // digestReadBlocks bounds the blocks read from under at once.
-const digestReadBlocks = 256
+const digestReadBlocks = 64
+
+// digestBufs are the read buffers of digestReadBlocks blocks: reused, so
+// a scrub does not make the server's collector run every few requests.
+var digestBufs = sync.Pool{New: func() any {
+	b := make([]byte, digestReadBlocks*DigestBlock)
+	return &b
+}}
 
 // Size is 4 bytes for each block of under, the last partial one too.
 func (d *Digests) Size() int64 {
@@ -80,7 +88,9 @@ func (d *Digests) ReadAt(ctx context.Context, p []byte, off int64) error {
 	}
 	size := d.under.Size()
 	first, end := off/DigestSize, (off+int64(len(p))+DigestSize-1)/DigestSize
-	buf := make([]byte, min(end-first, digestReadBlocks)*DigestBlock)
+	bp := digestBufs.Get().(*[]byte)
+	defer digestBufs.Put(bp)
+	buf := *bp
 	var word [DigestSize]byte
 	for b := first; b < end; {
 		n := min(end-b, digestReadBlocks)

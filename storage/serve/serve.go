@@ -100,6 +100,9 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (_ *Server
 	digestOpts := openOpts
 	digestOpts.Background, digestOpts.ConnectTimeout = false, time.Second
 	openDigests := func(ctx context.Context, url string) (node.Node, error) { return node.Open(ctx, url, digestOpts) }
+	if cfg.Scrub.NoDigests {
+		openDigests = nil
+	}
 	eo := cfg.EngineOptions()
 	eo.Logger = log
 	s.st, err = engine.Assemble(ctx, cfg.Storage, engine.AssembleOptions{
