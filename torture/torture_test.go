@@ -300,35 +300,7 @@ workload:
 // replicas and the online scrub agree.
 func TestReplaceOnlineShort(t *testing.T) {
 	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
-	sc := parse(t, `name: replace-online
-description: online replacement of mirror members by new machines under ext4, raw sectors and engine kills
-duration: 40s
-`+powerMirror+`workload:
-  filesystems: [ext4]
-  write_budget: 4MiB
-  engine_crash: true
-  raw: {every: 1, ops: 800, concurrency: 4, flush_every: 40, fua_percent: 5}
-faults:
-  interval: 3s
-  kinds:
-    - {kind: replace-online, targets: [a, b]}
-checks:
-  resync_within: 40s
-`)
-	res, err := run(t, sc, 41, hooks{})
-	require.NoError(t, err)
-	require.Equal(t, reports.ResultPass, res.Run.Result)
-	n, kills := 0, 0
-	for _, f := range res.Run.Faults {
-		switch f.Kind {
-		case "replace-online":
-			n++
-			_, ok := f.Recovery()
-			require.True(t, ok, "%s %s recovered", f.Kind, f.Target)
-		case "engine-kill":
-			kills++
-		}
-	}
+	res, n, kills := runMembershipFaults(t, "replace-online", "online replacement of mirror members by new machines", "40s", 41)
 	t.Logf("%d online replacements, %d engine kills, %d bytes verified", n, kills, res.Run.Counters.BytesVerified)
 	require.GreaterOrEqual(t, n, 2, "a fault every 1.5 s to 4.5 s must hit a 40 s run twice")
 	require.Positive(t, kills, "the engine restarted after a replacement, from a config naming the new URLs")
@@ -365,35 +337,7 @@ checks:
 // byte verifies and the replicas and the online scrub agree.
 func TestAddOnlineShort(t *testing.T) {
 	testkit.NeedAttach(t, "mkfs.ext4", "e2fsck")
-	sc := parse(t, `name: add-online
-description: mirror replicas added and removed online under ext4, raw sectors and engine kills
-duration: 30s
-`+powerMirror+`workload:
-  filesystems: [ext4]
-  write_budget: 4MiB
-  engine_crash: true
-  raw: {every: 1, ops: 800, concurrency: 4, flush_every: 40, fua_percent: 5}
-faults:
-  interval: 3s
-  kinds:
-    - {kind: add-online, targets: [a, b]}
-checks:
-  resync_within: 40s
-`)
-	res, err := run(t, sc, 43, hooks{})
-	require.NoError(t, err)
-	require.Equal(t, reports.ResultPass, res.Run.Result)
-	n, kills := 0, 0
-	for _, f := range res.Run.Faults {
-		switch f.Kind {
-		case "add-online":
-			n++
-			_, ok := f.Recovery()
-			require.True(t, ok, "%s %s recovered", f.Kind, f.Target)
-		case "engine-kill":
-			kills++
-		}
-	}
+	res, n, kills := runMembershipFaults(t, "add-online", "mirror replicas added and removed online", "30s", 43)
 	t.Logf("%d replicas added and removed online, %d engine kills, %d bytes verified", n, kills, res.Run.Counters.BytesVerified)
 	require.GreaterOrEqual(t, n, 2, "a fault every 1.5 s to 4.5 s must hit a 30 s run twice")
 	require.Positive(t, kills)
@@ -412,6 +356,42 @@ checks:
 		require.True(t, ch.Passed, "%s: %s", ch.Name, ch.Message)
 	}
 	requireReports(t, res)
+}
+
+// runMembershipFaults runs a passing scenario of one membership fault
+// kind on a mirror of two under ext4, raw sectors and engine kills, and
+// counts the faults (each recovered) and the engine kills.
+func runMembershipFaults(t *testing.T, kind, what, duration string, seed uint64) (res *Result, n, kills int) {
+	t.Helper()
+	sc := parse(t, `name: `+kind+`
+description: `+what+` under ext4, raw sectors and engine kills
+duration: `+duration+`
+`+powerMirror+`workload:
+  filesystems: [ext4]
+  write_budget: 4MiB
+  engine_crash: true
+  raw: {every: 1, ops: 800, concurrency: 4, flush_every: 40, fua_percent: 5}
+faults:
+  interval: 3s
+  kinds:
+    - {kind: `+kind+`, targets: [a, b]}
+checks:
+  resync_within: 40s
+`)
+	res, err := run(t, sc, seed, hooks{})
+	require.NoError(t, err)
+	require.Equal(t, reports.ResultPass, res.Run.Result)
+	for _, f := range res.Run.Faults {
+		switch f.Kind {
+		case kind:
+			n++
+			_, ok := f.Recovery()
+			require.True(t, ok, "%s %s recovered", f.Kind, f.Target)
+		case "engine-kill":
+			kills++
+		}
+	}
+	return res, n, kills
 }
 
 func btoi(b bool) int {

@@ -33,7 +33,7 @@ const (
 )
 
 var modelOps = []string{"write", "read", "flush", "trim", "zeroes", "kill", "restart", "replace", "suspend", "resume",
-	"hang", "cut", "heal", "settle", "crash", "crashwrite", "grow", "growcrash"}
+	"hang", "cut", "heal", "settle", "crash", "crashwrite", "grow", "growcrash", "shrinkcrash"}
 
 func opClass(op string) int {
 	switch op {
@@ -43,7 +43,7 @@ func opClass(op string) int {
 		return classMember
 	case "hang", "cut", "heal":
 		return classLink
-	case "settle", "crash", "crashwrite", "grow", "growcrash":
+	case "settle", "crash", "crashwrite", "grow", "growcrash", "shrinkcrash":
 		return classSettle
 	}
 	panic(fmt.Sprintf("model: unknown op %q", op))
@@ -78,6 +78,8 @@ func (c *modelCmd) String() string {
 			return "settle-add-a-replica-online-copy-and-remove-it"
 		case "growcrash":
 			return fmt.Sprintf("settle-add-a-replica-online-crash(after %d ops)-and-settle", c.Ops)
+		case "shrinkcrash":
+			return fmt.Sprintf("settle-add-a-replica-online-copy-remove-it-crash(after %d ops)-and-settle", c.Ops)
 		}
 		return c.Op
 	}
@@ -143,7 +145,7 @@ func (c *modelCmd) Run(sut commands.SystemUnderTest) commands.Result {
 	default:
 		r.err = c.runSettle(m, r, false)
 	}
-	if r.err == nil && (c.Op == "grow" || c.Op == "growcrash") {
+	if r.err == nil && c.grows() {
 		r.err = c.runGrow(m, r)
 	}
 	if m.st != nil {
@@ -270,7 +272,8 @@ const modelSpareURL = "memory:spare"
 // growcrash lets c.Ops state-changing member operations of the add
 // through and crashes the engine there, then assembles the model's
 // config again (which removes the spare if the add was recorded) and
-// settles.
+// settles; shrinkcrash does so in the removal (the config then names the
+// membership the removal makes).
 func (c *modelCmd) runGrow(m *modelSUT, r *cmdResult) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -292,13 +295,13 @@ func (c *modelCmd) runGrow(m *modelSUT, r *cmdResult) error {
 		}
 		return nil
 	}
-	if c.Op == "growcrash" {
+	crashIn := func(to spec.Tree) error {
 		// The operations past the budget fail (the engine died before
 		// them), so the change fails, and so may its undoing: whatever
 		// it returns, the engine dies here.
 		m.budget.Store(int64(c.Ops))
 		m.dying.Store(true)
-		_ = change(grown)
+		_ = change(to)
 		if m.st != nil {
 			m.st.e.Close() // no clean shutdown
 			m.st.closeNodes()
@@ -306,6 +309,9 @@ func (c *modelCmd) runGrow(m *modelSUT, r *cmdResult) error {
 		}
 		m.dying.Store(false)
 		return c.runSettle(m, r, true)
+	}
+	if c.Op == "growcrash" {
+		return crashIn(grown)
 	}
 	if err := change(grown); err != nil {
 		return err
@@ -320,7 +326,15 @@ func (c *modelCmd) runGrow(m *modelSUT, r *cmdResult) error {
 	if at := firstDiff(got, want); at >= 0 {
 		return fmt.Errorf("the replica added differs from member 0 at byte %d of its data area after its copy", at)
 	}
+	if c.Op == "shrinkcrash" {
+		return crashIn(tree)
+	}
 	return change(tree)
+}
+
+// grows: the command changes the membership online (runGrow).
+func (c *modelCmd) grows() bool {
+	return c.Op == "grow" || c.Op == "growcrash" || c.Op == "shrinkcrash"
 }
 
 func (m *modelSUT) linkDown(i int) bool { return m.down[i] }
@@ -510,7 +524,7 @@ func (c *modelCmd) crashWrite(m *modelSUT) []byte {
 // crashwrite left each byte of its range old or new, the same on every
 // member (checkMembers), which the model takes on.
 func (c *modelCmd) checkCrash(s *modelState, r *cmdResult) string {
-	if !c.crashes() && c.Op != "growcrash" {
+	if !c.crashes() && c.Op != "growcrash" && c.Op != "shrinkcrash" {
 		return ""
 	}
 	if r.crashFull != 0 {

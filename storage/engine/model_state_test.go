@@ -233,7 +233,7 @@ func (c *modelCmd) NextState(st commands.State) commands.State {
 				s.rejoin(i)
 			}
 		}
-	case "settle", "crash", "crashwrite", "grow", "growcrash":
+	case "settle", "crash", "crashwrite", "grow", "growcrash", "shrinkcrash":
 		c.nextSettle(s)
 		s.checkSince, s.since = s.since, make([]bool, len(s.since))
 	}

@@ -7,13 +7,14 @@
 // restarting member servers, hanging, cutting and healing their links,
 // replacing media, suspending and resuming members, crashing and
 // re-assembling the engine, adding a replica online (copied whole) and
-// removing it again, with a crash at any step of the add, and resync;
-// the model predicts which requests succeed (a mirror serves while a
-// replica is gone, a linear or stripe range fails exactly when a member
-// it touches is gone), what every read returns and each member's state,
-// and members must hold the model's bytes after heal and settle. A failing sequence shrinks, is logged with the
-// replay line (internal/proptest) and is saved under
-// testdata/model-failures, where TestModelSavedFailures replays it.
+// removing it again, with a crash at any step of the add or of the
+// removal, and resync; the model predicts which requests succeed (a
+// mirror serves while a replica is gone, a linear or stripe range fails
+// exactly when a member it touches is gone), what every read returns and
+// each member's state, and members must hold the model's bytes after heal
+// and settle. A failing sequence shrinks, is logged with the replay line
+// (internal/proptest) and is saved under testdata/model-failures, where
+// TestModelSavedFailures replays it.
 package engine
 
 import (
@@ -412,7 +413,7 @@ func modelWeights(g *modelGeometry) map[string]int {
 		"kill": 4, "restart": 6, "hang": 2, "cut": 2, "heal": 5, "settle": 3, "crash": 2}
 	if g.kind == spec.KindMirror {
 		w["replace"], w["suspend"], w["resume"], w["crashwrite"] = 2, 3, 3, 3
-		w["grow"], w["growcrash"] = 2, 2
+		w["grow"], w["growcrash"], w["shrinkcrash"] = 2, 2, 2
 	}
 	return w
 }
@@ -458,7 +459,7 @@ func (r modelRun) commands(t testing.TB) *commands.ProtoCommands {
 				case classMember, classLink:
 					gn = gen.IntRange(0, g.members()-1).Map(func(i int) commands.Command { return &modelCmd{Op: op, Member: i} })
 				case classSettle:
-					if op == "growcrash" {
+					if op == "growcrash" || op == "shrinkcrash" {
 						// Through the clean stop's flushes and page writes
 						// and the new membership's superblock writes.
 						gn = gen.IntRange(0, 12).Map(func(n int) commands.Command { return &modelCmd{Op: op, Ops: n} })
