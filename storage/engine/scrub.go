@@ -16,7 +16,8 @@ import (
 // Scrub (DRBD's verify, md's check): every region of every mirror is read
 // from each of its in-sync children and the copies are compared; with
 // repair, the ranges that differ are rewritten from the first in-sync
-// child. A region is compared holding its lock stripe, so no client write
+// child (on every in-sync replica of a mirror nested in the child
+// repaired, so they stay alike). A region is compared holding its lock stripe, so no client write
 // to it runs meanwhile and a write never shows as a false mismatch.
 // Where every in-sync child is one member behind a dst export, the region
 // is first compared by the digests the members' nodes compute, and read
@@ -295,9 +296,13 @@ func (e *Engine) scrubRegion(ctx context.Context, mIdx int, mi *mirrorInfo, r in
 			mm := ScrubMismatch{Mirror: mIdx, Child: c, Source: children[0], Members: append([]int(nil), mi.children[c]...),
 				Offset: off + at, Length: end - at}
 			if opts.Repair {
-				cp := childPicker{readPicker: readPicker{e: e, excluded: make([]bool, len(e.members))}, mi: mi, child: c}
+				cp := childPicker{readPicker: readPicker{e: e, excluded: make([]bool, len(e.members))}, mi: mi, child: c, repair: true}
 				if err := e.mapRun(ctx, mi.m, nbd.CmdWrite, src[at:end], off+at, &cp); err != nil {
 					return read, bufs, fmt.Errorf("engine: scrub: repair %d+%d of mirror %d on child %d: %w", off+at, end-at, mIdx, c, err)
+				}
+				if cp.noReplica {
+					return read, bufs, fmt.Errorf("engine: scrub: repair %d+%d of mirror %d on child %d: a mirror nested in it has no replica in sync: %w",
+						off+at, end-at, mIdx, c, ErrNoReplica)
 				}
 				mm.Repaired = true
 				for _, l := range mi.children[c] {
@@ -317,16 +322,36 @@ func (e *Engine) scrubRegion(ctx context.Context, mIdx int, mi *mirrorInfo, r in
 }
 
 // childPicker sends mirror mi's range to its child only; mirrors nested
-// in the child are read as a read would be (readPicker).
+// in the child are read as a read would be (readPicker), and a repair
+// writes to every in-sync child of each of them, so the nested replicas
+// stay alike. (A nested child out of sync is left alone: its resync
+// copies from the in-sync ones, or the next scrub of that mirror finds
+// the range.)
 type childPicker struct {
 	readPicker
-	mi    *mirrorInfo
-	child int
+	mi     *mirrorInfo
+	child  int
+	repair bool
 }
 
 func (p *childPicker) Pick(m *layout.Mirror, off, length int64) layout.ReplicaSet {
 	if m == p.mi.m {
 		return layout.Replica(p.child)
 	}
-	return p.readPicker.Pick(m, off, length)
+	if !p.repair {
+		return p.readPicker.Pick(m, off, length)
+	}
+	e := p.e
+	nested := e.mirrors[m]
+	var set layout.ReplicaSet
+	for i := range nested.children {
+		if ok, _ := e.childReady(nested, i, func(m *member) bool { return m.State() == InSync }, nil); ok {
+			set |= layout.Replica(i)
+		}
+	}
+	if set == 0 {
+		p.noReplica = true
+		return layout.Replica(0)
+	}
+	return set
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"dst/internal/testkit"
+	"dst/storage/layout"
 	"dst/storage/node"
 )
 
@@ -161,4 +162,33 @@ func TestScheduledScrub(t *testing.T) {
 	stop()
 	require.NoError(t, <-ran)
 	require.Nil(t, r.e.ScrubStatus().Next, "nothing scheduled once Run ended")
+}
+
+// A repair of a child that is itself a mirror rewrites every replica of
+// that nested mirror: with both of its replicas rotten alike (so the
+// nested mirror's own compare sees nothing), the outer scrub repairs the
+// range on both, and a second scrub of every mirror is clean.
+func TestScrubRepairsNestedMirror(t *testing.T) {
+	ctx := testkit.Context(t, 30*time.Second)
+	ls, ms := leaves(t, 1<<20, 1<<20, 1<<20) // c, a, b
+	inner, err := layout.NewMirror(ls[1], ls[2])
+	require.NoError(t, err)
+	outer, err := layout.NewMirror(ls[0], inner)
+	require.NoError(t, err)
+	r := newRig(t, outer, ms)
+	rng := rand.New(rand.NewPCG(3, 4))
+	r.write(t, rng, 0, r.l.Size())
+	for _, m := range ms[1:] {
+		require.NoError(t, m.WriteAt(context.Background(), make([]byte, 4096), int64(dataOffset)+8192, 0))
+	}
+	res, err := r.e.Scrub(ctx, ScrubOptions{Repair: true})
+	require.NoError(t, err)
+	require.Equal(t, []ScrubMismatch{{Mirror: 0, Child: 1, Source: 0, Members: []int{1, 2}, Offset: 8192, Length: 4096, Repaired: true}},
+		res.Mismatches)
+	res, err = r.e.Scrub(ctx, ScrubOptions{})
+	require.NoError(t, err)
+	require.Zero(t, res.MismatchCount, "both replicas of the nested mirror were repaired: %+v", res.Mismatches)
+	for i, m := range ms {
+		require.Equal(t, r.model, m.Bytes(dataOffset, int(r.l.Size())), "member %d", i)
+	}
 }
