@@ -3,7 +3,9 @@
 // exports it over NBD (export.Server) and serves the admin endpoint
 // (admin.Handler), and shuts all of that down in order. cmd/dst keeps only
 // the flags and the output; the harness and tests can run a storage in
-// their own process with it.
+// their own process with it. The export server serves a gate in front of
+// the engine, so that a membership change (dst member add, dst member
+// remove: change.go) can swap the storage under connected clients.
 //
 // Durability is the engine's (see package engine): a write is durable once
 // acknowledged with FUA or once a later FLUSH is acknowledged. Run's
