@@ -68,8 +68,13 @@ func (f *File) BlockStatus(ctx context.Context, off, length int64, dst []nbd.Ext
 
 // SparseReads reports that the file's block status is cheap (two lseeks):
 // a server may ask it before every large read and answer holes without
-// reading them (nbd.SparseReadBackend). A block device says all data.
-func (f *File) SparseReads() bool { return !f.block }
+// reading them (nbd.SparseReadBackend). A block device says all data. A
+// file on a memory file system says no: tmpfs answers SEEK_HOLE by
+// walking its pages up to the next hole, so on a file that is all data
+// every large read paid a walk to the end of the file (a 1 GiB file read
+// at 183 MiB/s instead of 2340), and its reads are served from the
+// mapping anyway (View); explicit BLOCK_STATUS still seeks.
+func (f *File) SparseReads() bool { return !f.block && !f.memory }
 
 // seekOp is one lseek on the descriptor, pooled so that block status
 // allocates nothing (os.File.Seek wraps every error, ENXIO at the end of

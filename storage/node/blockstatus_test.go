@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"dst/internal/testkit"
 	"dst/storage/nbd"
@@ -116,4 +117,31 @@ func TestVolatileBlockStatusDuringWriteBack(t *testing.T) {
 		require.NoError(t, v.Trim(ctx, 0, 1<<20, 0))
 		require.NoError(t, mem.WriteZeroes(ctx, 0, 1<<20, 0))
 	}
+}
+
+// A file on tmpfs does not offer sparse reads (its SEEK_HOLE walks the
+// pages to the next hole, so every large read paid a walk to the end of
+// a file that is all data); a file on a disk file system does.
+func TestSparseReadsNotOnTmpfs(t *testing.T) {
+	disk, err := node.OpenFile(testkit.Image(t, "disk.img", 1<<20), node.FileOptions{})
+	require.NoError(t, err)
+	defer disk.Close()
+	var fs unix.Statfs_t
+	if unix.Statfs(os.TempDir(), &fs) == nil && fs.Type != unix.TMPFS_MAGIC {
+		require.True(t, disk.SparseReads(), "a file on %s", os.TempDir())
+	}
+	if unix.Statfs("/dev/shm", &fs) != nil || fs.Type != unix.TMPFS_MAGIC {
+		t.Skip("no tmpfs at /dev/shm")
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "dst-sparse-")
+	require.NoError(t, err)
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "mem.img")
+	require.NoError(t, os.WriteFile(path, make([]byte, 1<<20), 0o644))
+	mem, err := node.OpenFile(path, node.FileOptions{})
+	require.NoError(t, err)
+	defer mem.Close()
+	require.False(t, mem.SparseReads())
+	_, ok := mem.View(0, 4096)
+	require.True(t, ok, "its reads are served from the mapping")
 }
