@@ -66,7 +66,7 @@ func (s *Storage) Tree() spec.Tree {
 	for i, sl := range s.slots {
 		urls[i] = sl.url()
 	}
-	return withLeaves(s.tree, urls)
+	return s.tree.WithLeaves(urls)
 }
 
 // Change is a membership change checked by PrepareChange, with the
@@ -232,9 +232,6 @@ func (s *Storage) checkChange(ctx context.Context, c *Change) error {
 			probes[p] = meta.Probe{Super: supers[j]}
 			continue
 		}
-		if slices.Index(urls, u) != p {
-			return bad("%s is named twice", u)
-		}
 		n := added[u]
 		if n == nil {
 			octx, cancel := context.WithTimeout(ctx, ReplaceOpenTimeout)
@@ -298,24 +295,4 @@ func (s *Storage) checkChange(ctx context.Context, c *Change) error {
 			"and a replica removed must not leave a mirror larger than it was", ch.what, l.Size(), e.Size())
 	}
 	return nil
-}
-
-// withLeaves is t with its leaves named urls, in leaf order.
-func withLeaves(t spec.Tree, urls []string) spec.Tree {
-	next := 0
-	var walk func(t spec.Tree) spec.Tree
-	walk = func(t spec.Tree) spec.Tree {
-		if t.IsLeaf() {
-			t.Leaf = urls[next]
-			next++
-			return t
-		}
-		ms := make([]spec.Tree, len(t.Members))
-		for i := range t.Members {
-			ms[i] = walk(t.Members[i])
-		}
-		t.Members = ms
-		return t
-	}
-	return walk(t)
 }

@@ -44,22 +44,23 @@ func (e *Engine) digestsOf(ctx context.Context, m *member) node.Node {
 		return nil
 	}
 	u := sl.url()
-	du, ok := node.DigestURL(u)
-	if !ok {
-		return nil
-	}
 	e.digestMu.Lock()
 	d, ok := e.digests[m.index]
 	e.digestMu.Unlock()
 	if ok && d.url == u {
-		return d.n
+		return d.n // asked once per member, not per region
 	}
 	if ok && d.n != nil {
 		d.n.Close()
 	}
-	octx, cancel := context.WithTimeout(ctx, digestOpenTimeout)
-	n, err := e.openDigests(octx, du)
-	cancel()
+	var n node.Node
+	du, ok := node.DigestURL(u)
+	err := fmt.Errorf("%s names no NBD export", u)
+	if ok {
+		octx, cancel := context.WithTimeout(ctx, digestOpenTimeout)
+		n, err = e.openDigests(octx, du)
+		cancel()
+	}
 	if err == nil {
 		// A server that ignores export names (nbdkit's file plugin does)
 		// serves the data itself under the digest name: the size and the

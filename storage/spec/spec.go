@@ -450,6 +450,26 @@ func (t Tree) WithLeaf(path, leaf string) (Tree, int, error) {
 	return out, before, nil
 }
 
+// WithLeaves returns the tree with its leaves named names, in leaf order
+// (one name per leaf). The tree is copied; t is unchanged.
+func (t Tree) WithLeaves(names []string) Tree {
+	out := t.clone()
+	next := 0
+	var walk func(t *Tree)
+	walk = func(t *Tree) {
+		if t.IsLeaf() {
+			t.Leaf = names[next]
+			next++
+			return
+		}
+		for i := range t.Members {
+			walk(&t.Members[i])
+		}
+	}
+	walk(&out)
+	return out
+}
+
 func (t Tree) clone() Tree {
 	out := t
 	out.Members = make([]Tree, len(t.Members))
